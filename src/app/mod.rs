@@ -1,0 +1,334 @@
+//! The native handler API: what a request looks like to an app, what it answers with,
+//! and the [`Handler`] / [`AsyncHandler`] traits every app (built-in, Rust, Python)
+//! implements.
+//!
+//! Every concurrency model drives the same [`Reply`]: a ready [`Response`], or a future
+//! that resolves to one. Blocking models wait for the future on the calling thread;
+//! event-loop models poll it with a waker tied to the connection, so a handler that
+//! waits (a timer, a pool of Python threads, a backend call) never blocks other
+//! connections.
+
+pub mod builtin;
+
+use std::borrow::Cow;
+use std::fmt;
+use std::fs::File;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+/// A boxed, sendable future, as handlers return them.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A boxed stream of body chunks. An `Err` item aborts the response (the connection is
+/// closed, since the length promised to the client can no longer be honoured).
+pub type BodyStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'static>>;
+
+/// HTTP version of a request. Only 1.0 and 1.1 reach handlers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+impl Version {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::Http10 => "HTTP/1.0",
+            Version::Http11 => "HTTP/1.1",
+        }
+    }
+}
+
+/// One request header. Names keep the client's spelling; compare them case-insensitively
+/// (see [`Request::header`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Header {
+    pub name: Bytes,
+    pub value: Bytes,
+}
+
+impl fmt::Debug for Header {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}",
+            String::from_utf8_lossy(&self.name),
+            String::from_utf8_lossy(&self.value)
+        )
+    }
+}
+
+/// A fully read request, as handed to an app. The body has been de-chunked and is
+/// complete (its size was bounded by the server's body limit).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: Bytes,
+    /// The request-target exactly as sent (`/a%20b?x=1`).
+    pub target: Bytes,
+    pub version: Version,
+    pub headers: Vec<Header>,
+    pub body: Bytes,
+    /// Client address, when the transport has one.
+    pub peer: Option<SocketAddr>,
+    /// Address the connection was accepted on.
+    pub local: Option<SocketAddr>,
+}
+
+impl Request {
+    /// The method as text (`GET`). Methods are tokens, so this never fails for a parsed
+    /// request.
+    pub fn method(&self) -> &str {
+        std::str::from_utf8(&self.method).unwrap_or("")
+    }
+
+    /// The path part of the target, still percent-encoded.
+    pub fn raw_path(&self) -> &[u8] {
+        match self.target.iter().position(|&b| b == b'?') {
+            Some(i) => &self.target[..i],
+            None => &self.target,
+        }
+    }
+
+    /// The path, percent-encoded, as text (targets are ASCII on the wire; anything else is
+    /// shown lossily).
+    pub fn path(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(self.raw_path())
+    }
+
+    /// The query string after `?`, without the `?`; empty when there is none.
+    pub fn query(&self) -> Cow<'_, str> {
+        match self.target.iter().position(|&b| b == b'?') {
+            Some(i) => String::from_utf8_lossy(&self.target[i + 1..]),
+            None => Cow::Borrowed(""),
+        }
+    }
+
+    /// The value of query parameter `key`, percent-decoded (`+` as space).
+    pub fn query_param(&self, key: &str) -> Option<String> {
+        let query = self.query();
+        query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k) == key).then(|| percent_decode(v))
+        })
+    }
+
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|h| &h.value[..])
+    }
+}
+
+/// Decodes `%XX` escapes and `+` (as space) in a query component. Invalid escapes are
+/// kept as written.
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A response body.
+pub enum Body {
+    /// No body (and `Content-Length: 0` unless the status forbids a body).
+    Empty,
+    /// A body held in memory; sent with `Content-Length`.
+    Full(Bytes),
+    /// Chunks produced over time. Sent with `Content-Length` when the app set one,
+    /// otherwise chunked (HTTP/1.1) or close-delimited (HTTP/1.0).
+    Stream(BodyStream),
+    /// `len` bytes of `file` from `offset`; sent with `Content-Length`, read a piece at a
+    /// time so memory stays bounded.
+    File { file: File, offset: u64, len: u64 },
+}
+
+impl Body {
+    /// The exact length when it is known before sending.
+    pub fn len_hint(&self) -> Option<u64> {
+        match self {
+            Body::Empty => Some(0),
+            Body::Full(b) => Some(b.len() as u64),
+            Body::Stream(_) => None,
+            Body::File { len, .. } => Some(*len),
+        }
+    }
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Body::Empty => f.write_str("Body::Empty"),
+            Body::Full(b) => write!(f, "Body::Full({} bytes)", b.len()),
+            Body::Stream(_) => f.write_str("Body::Stream(..)"),
+            Body::File { offset, len, .. } => write!(f, "Body::File({offset}+{len})"),
+        }
+    }
+}
+
+/// A response header name; static for the common ones so building a response does not
+/// allocate.
+pub type HeaderName = Cow<'static, str>;
+
+/// What an app answers with. The server adds `Date`, `Server`, `Content-Length` or
+/// `Transfer-Encoding`, and `Connection` as the protocol requires; an app that sets
+/// `Content-Length` itself is held to it (extra bytes are cut, a short body closes the
+/// connection).
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    /// Reason phrase; the standard one for `status` when `None`.
+    pub reason: Option<Cow<'static, str>>,
+    pub headers: Vec<(HeaderName, Bytes)>,
+    pub body: Body,
+}
+
+impl Response {
+    pub fn new(status: u16) -> Response {
+        Response {
+            status,
+            reason: None,
+            headers: Vec::new(),
+            body: Body::Empty,
+        }
+    }
+
+    /// A `text/plain` response with `body`.
+    pub fn text(status: u16, body: impl Into<Bytes>) -> Response {
+        Response::new(status)
+            .with_header("Content-Type", Bytes::from_static(b"text/plain"))
+            .with_body(Body::Full(body.into()))
+    }
+
+    pub fn with_header(mut self, name: impl Into<HeaderName>, value: impl Into<Bytes>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn with_body(mut self, body: Body) -> Self {
+        self.body = body;
+        self
+    }
+
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| &v[..])
+    }
+}
+
+/// What the server tells a handler about the thread it is called on.
+#[derive(Debug, Clone, Copy)]
+pub struct CallContext {
+    /// True on the blocking models (`linear`, `threads`): the handler may block this
+    /// thread. False on event-loop models (`epoll`, `async`): a handler that would block
+    /// must return [`Reply::Later`] and do the blocking part elsewhere (a pool thread).
+    pub may_block: bool,
+}
+
+/// A handler's answer: now, or later.
+pub enum Reply {
+    Ready(Response),
+    Later(BoxFuture<Response>),
+}
+
+impl From<Response> for Reply {
+    fn from(r: Response) -> Reply {
+        Reply::Ready(r)
+    }
+}
+
+/// A synchronous app. `call` must not block when `cx.may_block` is false.
+pub trait Handler: Send + Sync + 'static {
+    fn call(&self, req: Request, cx: &CallContext) -> Reply;
+
+    /// Called once in each worker process after fork, before the first request (start
+    /// per-process threads and runtimes here, never before fork).
+    fn after_fork(&self) {}
+}
+
+/// An asynchronous app: runs natively on the `async` model and is driven by the
+/// connection's waker on every other model.
+pub trait AsyncHandler: Send + Sync + 'static {
+    fn call(&self, req: Request) -> BoxFuture<Response>;
+}
+
+/// Adapts an [`AsyncHandler`] to [`Handler`].
+pub struct Async<H>(pub H);
+
+impl<H: AsyncHandler> Handler for Async<H> {
+    fn call(&self, req: Request, _cx: &CallContext) -> Reply {
+        Reply::Later(self.0.call(req))
+    }
+}
+
+/// A shared app, as the servers hold it.
+pub type App = Arc<dyn Handler>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(target: &'static str) -> Request {
+        Request {
+            method: Bytes::from_static(b"GET"),
+            target: Bytes::from_static(target.as_bytes()),
+            version: Version::Http11,
+            headers: vec![Header {
+                name: Bytes::from_static(b"Content-Type"),
+                value: Bytes::from_static(b"text/plain"),
+            }],
+            body: Bytes::new(),
+            peer: None,
+            local: None,
+        }
+    }
+
+    #[test]
+    fn splits_path_and_query() {
+        let r = req("/a%20b?x=1&y=two+words&z=%41");
+        assert_eq!(r.path(), "/a%20b");
+        assert_eq!(r.query(), "x=1&y=two+words&z=%41");
+        assert_eq!(r.query_param("y").as_deref(), Some("two words"));
+        assert_eq!(r.query_param("z").as_deref(), Some("A"));
+        assert_eq!(r.query_param("missing"), None);
+        assert_eq!(req("/").query(), "");
+    }
+
+    #[test]
+    fn header_lookup_ignores_case() {
+        assert_eq!(req("/").header("content-type"), Some(&b"text/plain"[..]));
+    }
+
+    #[test]
+    fn percent_decode_keeps_bad_escapes() {
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("a%2Fb"), "a/b");
+    }
+}
