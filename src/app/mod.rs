@@ -268,9 +268,16 @@ impl From<Response> for Reply {
 pub trait Handler: Send + Sync + 'static {
     fn call(&self, req: Request, cx: &CallContext) -> Reply;
 
+    /// Called in the master just before it forks workers (quiesce threads and locks that
+    /// must not be copied mid-use, e.g. the Python interpreter's).
+    fn before_fork(&self) {}
+
     /// Called once in each worker process after fork, before the first request (start
     /// per-process threads and runtimes here, never before fork).
     fn after_fork(&self) {}
+
+    /// Called in a worker when it stops (after the last request), to flush and join.
+    fn shutdown(&self) {}
 }
 
 /// An asynchronous app: runs natively on the `async` model and is driven by the
