@@ -6,6 +6,10 @@
 //!   `AsyncHandler`, `Reply`) and the built-in apps (`builtin:hello|echo|wait|file|demo`).
 //! - [`rt`]: runtime pieces shared by every model: `block_on`, the process-wide timer
 //!   (`sleep`), and the `Shutdown` signal.
+//! - [`python`] (feature `python`): embedded CPython serving WSGI apps (PEP 3333), the
+//!   `forklift` Python module, fork and thread integration. The only module using pyo3.
 
 pub mod app;
 pub mod rt;
+#[cfg(feature = "python")]
+pub mod python;
