@@ -8,4 +8,5 @@
 //!   (`sleep`), and the `Shutdown` signal.
 
 pub mod app;
+pub mod http;
 pub mod rt;
