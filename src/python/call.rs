@@ -327,7 +327,9 @@ fn finish(py: Python<'_>, result: Bound<'_, PyAny>, sr: &Bound<'_, StartResponse
 
 /// The fast path: a list or tuple of bytes becomes one buffer.
 fn from_sequence(py: Python<'_>, seq: &Bound<'_, PyAny>, sr: &Bound<'_, StartResponse>) -> Response {
-    let items: &[*mut ffi::PyObject] = if let Ok(l) = seq.downcast::<PyList>() {
+    let items: &[*mut ffi::PyObject] = if seq.len().unwrap_or(0) == 0 {
+        &[]
+    } else if let Ok(l) = seq.downcast::<PyList>() {
         // SAFETY: a list's item array is valid for its length while we hold the GIL
         // and do not run Python code (nothing below calls back into Python).
         unsafe {
