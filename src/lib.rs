@@ -19,7 +19,7 @@
 pub mod app;
 pub mod cli;
 pub mod http;
-pub mod rt;
-pub mod server;
 #[cfg(feature = "python")]
 pub mod python;
+pub mod rt;
+pub mod server;

@@ -53,7 +53,8 @@ mod support {
             let shutdown = Shutdown::new();
             let sd = shutdown.clone();
             let thread = std::thread::spawn(move || {
-                server::run_worker(listener, app, config, Log::stderr(false), sd).expect("server runs");
+                server::run_worker(listener, app, config, Log::stderr(false), sd)
+                    .expect("server runs");
             });
             Server {
                 addr,
@@ -63,7 +64,10 @@ mod support {
         }
 
         pub fn get(&self, path: &str) -> Reply {
-            request(self.addr, &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"))
+            request(
+                self.addr,
+                &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"),
+            )
         }
 
         pub fn post(&self, path: &str, body: &[u8], chunked: bool) -> Reply {
@@ -173,11 +177,16 @@ mod support {
         if head_only {
             return r;
         }
-        if r.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        if r.header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
             let (body, complete) = dechunk(rest);
             r.body = body;
             r.complete = complete;
-        } else if let Some(n) = r.header("content-length").map(|v| v.parse::<usize>().unwrap()) {
+        } else if let Some(n) = r
+            .header("content-length")
+            .map(|v| v.parse::<usize>().unwrap())
+        {
             r.complete = rest.len() >= n;
             r.body = rest[..n.min(rest.len())].to_vec();
         } else {
@@ -193,7 +202,8 @@ mod support {
                 return (out, false);
             };
             let size_text = String::from_utf8_lossy(&b[..eol]);
-            let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
+            let size =
+                usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
             b = &b[eol + 2..];
             if size == 0 {
                 return (out, true);
@@ -267,7 +277,10 @@ fn hello(m: Model) {
         .unwrap();
     let mut buf = Vec::new();
     c.read_to_end(&mut buf).unwrap();
-    assert_eq!(String::from_utf8_lossy(&buf).matches("Hello world").count(), 2);
+    assert_eq!(
+        String::from_utf8_lossy(&buf).matches("Hello world").count(),
+        2
+    );
 }
 
 fn validator_accepts_everything(m: Model) {
@@ -321,7 +334,10 @@ fn environ_keys(m: Model) {
     assert_eq!(e["CONTENT_TYPE"], "text/plain");
     assert_eq!(e["CONTENT_LENGTH"], "3");
     // HTTP/1.0 and a Host with a port.
-    let e = environ_json(&request(s.addr, "GET /environ HTTP/1.0\r\nHost: example.com:8081\r\n\r\n"));
+    let e = environ_json(&request(
+        s.addr,
+        "GET /environ HTTP/1.0\r\nHost: example.com:8081\r\n\r\n",
+    ));
     assert_eq!(e["SERVER_PROTOCOL"], "HTTP/1.0");
     assert_eq!(e["SERVER_NAME"], "example.com");
     assert_eq!(e["SERVER_PORT"], "8081");
@@ -347,7 +363,10 @@ fn environ_headers_and_path(m: Model) {
     assert_eq!(e["HTTP_USER_AGENT"], "t");
     assert!(e.get("HTTP_X_UNDER").is_none());
     // PATH_INFO is percent-decoded, then decoded as latin-1 (PEP 3333).
-    let r = request(s.addr, "GET /caf%C3%A9 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+    let r = request(
+        s.addr,
+        "GET /caf%C3%A9 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(r.status, 404);
     assert_eq!(r.body, "not found: /caf\u{c3}\u{a9}".as_bytes());
 }
@@ -357,9 +376,15 @@ fn input_case(s: &Server, chunked: bool) {
     for (mode, want) in [
         ("read", r#"["line one\nline two\n\nlast"]"#),
         ("read-1", r#"["line one\nline two\n\nlast"]"#),
-        ("readn", r#"["lin", "e o", "ne\n", "lin", "e t", "wo\n", "\nla", "st"]"#),
+        (
+            "readn",
+            r#"["lin", "e o", "ne\n", "lin", "e t", "wo\n", "\nla", "st"]"#,
+        ),
         ("readline", r#"["line one\n", "line two\n", "\n", "last"]"#),
-        ("readline2", r#"["li", "ne", " o", "ne", "\n", "li", "ne", " t", "wo", "\n", "\n", "la", "st"]"#),
+        (
+            "readline2",
+            r#"["li", "ne", " o", "ne", "\n", "li", "ne", " t", "wo", "\n", "\n", "la", "st"]"#,
+        ),
         ("readlines", r#"["line one\n", "line two\n", "\n", "last"]"#),
         ("readlines-hint", r#"["line one\n"]"#),
         ("iter", r#"["line one\n", "line two\n", "\n", "last"]"#),
@@ -426,7 +451,14 @@ fn exc_info_rules(m: Model) {
 
 fn app_errors_give_500_and_worker_survives(m: Model) {
     let s = Server::start("suite.py", "application", m);
-    for path in ["/raise-before", "/raise-after", "/not-bytes", "/no-start-response", "/bad-header", "/status?s=abc"] {
+    for path in [
+        "/raise-before",
+        "/raise-after",
+        "/not-bytes",
+        "/no-start-response",
+        "/bad-header",
+        "/status?s=abc",
+    ] {
         let r = s.get(path);
         assert_eq!(r.status, 500, "{path}");
         assert!(!r.text().contains("should not be sent"));
@@ -458,7 +490,10 @@ fn file_wrapper(m: Model) {
     let src = std::fs::read(apps_dir().join("suite.py")).unwrap();
     let r = s.get("/file");
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("content-length"), Some(src.len().to_string().as_str()));
+    assert_eq!(
+        r.header("content-length"),
+        Some(src.len().to_string().as_str())
+    );
     assert_eq!(r.body, src);
     let r = s.get("/file-offset");
     assert_eq!(r.body, &src[10..]);
@@ -476,7 +511,8 @@ fn close_on_client_disconnect(m: Model) {
     let s = Server::start("suite.py", "application", m);
     {
         let mut c = connect(s.addr);
-        c.write_all(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        c.write_all(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
         let mut buf = vec![0u8; 256 * 1024];
         let mut got = 0;
         while got < 200_000 {
@@ -510,7 +546,10 @@ fn response_headers(m: Model) {
         .collect();
     assert_eq!(multi, ["1", "2"]);
     assert_eq!(s.get("/status?s=299+Custom+Thing").reason, "Custom Thing");
-    let r = request_bytes(s.addr, b"GET /headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let r = request_bytes(
+        s.addr,
+        b"GET /headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(r.status, 200);
 }
 
@@ -520,7 +559,12 @@ fn asyncio_in_a_request(m: Model) {
     let handles: Vec<_> = (0..6)
         .map(|_| {
             let addr = s.addr;
-            std::thread::spawn(move || request(addr, "GET /asyncio HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+            std::thread::spawn(move || {
+                request(
+                    addr,
+                    "GET /asyncio HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                )
+            })
         })
         .collect();
     for h in handles {
@@ -533,7 +577,11 @@ fn asyncio_in_a_request(m: Model) {
 fn forklift_module(m: Model) {
     let s = Server::start("suite.py", "application", m);
     let r = s.get("/forklift");
-    assert_eq!(r.text(), format!("version {} task suite.send_mail", env!("CARGO_PKG_VERSION")).replace("suite.send_mail", r.text().rsplit(' ').next().unwrap()));
+    assert_eq!(
+        r.text(),
+        format!("version {} task suite.send_mail", env!("CARGO_PKG_VERSION"))
+            .replace("suite.send_mail", r.text().rsplit(' ').next().unwrap())
+    );
     assert!(r.text().ends_with(".send_mail"));
     assert_eq!(s.get("/offload?tag=t1").text(), "queued True");
     assert_eq!(s.wait_for("/offloaded", "t1"), "t1");
@@ -604,14 +652,21 @@ fn app_raising_at_import_is_a_load_error() {
 #[test]
 fn task_spool_without_sink_is_a_clear_error() {
     let s = Server::start("suite.py", "application", Model::Threads);
-    assert!(s.get("/spool").text().contains("spool strategy not configured"));
+    assert!(s
+        .get("/spool")
+        .text()
+        .contains("spool strategy not configured"));
 }
 
 #[test]
 fn run_task_calls_a_registered_task() {
     let _s = Server::start("suite.py", "application", Model::Linear);
     let names = forklift::python::task_names();
-    let name = names.iter().find(|n| n.ends_with(".send_mail")).expect("task registered").clone();
+    let name = names
+        .iter()
+        .find(|n| n.ends_with(".send_mail"))
+        .expect("task registered")
+        .clone();
     forklift::python::run_task(&name, r#"{"to": "x@example.com"}"#).expect("runs");
     assert!(matches!(
         forklift::python::run_task("nope", "{}"),
@@ -627,16 +682,6 @@ fn run_task_calls_a_registered_task() {
 // The seeds' apps.
 
 #[test]
-fn seed_001_webapp_reads_numbers() {
-    for m in Model::ALL {
-        let s = Server::start("seed001/webapp.py", "application", m);
-        let r = s.get("/");
-        assert_eq!(r.status, 200, "{m:?}");
-        assert_eq!(r.text(), "Hello World");
-    }
-}
-
-#[test]
 fn seed_002_apps_call_the_backend() {
     // The backend of seed 002, served by forklift's built-in `wait` app.
     let backend = BuiltinServer::start();
@@ -649,7 +694,11 @@ fn seed_002_apps_call_the_backend() {
         let s = Server::start("seed002/app_asyncio.py", "application", m);
         let r = s.get(&q);
         assert_eq!(r.status, 200, "{m:?}: {}", r.text());
-        assert!(r.text().contains("async calls using asyncio"), "{}", r.text());
+        assert!(
+            r.text().contains("async calls using asyncio"),
+            "{}",
+            r.text()
+        );
     }
 }
 
@@ -672,7 +721,14 @@ impl BuiltinServer {
             ..Default::default()
         };
         let thread = std::thread::spawn(move || {
-            forklift::server::run_worker(listener, app, config, forklift::server::Log::stderr(false), sd).unwrap();
+            forklift::server::run_worker(
+                listener,
+                app,
+                config,
+                forklift::server::Log::stderr(false),
+                sd,
+            )
+            .unwrap();
         });
         BuiltinServer {
             addr,
@@ -691,5 +747,439 @@ impl Drop for BuiltinServer {
     }
 }
 
-#[allow(dead_code)]
-fn _unused(_: Duration) {}
+// ---------------------------------------------------------------------------
+// Separate server processes: a fresh interpreter per test (virtualenv, chdir) and
+// pre-forked workers. They run the `forklift` binary when it serves WSGI apps, else this
+// test binary's `child_server` entry point with the same settings.
+
+/// Settings of a server process.
+#[derive(Clone, Default)]
+struct Spec {
+    file: String,
+    callable: Option<String>,
+    model: Option<&'static str>,
+    processes: usize,
+    lazy: bool,
+    venv: Option<String>,
+    chdir: Option<String>,
+}
+
+impl Spec {
+    fn new(file: &str) -> Spec {
+        Spec {
+            file: file.into(),
+            processes: 1,
+            ..Spec::default()
+        }
+    }
+
+    fn encode(&self) -> String {
+        [
+            format!("file={}", self.file),
+            format!(
+                "callable={}",
+                self.callable
+                    .clone()
+                    .unwrap_or_else(|| "application".into())
+            ),
+            format!("model={}", self.model.unwrap_or("threads")),
+            format!("processes={}", self.processes),
+            format!("lazy={}", self.lazy),
+            format!("venv={}", self.venv.clone().unwrap_or_default()),
+            format!("chdir={}", self.chdir.clone().unwrap_or_default()),
+        ]
+        .join("\n")
+    }
+
+    fn decode(text: &str) -> Spec {
+        let mut s = Spec::new("");
+        for line in text.lines() {
+            let (k, v) = line.split_once('=').unwrap();
+            let opt = || (!v.is_empty()).then(|| v.to_string());
+            match k {
+                "file" => s.file = v.into(),
+                "callable" => s.callable = opt(),
+                "model" => {
+                    s.model = Some(match v {
+                        "linear" => "linear",
+                        "epoll" => "epoll",
+                        "async" => "async",
+                        _ => "threads",
+                    })
+                }
+                "processes" => s.processes = v.parse().unwrap(),
+                "lazy" => s.lazy = v == "true",
+                "venv" => s.venv = opt(),
+                "chdir" => s.chdir = opt(),
+                _ => {}
+            }
+        }
+        s
+    }
+
+    fn cli_args(&self) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "serve".into(),
+            "--wsgi-file".into(),
+            self.file.clone(),
+            "--http".into(),
+            "127.0.0.1:0".into(),
+            "--model".into(),
+            self.model.unwrap_or("threads").into(),
+            "--processes".into(),
+            self.processes.to_string(),
+            "--threads".into(),
+            "2".into(),
+        ];
+        if let Some(c) = &self.callable {
+            a.extend(["--callable".into(), c.clone()]);
+        }
+        if self.lazy {
+            a.push("--lazy-apps".into());
+        }
+        if let Some(v) = &self.venv {
+            a.extend(["--virtualenv".into(), v.clone()]);
+        }
+        if let Some(d) = &self.chdir {
+            a.extend(["--chdir".into(), d.clone()]);
+        }
+        a
+    }
+}
+
+/// A server in another process; stopped (SIGTERM, then SIGKILL) when dropped.
+struct Proc {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+/// Whether the `forklift` binary can serve WSGI apps (the CLI wiring has landed).
+fn binary_serves_python() -> bool {
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_forklift"))
+            .args([
+                "serve",
+                "--wsgi-file",
+                "/nonexistent/forklift-probe.py",
+                "--http",
+                "127.0.0.1:0",
+            ])
+            .output()
+            .expect("run forklift");
+        let err = String::from_utf8_lossy(&out.stderr);
+        !err.contains("no Python support") && !out.status.success()
+    })
+}
+
+impl Proc {
+    fn start(spec: &Spec) -> Proc {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut cmd = if binary_serves_python() {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_forklift"));
+            c.args(spec.cli_args());
+            c
+        } else {
+            let mut c = Command::new(std::env::current_exe().unwrap());
+            c.args(["--exact", "child_server", "--nocapture", "--test-threads=1"]);
+            c.env("FORKLIFT_TEST_CHILD", spec.encode());
+            c
+        };
+        cmd.current_dir(apps_dir())
+            .env_remove("VIRTUAL_ENV")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn the server");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut addr = None;
+        let mut line = String::new();
+        while addr.is_none() {
+            line.clear();
+            if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+                let _ = child.kill();
+                panic!("server exited before listening: {}", output.lock().unwrap());
+            }
+            output.lock().unwrap().push_str(&line);
+            if let Some(i) = line.find("listening on http://") {
+                let rest = &line[i + "listening on http://".len()..];
+                let a = rest.split_whitespace().next().unwrap();
+                addr = Some(a.parse().unwrap());
+            }
+        }
+        for pipe in [
+            Box::new(stderr) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let out = output.clone();
+            std::thread::spawn(move || {
+                let mut r = std::io::BufReader::new(pipe);
+                let mut l = String::new();
+                while r.read_line(&mut l).unwrap_or(0) > 0 {
+                    out.lock().unwrap().push_str(&l);
+                    l.clear();
+                }
+            });
+        }
+        Proc {
+            child,
+            addr: addr.unwrap(),
+            output,
+        }
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        request(
+            self.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"),
+        )
+    }
+
+    /// Waits until the output contains `what` (up to 20 s); returns the output.
+    fn wait_output(&self, what: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.output.lock().unwrap().clone();
+            if out.contains(what) || std::time::Instant::now() > deadline {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Entry point of a server child process (does nothing in a normal test run).
+#[test]
+fn child_server() {
+    let Ok(text) = std::env::var("FORKLIFT_TEST_CHILD") else {
+        return;
+    };
+    use forklift::server::master::{self, AppSource};
+    let spec = Spec::decode(&text);
+    if let Some(d) = &spec.chdir {
+        std::env::set_current_dir(d).unwrap();
+    }
+    let model = match spec.model.unwrap_or("threads") {
+        "linear" => Model::Linear,
+        "epoll" => Model::Epoll,
+        "async" => Model::Async,
+        _ => Model::Threads,
+    };
+    let opts = PythonOptions {
+        wsgi_file: Some(spec.file.clone().into()),
+        callable: spec
+            .callable
+            .clone()
+            .unwrap_or_else(|| "application".into()),
+        virtualenv: spec.venv.clone().map(Into::into),
+        pool_threads: 2,
+        multithread: model != Model::Linear,
+        multiprocess: spec.processes > 1,
+        ..PythonOptions::default()
+    };
+    let config = forklift::server::ServerConfig {
+        model,
+        processes: spec.processes,
+        master: spec.processes > 1,
+        threads: 2,
+        ..Default::default()
+    };
+    let log = forklift::server::Log::stderr(true);
+    let app = if spec.lazy {
+        None
+    } else {
+        match load_app(&opts) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("forklift: {e}");
+                std::process::exit(1);
+            }
+        }
+    };
+    let listener = forklift::server::listen::bind("127.0.0.1:0".parse().unwrap(), 128).unwrap();
+    eprintln!(
+        "test server listening on http://{}",
+        listener.local_addr().unwrap()
+    );
+    let code = if config.master {
+        let source = match app {
+            Some(a) => AppSource::Preloaded(a),
+            None => AppSource::Lazy(Box::new(move || load_app(&opts).map_err(|e| e.to_string()))),
+        };
+        master::run(listener, source, config, log).unwrap()
+    } else {
+        let app = app.unwrap_or_else(|| load_app(&opts).unwrap());
+        let shutdown = forklift::rt::Shutdown::new();
+        let _signals = forklift::server::signals::watch(&shutdown, false).unwrap();
+        forklift::server::run_worker(listener, app, config, log, shutdown).unwrap();
+        0
+    };
+    std::process::exit(code);
+}
+
+#[test]
+fn seed_001_webapp_reads_numbers_under_every_model() {
+    for m in ["linear", "threads", "epoll", "async"] {
+        let p = Proc::start(&Spec {
+            model: Some(m),
+            chdir: Some("seed001".into()),
+            ..Spec::new("webapp.py")
+        });
+        let r = p.get("/");
+        assert_eq!(r.status, 200, "{m}");
+        assert_eq!(r.text(), "Hello World");
+        let out = p.wait_output("5:five");
+        assert!(out.contains("0:zero\n1:one\n"), "{m}: {out}");
+    }
+}
+
+#[test]
+fn seed_001_async_variant_and_offload() {
+    let p = Proc::start(&Spec {
+        chdir: Some("seed001".into()),
+        ..Spec::new("webapp_async.py")
+    });
+    assert_eq!(p.get("/").text(), "Hello World");
+    assert_eq!(p.get("/offload").text(), "Hello World");
+    let out = p.wait_output("5:five");
+    assert!(out.contains("0:zero"), "{out}");
+}
+
+fn distinct_pids(p: &Proc, n: usize) -> std::collections::HashSet<String> {
+    let mut pids = std::collections::HashSet::new();
+    for _ in 0..200 {
+        // Concurrent requests so that several workers answer.
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let addr = p.addr;
+                std::thread::spawn(move || {
+                    request(
+                        addr,
+                        "GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                    )
+                })
+            })
+            .collect();
+        for h in hs {
+            let r = h.join().unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+            pids.insert(r.text());
+        }
+        if pids.len() >= n {
+            break;
+        }
+    }
+    pids
+}
+
+#[test]
+fn preforked_workers_serve_python() {
+    for (model, lazy) in [
+        ("threads", false),
+        ("epoll", false),
+        ("linear", true),
+        ("async", true),
+    ] {
+        let p = Proc::start(&Spec {
+            model: Some(model),
+            processes: 2,
+            lazy,
+            ..Spec::new("suite.py")
+        });
+        assert_eq!(p.get("/hello").text(), "Hello world");
+        let pids = distinct_pids(&p, 2);
+        assert_eq!(pids.len(), 2, "{model} lazy={lazy}: {pids:?}");
+        // Python threads, asyncio and the offload pool work in forked workers.
+        assert!(p.get("/asyncio").text().starts_with("asyncio ok"));
+        assert_eq!(p.get("/offload?tag=w").text(), "queued True");
+        let r = p.get("/big-stream?bytes=1000000");
+        assert_eq!(r.body.len(), 1_000_000);
+        let e: serde_json::Value = serde_json::from_slice(&p.get("/environ").body).unwrap();
+        assert_eq!(e["wsgi.multiprocess"], true);
+    }
+}
+
+/// The virtualenv from $FORKLIFT_TEST_VENV (with flask installed), if any.
+fn test_venv() -> Option<String> {
+    match std::env::var("FORKLIFT_TEST_VENV") {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            eprintln!("note: FORKLIFT_TEST_VENV is not set; skipping the virtualenv/Flask test (create one with `python3 -m venv DIR && DIR/bin/pip install flask requests aiohttp`)");
+            None
+        }
+    }
+}
+
+#[test]
+fn flask_app_in_a_virtualenv() {
+    let Some(venv) = test_venv() else { return };
+    for m in ["threads", "epoll"] {
+        let p = Proc::start(&Spec {
+            model: Some(m),
+            venv: Some(venv.clone()),
+            ..Spec::new("flaskapp/flask_app.py")
+        });
+        let r = p.get("/");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), "flask index");
+        assert_eq!(p.get("/user/ada").text(), "hello ada");
+        assert_eq!(p.get("/missing").status, 404);
+        let r = request(
+            p.addr,
+            "POST /json HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n[1, 2, 3]",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v, serde_json::json!({"got": [1, 2, 3], "n": 3}));
+        let r = request(
+            p.addr,
+            "POST /form HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nname=ada+\r\n6\r\nlovel%\r\n4\r\n61ce\r\n0\r\n\r\n",
+        );
+        assert_eq!(r.text(), "form name=ada lovelace");
+        assert_eq!(p.get("/stream").text(), "part 0\npart 1\npart 2\n");
+        let prefix = p.get("/prefix").text();
+        assert_eq!(
+            std::fs::canonicalize(&prefix).unwrap(),
+            std::fs::canonicalize(&venv).unwrap()
+        );
+    }
+}
+
+#[test]
+fn seed_002_apps_with_requests_and_aiohttp_in_a_virtualenv() {
+    let Some(venv) = test_venv() else { return };
+    let backend = BuiltinServer::start();
+    let q = format!("/?backend={}", backend.addr.port());
+    for (file, want) in [
+        ("seed002/app_sync.py", "with synchronous calls"),
+        ("seed002/app_asyncio.py", "async calls using asyncio"),
+    ] {
+        let p = Proc::start(&Spec {
+            model: Some("threads"),
+            venv: Some(venv.clone()),
+            ..Spec::new(file)
+        });
+        let r = p.get(&q);
+        assert_eq!(r.status, 200, "{file}: {}", r.text());
+        assert!(r.text().contains(want), "{}", r.text());
+    }
+}

@@ -191,7 +191,10 @@ fn offsets(base: &[u8], part: &[u8]) -> (usize, usize) {
 /// Parses the request head at the start of `buf`. `Ok(None)` when incomplete.
 fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, HttpError> {
     // Tolerate empty lines before a request (RFC 9112 §2.2), as most servers do.
-    let skip = buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    let skip = buf
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
     let data = &buf[skip..];
     if data.is_empty() {
         return Ok(None);
@@ -274,7 +277,9 @@ fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, Http
         headers.push((offsets(buf, name), offsets(buf, h.value)));
     }
     if version == Version::Http11 && !host_seen {
-        return Err(HttpError::Malformed("HTTP/1.1 request without Host header".into()));
+        return Err(HttpError::Malformed(
+            "HTTP/1.1 request without Host header".into(),
+        ));
     }
     if transfer_encoding {
         if content_length.is_some() {
@@ -283,10 +288,14 @@ fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, Http
             ));
         }
         if version == Version::Http10 {
-            return Err(HttpError::Smuggling("Transfer-Encoding in an HTTP/1.0 request"));
+            return Err(HttpError::Smuggling(
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ));
         }
         if !chunked {
-            return Err(HttpError::Smuggling("Transfer-Encoding does not end with chunked"));
+            return Err(HttpError::Smuggling(
+                "Transfer-Encoding does not end with chunked",
+            ));
         }
     }
     let keep_alive = match version {
@@ -363,7 +372,9 @@ fn transfer_encoding_is_chunked(v: &[u8], already: bool) -> Result<bool, HttpErr
         } else if c.eq_ignore_ascii_case(b"identity") {
             return Err(HttpError::Smuggling("Transfer-Encoding: identity"));
         } else if last_chunked {
-            return Err(HttpError::Smuggling("Transfer-Encoding does not end with chunked"));
+            return Err(HttpError::Smuggling(
+                "Transfer-Encoding does not end with chunked",
+            ));
         } else {
             return Err(HttpError::UnsupportedTransferCoding);
         }

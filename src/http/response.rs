@@ -182,7 +182,9 @@ pub fn encode_head(
     let mut app_length: Option<u64> = None;
     for (name, value) in &resp.headers {
         if name.is_empty() || !name.bytes().all(is_token_byte) {
-            return Err(HttpError::BadAppHeader(format!("invalid header name {name:?}")));
+            return Err(HttpError::BadAppHeader(format!(
+                "invalid header name {name:?}"
+            )));
         }
         if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
             return Err(HttpError::BadAppHeader(format!(

@@ -52,7 +52,8 @@ enum Outcome {
 
 impl AppState {
     pub(crate) fn load(py: Python<'_>, opts: &PythonOptions) -> Result<AppState, PythonError> {
-        let boot = interp::boot_module(py).map_err(|e| PythonError::Init(interp::summary(py, &e)))?;
+        let boot =
+            interp::boot_module(py).map_err(|e| PythonError::Init(interp::summary(py, &e)))?;
         let (module, what, callable) = if let Some(file) = &opts.wsgi_file {
             let abs = std::path::absolute(file).unwrap_or_else(|_| file.clone());
             let name = module_name_for(py, file);
@@ -225,7 +226,9 @@ fn head_response(head: Option<super::wsgi::Head>) -> Response {
 fn aborted_after(data: Bytes) -> Body {
     let items: Vec<io::Result<Bytes>> = vec![
         Ok(data),
-        Err(io::Error::other("the app raised after the response started")),
+        Err(io::Error::other(
+            "the app raised after the response started",
+        )),
     ];
     Body::Stream(Box::pin(futures_util::stream::iter(items)))
 }
@@ -272,7 +275,9 @@ fn finish(py: Python<'_>, result: Bound<'_, PyAny>, sr: &Bound<'_, StartResponse
                 close(py, &result);
                 let mut me = sr.borrow_mut();
                 if me.head.is_none() {
-                    return Outcome::Done(plain_500("the app returned without calling start_response()"));
+                    return Outcome::Done(plain_500(
+                        "the app returned without calling start_response()",
+                    ));
                 }
                 let body = me.written.split().freeze();
                 let head = me.head.take();
@@ -326,7 +331,11 @@ fn finish(py: Python<'_>, result: Bound<'_, PyAny>, sr: &Bound<'_, StartResponse
 }
 
 /// The fast path: a list or tuple of bytes becomes one buffer.
-fn from_sequence(py: Python<'_>, seq: &Bound<'_, PyAny>, sr: &Bound<'_, StartResponse>) -> Response {
+fn from_sequence(
+    py: Python<'_>,
+    seq: &Bound<'_, PyAny>,
+    sr: &Bound<'_, StartResponse>,
+) -> Response {
     let items: &[*mut ffi::PyObject] = if seq.len().unwrap_or(0) == 0 {
         &[]
     } else if let Ok(l) = seq.downcast::<PyList>() {
@@ -366,7 +375,8 @@ fn from_sequence(py: Python<'_>, seq: &Bound<'_, PyAny>, sr: &Bound<'_, StartRes
     }
     let body = if items.len() == 1 && written.is_empty() {
         // SAFETY: a live bytes object (checked above); borrowed for this scope.
-        let b = unsafe { Bound::from_borrowed_ptr(py, items[0]).downcast_into_unchecked::<PyBytes>() };
+        let b =
+            unsafe { Bound::from_borrowed_ptr(py, items[0]).downcast_into_unchecked::<PyBytes>() };
         if total >= ZERO_COPY_MIN {
             Bytes::from_owner(PyBackedBytes::from(b))
         } else {
@@ -472,7 +482,9 @@ impl StreamState {
                 }
                 Some(item) => {
                     let Ok(b) = item.downcast::<PyBytes>() else {
-                        eprintln!("forklift: the app yielded a non-bytes item; closing the connection");
+                        eprintln!(
+                            "forklift: the app yielded a non-bytes item; closing the connection"
+                        );
                         return Step::Failed;
                     };
                     let b = b.as_bytes();
@@ -560,7 +572,8 @@ pub(crate) fn call_pooled(app: &Arc<AppState>, pool: &PoolSlot, req: Request) ->
                 result,
                 sr,
             } => {
-                let (ctx, mut crx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(STREAM_CHANNEL);
+                let (ctx, mut crx) =
+                    tokio::sync::mpsc::channel::<io::Result<Bytes>>(STREAM_CHANNEL);
                 head.body = Body::Stream(Box::pin(futures_util::stream::poll_fn(move |cx| {
                     crx.poll_recv(cx)
                 })));
@@ -579,8 +592,11 @@ pub(crate) fn call_pooled(app: &Arc<AppState>, pool: &PoolSlot, req: Request) ->
                 .unwrap_or_else(|_| plain_500("the Python worker pool dropped a request"))
         })),
         Err(_) => Reply::Ready(
-            Response::text(503, Bytes::from_static(b"Service Unavailable: the server is busy\n"))
-                .with_header("Retry-After", Bytes::from_static(b"1")),
+            Response::text(
+                503,
+                Bytes::from_static(b"Service Unavailable: the server is busy\n"),
+            )
+            .with_header("Retry-After", Bytes::from_static(b"1")),
         ),
     }
 }
@@ -604,4 +620,3 @@ fn push_stream(state: StreamState, tx: tokio::sync::mpsc::Sender<io::Result<Byte
     }
     with_gil(|py| state.close(py));
 }
-

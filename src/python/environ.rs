@@ -80,7 +80,10 @@ pub(crate) fn template(
     multiprocess: bool,
 ) -> PyResult<Py<PyDict>> {
     let d = PyDict::new(py);
-    d.set_item(PyString::intern(py, "SCRIPT_NAME"), PyString::intern(py, ""))?;
+    d.set_item(
+        PyString::intern(py, "SCRIPT_NAME"),
+        PyString::intern(py, ""),
+    )?;
     d.set_item(
         PyString::intern(py, "wsgi.version"),
         PyTuple::new(py, [1, 0])?,
@@ -98,7 +101,10 @@ pub(crate) fn template(
         PyString::intern(py, "wsgi.multiprocess"),
         PyBool::new(py, multiprocess),
     )?;
-    d.set_item(PyString::intern(py, "wsgi.run_once"), PyBool::new(py, false))?;
+    d.set_item(
+        PyString::intern(py, "wsgi.run_once"),
+        PyBool::new(py, false),
+    )?;
     d.set_item(
         PyString::intern(py, "wsgi.input_terminated"),
         PyBool::new(py, true),
@@ -117,7 +123,11 @@ pub(crate) fn latin1<'py>(py: Python<'py>, b: &[u8]) -> PyResult<Bound<'py, PySt
     unsafe {
         Bound::from_owned_ptr_or_err(
             py,
-            ffi::PyUnicode_DecodeLatin1(b.as_ptr().cast(), b.len() as ffi::Py_ssize_t, std::ptr::null()),
+            ffi::PyUnicode_DecodeLatin1(
+                b.as_ptr().cast(),
+                b.len() as ffi::Py_ssize_t,
+                std::ptr::null(),
+            ),
         )
         .map(|o| o.downcast_into_unchecked())
     }
@@ -282,7 +292,10 @@ pub(crate) fn build<'py>(
             host = Some(&h.value);
         }
         // A repeated header was joined when its first occurrence was seen.
-        if headers[..i].iter().any(|p| p.name.eq_ignore_ascii_case(name)) {
+        if headers[..i]
+            .iter()
+            .any(|p| p.name.eq_ignore_ascii_case(name))
+        {
             continue;
         }
         let Some(key) = header_key(py, c, name) else {
@@ -315,7 +328,9 @@ pub(crate) fn build<'py>(
             let (name, port) = split_host(h);
             env.set_item(c.server_name.bind(py), latin1(py, name)?)?;
             match (port, local) {
-                (Some(p), _) if !p.is_empty() => env.set_item(c.server_port.bind(py), latin1(py, p)?)?,
+                (Some(p), _) if !p.is_empty() => {
+                    env.set_item(c.server_port.bind(py), latin1(py, p)?)?
+                }
                 (_, Some(l)) => env.set_item(c.server_port.bind(py), l.port().to_string())?,
                 _ => env.set_item(c.server_port.bind(py), c.port80.bind(py))?,
             }
@@ -356,15 +371,15 @@ mod tests {
     fn splits_targets() {
         assert_eq!(split_target(b"/a?b=1"), (&b"/a"[..], &b"b=1"[..]));
         assert_eq!(split_target(b"/a"), (&b"/a"[..], &b""[..]));
-        assert_eq!(
-            split_target(b"http://h:1/x?y"),
-            (&b"/x"[..], &b"y"[..])
-        );
+        assert_eq!(split_target(b"http://h:1/x?y"), (&b"/x"[..], &b"y"[..]));
     }
 
     #[test]
     fn splits_hosts() {
-        assert_eq!(split_host(b"example.com:8080"), (&b"example.com"[..], Some(&b"8080"[..])));
+        assert_eq!(
+            split_host(b"example.com:8080"),
+            (&b"example.com"[..], Some(&b"8080"[..]))
+        );
         assert_eq!(split_host(b"example.com"), (&b"example.com"[..], None));
         assert_eq!(split_host(b"[::1]:80"), (&b"[::1]"[..], Some(&b"80"[..])));
         assert_eq!(split_host(b"[::1]"), (&b"[::1]"[..], None));

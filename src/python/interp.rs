@@ -143,10 +143,11 @@ pub(crate) fn initialize(opts: &PythonOptions) -> Result<(), PythonError> {
         let mut paths: Vec<&Path> = opts.pythonpath.iter().map(|p| p.as_path()).collect();
         // Like `python FILE`: the file's directory comes first; like `python -m`: the
         // working directory.
-        let file_dir = opts
-            .wsgi_file
-            .as_ref()
-            .map(|f| f.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")));
+        let file_dir = opts.wsgi_file.as_ref().map(|f| {
+            f.parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+        });
         match file_dir {
             Some(d) => paths.push(d),
             None => paths.push(Path::new(".")),
@@ -206,6 +207,8 @@ fn start_interpreter() -> Result<(), String> {
             // The server owns SIGINT/SIGTERM/SIGHUP; Python must not install handlers.
             config.install_signal_handlers = 0;
             config.parse_argv = 0;
+            // Like `python -u`: what apps print reaches the log at once.
+            config.buffered_stdio = 0;
             if let Some(exe) = option_env!("FORKLIFT_PYTHON_EXECUTABLE") {
                 if Path::new(exe).exists() {
                     // Python derives its prefix (stdlib, site-packages) from this
@@ -301,7 +304,8 @@ pub(crate) fn ensure_thread_loop(py: Python<'_>) {
     // SAFETY: PyImport_GetModuleDict returns a borrowed reference to sys.modules, valid
     // while the GIL is held.
     let modules = unsafe {
-        Bound::from_borrowed_ptr(py, ffi::PyImport_GetModuleDict()).downcast_into_unchecked::<PyDict>()
+        Bound::from_borrowed_ptr(py, ffi::PyImport_GetModuleDict())
+            .downcast_into_unchecked::<PyDict>()
     };
     let Ok(Some(asyncio)) = modules.get_item(key) else {
         return;

@@ -91,7 +91,12 @@ pub struct PythonArgs {
     #[arg(long, value_name = "DIR")]
     pub chdir: Option<PathBuf>,
     /// Use this virtualenv (default: $VIRTUAL_ENV when set).
-    #[arg(long = "virtualenv", visible_alias = "home", alias = "venv", value_name = "DIR")]
+    #[arg(
+        long = "virtualenv",
+        visible_alias = "home",
+        alias = "venv",
+        value_name = "DIR"
+    )]
     pub virtualenv: Option<PathBuf>,
     /// Accepted for uWSGI compatibility: Python threads always run.
     #[arg(long = "enable-threads")]
@@ -223,4 +228,3 @@ impl Handler for WsgiApp {
         module::shutdown_offload();
     }
 }
-

@@ -35,7 +35,10 @@ pub trait SpoolSink: Send + Sync + 'static {
 /// offload engine may replace it.
 pub trait OffloadExecutor: Send + Sync + 'static {
     /// Queues `job`; returns it when the queue is full.
-    fn submit(&self, job: Box<dyn FnOnce() + Send + 'static>) -> Result<(), Box<dyn FnOnce() + Send + 'static>>;
+    fn submit(
+        &self,
+        job: Box<dyn FnOnce() + Send + 'static>,
+    ) -> Result<(), Box<dyn FnOnce() + Send + 'static>>;
 }
 
 /// Why [`run_task`] failed.
@@ -67,7 +70,10 @@ pub fn set_offload_executor(exec: Arc<dyn OffloadExecutor>) {
 /// Names of the tasks the loaded app declared with `@forklift.task`.
 pub fn task_names() -> Vec<String> {
     let tasks = TASKS.lock().unwrap_or_else(|e| e.into_inner());
-    let mut v: Vec<String> = tasks.as_ref().map(|t| t.keys().cloned().collect()).unwrap_or_default();
+    let mut v: Vec<String> = tasks
+        .as_ref()
+        .map(|t| t.keys().cloned().collect())
+        .unwrap_or_default();
     v.sort();
     v
 }
@@ -120,15 +126,25 @@ pub(crate) fn populate(m: &Bound<'_, PyModule>) -> PyResult<()> {
 pub(crate) fn install(py: Python<'_>) -> PyResult<()> {
     let m = PyModule::new(py, "forklift")?;
     populate(&m)?;
-    py.import("sys")?.getattr("modules")?.set_item("forklift", m)?;
+    py.import("sys")?
+        .getattr("modules")?
+        .set_item("forklift", m)?;
     Ok(())
 }
 
 /// Submits a call of `func(*args, **kwargs)`.
-fn submit_call(py: Python<'_>, func: Py<PyAny>, args: Py<PyTuple>, kwargs: Option<Py<PyDict>>) -> PyResult<()> {
+fn submit_call(
+    py: Python<'_>,
+    func: Py<PyAny>,
+    args: Py<PyTuple>,
+    kwargs: Option<Py<PyDict>>,
+) -> PyResult<()> {
     let job: Box<dyn FnOnce() + Send> = Box::new(move || {
         with_gil(|py| {
-            if let Err(e) = func.bind(py).call(args.bind(py), kwargs.as_ref().map(|k| k.bind(py))) {
+            if let Err(e) = func
+                .bind(py)
+                .call(args.bind(py), kwargs.as_ref().map(|k| k.bind(py)))
+            {
                 eprintln!("forklift: an offloaded call raised:");
                 e.print(py);
             }
@@ -197,7 +213,12 @@ impl Task {
 
     /// Runs the task later on the offload pool (not durable).
     #[pyo3(signature = (*args, **kwargs))]
-    fn offload(&self, py: Python<'_>, args: Py<PyTuple>, kwargs: Option<Py<PyDict>>) -> PyResult<bool> {
+    fn offload(
+        &self,
+        py: Python<'_>,
+        args: Py<PyTuple>,
+        kwargs: Option<Py<PyDict>>,
+    ) -> PyResult<bool> {
         submit_call(py, self.func.clone_ref(py), args, kwargs)?;
         Ok(true)
     }
@@ -273,7 +294,11 @@ impl TaskDecorator {
 /// `@forklift.task` or `@forklift.task(name="...")`: declares a named task.
 #[pyfunction]
 #[pyo3(signature = (func = None, *, name = None))]
-fn task(py: Python<'_>, func: Option<&Bound<'_, PyAny>>, name: Option<&Bound<'_, PyString>>) -> PyResult<PyObject> {
+fn task(
+    py: Python<'_>,
+    func: Option<&Bound<'_, PyAny>>,
+    name: Option<&Bound<'_, PyString>>,
+) -> PyResult<PyObject> {
     let name = name.map(|n| n.to_string());
     match func {
         Some(f) => Ok(Py::new(py, register(f, name)?)?.into_any()),

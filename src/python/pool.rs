@@ -81,7 +81,9 @@ impl PoolSlot {
                 .spawn(move || {
                     while let Ok(job) = rx.recv() {
                         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
-                            eprintln!("forklift: a Python pool job panicked; the thread carries on");
+                            eprintln!(
+                                "forklift: a Python pool job panicked; the thread carries on"
+                            );
                         }
                     }
                 });

@@ -63,7 +63,11 @@ impl Input {
     }
 
     #[pyo3(signature = (hint = None))]
-    fn readlines<'py>(&mut self, py: Python<'py>, hint: Option<isize>) -> PyResult<Bound<'py, PyList>> {
+    fn readlines<'py>(
+        &mut self,
+        py: Python<'py>,
+        hint: Option<isize>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let hint = size_arg(hint).filter(|&h| h > 0);
         let list = PyList::empty(py);
         let mut total = 0;
@@ -264,9 +268,16 @@ const COMMON_NAMES: &[&str] = &[
 
 /// Hop-by-hop headers an app must not set (PEP 3333); the server frames the response.
 fn is_hop_by_hop(name: &str) -> bool {
-    ["transfer-encoding", "keep-alive", "proxy-connection", "upgrade", "te", "trailer"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
+    [
+        "transfer-encoding",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "te",
+        "trailer",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 fn is_token(s: &str) -> bool {
@@ -287,7 +298,9 @@ fn parse_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
             .downcast::<PyTuple>()
             .map_err(|_| PyTypeError::new_err("each header must be a (name, value) tuple"))?;
         if pair.len() != 2 {
-            return Err(PyTypeError::new_err("each header must be a (name, value) tuple"));
+            return Err(PyTypeError::new_err(
+                "each header must be a (name, value) tuple",
+            ));
         }
         let name = pair.get_item(0)?;
         let value = pair.get_item(1)?;
@@ -299,10 +312,15 @@ fn parse_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
             .map_err(|_| PyTypeError::new_err("header values must be str"))?;
         let name = name.to_cow()?;
         if !is_token(&name) {
-            return Err(PyValueError::new_err(format!("invalid header name {name:?}")));
+            return Err(PyValueError::new_err(format!(
+                "invalid header name {name:?}"
+            )));
         }
-        let value = latin1_bytes(&value.to_cow()?)
-            .ok_or_else(|| PyValueError::new_err(format!("invalid value for header {name:?}: not latin-1 or contains a control character")))?;
+        let value = latin1_bytes(&value.to_cow()?).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "invalid value for header {name:?}: not latin-1 or contains a control character"
+            ))
+        })?;
         if is_hop_by_hop(&name) {
             continue;
         }
@@ -388,7 +406,10 @@ mod tests {
 
     #[test]
     fn parses_statuses() {
-        assert_eq!(parse_status("200 OK").unwrap(), (200, Some(Cow::Borrowed("OK"))));
+        assert_eq!(
+            parse_status("200 OK").unwrap(),
+            (200, Some(Cow::Borrowed("OK")))
+        );
         assert_eq!(parse_status("599 Odd").unwrap().1.as_deref(), Some("Odd"));
         assert_eq!(parse_status("204").unwrap().0, 204);
         assert!(parse_status("20 OK").is_err());

@@ -30,9 +30,14 @@ pub fn classify(e: &io::Error) -> AcceptError {
             Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
                 AcceptError::Backoff
             }
-            Some(libc::EPROTO) | Some(libc::ENOPROTOOPT) | Some(libc::EHOSTDOWN)
-            | Some(libc::ENONET) | Some(libc::EHOSTUNREACH) | Some(libc::EOPNOTSUPP)
-            | Some(libc::ENETUNREACH) | Some(libc::ENETDOWN) => AcceptError::Retry,
+            Some(libc::EPROTO)
+            | Some(libc::ENOPROTOOPT)
+            | Some(libc::EHOSTDOWN)
+            | Some(libc::ENONET)
+            | Some(libc::EHOSTUNREACH)
+            | Some(libc::EOPNOTSUPP)
+            | Some(libc::ENETUNREACH)
+            | Some(libc::ENETDOWN) => AcceptError::Retry,
             _ => AcceptError::Fatal,
         },
     }

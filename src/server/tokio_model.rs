@@ -23,7 +23,9 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
     listener.set_nonblocking(true)?;
     let threads = env.config.threads.max(1);
     let rt = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)

@@ -35,3 +35,9 @@ def stream():
 
 
 application = app
+
+
+@app.route("/prefix")
+def prefix():
+    import sys
+    return sys.prefix
