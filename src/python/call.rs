@@ -236,14 +236,11 @@ fn aborted_after(data: Bytes) -> Body {
 /// Calls `result.close()` when it has one; errors are logged.
 fn close(py: Python<'_>, result: &Bound<'_, PyAny>) {
     let name = pyo3::intern!(py, "close");
-    match result.getattr(name) {
-        Ok(c) => {
-            if let Err(e) = c.call0() {
-                eprintln!("forklift: exception in close() of the app's iterable:");
-                e.print(py);
-            }
+    if let Ok(c) = result.getattr(name) {
+        if let Err(e) = c.call0() {
+            eprintln!("forklift: exception in close() of the app's iterable:");
+            e.print(py);
         }
-        Err(_) => {}
     }
 }
 

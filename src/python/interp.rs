@@ -191,7 +191,7 @@ fn start_interpreter() -> Result<(), String> {
     if unsafe { ffi::Py_IsInitialized() } != 0 {
         // Someone (an embedding test, pyo3's auto-initialize) started it already: add
         // our module to sys.modules instead of the init table.
-        Python::with_gil(|py| super::module::install(py)).map_err(|e| e.to_string())?;
+        Python::with_gil(super::module::install).map_err(|e| e.to_string())?;
     } else {
         pyo3::append_to_inittab!(forklift_module);
         // SAFETY: the interpreter is not running (checked above, under the STARTED lock),
