@@ -577,12 +577,12 @@ fn asyncio_in_a_request(m: Model) {
 fn forklift_module(m: Model) {
     let s = Server::start("suite.py", "application", m);
     let r = s.get("/forklift");
-    assert_eq!(
-        r.text(),
-        format!("version {} task suite.send_mail", env!("CARGO_PKG_VERSION"))
-            .replace("suite.send_mail", r.text().rsplit(' ').next().unwrap())
+    let text = r.text();
+    assert!(
+        text.starts_with(&format!("version {} task ", env!("CARGO_PKG_VERSION"))),
+        "{text}"
     );
-    assert!(r.text().ends_with(".send_mail"));
+    assert!(text.ends_with(".send_mail"), "{text}");
     assert_eq!(s.get("/offload?tag=t1").text(), "queued True");
     assert_eq!(s.wait_for("/offloaded", "t1"), "t1");
     let r = s.get("/errors");
