@@ -762,6 +762,8 @@ struct Spec {
     lazy: bool,
     venv: Option<String>,
     chdir: Option<String>,
+    /// Extra environment variables for the server process.
+    env: Vec<(&'static str, &'static str)>,
 }
 
 impl Spec {
@@ -852,6 +854,7 @@ struct Proc {
     child: std::process::Child,
     addr: std::net::SocketAddr,
     output: std::sync::Arc<std::sync::Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// Whether the `forklift` binary can serve WSGI apps (the CLI wiring has landed).
@@ -889,6 +892,7 @@ impl Proc {
         };
         cmd.current_dir(apps_dir())
             .env_remove("VIRTUAL_ENV")
+            .envs(spec.env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -910,24 +914,26 @@ impl Proc {
                 addr = Some(a.parse().unwrap());
             }
         }
+        let mut readers = Vec::new();
         for pipe in [
             Box::new(stderr) as Box<dyn std::io::Read + Send>,
             Box::new(child.stdout.take().unwrap()),
         ] {
             let out = output.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 let mut r = std::io::BufReader::new(pipe);
                 let mut l = String::new();
                 while r.read_line(&mut l).unwrap_or(0) > 0 {
                     out.lock().unwrap().push_str(&l);
                     l.clear();
                 }
-            });
+            }));
         }
         Proc {
             child,
             addr: addr.unwrap(),
             output,
+            readers,
         }
     }
 
@@ -951,8 +957,18 @@ impl Proc {
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
+impl Proc {
+    /// Stops the server gracefully and returns everything it printed.
+    fn stop(mut self) -> String {
+        self.terminate();
+        for r in std::mem::take(&mut self.readers) {
+            let _ = r.join();
+        }
+        let out = self.output.lock().unwrap().clone();
+        out
+    }
+
+    fn terminate(&mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -964,6 +980,14 @@ impl Drop for Proc {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
     }
 }
 
@@ -1103,6 +1127,7 @@ fn preforked_workers_serve_python() {
             model: Some(model),
             processes: 2,
             lazy,
+            env: vec![("FORKLIFT_TEST_ATEXIT", "1")],
             ..Spec::new("suite.py")
         });
         assert_eq!(p.get("/hello").text(), "Hello world");
@@ -1115,6 +1140,13 @@ fn preforked_workers_serve_python() {
         assert_eq!(r.body.len(), 1_000_000);
         let e: serde_json::Value = serde_json::from_slice(&p.get("/environ").body).unwrap();
         assert_eq!(e["wsgi.multiprocess"], true);
+        // Each worker runs the app's atexit functions when it stops.
+        let out = p.stop();
+        assert_eq!(
+            out.matches("suite.py: atexit ran").count(),
+            2,
+            "{model}: {out}"
+        );
     }
 }
 

@@ -208,22 +208,30 @@ fn cgi_key(name: &[u8]) -> Option<String> {
 
 fn header_key<'py>(py: Python<'py>, c: &Consts, name: &[u8]) -> Option<Bound<'py, PyString>> {
     let mut lower = [0u8; 64];
-    if name.len() <= lower.len() {
-        let l = &mut lower[..name.len()];
-        for (d, s) in l.iter_mut().zip(name) {
-            *d = s.to_ascii_lowercase();
-        }
-        let mut map = c.header_keys.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(k) = map.get(&l[..]) {
-            return Some(k.bind(py).clone());
-        }
-        let key = PyString::intern(py, &cgi_key(name)?);
-        if map.len() < MAX_CACHED_NAMES {
-            map.insert(l.to_vec().into_boxed_slice(), key.clone().unbind());
-        }
-        return Some(key);
+    if name.len() > lower.len() {
+        return Some(PyString::new(py, &cgi_key(name)?));
     }
-    Some(PyString::new(py, &cgi_key(name)?))
+    let l = &mut lower[..name.len()];
+    for (d, s) in l.iter_mut().zip(name) {
+        *d = s.to_ascii_lowercase();
+    }
+    // The lock is never held while Python code could run (an allocation may run a
+    // garbage collection and `__del__` methods, which may switch threads).
+    let cached = c
+        .header_keys
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&l[..])
+        .map(|k| k.clone_ref(py));
+    if let Some(k) = cached {
+        return Some(k.into_bound(py));
+    }
+    let key = PyString::intern(py, &cgi_key(name)?);
+    let mut map = c.header_keys.lock().unwrap_or_else(|e| e.into_inner());
+    if map.len() < MAX_CACHED_NAMES && !map.contains_key(&l[..]) {
+        map.insert(l.to_vec().into_boxed_slice(), key.clone().unbind());
+    }
+    Some(key)
 }
 
 /// Builds the environ for `req` from the app's template.

@@ -391,3 +391,23 @@ pub(crate) fn after_fork_child() {
     }
     ATTACHED.with(|a| a.set(gen));
 }
+
+/// Runs the functions registered with `atexit` once, when a worker stops (the process
+/// exits without finalising the interpreter). Skipped in a master that prepared a fork.
+pub(crate) fn run_atexit() {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if !*STARTED.lock().unwrap_or_else(|e| e.into_inner())
+        || PREPARED.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+        || DONE.swap(true, Ordering::SeqCst)
+    {
+        return;
+    }
+    with_gil(|py| {
+        let res = py
+            .import("atexit")
+            .and_then(|a| a.call_method0("_run_exitfuncs"));
+        if let Err(e) = res {
+            e.print(py);
+        }
+    });
+}

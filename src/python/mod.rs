@@ -226,5 +226,6 @@ impl Handler for WsgiApp {
     fn shutdown(&self) {
         self.pool.shutdown();
         module::shutdown_offload();
+        interp::run_atexit();
     }
 }

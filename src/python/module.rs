@@ -141,6 +141,7 @@ fn submit_call(
 ) -> PyResult<()> {
     let job: Box<dyn FnOnce() + Send> = Box::new(move || {
         with_gil(|py| {
+            interp::ensure_thread_loop(py);
             if let Err(e) = func
                 .bind(py)
                 .call(args.bind(py), kwargs.as_ref().map(|k| k.bind(py)))
@@ -267,11 +268,13 @@ fn register(func: &Bound<'_, PyAny>, name: Option<String>) -> PyResult<Task> {
             format!("{module}.{qual}")
         }
     };
-    TASKS
+    let replaced = TASKS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get_or_insert_with(HashMap::new)
         .insert(name.clone(), func.clone().unbind());
+    // Dropped after the lock is released: a decref may run Python code.
+    drop(replaced);
     Ok(Task {
         name,
         func: func.clone().unbind(),

@@ -15,6 +15,15 @@ from wsgiref.validate import validator
 import forklift
 
 CLOSED = {"count": 0}
+
+
+def _at_exit():
+    sys.stderr.write("suite.py: atexit ran in %d\n" % os.getpid())
+
+
+if os.environ.get("FORKLIFT_TEST_ATEXIT"):
+    import atexit
+    atexit.register(_at_exit)
 OFFLOADED = []
 _lock = threading.Lock()
 
