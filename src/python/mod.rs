@@ -162,6 +162,35 @@ pub enum PythonError {
     NotCallable { what: String, callable: String },
 }
 
+/// Checks what can be checked without starting Python (an app is named once, the
+/// wsgi-file and the virtualenv exist). For a master with `--lazy-apps`, which must not
+/// import the app itself.
+pub fn check_options(opts: &PythonOptions) -> Result<(), PythonError> {
+    match (&opts.wsgi_file, &opts.module) {
+        (None, None) => return Err(PythonError::NoApp),
+        (Some(_), Some(_)) => return Err(PythonError::BothApps),
+        _ => {}
+    }
+    if let Some(f) = &opts.wsgi_file {
+        let full = match &opts.chdir {
+            Some(dir) if f.is_relative() => dir.join(f),
+            _ => f.clone(),
+        };
+        if !full.is_file() {
+            return Err(PythonError::FileNotFound(f.display().to_string()));
+        }
+    }
+    if let Some(v) = &opts.virtualenv {
+        if !v.is_dir() {
+            return Err(PythonError::Virtualenv {
+                path: v.display().to_string(),
+                reason: "directory not found".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Loads the app described by `opts` and returns it as a handler. Starts the interpreter
 /// on first use. Call it in the master before forking (then the workers call
 /// [`Handler::after_fork`]) or, with lazy apps, in each worker after fork.
@@ -178,20 +207,7 @@ pub struct WsgiApp {
 impl WsgiApp {
     /// Loads the app (see [`load_app`]).
     pub fn load(opts: &PythonOptions) -> Result<WsgiApp, PythonError> {
-        match (&opts.wsgi_file, &opts.module) {
-            (None, None) => return Err(PythonError::NoApp),
-            (Some(_), Some(_)) => return Err(PythonError::BothApps),
-            _ => {}
-        }
-        if let Some(f) = &opts.wsgi_file {
-            let full = match &opts.chdir {
-                Some(dir) if f.is_relative() => dir.join(f),
-                _ => f.clone(),
-            };
-            if !full.is_file() {
-                return Err(PythonError::FileNotFound(f.display().to_string()));
-            }
-        }
+        check_options(opts)?;
         interp::initialize(opts)?;
         let state = interp::with_gil(|py| call::AppState::load(py, opts))?;
         let threads = if opts.pool_threads == 0 {
