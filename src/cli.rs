@@ -224,7 +224,9 @@ fn secs(v: f64, name: &str) -> Result<Duration, CliError> {
     if v.is_finite() && v > 0.0 && v < 1e9 {
         Ok(Duration::from_secs_f64(v))
     } else {
-        Err(CliError::Usage(format!("--{name} must be a positive number of seconds, got {v}")))
+        Err(CliError::Usage(format!(
+            "--{name} must be a positive number of seconds, got {v}"
+        )))
     }
 }
 
@@ -250,12 +252,21 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
         (None, Model::Threads) => defaults.threads,
         (None, _) => 1,
     };
-    let cores = a.cores.or(async_cores).map(|c| c as usize).unwrap_or(defaults.cores);
+    let cores = a
+        .cores
+        .or(async_cores)
+        .map(|c| c as usize)
+        .unwrap_or(defaults.cores);
     if a.listen <= 0 {
-        return Err(CliError::Usage(format!("--listen must be positive, got {}", a.listen)));
+        return Err(CliError::Usage(format!(
+            "--listen must be positive, got {}",
+            a.listen
+        )));
     }
     if a.buffer_size < 1024 {
-        return Err(CliError::Usage("--buffer-size must be at least 1024 bytes".into()));
+        return Err(CliError::Usage(
+            "--buffer-size must be at least 1024 bytes".into(),
+        ));
     }
     let config = ServerConfig {
         model,
@@ -268,7 +279,7 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
         backlog: a.listen,
         limits: crate::http::Limits {
             max_head: a.buffer_size,
-            max_uri: a.buffer_size.min(8 * 1024).max(1024),
+            max_uri: a.buffer_size.clamp(1024, 8 * 1024),
             max_body: a.limit_post,
             ..crate::http::Limits::default()
         },
@@ -400,7 +411,8 @@ pub fn expand_ini(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
         }
         let arg = serve.get_arguments().find(|a| {
             a.get_long() == Some(key.as_str())
-                || a.get_all_aliases().is_some_and(|al| al.contains(&key.as_str()))
+                || a.get_all_aliases()
+                    .is_some_and(|al| al.contains(&key.as_str()))
         });
         let Some(arg) = arg else {
             eprintln!(
@@ -461,7 +473,12 @@ pub fn parse_ini(text: &str) -> Vec<(usize, String, String, String)> {
         {
             value = &value[1..value.len() - 1];
         }
-        out.push((i + 1, section.clone(), key.trim().to_string(), value.to_string()));
+        out.push((
+            i + 1,
+            section.clone(),
+            key.trim().to_string(),
+            value.to_string(),
+        ));
     }
     out
 }
@@ -472,18 +489,26 @@ mod tests {
 
     fn parse(args: &[&str]) -> ServeArgs {
         let argv: Vec<OsString> = args.iter().map(OsString::from).collect();
-        match Cli::try_parse_from(argv).unwrap().command {
-            Command::Serve(a) => a,
-        }
+        let Command::Serve(a) = Cli::try_parse_from(argv).unwrap().command;
+        a
     }
 
     #[test]
     fn ini_both_spellings_and_sections() {
-        let v = parse_ini("[uwsgi]\nhttp = :5000\nwsgi-file=app.py\n; c\nmaster = 1\n[other]\nx=1\n");
-        let kv: Vec<_> = v.iter().map(|(_, s, k, v)| (s.as_str(), k.as_str(), v.as_str())).collect();
+        let v =
+            parse_ini("[uwsgi]\nhttp = :5000\nwsgi-file=app.py\n; c\nmaster = 1\n[other]\nx=1\n");
+        let kv: Vec<_> = v
+            .iter()
+            .map(|(_, s, k, v)| (s.as_str(), k.as_str(), v.as_str()))
+            .collect();
         assert_eq!(
             kv,
-            [("uwsgi", "http", ":5000"), ("uwsgi", "wsgi-file", "app.py"), ("uwsgi", "master", "1"), ("other", "x", "1")]
+            [
+                ("uwsgi", "http", ":5000"),
+                ("uwsgi", "wsgi-file", "app.py"),
+                ("uwsgi", "master", "1"),
+                ("other", "x", "1")
+            ]
         );
     }
 
@@ -492,15 +517,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("forklift-ini-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let ini = dir.join("a.ini");
-        std::fs::write(&ini, "[uwsgi]\nhttp = :5001\nprocesses = 4\nmaster = 1\nlazy-apps = 0\nbogus = 3\n").unwrap();
-        let args: Vec<OsString> = ["forklift", "serve", "builtin:hello", "--ini", ini.to_str().unwrap(), "--processes", "2"]
-            .iter()
-            .map(OsString::from)
-            .collect();
+        std::fs::write(
+            &ini,
+            "[uwsgi]\nhttp = :5001\nprocesses = 4\nmaster = 1\nlazy-apps = 0\nbogus = 3\n",
+        )
+        .unwrap();
+        let args: Vec<OsString> = [
+            "forklift",
+            "serve",
+            "builtin:hello",
+            "--ini",
+            ini.to_str().unwrap(),
+            "--processes",
+            "2",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
         let expanded = expand_ini(args).unwrap();
-        let a = match Cli::try_parse_from(expanded).unwrap().command {
-            Command::Serve(a) => a,
-        };
+        let Command::Serve(a) = Cli::try_parse_from(expanded).unwrap().command;
         assert_eq!(a.http.as_deref(), Some(":5001"));
         assert_eq!(a.processes, Some(2), "command line wins");
         assert!(a.master);
@@ -510,23 +545,62 @@ mod tests {
 
     #[test]
     fn model_inference() {
-        assert_eq!(plan(&parse(&["forklift", "serve", "builtin:hello"])).unwrap().config.model, Model::Epoll);
         assert_eq!(
-            plan(&parse(&["forklift", "serve", "builtin:hello", "--threads", "4"])).unwrap().config.model,
+            plan(&parse(&["forklift", "serve", "builtin:hello"]))
+                .unwrap()
+                .config
+                .model,
+            Model::Epoll
+        );
+        assert_eq!(
+            plan(&parse(&[
+                "forklift",
+                "serve",
+                "builtin:hello",
+                "--threads",
+                "4"
+            ]))
+            .unwrap()
+            .config
+            .model,
             Model::Threads
         );
-        let p = plan(&parse(&["forklift", "serve", "builtin:hello", "--gevent", "50"])).unwrap();
+        let p = plan(&parse(&[
+            "forklift",
+            "serve",
+            "builtin:hello",
+            "--gevent",
+            "50",
+        ]))
+        .unwrap();
         assert_eq!((p.config.model, p.config.cores), (Model::Async, 50));
-        let p = plan(&parse(&["forklift", "serve", "builtin:hello", "--processes", "2"])).unwrap();
+        let p = plan(&parse(&[
+            "forklift",
+            "serve",
+            "builtin:hello",
+            "--processes",
+            "2",
+        ]))
+        .unwrap();
         assert!(p.config.master);
     }
 
     #[test]
     fn bad_values_are_clear() {
-        let argv: Vec<OsString> = ["forklift", "serve", "builtin:hello", "--model", "fast"].iter().map(OsString::from).collect();
+        let argv: Vec<OsString> = ["forklift", "serve", "builtin:hello", "--model", "fast"]
+            .iter()
+            .map(OsString::from)
+            .collect();
         let e = Cli::try_parse_from(argv).unwrap_err().to_string();
         assert!(e.contains("unknown model"), "{e}");
         assert!(plan(&parse(&["forklift", "serve"])).is_err());
-        assert!(plan(&parse(&["forklift", "serve", "builtin:hello", "--http", "nope"])).is_err());
+        assert!(plan(&parse(&[
+            "forklift",
+            "serve",
+            "builtin:hello",
+            "--http",
+            "nope"
+        ]))
+        .is_err());
     }
 }

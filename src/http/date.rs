@@ -17,7 +17,10 @@ thread_local! {
 /// Appends `Date: <IMF-fixdate>\r\n` for the current second.
 pub fn put_date_header(out: &mut BytesMut) {
     let now = SystemTime::now();
-    let second = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let second = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if c.second != second || c.line[0] == 0 {

@@ -191,7 +191,10 @@ fn offsets(base: &[u8], part: &[u8]) -> (usize, usize) {
 /// Parses the request head at the start of `buf`. `Ok(None)` when incomplete.
 fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, HttpError> {
     // Tolerate empty lines before a request (RFC 9112 §2.2), as most servers do.
-    let skip = buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    let skip = buf
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
     let data = &buf[skip..];
     if data.is_empty() {
         return Ok(None);
@@ -202,7 +205,19 @@ fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, Http
     let status = match req.parse(data) {
         Ok(s) => s,
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
-        Err(httparse::Error::Version) => return Err(HttpError::BadVersion),
+        Err(httparse::Error::Version) => {
+            // `HTTP/2.0` is a version we do not speak (505); `LINE` is no version at all.
+            let line = &data[..first_line_len(data)];
+            let looks_http = line
+                .split(|&b| b == b' ')
+                .nth(2)
+                .is_some_and(|v| v.starts_with(b"HTTP/") && v.len() >= 8 && v[5].is_ascii_digit());
+            return Err(if looks_http {
+                HttpError::BadVersion
+            } else {
+                HttpError::Malformed("invalid request line".into())
+            });
+        }
         Err(e) => {
             // A request line longer than the URI limit fails as a token error only once
             // bytes past the limit arrive; report the limit, not a parse error.
@@ -274,7 +289,9 @@ fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, Http
         headers.push((offsets(buf, name), offsets(buf, h.value)));
     }
     if version == Version::Http11 && !host_seen {
-        return Err(HttpError::Malformed("HTTP/1.1 request without Host header".into()));
+        return Err(HttpError::Malformed(
+            "HTTP/1.1 request without Host header".into(),
+        ));
     }
     if transfer_encoding {
         if content_length.is_some() {
@@ -283,10 +300,14 @@ fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, Http
             ));
         }
         if version == Version::Http10 {
-            return Err(HttpError::Smuggling("Transfer-Encoding in an HTTP/1.0 request"));
+            return Err(HttpError::Smuggling(
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ));
         }
         if !chunked {
-            return Err(HttpError::Smuggling("Transfer-Encoding does not end with chunked"));
+            return Err(HttpError::Smuggling(
+                "Transfer-Encoding does not end with chunked",
+            ));
         }
     }
     let keep_alive = match version {
@@ -363,7 +384,9 @@ fn transfer_encoding_is_chunked(v: &[u8], already: bool) -> Result<bool, HttpErr
         } else if c.eq_ignore_ascii_case(b"identity") {
             return Err(HttpError::Smuggling("Transfer-Encoding: identity"));
         } else if last_chunked {
-            return Err(HttpError::Smuggling("Transfer-Encoding does not end with chunked"));
+            return Err(HttpError::Smuggling(
+                "Transfer-Encoding does not end with chunked",
+            ));
         } else {
             return Err(HttpError::UnsupportedTransferCoding);
         }

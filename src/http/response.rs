@@ -182,7 +182,9 @@ pub fn encode_head(
     let mut app_length: Option<u64> = None;
     for (name, value) in &resp.headers {
         if name.is_empty() || !name.bytes().all(is_token_byte) {
-            return Err(HttpError::BadAppHeader(format!("invalid header name {name:?}")));
+            return Err(HttpError::BadAppHeader(format!(
+                "invalid header name {name:?}"
+            )));
         }
         if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
             return Err(HttpError::BadAppHeader(format!(
@@ -213,9 +215,7 @@ pub fn encode_head(
     let body_allowed = status_has_body(status);
     let known = app_length.or_else(|| resp.body.len_hint());
     let mut keep_alive = meta.keep_alive;
-    let framing = if !body_allowed {
-        Framing::None
-    } else if meta.head {
+    let framing = if !body_allowed || meta.head {
         Framing::None
     } else if let Some(n) = known {
         Framing::Length(n)

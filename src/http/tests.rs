@@ -45,8 +45,16 @@ fn keep_alive_rules() {
     assert!(!one(b"GET / HTTP/1.0\r\n\r\n").1.keep_alive);
     let (_, m) = one(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
     assert!(m.keep_alive && m.echo_keep_alive);
-    assert!(!one(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").1.keep_alive);
-    assert!(!one(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n").1.keep_alive);
+    assert!(
+        !one(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .1
+            .keep_alive
+    );
+    assert!(
+        !one(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n")
+            .1
+            .keep_alive
+    );
 }
 
 #[test]
@@ -107,7 +115,11 @@ fn chunked_body_split_everywhere() {
                 got = Some(r);
             }
         }
-        assert_eq!(&got.expect("complete").body[..], b"0123456789", "split at {split}");
+        assert_eq!(
+            &got.expect("complete").body[..],
+            b"0123456789",
+            "split at {split}"
+        );
     }
 }
 
@@ -117,8 +129,14 @@ fn expect_continue_reported_once() {
     let mut buf = BytesMut::from(
         &b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"[..],
     );
-    assert!(matches!(dec.decode(&mut buf, &Limits::default()).unwrap(), Decoded::Continue));
-    assert!(matches!(dec.decode(&mut buf, &Limits::default()).unwrap(), Decoded::NeedMore));
+    assert!(matches!(
+        dec.decode(&mut buf, &Limits::default()).unwrap(),
+        Decoded::Continue
+    ));
+    assert!(matches!(
+        dec.decode(&mut buf, &Limits::default()).unwrap(),
+        Decoded::NeedMore
+    ));
     buf.extend_from_slice(b"abc");
     match dec.decode(&mut buf, &Limits::default()).unwrap() {
         Decoded::Request(r, _) => assert_eq!(&r.body[..], b"abc"),
@@ -143,9 +161,15 @@ fn limits_map_to_statuses() {
     // An endless request line is cut off before the head completes.
     let endless = format!("GET /{}", "a".repeat(20000));
     assert_eq!(status_of(endless.as_bytes()), 414);
-    let many = format!("GET / HTTP/1.1\r\nHost: x\r\n{}\r\n", "X-A: b\r\n".repeat(150));
+    let many = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        "X-A: b\r\n".repeat(150)
+    );
     assert_eq!(status_of(many.as_bytes()), 431);
-    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(70000));
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(70000)
+    );
     assert_eq!(status_of(big.as_bytes()), 431);
     let body = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n";
     assert_eq!(status_of(body), 413);
@@ -162,10 +186,20 @@ fn limits_map_to_statuses() {
 
 #[test]
 fn malformed_requests_are_400() {
-    assert_eq!(status_of(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"), 400);
+    assert_eq!(
+        status_of(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"),
+        400
+    );
     assert_eq!(status_of(b"G@T / HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
-    assert_eq!(status_of(b"GET / HTTP/1.1\r\n\r\n"), 400, "1.1 without Host");
-    assert_eq!(status_of(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), 400);
+    assert_eq!(
+        status_of(b"GET / HTTP/1.1\r\n\r\n"),
+        400,
+        "1.1 without Host"
+    );
+    assert_eq!(
+        status_of(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+        400
+    );
     assert_eq!(status_of(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n"), 505);
 }
 
@@ -239,9 +273,8 @@ fn http10_keep_alive_is_echoed() {
 
 #[test]
 fn unknown_length_is_chunked_on_11_and_close_delimited_on_10() {
-    let stream = || {
-        Response::new(200).with_body(Body::Stream(Box::pin(futures_util::stream::empty())))
-    };
+    let stream =
+        || Response::new(200).with_body(Body::Stream(Box::pin(futures_util::stream::empty())));
     let (head, mut enc, ka) = encode(&stream(), meta(Version::Http11, true, false));
     assert!(head.contains("Transfer-Encoding: chunked\r\n"));
     assert!(ka);
@@ -249,7 +282,10 @@ fn unknown_length_is_chunked_on_11_and_close_delimited_on_10() {
     enc.push(&mut out, b"hello");
     enc.push(&mut out, &[b'x'; 26]);
     enc.finish(&mut out).unwrap();
-    assert_eq!(&out[..], &b"5\r\nhello\r\n1a\r\nxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n0\r\n\r\n"[..]);
+    assert_eq!(
+        &out[..],
+        &b"5\r\nhello\r\n1a\r\nxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n0\r\n\r\n"[..]
+    );
     let (head, enc, ka) = encode(&stream(), meta(Version::Http10, true, false));
     assert!(!head.contains("chunked"));
     assert!(head.contains("Connection: close\r\n"));
@@ -301,7 +337,10 @@ fn bad_app_headers_are_errors() {
     let mut out = BytesMut::new();
     let m = meta(Version::Http11, true, false);
     let r = Response::new(200).with_header("X-A", Bytes::from_static(b"a\r\nInjected: 1"));
-    assert_eq!(encode_head(&mut out, &r, &m, false).unwrap_err().status(), 500);
+    assert_eq!(
+        encode_head(&mut out, &r, &m, false).unwrap_err().status(),
+        500
+    );
     let r = Response::new(200).with_header("Bad Name", Bytes::from_static(b"x"));
     assert!(encode_head(&mut out, &r, &m, false).is_err());
     let r = Response::new(200).with_header("Content-Length", Bytes::from_static(b"abc"));

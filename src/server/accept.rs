@@ -30,9 +30,14 @@ pub fn classify(e: &io::Error) -> AcceptError {
             Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
                 AcceptError::Backoff
             }
-            Some(libc::EPROTO) | Some(libc::ENOPROTOOPT) | Some(libc::EHOSTDOWN)
-            | Some(libc::ENONET) | Some(libc::EHOSTUNREACH) | Some(libc::EOPNOTSUPP)
-            | Some(libc::ENETUNREACH) | Some(libc::ENETDOWN) => AcceptError::Retry,
+            Some(libc::EPROTO)
+            | Some(libc::ENOPROTOOPT)
+            | Some(libc::EHOSTDOWN)
+            | Some(libc::ENONET)
+            | Some(libc::EHOSTUNREACH)
+            | Some(libc::EOPNOTSUPP)
+            | Some(libc::ENETUNREACH)
+            | Some(libc::ENETDOWN) => AcceptError::Retry,
             _ => AcceptError::Fatal,
         },
     }
@@ -96,6 +101,14 @@ pub fn blocking_loop(
                 AcceptError::Backoff => std::thread::sleep(BACKOFF),
                 AcceptError::Fatal => return Err(e),
             },
+        }
+    }
+    // Stopping: connections the kernel already completed were sent by clients that are
+    // waiting for an answer; serve those, then stop.
+    while let Ok((stream, _)) = listener.accept() {
+        stream.set_nonblocking(false)?;
+        if !on_conn(stream) {
+            break;
         }
     }
     Ok(())

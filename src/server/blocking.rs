@@ -100,7 +100,10 @@ fn read_some(stream: &mut TcpStream, conn: &mut Conn) -> io::Result<usize> {
 }
 
 fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 /// Closes after an error response or `Connection: close`: shut down the write side,

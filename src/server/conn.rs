@@ -157,7 +157,8 @@ impl Conn {
                     match self.decoder.decode(&mut self.inbuf, &env.config.limits) {
                         Ok(Decoded::NeedMore) => return self.wait_step(Step::Read),
                         Ok(Decoded::Continue) => {
-                            self.outbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                            self.outbuf
+                                .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                             return Step::Flush;
                         }
                         Ok(Decoded::Request(mut req, meta)) => {
@@ -170,7 +171,9 @@ impl Conn {
                                 start: Instant::now(),
                             });
                             match env.app.call(req, call) {
-                                Reply::Ready(resp) => self.start(env, resp, meta, log, prefer_close),
+                                Reply::Ready(resp) => {
+                                    self.start(env, resp, meta, log, prefer_close)
+                                }
                                 Reply::Later(fut) => self.state = State::Waiting { fut, meta, log },
                             }
                         }
@@ -295,7 +298,12 @@ impl Conn {
                     self.closing = true;
                 }
                 self.served += 1;
-                env.log.request(self.peer, log.as_ref().map(LogLine::view), status, enc.written);
+                env.log.request(
+                    self.peer,
+                    log.as_ref().map(LogLine::view),
+                    status,
+                    enc.written,
+                );
             }
         }
     }
@@ -325,7 +333,12 @@ impl Conn {
             }
         }
         self.served += 1;
-        env.log.request(self.peer, log.as_ref().map(LogLine::view), status, enc.written);
+        env.log.request(
+            self.peer,
+            log.as_ref().map(LogLine::view),
+            status,
+            enc.written,
+        );
     }
 }
 

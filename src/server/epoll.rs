@@ -120,6 +120,9 @@ impl Loop {
         loop {
             if self.env.shutdown.is_triggered() && stop_deadline.is_none() {
                 stop_deadline = Some(Instant::now() + self.env.config.timeouts.shutdown);
+                // Serve the connections already waiting in the backlog, then stop.
+                self.accept_paused_until = None;
+                self.accept_all()?;
                 self.stop_accepting();
                 self.close_idle();
             }
@@ -205,7 +208,11 @@ impl Loop {
         Ok(())
     }
 
-    fn add(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) -> Result<(), ServerError> {
+    fn add(
+        &mut self,
+        mut stream: TcpStream,
+        peer: std::net::SocketAddr,
+    ) -> Result<(), ServerError> {
         let _ = stream.set_nodelay(true);
         let slot = match self.free.pop() {
             Some(s) => s,
@@ -309,7 +316,12 @@ impl Loop {
         if close {
             self.close(slot);
         }
-        if self.env.config.max_requests.is_some_and(|max| self.served >= max) {
+        if self
+            .env
+            .config
+            .max_requests
+            .is_some_and(|max| self.served >= max)
+        {
             self.env.shutdown.trigger();
         }
     }
@@ -365,7 +377,9 @@ impl Loop {
 enum ReadOutcome {
     /// Bytes arrived; `drained` when the last read came back short, so the socket is
     /// known to be empty until the next readable edge.
-    Data { drained: bool },
+    Data {
+        drained: bool,
+    },
     WouldBlock,
     Eof,
 }
@@ -384,7 +398,11 @@ fn read_in(stream: &mut TcpStream, conn: &mut Conn) -> io::Result<ReadOutcome> {
         match r {
             Ok(0) => {
                 buf.truncate(start);
-                return Ok(if got { ReadOutcome::Data { drained: false } } else { ReadOutcome::Eof });
+                return Ok(if got {
+                    ReadOutcome::Data { drained: false }
+                } else {
+                    ReadOutcome::Eof
+                });
             }
             Ok(n) => {
                 buf.truncate(start + n);
@@ -400,7 +418,11 @@ fn read_in(stream: &mut TcpStream, conn: &mut Conn) -> io::Result<ReadOutcome> {
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 buf.truncate(start);
-                return Ok(if got { ReadOutcome::Data { drained: true } } else { ReadOutcome::WouldBlock });
+                return Ok(if got {
+                    ReadOutcome::Data { drained: true }
+                } else {
+                    ReadOutcome::WouldBlock
+                });
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
             Err(e) => {

@@ -10,8 +10,7 @@ use super::{accept, blocking, Env, ServerError};
 
 pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
     let mut served = 0u64;
-    let others_waiting =
-        || accept::wait_readable(&listener, &env.shutdown, Some(Duration::ZERO));
+    let others_waiting = || accept::wait_readable(&listener, &env.shutdown, Some(Duration::ZERO));
     accept::blocking_loop(&listener, &env.shutdown, |stream| {
         served += blocking::serve(stream, &env, &others_waiting);
         env.config.max_requests.is_none_or(|max| served < max)

@@ -49,7 +49,8 @@ pub fn bind(addr: SocketAddr, backlog: i32) -> Result<TcpListener, ListenError> 
         io::ErrorKind::PermissionDenied => ListenError::Denied(addr),
         _ => ListenError::Other(addr, e),
     };
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(map)?;
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(map)?;
     socket.set_reuse_address(true).map_err(map)?;
     if addr.is_ipv6() {
         let _ = socket.set_only_v6(false);
@@ -65,8 +66,14 @@ mod tests {
 
     #[test]
     fn uwsgi_forms() {
-        assert_eq!(parse_addr(":5000").unwrap(), "0.0.0.0:5000".parse().unwrap());
-        assert_eq!(parse_addr("127.0.0.1:9").unwrap(), "127.0.0.1:9".parse().unwrap());
+        assert_eq!(
+            parse_addr(":5000").unwrap(),
+            "0.0.0.0:5000".parse().unwrap()
+        );
+        assert_eq!(
+            parse_addr("127.0.0.1:9").unwrap(),
+            "127.0.0.1:9".parse().unwrap()
+        );
         assert_eq!(parse_addr("[::1]:80").unwrap(), "[::1]:80".parse().unwrap());
         assert!(parse_addr("localhost:8080").unwrap().ip().is_loopback());
         assert!(parse_addr("nonsense").is_err());

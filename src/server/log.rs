@@ -68,13 +68,21 @@ impl Log {
     }
 
     /// The access-log line for a finished response.
-    pub fn request(&self, peer: Option<SocketAddr>, req: Option<RequestView<'_>>, status: u16, bytes: u64) {
+    pub fn request(
+        &self,
+        peer: Option<SocketAddr>,
+        req: Option<RequestView<'_>>,
+        status: u16,
+        bytes: u64,
+    ) {
         let Some(req) = req else { return };
         if !self.access {
             return;
         }
         let us = req.start.elapsed().as_micros();
-        let peer = peer.map(|p| p.ip().to_string()).unwrap_or_else(|| "-".into());
+        let peer = peer
+            .map(|p| p.ip().to_string())
+            .unwrap_or_else(|| "-".into());
         self.line(&format!(
             "{peer} \"{} {} {}\" {status} {bytes} {us}us",
             req.method,
@@ -86,7 +94,9 @@ impl Log {
     /// A request the codec refused (logged with the access log).
     pub fn protocol_error(&self, peer: Option<SocketAddr>, err: &HttpError) {
         if self.access {
-            let peer = peer.map(|p| p.ip().to_string()).unwrap_or_else(|| "-".into());
+            let peer = peer
+                .map(|p| p.ip().to_string())
+                .unwrap_or_else(|| "-".into());
             self.line(&format!("{peer} bad request: {err} -> {}", err.status()));
         }
     }

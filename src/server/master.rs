@@ -113,7 +113,11 @@ pub fn run(
             }
             if now >= deadline && !killed {
                 log.line("forklift: shutdown timeout passed; killing remaining workers");
-                for pid in slots.iter().filter_map(|s| s.pid).chain(retiring.keys().copied()) {
+                for pid in slots
+                    .iter()
+                    .filter_map(|s| s.pid)
+                    .chain(retiring.keys().copied())
+                {
                     let _ = kill(pid, Signal::SIGKILL);
                 }
                 killed = true;
@@ -128,8 +132,8 @@ pub fn run(
             .unwrap_or(Duration::from_secs(1))
             .min(Duration::from_secs(1));
         let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-        let timeout = PollTimeout::try_from(next.max(Duration::from_millis(1)))
-            .unwrap_or(PollTimeout::MAX);
+        let timeout =
+            PollTimeout::try_from(next.max(Duration::from_millis(1))).unwrap_or(PollTimeout::MAX);
         match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::Error::EINTR) => {}
             Err(e) => return Err(e.into()),
@@ -151,8 +155,13 @@ pub fn run(
                 }
                 Some(s) if stopping.is_none() => {
                     log.line(&format!("forklift: {s}: stopping gracefully"));
-                    stopping = Some(Instant::now() + config.timeouts.shutdown + Duration::from_secs(1));
-                    for pid in slots.iter().filter_map(|s| s.pid).chain(retiring.keys().copied()) {
+                    stopping =
+                        Some(Instant::now() + config.timeouts.shutdown + Duration::from_secs(1));
+                    for pid in slots
+                        .iter()
+                        .filter_map(|s| s.pid)
+                        .chain(retiring.keys().copied())
+                    {
                         let _ = kill(pid, Signal::SIGTERM);
                     }
                 }
@@ -172,8 +181,10 @@ pub fn run(
                     if retiring.remove(&pid).is_some() {
                         continue;
                     }
-                    if let Some((i, slot)) =
-                        slots.iter_mut().enumerate().find(|(_, s)| s.pid == Some(pid))
+                    if let Some((i, slot)) = slots
+                        .iter_mut()
+                        .enumerate()
+                        .find(|(_, s)| s.pid == Some(pid))
                     {
                         slot.pid = None;
                         if stopping.is_some() {
@@ -256,7 +267,10 @@ fn worker_main(
     };
     let shutdown = Shutdown::new();
     if let Err(e) = super::signals::watch(&shutdown, true) {
-        log.line(&format!("forklift: worker {}: cannot watch signals: {e}", index + 1));
+        log.line(&format!(
+            "forklift: worker {}: cannot watch signals: {e}",
+            index + 1
+        ));
         return 1;
     }
     let listener = match listener.try_clone() {

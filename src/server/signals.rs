@@ -8,7 +8,10 @@ use signal_hook::iterator::Signals;
 use crate::rt::Shutdown;
 
 /// Starts the watcher for a serving process. Returns the handle that stops it.
-pub fn watch(shutdown: &Shutdown, include_hup: bool) -> std::io::Result<signal_hook::iterator::Handle> {
+pub fn watch(
+    shutdown: &Shutdown,
+    include_hup: bool,
+) -> std::io::Result<signal_hook::iterator::Handle> {
     let mut sigs = vec![SIGTERM, SIGINT, SIGQUIT];
     if include_hup {
         sigs.push(SIGHUP);

@@ -23,7 +23,9 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
     listener.set_nonblocking(true)?;
     let threads = env.config.threads.max(1);
     let rt = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -67,6 +69,19 @@ async fn serve(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> 
                 AcceptError::Fatal => return Err(e.into()),
             },
         }
+    }
+    // Serve the connections already waiting in the backlog, then stop.
+    while let Ok(Some(Ok((stream, _)))) = tokio::time::timeout(Duration::ZERO, listener.accept())
+        .await
+        .map(Some)
+    {
+        let env = env.clone();
+        let cores = cores.clone();
+        let guard = tracker.clone();
+        tokio::spawn(async move {
+            let _ = serve_conn(stream, &env, &cores).await;
+            drop(guard);
+        });
     }
     drop(listener);
     // Graceful stop: wait (bounded) until every connection task has finished; idle
