@@ -205,7 +205,19 @@ fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, Http
     let status = match req.parse(data) {
         Ok(s) => s,
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
-        Err(httparse::Error::Version) => return Err(HttpError::BadVersion),
+        Err(httparse::Error::Version) => {
+            // `HTTP/2.0` is a version we do not speak (505); `LINE` is no version at all.
+            let line = &data[..first_line_len(data)];
+            let looks_http = line
+                .split(|&b| b == b' ')
+                .nth(2)
+                .is_some_and(|v| v.starts_with(b"HTTP/") && v.len() >= 8 && v[5].is_ascii_digit());
+            return Err(if looks_http {
+                HttpError::BadVersion
+            } else {
+                HttpError::Malformed("invalid request line".into())
+            });
+        }
         Err(e) => {
             // A request line longer than the URI limit fails as a token error only once
             // bytes past the limit arrive; report the limit, not a parse error.

@@ -215,9 +215,7 @@ pub fn encode_head(
     let body_allowed = status_has_body(status);
     let known = app_length.or_else(|| resp.body.len_hint());
     let mut keep_alive = meta.keep_alive;
-    let framing = if !body_allowed {
-        Framing::None
-    } else if meta.head {
+    let framing = if !body_allowed || meta.head {
         Framing::None
     } else if let Some(n) = known {
         Framing::Length(n)

@@ -103,5 +103,13 @@ pub fn blocking_loop(
             },
         }
     }
+    // Stopping: connections the kernel already completed were sent by clients that are
+    // waiting for an answer; serve those, then stop.
+    while let Ok((stream, _)) = listener.accept() {
+        stream.set_nonblocking(false)?;
+        if !on_conn(stream) {
+            break;
+        }
+    }
     Ok(())
 }

@@ -1,0 +1,8 @@
+//! All integration tests, in one test binary (one link, shared support code).
+
+mod support;
+
+mod conformance;
+mod master;
+#[cfg(feature = "python")]
+mod python;
