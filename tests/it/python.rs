@@ -748,9 +748,8 @@ impl Drop for BuiltinServer {
 }
 
 // ---------------------------------------------------------------------------
-// Separate server processes: a fresh interpreter per test (virtualenv, chdir) and
-// pre-forked workers. They run the `forklift` binary when it serves WSGI apps, else this
-// test binary's `child_server` entry point with the same settings.
+// Separate server processes (the `forklift` binary): a fresh interpreter per test
+// (virtualenv, chdir) and pre-forked workers.
 
 /// Settings of a server process.
 #[derive(Clone, Default)]
@@ -773,50 +772,6 @@ impl Spec {
             processes: 1,
             ..Spec::default()
         }
-    }
-
-    fn encode(&self) -> String {
-        [
-            format!("file={}", self.file),
-            format!(
-                "callable={}",
-                self.callable
-                    .clone()
-                    .unwrap_or_else(|| "application".into())
-            ),
-            format!("model={}", self.model.unwrap_or("threads")),
-            format!("processes={}", self.processes),
-            format!("lazy={}", self.lazy),
-            format!("venv={}", self.venv.clone().unwrap_or_default()),
-            format!("chdir={}", self.chdir.clone().unwrap_or_default()),
-        ]
-        .join("\n")
-    }
-
-    fn decode(text: &str) -> Spec {
-        let mut s = Spec::new("");
-        for line in text.lines() {
-            let (k, v) = line.split_once('=').unwrap();
-            let opt = || (!v.is_empty()).then(|| v.to_string());
-            match k {
-                "file" => s.file = v.into(),
-                "callable" => s.callable = opt(),
-                "model" => {
-                    s.model = Some(match v {
-                        "linear" => "linear",
-                        "epoll" => "epoll",
-                        "async" => "async",
-                        _ => "threads",
-                    })
-                }
-                "processes" => s.processes = v.parse().unwrap(),
-                "lazy" => s.lazy = v == "true",
-                "venv" => s.venv = opt(),
-                "chdir" => s.chdir = opt(),
-                _ => {}
-            }
-        }
-        s
     }
 
     fn cli_args(&self) -> Vec<String> {
@@ -857,39 +812,12 @@ struct Proc {
     readers: Vec<std::thread::JoinHandle<()>>,
 }
 
-/// Whether the `forklift` binary can serve WSGI apps (the CLI wiring has landed).
-fn binary_serves_python() -> bool {
-    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ANSWER.get_or_init(|| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_forklift"))
-            .args([
-                "serve",
-                "--wsgi-file",
-                "/nonexistent/forklift-probe.py",
-                "--http",
-                "127.0.0.1:0",
-            ])
-            .output()
-            .expect("run forklift");
-        let err = String::from_utf8_lossy(&out.stderr);
-        !err.contains("no Python support") && !out.status.success()
-    })
-}
-
 impl Proc {
     fn start(spec: &Spec) -> Proc {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
-        let mut cmd = if binary_serves_python() {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_forklift"));
-            c.args(spec.cli_args());
-            c
-        } else {
-            let mut c = Command::new(std::env::current_exe().unwrap());
-            c.args(["--exact", "child_server", "--nocapture", "--test-threads=1"]);
-            c.env("FORKLIFT_TEST_CHILD", spec.encode());
-            c
-        };
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_forklift"));
+        cmd.args(spec.cli_args());
         cmd.current_dir(apps_dir())
             .env_remove("VIRTUAL_ENV")
             .envs(spec.env.iter().copied())
@@ -989,75 +917,6 @@ impl Drop for Proc {
             self.terminate();
         }
     }
-}
-
-/// Entry point of a server child process (does nothing in a normal test run).
-#[test]
-fn child_server() {
-    let Ok(text) = std::env::var("FORKLIFT_TEST_CHILD") else {
-        return;
-    };
-    use forklift::server::master::{self, AppSource};
-    let spec = Spec::decode(&text);
-    if let Some(d) = &spec.chdir {
-        std::env::set_current_dir(d).unwrap();
-    }
-    let model = match spec.model.unwrap_or("threads") {
-        "linear" => Model::Linear,
-        "epoll" => Model::Epoll,
-        "async" => Model::Async,
-        _ => Model::Threads,
-    };
-    let opts = PythonOptions {
-        wsgi_file: Some(spec.file.clone().into()),
-        callable: spec
-            .callable
-            .clone()
-            .unwrap_or_else(|| "application".into()),
-        virtualenv: spec.venv.clone().map(Into::into),
-        pool_threads: 2,
-        multithread: model != Model::Linear,
-        multiprocess: spec.processes > 1,
-        ..PythonOptions::default()
-    };
-    let config = forklift::server::ServerConfig {
-        model,
-        processes: spec.processes,
-        master: spec.processes > 1,
-        threads: 2,
-        ..Default::default()
-    };
-    let log = forklift::server::Log::stderr(true);
-    let app = if spec.lazy {
-        None
-    } else {
-        match load_app(&opts) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                eprintln!("forklift: {e}");
-                std::process::exit(1);
-            }
-        }
-    };
-    let listener = forklift::server::listen::bind("127.0.0.1:0".parse().unwrap(), 128).unwrap();
-    eprintln!(
-        "test server listening on http://{}",
-        listener.local_addr().unwrap()
-    );
-    let code = if config.master {
-        let source = match app {
-            Some(a) => AppSource::Preloaded(a),
-            None => AppSource::Lazy(Box::new(move || load_app(&opts).map_err(|e| e.to_string()))),
-        };
-        master::run(listener, source, config, log).unwrap()
-    } else {
-        let app = app.unwrap_or_else(|| load_app(&opts).unwrap());
-        let shutdown = forklift::rt::Shutdown::new();
-        let _signals = forklift::server::signals::watch(&shutdown, false).unwrap();
-        forklift::server::run_worker(listener, app, config, log, shutdown).unwrap();
-        0
-    };
-    std::process::exit(code);
 }
 
 #[test]
