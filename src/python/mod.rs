@@ -24,8 +24,8 @@ use crate::app::{App, CallContext, Handler, Reply, Request};
 
 pub use interp::after_fork_parent;
 pub use module::{
-    run_task, set_offload_executor, set_spool_sink, task_names, OffloadExecutor, SpoolSink,
-    TaskError,
+    run_task, set_offload_executor, set_spool_sink, set_task_listener, task_names, OffloadExecutor,
+    SpoolSink, TaskError,
 };
 
 /// Pool size used when [`PythonOptions::pool_threads`] is 0.

@@ -4,7 +4,10 @@
 //! plugs into ([`SpoolSink`], [`OffloadExecutor`], [`run_task`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::task::{Context, Wake, Waker};
+use std::time::Duration;
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
@@ -23,12 +26,17 @@ create_exception!(
 
 /// Threads of the built-in offload pool (used until an [`OffloadExecutor`] is set).
 const OFFLOAD_THREADS: usize = 2;
+/// Most `call_later` calls waiting for their time at once.
+const MAX_DELAYED: usize = 10_000;
+/// The longest `call_later` delay: a day.
+const MAX_DELAY: f64 = 86_400.0;
 
 /// Where durable (`spool`) task invocations go. The offload engine implements this.
 pub trait SpoolSink: Send + Sync + 'static {
     /// Stores one invocation of task `task` with keyword arguments `payload_json` (a
-    /// JSON object) durably, and returns its id once it is safely stored.
-    fn spool(&self, task: &str, payload_json: &str) -> Result<String, String>;
+    /// JSON object), to run no earlier than `delay` from now, durably; returns its id
+    /// once it is safely stored.
+    fn spool(&self, task: &str, payload_json: &str, delay: Duration) -> Result<String, String>;
 }
 
 /// Runs offloaded calls. The default is a small bounded pool of Python threads; the
@@ -56,6 +64,10 @@ static SPOOL: RwLock<Option<Arc<dyn SpoolSink>>> = RwLock::new(None);
 static EXECUTOR: RwLock<Option<Arc<dyn OffloadExecutor>>> = RwLock::new(None);
 static TASKS: Mutex<Option<HashMap<String, Py<PyAny>>>> = Mutex::new(None);
 static OFFLOAD_POOL: OnceLock<PoolSlot> = OnceLock::new();
+static DELAYED: AtomicUsize = AtomicUsize::new(0);
+/// Told the name of every task declared (see [`set_task_listener`]).
+type TaskListener = Arc<dyn Fn(&str) + Send + Sync>;
+static LISTENER: RwLock<Option<TaskListener>> = RwLock::new(None);
 
 /// Sets where `task.spool(...)` stores invocations.
 pub fn set_spool_sink(sink: Arc<dyn SpoolSink>) {
@@ -65,6 +77,16 @@ pub fn set_spool_sink(sink: Arc<dyn SpoolSink>) {
 /// Replaces the built-in pool behind `forklift.offload`.
 pub fn set_offload_executor(exec: Arc<dyn OffloadExecutor>) {
     *EXECUTOR.write().unwrap_or_else(|e| e.into_inner()) = Some(exec);
+}
+
+/// Calls `f(name)` for every task declared with `@forklift.task`, those declared
+/// already and those declared later (so the offload engine can add them to its
+/// registry, running them with [`run_task`]).
+pub fn set_task_listener(f: Arc<dyn Fn(&str) + Send + Sync>) {
+    *LISTENER.write().unwrap_or_else(|e| e.into_inner()) = Some(f.clone());
+    for name in task_names() {
+        f(&name);
+    }
 }
 
 /// Names of the tasks the loaded app declared with `@forklift.task`.
@@ -118,6 +140,7 @@ pub(crate) fn populate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Task>()?;
     m.add_class::<TaskDecorator>()?;
     m.add_function(wrap_pyfunction!(offload, m)?)?;
+    m.add_function(wrap_pyfunction!(call_later, m)?)?;
     m.add_function(wrap_pyfunction!(task, m)?)?;
     Ok(())
 }
@@ -132,14 +155,11 @@ pub(crate) fn install(py: Python<'_>) -> PyResult<()> {
     Ok(())
 }
 
-/// Submits a call of `func(*args, **kwargs)`.
-fn submit_call(
-    py: Python<'_>,
-    func: Py<PyAny>,
-    args: Py<PyTuple>,
-    kwargs: Option<Py<PyDict>>,
-) -> PyResult<()> {
-    let job: Box<dyn FnOnce() + Send> = Box::new(move || {
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// A job calling `func(*args, **kwargs)` with the GIL, logging an exception.
+fn call_job(func: Py<PyAny>, args: Py<PyTuple>, kwargs: Option<Py<PyDict>>) -> Job {
+    Box::new(move || {
         with_gil(|py| {
             interp::ensure_thread_loop(py);
             if let Err(e) = func
@@ -150,19 +170,95 @@ fn submit_call(
                 e.print(py);
             }
         })
-    });
+    })
+}
+
+/// Queues `job` on the offload executor (the built-in pool unless one was set).
+fn submit_job(job: Job) -> Result<(), Job> {
     let exec = EXECUTOR.read().unwrap_or_else(|e| e.into_inner()).clone();
-    let res = py.allow_threads(|| match exec {
-        Some(x) => x.submit(job).map(|_| ()),
+    match exec {
+        Some(x) => x.submit(job),
         None => OFFLOAD_POOL
             .get_or_init(|| PoolSlot::named(OFFLOAD_THREADS, "forklift-offload"))
             .submit(job),
-    });
+    }
+}
+
+/// Submits a call of `func(*args, **kwargs)`.
+fn submit_call(
+    py: Python<'_>,
+    func: Py<PyAny>,
+    args: Py<PyTuple>,
+    kwargs: Option<Py<PyDict>>,
+) -> PyResult<()> {
+    let job = call_job(func, args, kwargs);
+    let res = py.allow_threads(|| submit_job(job));
     // A rejected job still owns Python objects; drop it with the GIL held.
     res.map_err(|job| {
         drop(job);
         QueueFull::new_err("offload queue is full")
     })
+}
+
+/// Wakes once, when a `call_later` delay has passed: queues its job.
+struct Later(Mutex<Option<Job>>);
+
+impl Wake for Later {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        let job = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(job) = job {
+            DELAYED.fetch_sub(1, Ordering::Relaxed);
+            if let Err(job) = submit_job(job) {
+                eprintln!(
+                    "forklift: call_later: the offload queue is full; a delayed call was dropped"
+                );
+                // Its Python objects are released the next time a thread takes the GIL.
+                drop(job);
+            }
+        }
+    }
+}
+
+/// `forklift.call_later(delay, func, *args, **kwargs)`: like `offload`, after `delay`
+/// seconds (seed 001's `loop.call_later(5, read)`, without an event loop to run).
+/// Raises `forklift.QueueFull` when too many calls are waiting.
+#[pyfunction]
+#[pyo3(signature = (delay, func, *args, **kwargs))]
+fn call_later(
+    py: Python<'_>,
+    delay: f64,
+    func: Py<PyAny>,
+    args: Py<PyTuple>,
+    kwargs: Option<Py<PyDict>>,
+) -> PyResult<bool> {
+    if !func.bind(py).is_callable() {
+        return Err(PyTypeError::new_err("call_later() needs a callable"));
+    }
+    if !(0.0..=MAX_DELAY).contains(&delay) {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "call_later() delay must be between 0 and 86400 seconds",
+        ));
+    }
+    if delay == 0.0 {
+        submit_call(py, func, args, kwargs)?;
+        return Ok(true);
+    }
+    if DELAYED.fetch_add(1, Ordering::Relaxed) >= MAX_DELAYED {
+        DELAYED.fetch_sub(1, Ordering::Relaxed);
+        return Err(QueueFull::new_err("too many delayed calls waiting"));
+    }
+    let waker = Waker::from(Arc::new(Later(Mutex::new(Some(call_job(
+        func, args, kwargs,
+    ))))));
+    let mut sleep = std::pin::pin!(crate::rt::sleep(Duration::from_secs_f64(delay)));
+    // Registers the waker with the timer; the timer keeps it until the deadline.
+    if std::future::Future::poll(sleep.as_mut(), &mut Context::from_waker(&waker)).is_ready() {
+        waker.wake();
+    }
+    Ok(true)
 }
 
 /// `forklift.offload(func, *args, **kwargs)`: run `func` later on a pool thread (with
@@ -228,6 +324,37 @@ impl Task {
     /// and returns its id once it is on disk.
     #[pyo3(signature = (**kwargs))]
     fn spool(&self, py: Python<'_>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<String> {
+        self.spool_in(py, Duration::ZERO, kwargs)
+    }
+
+    /// Like `spool`, to run no earlier than `delay` seconds from now.
+    #[pyo3(signature = (delay, /, **kwargs))]
+    fn spool_after(
+        &self,
+        py: Python<'_>,
+        delay: f64,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<String> {
+        if !(0.0..=1e9).contains(&delay) {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "spool_after() delay must be a non-negative number of seconds",
+            ));
+        }
+        self.spool_in(py, Duration::from_secs_f64(delay), kwargs)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<forklift.Task {}>", self.name)
+    }
+}
+
+impl Task {
+    fn spool_in(
+        &self,
+        py: Python<'_>,
+        delay: Duration,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<String> {
         let empty = PyDict::new(py);
         let kwargs = kwargs.unwrap_or(&empty);
         let payload: String = py
@@ -241,12 +368,8 @@ impl Task {
             ));
         };
         let name = self.name.clone();
-        py.allow_threads(move || sink.spool(&name, &payload))
+        py.allow_threads(move || sink.spool(&name, &payload, delay))
             .map_err(|e| PyRuntimeError::new_err(format!("cannot spool task '{}': {e}", self.name)))
-    }
-
-    fn __repr__(&self) -> String {
-        format!("<forklift.Task {}>", self.name)
     }
 }
 
@@ -275,6 +398,10 @@ fn register(func: &Bound<'_, PyAny>, name: Option<String>) -> PyResult<Task> {
         .insert(name.clone(), func.clone().unbind());
     // Dropped after the lock is released: a decref may run Python code.
     drop(replaced);
+    let listener = LISTENER.read().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some(f) = listener {
+        f(&name);
+    }
     Ok(Task {
         name,
         func: func.clone().unbind(),

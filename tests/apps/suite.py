@@ -242,6 +242,24 @@ def application(environ, start_response):
 
         ok = forklift.offload(job, params.get("tag", "x"), delay=0.01)
         return _text(start_response, "queued %s" % ok)
+    if path == "/later":
+        def job(tag):
+            with _lock:
+                OFFLOADED.append(tag)
+
+        ok = forklift.call_later(float(params.get("d", "0.05")), job, params.get("tag", "later"))
+        return _text(start_response, "scheduled %s" % ok)
+    if path == "/flood":
+        accepted = 0
+        full = "no"
+        for _ in range(10000):
+            try:
+                forklift.offload(time.sleep, 0.05)
+                accepted += 1
+            except forklift.QueueFull:
+                full = "QueueFull"
+                break
+        return _text(start_response, "%d %s" % (accepted, full))
     if path == "/offloaded":
         with _lock:
             return _text(start_response, ",".join(OFFLOADED))

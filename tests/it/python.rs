@@ -649,13 +649,52 @@ fn app_raising_at_import_is_a_load_error() {
     assert!(e.to_string().contains("ZeroDivisionError"), "{e}");
 }
 
+/// Records what `task.spool()` hands to the spool sink.
+struct MemorySpool(std::sync::Mutex<Vec<(String, String, Duration)>>);
+
+impl forklift::python::SpoolSink for MemorySpool {
+    fn spool(&self, task: &str, payload: &str, delay: Duration) -> Result<String, String> {
+        let mut v = self.0.lock().unwrap();
+        v.push((task.into(), payload.into(), delay));
+        Ok(format!("id{}", v.len()))
+    }
+}
+
 #[test]
-fn task_spool_without_sink_is_a_clear_error() {
+fn task_spool_goes_to_the_sink_and_tasks_are_announced() {
     let s = Server::start("suite.py", "application", Model::Threads);
     assert!(s
         .get("/spool")
         .text()
         .contains("spool strategy not configured"));
+    let sink = std::sync::Arc::new(MemorySpool(Default::default()));
+    forklift::python::set_spool_sink(sink.clone());
+    assert_eq!(s.get("/spool").text(), "spooled id1");
+    let got = sink.0.lock().unwrap().clone();
+    assert!(got[0].0.ends_with(".send_mail"));
+    assert_eq!(got[0].1, r#"{"to": "a@example.com"}"#);
+    assert_eq!(got[0].2, Duration::ZERO);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen2 = seen.clone();
+    forklift::python::set_task_listener(std::sync::Arc::new(move |name: &str| {
+        seen2.lock().unwrap().push(name.to_string())
+    }));
+    assert!(seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|n| n.ends_with(".send_mail")));
+}
+
+#[test]
+fn offload_queue_is_bounded_and_call_later_runs() {
+    let s = Server::start("suite.py", "application", Model::Epoll);
+    let r = s.get("/flood").text();
+    let (n, full) = r.split_once(' ').unwrap();
+    assert_eq!(full, "QueueFull", "{r}");
+    assert!(n.parse::<usize>().unwrap() <= 200, "{r}");
+    assert_eq!(s.get("/later?d=0.05&tag=l1").text(), "scheduled True");
+    assert_eq!(s.wait_for("/offloaded", "l1"), "l1");
 }
 
 #[test]
@@ -945,6 +984,9 @@ fn seed_001_async_variant_and_offload() {
     assert_eq!(p.get("/offload").text(), "Hello World");
     let out = p.wait_output("5:five");
     assert!(out.contains("0:zero"), "{out}");
+    assert_eq!(p.get("/later?0.05").text(), "Hello World");
+    let out = p.wait_output("5:five\n0:zero\n1:one\n2:two\n3:three\n4:four\n5:five");
+    assert_eq!(out.matches("5:five").count(), 2, "{out}");
 }
 
 fn distinct_pids(p: &Proc, n: usize) -> std::collections::HashSet<String> {
