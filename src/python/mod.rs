@@ -217,7 +217,7 @@ impl WsgiApp {
         };
         Ok(WsgiApp {
             inner: Arc::new(state),
-            pool: pool::PoolSlot::new(threads),
+            pool: pool::PoolSlot::new(threads, "forklift-py", call::flush_replies),
         })
     }
 }

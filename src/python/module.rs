@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule, PyString, PyTuple};
 
 use super::interp::{self, with_gil};
-use super::pool::PoolSlot;
+use super::pool::{Job, PoolSlot};
 
 create_exception!(
     forklift,
@@ -38,6 +38,9 @@ pub trait SpoolSink: Send + Sync + 'static {
     /// once it is safely stored.
     fn spool(&self, task: &str, payload_json: &str, delay: Duration) -> Result<String, String>;
 }
+
+/// A job handed to an [`OffloadExecutor`]: it takes the GIL itself.
+pub type OffloadJob = Box<dyn FnOnce() + Send + 'static>;
 
 /// Runs offloaded calls. The default is a small bounded pool of Python threads; the
 /// offload engine may replace it.
@@ -121,7 +124,7 @@ pub fn run_task(name: &str, payload_json: &str) -> Result<(), TaskError> {
                 reason: interp::summary(py, &e),
             })?;
         func.bind(py).call((), Some(&kwargs)).map_err(|e| {
-            e.print(py);
+            interp::log_exception(py, &e);
             TaskError::Failed {
                 task: name.to_owned(),
                 reason: interp::summary(py, &e),
@@ -155,32 +158,30 @@ pub(crate) fn install(py: Python<'_>) -> PyResult<()> {
     Ok(())
 }
 
-type Job = Box<dyn FnOnce() + Send + 'static>;
-
-/// A job calling `func(*args, **kwargs)` with the GIL, logging an exception.
+/// A call of `func(*args, **kwargs)` with the GIL, logging an exception.
 fn call_job(func: Py<PyAny>, args: Py<PyTuple>, kwargs: Option<Py<PyDict>>) -> Job {
-    Box::new(move || {
-        with_gil(|py| {
-            interp::ensure_thread_loop(py);
-            if let Err(e) = func
-                .bind(py)
-                .call(args.bind(py), kwargs.as_ref().map(|k| k.bind(py)))
-            {
-                eprintln!("forklift: an offloaded call raised:");
-                e.print(py);
-            }
-        })
+    Box::new(move |py: Python<'_>| {
+        interp::ensure_thread_loop(py);
+        if let Err(e) = func
+            .bind(py)
+            .call(args.bind(py), kwargs.as_ref().map(|k| k.bind(py)))
+        {
+            eprintln!("forklift: an offloaded call raised:");
+            interp::log_exception(py, &e);
+        }
     })
 }
 
-/// Queues `job` on the offload executor (the built-in pool unless one was set).
-fn submit_job(job: Job) -> Result<(), Job> {
+/// Queues `job` on the offload executor (the built-in pool unless one was set). A
+/// rejected job is given back (it owns Python objects: drop it with the GIL).
+fn submit_job(job: Job) -> Result<(), OffloadJob> {
     let exec = EXECUTOR.read().unwrap_or_else(|e| e.into_inner()).clone();
     match exec {
-        Some(x) => x.submit(job),
+        Some(x) => x.submit(Box::new(move || with_gil(job))),
         None => OFFLOAD_POOL
-            .get_or_init(|| PoolSlot::named(OFFLOAD_THREADS, "forklift-offload"))
-            .submit(job),
+            .get_or_init(|| PoolSlot::new(OFFLOAD_THREADS, "forklift-offload", || {}))
+            .submit(job)
+            .map_err(|job| Box::new(move || with_gil(job)) as OffloadJob),
     }
 }
 

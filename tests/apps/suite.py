@@ -142,6 +142,8 @@ def application(environ, start_response):
         write = start_response("200 OK", [("Content-Type", "text/plain")])
         write(b"all written")
         return []
+    if path == "/sys-exit":
+        sys.exit(3)
     if path == "/raise-before":
         raise RuntimeError("raised before start_response")
     if path == "/raise-after":

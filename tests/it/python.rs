@@ -453,6 +453,7 @@ fn app_errors_give_500_and_worker_survives(m: Model) {
     let s = Server::start("suite.py", "application", m);
     for path in [
         "/raise-before",
+        "/sys-exit",
         "/raise-after",
         "/not-bytes",
         "/no-start-response",
