@@ -1118,3 +1118,32 @@ fn seed_002_apps_with_requests_and_aiohttp_in_a_virtualenv() {
         assert!(r.text().contains(want), "{}", r.text());
     }
 }
+
+#[test]
+fn app_threads_run_between_requests_and_survive_fork_of_a_busy_master() {
+    for (model, processes) in [("epoll", 2), ("threads", 2), ("linear", 1)] {
+        let p = Proc::start(&Spec {
+            model: Some(model),
+            processes,
+            ..Spec::new("threaded.py")
+        });
+        // The master forked while its spinner thread was running: workers must not
+        // hang on an interpreter lock that thread held.
+        for _ in 0..5 {
+            assert_eq!(p.get("/").text(), "ok", "{model}");
+        }
+        // A thread the app starts keeps running between requests (one connection at a
+        // time, so the same worker answers on linear/one process; with two processes,
+        // ask until a worker that started one reports progress).
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut progressed = false;
+        while !progressed && std::time::Instant::now() < deadline {
+            p.get("/start");
+            let a: u64 = p.get("/ticks").text().parse().unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            let b: u64 = p.get("/ticks").text().parse().unwrap();
+            progressed = b > a;
+        }
+        assert!(progressed, "{model}: the app's thread did not run");
+    }
+}
