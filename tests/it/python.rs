@@ -1147,3 +1147,84 @@ fn app_threads_run_between_requests_and_survive_fork_of_a_busy_master() {
         assert!(progressed, "{model}: the app's thread did not run");
     }
 }
+
+#[test]
+fn cli_load_errors_are_one_line_and_exit_1() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_forklift"))
+            .args(["serve", "--http", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(apps_dir())
+            .env_remove("VIRTUAL_ENV")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--wsgi-file", "webapp.py"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(err.trim(), "forklift: wsgi-file webapp.py not found");
+    let (code, err) = run(&["--module", "json"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err.trim(),
+        "forklift: module 'json' has no callable 'application' (use --callable NAME)"
+    );
+    let (code, err) = run(&[
+        "--wsgi-file",
+        "suite.py",
+        "--virtualenv",
+        "/nonexistent/venv",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.trim()
+            .starts_with("forklift: virtualenv /nonexistent/venv"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn cli_module_with_pythonpath_and_chdir() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_forklift"))
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--chdir",
+            "apps",
+            "--module",
+            "mod_app:app",
+            "--pythonpath",
+            "pkg",
+        ])
+        .current_dir(apps_dir().parent().unwrap())
+        .env_remove("VIRTUAL_ENV")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut addr = None;
+    while addr.is_none() && stderr.read_line(&mut line).unwrap() > 0 {
+        if let Some(i) = line.find("listening on http://") {
+            addr = line[i + 20..]
+                .split_whitespace()
+                .next()
+                .map(|a| a.parse().unwrap());
+        }
+        line.clear();
+    }
+    let addr = addr.expect("the server starts");
+    let r = request(
+        addr,
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(r.text(), "from mod_app");
+}
