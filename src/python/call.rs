@@ -627,7 +627,16 @@ fn push_stream(
             Step::Failed => Err(io::Error::other("the app failed while streaming")),
         };
         let last = item.is_err();
-        if py.allow_threads(|| tx.blocking_send(item)).is_err() || last {
+        // Without giving up the GIL while the channel has room; parked without it when
+        // the client is slower than the app.
+        let sent = match tx.try_send(item) {
+            Ok(()) => true,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(item)) => {
+                py.allow_threads(|| tx.blocking_send(item)).is_ok()
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+        };
+        if !sent || last {
             return; // the client went away, or the body failed
         }
     }
