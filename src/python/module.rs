@@ -3,11 +3,13 @@
 //! (named tasks that can be spooled durably), plus the Rust hooks the offload engine
 //! plugs into ([`SpoolSink`], [`OffloadExecutor`], [`run_task`]).
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Condvar;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::task::{Context, Wake, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
@@ -192,8 +194,10 @@ fn submit_call(
     args: Py<PyTuple>,
     kwargs: Option<Py<PyDict>>,
 ) -> PyResult<()> {
-    let job = call_job(func, args, kwargs);
-    let res = py.allow_threads(|| submit_job(job));
+    let _ = py;
+    // Never blocks (a full queue is an error), so the GIL is kept: releasing it here
+    // could leave the pool's lock held by this thread when a master forks.
+    let res = submit_job(call_job(func, args, kwargs));
     // A rejected job still owns Python objects; drop it with the GIL held.
     res.map_err(|job| {
         drop(job);
@@ -201,25 +205,104 @@ fn submit_call(
     })
 }
 
-/// Wakes once, when a `call_later` delay has passed: queues its job.
-struct Later(Mutex<Option<Job>>);
+/// A call waiting for its time.
+struct Delayed {
+    due: Instant,
+    seq: u64,
+    job: Job,
+}
 
-impl Wake for Later {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
+impl PartialEq for Delayed {
+    fn eq(&self, o: &Self) -> bool {
+        (self.due, self.seq) == (o.due, o.seq)
     }
-    fn wake_by_ref(self: &Arc<Self>) {
-        let job = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(job) = job {
-            DELAYED.fetch_sub(1, Ordering::Relaxed);
-            if let Err(job) = submit_job(job) {
-                eprintln!(
-                    "forklift: call_later: the offload queue is full; a delayed call was dropped"
-                );
-                // Its Python objects are released the next time a thread takes the GIL.
-                drop(job);
-            }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Delayed {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.due, self.seq).cmp(&(o.due, o.seq))
+    }
+}
+
+/// The `call_later` timer of one process: a heap and the thread that waits on it. A
+/// forked child makes its own (calls scheduled in the master stay the master's).
+struct Timer {
+    heap: Mutex<(BinaryHeap<Reverse<Delayed>>, u64)>,
+    changed: Condvar,
+}
+
+static TIMER: Mutex<Option<(u64, Arc<Timer>)>> = Mutex::new(None);
+
+fn timer() -> Option<Arc<Timer>> {
+    let gen = interp::fork_generation();
+    let mut slot = TIMER.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((g, t)) = slot.as_ref() {
+        if *g == gen {
+            return Some(t.clone());
         }
+    }
+    if let Some((_, old)) = slot.take() {
+        // Inherited from the parent: its thread does not exist here.
+        std::mem::forget(old);
+    }
+    let t = Arc::new(Timer {
+        heap: Mutex::new((BinaryHeap::new(), 0)),
+        changed: Condvar::new(),
+    });
+    let t2 = t.clone();
+    std::thread::Builder::new()
+        .name("forklift-later".into())
+        .spawn(move || t2.run())
+        .ok()?;
+    *slot = Some((gen, t.clone()));
+    Some(t)
+}
+
+impl Timer {
+    fn run(&self) {
+        let mut g = self.heap.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let now = Instant::now();
+            let mut due = Vec::new();
+            while g.0.peek().is_some_and(|Reverse(d)| d.due <= now) {
+                due.push(g.0.pop().expect("peeked").0.job);
+            }
+            if !due.is_empty() {
+                drop(g);
+                for job in due {
+                    DELAYED.fetch_sub(1, Ordering::Relaxed);
+                    if submit_job(job).is_err() {
+                        eprintln!("forklift: call_later: the offload queue is full; a delayed call was dropped");
+                    }
+                }
+                g = self.heap.lock().unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            g = match g.0.peek() {
+                Some(Reverse(d)) => {
+                    let wait = d.due.saturating_duration_since(now);
+                    self.changed
+                        .wait_timeout(g, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+                None => self.changed.wait(g).unwrap_or_else(|e| e.into_inner()),
+            };
+        }
+    }
+
+    fn add(&self, due: Instant, job: Job) {
+        let mut g = self.heap.lock().unwrap_or_else(|e| e.into_inner());
+        g.1 += 1;
+        let seq = g.1;
+        g.0.push(Reverse(Delayed { due, seq, job }));
+        drop(g);
+        self.changed.notify_one();
     }
 }
 
@@ -251,14 +334,16 @@ fn call_later(
         DELAYED.fetch_sub(1, Ordering::Relaxed);
         return Err(QueueFull::new_err("too many delayed calls waiting"));
     }
-    let waker = Waker::from(Arc::new(Later(Mutex::new(Some(call_job(
-        func, args, kwargs,
-    ))))));
-    let mut sleep = std::pin::pin!(crate::rt::sleep(Duration::from_secs_f64(delay)));
-    // Registers the waker with the timer; the timer keeps it until the deadline.
-    if std::future::Future::poll(sleep.as_mut(), &mut Context::from_waker(&waker)).is_ready() {
-        waker.wake();
-    }
+    let Some(t) = timer() else {
+        DELAYED.fetch_sub(1, Ordering::Relaxed);
+        return Err(QueueFull::new_err(
+            "cannot start the call_later timer thread",
+        ));
+    };
+    t.add(
+        Instant::now() + Duration::from_secs_f64(delay),
+        call_job(func, args, kwargs),
+    );
     Ok(true)
 }
 
