@@ -5,6 +5,8 @@ import os
 import threading
 import time
 
+import forklift
+
 state = {"ticks": 0, "ticker_pid": None, "spins": 0}
 
 
@@ -15,6 +17,14 @@ def _spin():
 
 
 threading.Thread(target=_spin, name="spinner", daemon=True).start()
+
+# Offload machinery used in the master before fork: workers must get their own.
+forklift.offload(lambda: None)
+forklift.call_later(0.01, lambda: None)
+
+
+def _later_done(pid):
+    state.setdefault("later", []).append(pid)
 
 
 def _tick():
@@ -32,6 +42,11 @@ def application(environ, start_response):
         body = "started in %d" % os.getpid()
     elif path == "/ticks":
         body = str(state["ticks"])
+    elif path == "/later":
+        forklift.call_later(0.01, _later_done, os.getpid())
+        body = "scheduled"
+    elif path == "/later-done":
+        body = "yes" if os.getpid() in state.get("later", []) else "no"
     elif path == "/threads":
         body = ",".join(sorted(t.name for t in threading.enumerate()))
     else:

@@ -1145,6 +1145,15 @@ fn app_threads_run_between_requests_and_survive_fork_of_a_busy_master() {
             progressed = b > a;
         }
         assert!(progressed, "{model}: the app's thread did not run");
+        // call_later works in workers forked from a master that used it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut done = false;
+        while !done && std::time::Instant::now() < deadline {
+            p.get("/later");
+            std::thread::sleep(Duration::from_millis(30));
+            done = p.get("/later-done").text() == "yes";
+        }
+        assert!(done, "{model}: call_later never ran in a worker");
     }
 }
 
