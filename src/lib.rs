@@ -6,6 +6,9 @@
 //!   `AsyncHandler`, `Reply`) and the built-in apps (`builtin:hello|echo|wait|file|demo`).
 //! - [`rt`]: runtime pieces shared by every model: `block_on`, the process-wide timer
 //!   (`sleep`), and the `Shutdown` signal.
+//! - [`bench`]: the load generator (`forklift bench`, `hammer`, `compare models`) and the
+//!   reusable comparison table / SVG / HTML report.
 
 pub mod app;
+pub mod bench;
 pub mod rt;
