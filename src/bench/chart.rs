@@ -177,7 +177,11 @@ impl Comparison {
             r#"<text x="10" y="24" font-size="17" font-weight="bold">{}</text>"#,
             esc(&self.title)
         );
-        let better = if self.higher_is_better { "higher is better" } else { "lower is better" };
+        let better = if self.higher_is_better {
+            "higher is better"
+        } else {
+            "lower is better"
+        };
         let _ = writeln!(
             s,
             r##"<text x="10" y="46" fill="#444">{} ({}, {})</text>"##,
@@ -194,14 +198,17 @@ impl Comparison {
                 y + BAR_H + 4.0,
                 esc(&r.scenario)
             );
-            for (j, (v, fill, who)) in [(r.seed, "#b0b0b0", "seed"), (r.ours, "#2b7bb9", "forklift")]
-                .into_iter()
-                .enumerate()
+            for (j, (v, fill, who)) in
+                [(r.seed, "#b0b0b0", "seed"), (r.ours, "#2b7bb9", "forklift")]
+                    .into_iter()
+                    .enumerate()
             {
                 let by = y + j as f64 * (BAR_H + 2.0);
                 let label = match v {
                     Some(v) => format!("{who} {} {}", fmt_figure(v), self.unit),
-                    None if j == 1 => format!("{who}: {}", r.note.as_deref().unwrap_or("no figure")),
+                    None if j == 1 => {
+                        format!("{who}: {}", r.note.as_deref().unwrap_or("no figure"))
+                    }
                     None => format!("{who}: no figure"),
                 };
                 let bw = v.map_or(0.0, |v| (v * scale).max(1.0));
@@ -269,7 +276,11 @@ impl Comparison {
         std::fs::create_dir_all(dir)?;
         let json = serde_json::to_string_pretty(self).map_err(io::Error::other)?;
         let mut out = Vec::new();
-        for (ext, content) in [("svg", self.to_svg()), ("html", self.to_html()), ("json", json)] {
+        for (ext, content) in [
+            ("svg", self.to_svg()),
+            ("html", self.to_html()),
+            ("json", json),
+        ] {
             let p = dir.join(format!("{stem}.{ext}"));
             std::fs::write(&p, content)?;
             out.push(p);

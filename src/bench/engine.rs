@@ -197,7 +197,11 @@ struct InFlight {
 
 enum ReadState {
     Head,
-    Body { status: u16, keep_alive: bool, dec: BodyDecoder },
+    Body {
+        status: u16,
+        keep_alive: bool,
+        dec: BodyDecoder,
+    },
 }
 
 struct Conn {
@@ -284,7 +288,9 @@ fn worker(
     let cpu0 = thread_cpu();
     ctx.now = Instant::now();
     let end_at = cfg.duration.map(|d| t0 + d);
-    let mut conns: Vec<Conn> = (0..nconns).map(|_| Conn::new(ctx.now, cfg.pipeline)).collect();
+    let mut conns: Vec<Conn> = (0..nconns)
+        .map(|_| Conn::new(ctx.now, cfg.pipeline))
+        .collect();
 
     // Rate mode: thread `idx` owns slots idx, idx + threads, idx + 2*threads, ... of the
     // global schedule, so the threads together send at `rate`.
@@ -354,8 +360,10 @@ fn worker(
         ctx.now = Instant::now();
         for ev in events.iter() {
             let i = ev.token().0;
-            let Some(conn) = conns.get_mut(i) else { continue };
-            on_event(&mut ctx, conn, i);
+            let Some(conn) = conns.get_mut(i) else {
+                continue;
+            };
+            on_event(&mut ctx, conn, ev.is_read_closed() || ev.is_error());
             if conn.inflight.is_empty() {
                 release(&mut ctx, conn, i, &mut parked);
             }
@@ -476,7 +484,8 @@ fn count_failures(ctx: &mut Ctx, k: u64, kind: ErrorKind) {
     ctx.unflushed += k;
 }
 
-fn on_event(ctx: &mut Ctx, conn: &mut Conn, _token: usize) {
+/// Handles readiness of `conn`; `drain` says the peer closed (read to EOF).
+fn on_event(ctx: &mut Ctx, conn: &mut Conn, drain: bool) {
     if conn.sock.is_none() {
         return;
     }
@@ -495,20 +504,21 @@ fn on_event(ctx: &mut Ctx, conn: &mut Conn, _token: usize) {
         let us = micros(ctx.now.saturating_duration_since(conn.connect_start));
         // ab's ctime: from the request's start to the connection being up.
         if let Some(front) = conn.inflight.front_mut() {
-            front.connect_us =
-                us.max(micros(ctx.now.saturating_duration_since(front.start)));
+            front.connect_us = us.max(micros(ctx.now.saturating_duration_since(front.start)));
         }
     }
     if conn.wpos < conn.wlen {
         do_write(ctx, conn);
     }
     if conn.sock.is_some() && conn.connected {
-        do_read(ctx, conn);
+        do_read(ctx, conn, drain);
     }
 }
 
 fn do_write(ctx: &mut Ctx, conn: &mut Conn) {
-    let Some(sock) = conn.sock.as_mut() else { return };
+    let Some(sock) = conn.sock.as_mut() else {
+        return;
+    };
     while conn.wpos < conn.wlen {
         match sock.write(&ctx.wbuf[conn.wpos..conn.wlen]) {
             Ok(0) => return fail(ctx, conn, ErrorKind::Write),
@@ -524,10 +534,9 @@ fn do_write(ctx: &mut Ctx, conn: &mut Conn) {
     }
 }
 
-fn do_read(ctx: &mut Ctx, conn: &mut Conn) {
+fn do_read(ctx: &mut Ctx, conn: &mut Conn, drain: bool) {
     let mut buf = std::mem::take(&mut ctx.rbuf);
-    loop {
-        let Some(sock) = conn.sock.as_mut() else { break };
+    while let Some(sock) = conn.sock.as_mut() {
         match sock.read(&mut buf) {
             Ok(0) => {
                 on_eof(ctx, conn);
@@ -540,8 +549,9 @@ fn do_read(ctx: &mut Ctx, conn: &mut Conn) {
                     break;
                 }
                 // A short read drained the socket: Linux signals data arriving after it
-                // with a new edge, so the WouldBlock read can be skipped.
-                if n < buf.len() {
+                // with a new edge, so the WouldBlock read can be skipped. Not so for a
+                // FIN that came with the data: its edge is this one, so read on to EOF.
+                if n < buf.len() && !drain {
                     break;
                 }
             }
@@ -635,7 +645,11 @@ fn process_bytes(ctx: &mut Ctx, conn: &mut Conn, mut input: &[u8]) -> bool {
                     }
                 }
             }
-            ReadState::Body { status, keep_alive, dec } => {
+            ReadState::Body {
+                status,
+                keep_alive,
+                dec,
+            } => {
                 let used = match dec.feed(input) {
                     Ok(n) => n,
                     Err(_) => {

@@ -21,10 +21,18 @@ pub struct HammerArgs {
     #[arg(long)]
     pub url: Option<String>,
     /// Number of requests
-    #[arg(long = "nb_requests", visible_alias = "nb-requests", default_value_t = 20)]
+    #[arg(
+        long = "nb_requests",
+        visible_alias = "nb-requests",
+        default_value_t = 20
+    )]
     pub nb_requests: u64,
     /// Most requests in flight at once
-    #[arg(long = "max_concurrency", visible_alias = "max-concurrency", default_value_t = 50)]
+    #[arg(
+        long = "max_concurrency",
+        visible_alias = "max-concurrency",
+        default_value_t = 50
+    )]
     pub max_concurrency: usize,
     /// Seconds to wait for progress on a request before it fails
     #[arg(short = 's', long = "timeout", default_value_t = 60.0)]
@@ -89,7 +97,9 @@ pub fn run_hammer(args: &HammerArgs) -> Result<HammerResult, BenchError> {
         ));
     }
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        return Err(BenchError::Usage("--timeout must be a positive number".into()));
+        return Err(BenchError::Usage(
+            "--timeout must be a positive number".into(),
+        ));
     }
     let mut cfg = BenchConfig::new(&url, args.nb_requests, args.max_concurrency);
     // Hammering is about slow requests, not client throughput: one loop is plenty.

@@ -159,7 +159,9 @@ impl BenchConfig {
             if v.is_finite() && v > 0.0 {
                 Ok(v)
             } else {
-                Err(BenchError::Usage(format!("{what} must be a positive number")))
+                Err(BenchError::Usage(format!(
+                    "{what} must be a positive number"
+                )))
             }
         };
         let duration = a
@@ -248,7 +250,9 @@ pub fn run_config(cfg: &BenchConfig) -> Result<Report, BenchError> {
     let addr = url::resolve(&target, cfg.timeout.min(Duration::from_secs(5)))?;
     // More connections than requests would only sit idle (ab refuses them outright).
     let concurrency = match cfg.requests {
-        Some(n) => cfg.concurrency.min(usize::try_from(n).unwrap_or(usize::MAX)),
+        Some(n) => cfg
+            .concurrency
+            .min(usize::try_from(n).unwrap_or(usize::MAX)),
         None => cfg.concurrency,
     };
     let threads = cfg.threads.min(concurrency);
@@ -290,9 +294,16 @@ pub fn run_config(cfg: &BenchConfig) -> Result<Report, BenchError> {
     Ok(Report::new(&info, &result))
 }
 
-type BarHandle = (Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>);
+type BarHandle = (
+    Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+);
 
-fn progress_bar(shared: &Arc<Shared>, requests: Option<u64>, duration: Option<Duration>) -> BarHandle {
+fn progress_bar(
+    shared: &Arc<Shared>,
+    requests: Option<u64>,
+    duration: Option<Duration>,
+) -> BarHandle {
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (shared, done2) = (shared.clone(), done.clone());
@@ -344,7 +355,8 @@ pub fn run_bench(args: &BenchArgs) -> Result<i32, BenchError> {
         Some(p) => {
             print!("{}", report.to_text());
             let json = serde_json::to_string_pretty(&report)?;
-            std::fs::write(p, json + "\n").map_err(|e| BenchError::WriteFile(p.to_path_buf(), e))?;
+            std::fs::write(p, json + "\n")
+                .map_err(|e| BenchError::WriteFile(p.to_path_buf(), e))?;
         }
         None => print!("{}", report.to_text()),
     }

@@ -99,18 +99,33 @@ pub fn model_specs(processes: usize, threads: usize) -> Vec<ModelSpec> {
     };
     let s = |v: &str| v.to_string();
     vec![
-        spec("linear", s("linear"), Some(5.23), &[s("--model"), s("linear")]),
+        spec(
+            "linear",
+            s("linear"),
+            Some(5.23),
+            &[s("--model"), s("linear")],
+        ),
         spec(
             "prefork",
             format!("prefork ×{processes}"),
             Some(5.58),
-            &[s("--model"), s("linear"), s("--processes"), processes.to_string()],
+            &[
+                s("--model"),
+                s("linear"),
+                s("--processes"),
+                processes.to_string(),
+            ],
         ),
         spec(
             "threads",
             format!("thread pool ×{threads}"),
             Some(16.3),
-            &[s("--model"), s("threads"), s("--threads"), threads.to_string()],
+            &[
+                s("--model"),
+                s("threads"),
+                s("--threads"),
+                threads.to_string(),
+            ],
         ),
         spec("epoll", s("epoll"), Some(5.07), &[s("--model"), s("epoll")]),
         spec("async", s("async"), None, &[s("--model"), s("async")]),
@@ -264,12 +279,17 @@ pub struct ModelsComparison {
 
 /// Measures every selected model with the forklift binary at `bin` (tests pass
 /// `env!("CARGO_BIN_EXE_forklift")`). Prints nothing.
-pub fn compare_models(args: &CompareModelsArgs, bin: &Path) -> Result<ModelsComparison, BenchError> {
+pub fn compare_models(
+    args: &CompareModelsArgs,
+    bin: &Path,
+) -> Result<ModelsComparison, BenchError> {
     if args.requests == 0 || args.concurrency == 0 {
         return Err(BenchError::Usage("-n and -c must be at least 1".into()));
     }
     if !(args.startup_timeout.is_finite() && args.startup_timeout > 0.0) {
-        return Err(BenchError::Usage("--startup-timeout must be positive".into()));
+        return Err(BenchError::Usage(
+            "--startup-timeout must be positive".into(),
+        ));
     }
     let all = model_specs(args.processes, args.server_threads);
     let specs: Vec<ModelSpec> = if args.models.is_empty() {
@@ -374,7 +394,11 @@ pub fn table(args: &CompareModelsArgs, results: &[ModelResult]) -> Comparison {
             notes.push(format!("{}: {e}", r.spec.label));
         }
     }
-    let mode = if args.keepalive { "-k" } else { "--no-keepalive" };
+    let mode = if args.keepalive {
+        "-k"
+    } else {
+        "--no-keepalive"
+    };
     Comparison {
         title: "Seed 003: concurrency models, time taken for tests".into(),
         setting: format!(
@@ -398,7 +422,10 @@ pub fn table(args: &CompareModelsArgs, results: &[ModelResult]) -> Comparison {
 }
 
 fn pct(r: &Report, p: f64) -> f64 {
-    r.percentiles.iter().find(|x| x.percent == p).map_or(0.0, |x| x.ms)
+    r.percentiles
+        .iter()
+        .find(|x| x.percent == p)
+        .map_or(0.0, |x| x.ms)
 }
 
 fn first_line(s: &str) -> String {

@@ -179,7 +179,10 @@ impl BodyDecoder {
         let state = match framing {
             Framing::Empty | Framing::Length(0) => BodyState::Done,
             Framing::Length(n) => BodyState::Length(n),
-            Framing::Chunked => BodyState::Chunked(Chunk::Size { value: 0, digits: 0 }),
+            Framing::Chunked => BodyState::Chunked(Chunk::Size {
+                value: 0,
+                digits: 0,
+            }),
             Framing::Close => BodyState::Close,
         };
         BodyDecoder {
@@ -274,16 +277,26 @@ impl BodyDecoder {
                     self.body_len += n;
                     i += n as usize;
                     let left = rem - n;
-                    st = if left == 0 { Chunk::DataCr } else { Chunk::Data(left) };
+                    st = if left == 0 {
+                        Chunk::DataCr
+                    } else {
+                        Chunk::Data(left)
+                    };
                     continue;
                 }
                 Chunk::DataCr => match b {
                     b'\r' => Chunk::DataLf,
-                    b'\n' => Chunk::Size { value: 0, digits: 0 },
+                    b'\n' => Chunk::Size {
+                        value: 0,
+                        digits: 0,
+                    },
                     _ => return Err(ParseError::Chunked),
                 },
                 Chunk::DataLf => match b {
-                    b'\n' => Chunk::Size { value: 0, digits: 0 },
+                    b'\n' => Chunk::Size {
+                        value: 0,
+                        digits: 0,
+                    },
                     _ => return Err(ParseError::Chunked),
                 },
                 Chunk::TrailerStart => match b {
@@ -360,10 +373,17 @@ mod tests {
             .unwrap();
         assert_eq!(h.framing, Framing::Empty);
         assert_eq!(h.server, None);
-        assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\nConte", false, false), Ok(None));
+        assert_eq!(
+            parse_head(b"HTTP/1.1 200 OK\r\nConte", false, false),
+            Ok(None)
+        );
         assert!(parse_head(b"garbage\r\n\r\n", false, false).is_err());
         assert_eq!(
-            parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false, false),
+            parse_head(
+                b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+                false,
+                false
+            ),
             Err(ParseError::ContentLength)
         );
         assert_eq!(

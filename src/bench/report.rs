@@ -143,29 +143,56 @@ impl Report {
         let field = |w: &mut String, name: &str, value: &str| {
             let _ = writeln!(w, "{:<24}{}", format!("{name}:"), value);
         };
-        field(w, "Server Software", self.server_software.as_deref().unwrap_or(""));
+        field(
+            w,
+            "Server Software",
+            self.server_software.as_deref().unwrap_or(""),
+        );
         field(w, "Server Hostname", &self.server_hostname);
         field(w, "Server Port", &self.server_port.to_string());
         w.push('\n');
         field(w, "Document Path", &self.document_path);
-        field(w, "Document Length", &format!("{} bytes", self.document_length));
+        field(
+            w,
+            "Document Length",
+            &format!("{} bytes", self.document_length),
+        );
         w.push('\n');
         field(w, "Concurrency Level", &self.concurrency_level.to_string());
-        field(w, "Time taken for tests", &format!("{:.3} seconds", self.time_taken_s));
+        field(
+            w,
+            "Time taken for tests",
+            &format!("{:.3} seconds", self.time_taken_s),
+        );
         field(w, "Complete requests", &self.complete_requests.to_string());
         field(w, "Failed requests", &self.failed_requests.to_string());
         if self.failed_requests > 0 {
             let (c, r, l, e) = self.errors.ab_split();
-            let _ = writeln!(w, "   (Connect: {c}, Receive: {r}, Length: {l}, Exceptions: {e})");
+            let _ = writeln!(
+                w,
+                "   (Connect: {c}, Receive: {r}, Length: {l}, Exceptions: {e})"
+            );
         }
         if self.non_2xx_responses > 0 {
             field(w, "Non-2xx responses", &self.non_2xx_responses.to_string());
         }
         if self.keep_alive {
-            field(w, "Keep-Alive requests", &self.keep_alive_requests.to_string());
+            field(
+                w,
+                "Keep-Alive requests",
+                &self.keep_alive_requests.to_string(),
+            );
         }
-        field(w, "Total transferred", &format!("{} bytes", self.total_transferred));
-        field(w, "HTML transferred", &format!("{} bytes", self.html_transferred));
+        field(
+            w,
+            "Total transferred",
+            &format!("{} bytes", self.total_transferred),
+        );
+        field(
+            w,
+            "HTML transferred",
+            &format!("{} bytes", self.html_transferred),
+        );
         field(
             w,
             "Requests per second",
@@ -199,7 +226,11 @@ impl Report {
             "Threads / connections:  {} / {} ({}{}{})",
             self.threads,
             self.connections,
-            if self.keep_alive { "keep-alive" } else { "connection per request" },
+            if self.keep_alive {
+                "keep-alive"
+            } else {
+                "connection per request"
+            },
             if self.pipeline > 1 {
                 format!(", pipeline {}", self.pipeline)
             } else {
@@ -228,7 +259,11 @@ impl Report {
         field(
             w,
             "Errors by kind",
-            &if kinds.is_empty() { "none".to_string() } else { kinds.join(", ") },
+            &if kinds.is_empty() {
+                "none".to_string()
+            } else {
+                kinds.join(", ")
+            },
         );
         let c = &self.client_cpu;
         field(
@@ -409,7 +444,10 @@ mod tests {
         assert!(!text.contains("Keep-Alive requests"));
         let total = text.lines().find(|l| l.starts_with("Total:")).unwrap();
         let cols: Vec<&str> = total.split_whitespace().collect();
-        assert_eq!(cols, ["Total:", "0.100", "0.500", "0.570", "0.300", "1.500"]);
+        assert_eq!(
+            cols,
+            ["Total:", "0.100", "0.500", "0.570", "0.300", "1.500"]
+        );
     }
 
     #[test]

@@ -219,7 +219,13 @@ impl ErrorCounts {
 
     /// Failed requests (ab's "Failed requests": everything but non-2xx).
     pub fn failed(&self) -> u64 {
-        self.connect + self.write + self.read + self.closed + self.timeout + self.parse + self.length
+        self.connect
+            + self.write
+            + self.read
+            + self.closed
+            + self.timeout
+            + self.parse
+            + self.length
     }
 
     /// ab's split: (Connect, Receive, Length, Exceptions).

@@ -46,7 +46,9 @@ pub fn parse_url(url: &str) -> Result<Target, BenchError> {
         return Err(bad("user info in URLs is not supported"));
     }
     let (host, port) = if let Some(inner) = authority.strip_prefix('[') {
-        let end = inner.find(']').ok_or_else(|| bad("unterminated IPv6 literal"))?;
+        let end = inner
+            .find(']')
+            .ok_or_else(|| bad("unterminated IPv6 literal"))?;
         let host = &inner[..end];
         let after = &inner[end + 1..];
         let port = match after.strip_prefix(':') {
@@ -158,7 +160,11 @@ pub fn build_request(spec: &RequestSpec) -> Result<Vec<u8>, BenchError> {
             spec.path
         )));
     }
-    let user = |name: &str| spec.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    let user = |name: &str| {
+        spec.headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+    };
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(format!("{} {} HTTP/1.1\r\n", spec.method, spec.path).as_bytes());
     let mut add = |n: &str, v: &str| {
@@ -171,7 +177,10 @@ pub fn build_request(spec: &RequestSpec) -> Result<Vec<u8>, BenchError> {
         add("Host", &spec.host_header);
     }
     if !user("user-agent") {
-        add("User-Agent", concat!("forklift-bench/", env!("CARGO_PKG_VERSION")));
+        add(
+            "User-Agent",
+            concat!("forklift-bench/", env!("CARGO_PKG_VERSION")),
+        );
     }
     if !user("accept") {
         add("Accept", "*/*");
@@ -180,7 +189,10 @@ pub fn build_request(spec: &RequestSpec) -> Result<Vec<u8>, BenchError> {
         add("Connection", "close");
     }
     let needs_length = spec.body.is_some()
-        || matches!(spec.method.to_ascii_uppercase().as_str(), "POST" | "PUT" | "PATCH");
+        || matches!(
+            spec.method.to_ascii_uppercase().as_str(),
+            "POST" | "PUT" | "PATCH"
+        );
     if needs_length && !user("content-length") {
         let len = spec.body.as_ref().map_or(0, Vec::len);
         add("Content-Length", &len.to_string());
@@ -212,7 +224,10 @@ mod tests {
         assert_eq!(t.path, "/a/b?x=1");
         assert_eq!(t.host_header, "127.0.0.1:8080");
         let t = parse_url("localhost").unwrap();
-        assert_eq!((t.port, t.path.as_str(), t.host_header.as_str()), (80, "/", "localhost"));
+        assert_eq!(
+            (t.port, t.path.as_str(), t.host_header.as_str()),
+            (80, "/", "localhost")
+        );
         let t = parse_url("http://[::1]:9/x#frag").unwrap();
         assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("::1", 9, "/x"));
         assert_eq!(t.host_header, "[::1]:9");
@@ -230,7 +245,10 @@ mod tests {
             method: "POST".into(),
             path: "/p".into(),
             host_header: "h:1".into(),
-            headers: vec![("User-Agent".into(), "me".into()), ("X-A".into(), "1".into())],
+            headers: vec![
+                ("User-Agent".into(), "me".into()),
+                ("X-A".into(), "1".into()),
+            ],
             body: Some(b"abc".to_vec()),
             content_type: Some("text/plain".into()),
             keep_alive: false,
