@@ -4,11 +4,21 @@
 //! # Layout
 //! - [`app`]: the native handler API (`Request`, `Response`, `Body`, `Handler`,
 //!   `AsyncHandler`, `Reply`) and the built-in apps (`builtin:hello|echo|wait|file|demo`).
+//! - [`http`]: the sans-IO HTTP/1.1 codec shared by every model: request decoding with
+//!   limits and smuggling defences, response framing, the status mapping of errors.
+//! - [`server`]: configuration, the listening socket, the connection state machine
+//!   (`conn`), one module per concurrency model (`linear`, `threads`, `epoll`,
+//!   `tokio_model` for `async`), the pre-fork `master`, signals and the access log.
 //! - [`rt`]: runtime pieces shared by every model: `block_on`, the process-wide timer
 //!   (`sleep`), and the `Shutdown` signal.
+//! - [`cli`]: the command line and uWSGI-style ini files, validated into a
+//!   `ServerConfig`; the binary's `main` only calls [`cli::main`].
 //! - [`bench`]: the load generator (`forklift bench`, `hammer`, `compare models`) and the
 //!   reusable comparison table / SVG / HTML report.
 
 pub mod app;
 pub mod bench;
+pub mod cli;
+pub mod http;
 pub mod rt;
+pub mod server;
