@@ -40,6 +40,9 @@ mod support {
         AlternatingLength,
         /// Echoes the request body.
         Echo,
+        /// Answers the first request of a connection with `Connection: close`, then
+        /// closes, whatever else was pipelined.
+        CloseAfterFirst,
     }
 
     #[derive(Default, Debug)]
@@ -184,6 +187,10 @@ mod support {
                         )
                         .into_bytes()
                     }
+                    Behaviour::CloseAfterFirst => {
+                        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 11\r\n\r\nHello world"
+                            .to_vec()
+                    }
                     Behaviour::Echo => {
                         let mut o = format!(
                             "HTTP/1.1 200 OK\r\n{conn_hdr}Content-Length: {}\r\n\r\n",
@@ -197,7 +204,7 @@ mod support {
                 if s.write_all(&out).is_err() {
                     return;
                 }
-                if close || matches!(b, Behaviour::AlternatingLength) {
+                if close || matches!(b, Behaviour::AlternatingLength | Behaviour::CloseAfterFirst) {
                     return;
                 }
             }
@@ -323,6 +330,20 @@ fn pipelining() {
     assert_eq!(r.failed_requests, 0);
     assert_eq!(srv.get(|c| &c.requests), 205);
     assert_eq!(r.connections, 2);
+}
+
+#[test]
+fn pipelined_requests_are_resent_when_the_server_closes() {
+    let srv = TestServer::start(Behaviour::CloseAfterFirst);
+    let r = bench(&args(
+        &srv.url(),
+        &["-n", "20", "-c", "1", "--pipeline", "4"],
+    ))
+    .unwrap();
+    assert_eq!(r.complete_requests, 20);
+    assert_eq!(r.failed_requests, 0);
+    assert_eq!(r.connections, 20);
+    assert_eq!(r.keep_alive_requests, 0);
 }
 
 #[test]
@@ -539,4 +560,76 @@ fn compare_models_reports_a_server_that_does_not_start() {
     assert!(mc.comparison.to_text().contains("failed:"));
     a.models = vec!["nope".into()];
     assert!(compare_models(&a, std::path::Path::new("/bin/false")).is_err());
+}
+
+/// The real server, spawned from the forklift binary under test.
+fn forklift_serve(model: &str) -> forklift::bench::models::ServerProcess {
+    let spec = forklift::bench::models::model_specs(2, 2)
+        .into_iter()
+        .find(|m| m.name == model)
+        .unwrap();
+    forklift::bench::models::ServerProcess::spawn(
+        std::path::Path::new(env!("CARGO_BIN_EXE_forklift")),
+        "builtin:hello",
+        &spec,
+        std::time::Duration::from_secs(30),
+    )
+    .unwrap()
+}
+
+#[test]
+fn against_forklift_serve() {
+    for model in ["epoll", "async", "threads", "linear"] {
+        let srv = forklift_serve(model);
+        let url = format!("http://{}/", srv.addr);
+        let r = bench(&args(&url, &["-n", "400", "-c", "4"])).unwrap();
+        assert_eq!(
+            (r.complete_requests, r.failed_requests),
+            (400, 0),
+            "{model} keep-alive"
+        );
+        assert_eq!(r.document_length, 11, "{model}");
+        assert!(r.server_software.is_some(), "{model}");
+        let r = bench(&args(&url, &["-n", "100", "-c", "4", "--no-keepalive"])).unwrap();
+        assert_eq!(
+            (r.complete_requests, r.failed_requests),
+            (100, 0),
+            "{model} close"
+        );
+        assert_eq!(r.connections, 100, "{model}");
+        if model != "linear" {
+            let r = bench(&args(&url, &["-n", "400", "-c", "2", "--pipeline", "8"])).unwrap();
+            assert_eq!(
+                (r.complete_requests, r.failed_requests),
+                (400, 0),
+                "{model} pipeline"
+            );
+        }
+    }
+}
+
+#[test]
+fn compare_models_against_forklift() {
+    let dir = std::env::temp_dir().join(format!("forklift-compare-real-{}", std::process::id()));
+    let mut a = CompareModelsArgs::defaults();
+    a.requests = 200;
+    a.concurrency = 4;
+    a.processes = 2;
+    a.server_threads = 2;
+    a.out = dir.clone();
+    let mc = compare_models(&a, std::path::Path::new(env!("CARGO_BIN_EXE_forklift"))).unwrap();
+    for r in &mc.results {
+        let rep = r
+            .report
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}: {:?}", r.spec.name, r.error));
+        assert_eq!(rep.complete_requests, 200, "{}", r.spec.name);
+        assert_eq!(rep.failed_requests, 0, "{}", r.spec.name);
+    }
+    mc.comparison.write_files(&a.out, "models").unwrap();
+    check_outputs(
+        &dir,
+        &["linear", "prefork ×2", "thread pool ×2", "epoll", "async"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

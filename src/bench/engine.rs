@@ -220,10 +220,12 @@ struct Conn {
     deadline: Instant,
     /// Waiting in the free list for its next scheduled request (rate mode).
     parked: bool,
+    /// Its poll token (its index in the thread's connection table).
+    token: usize,
 }
 
 impl Conn {
-    fn new(now: Instant, pipeline: usize) -> Conn {
+    fn new(now: Instant, pipeline: usize, token: usize) -> Conn {
         Conn {
             sock: None,
             connected: false,
@@ -236,6 +238,7 @@ impl Conn {
             served: 0,
             deadline: now,
             parked: false,
+            token,
         }
     }
 }
@@ -289,7 +292,7 @@ fn worker(
     ctx.now = Instant::now();
     let end_at = cfg.duration.map(|d| t0 + d);
     let mut conns: Vec<Conn> = (0..nconns)
-        .map(|_| Conn::new(ctx.now, cfg.pipeline))
+        .map(|i| Conn::new(ctx.now, cfg.pipeline, i))
         .collect();
 
     // Rate mode: thread `idx` owns slots idx, idx + threads, idx + 2*threads, ... of the
@@ -432,31 +435,9 @@ fn start_next(ctx: &mut Ctx, conn: &mut Conn, token: usize, intended: Option<Ins
         return;
     }
     let now = ctx.now;
-    let fresh = conn.sock.is_none();
-    if fresh {
-        match TcpStream::connect(ctx.cfg.addr) {
-            Ok(mut s) => {
-                let _ = s.set_nodelay(true);
-                if let Err(e) = ctx.poll.registry().register(
-                    &mut s,
-                    Token(token),
-                    Interest::READABLE | Interest::WRITABLE,
-                ) {
-                    let _ = e;
-                    count_failures(ctx, k, ErrorKind::Connect);
-                    return;
-                }
-                conn.sock = Some(s);
-                conn.connected = false;
-                conn.connect_start = now;
-                conn.served = 0;
-                ctx.tally.connections += 1;
-            }
-            Err(_) => {
-                count_failures(ctx, k, ErrorKind::Connect);
-                return;
-            }
-        }
+    if conn.sock.is_none() && !open(ctx, conn, token) {
+        count_failures(ctx, k, ErrorKind::Connect);
+        return;
     }
     let start = intended.unwrap_or(now);
     for _ in 0..k {
@@ -474,6 +455,50 @@ fn start_next(ctx: &mut Ctx, conn: &mut Conn, token: usize, intended: Option<Ins
     if conn.connected {
         do_write(ctx, conn);
     }
+}
+
+/// Starts a non-blocking connect for `conn`; false if it failed at once.
+fn open(ctx: &mut Ctx, conn: &mut Conn, token: usize) -> bool {
+    let Ok(mut s) = TcpStream::connect(ctx.cfg.addr) else {
+        return false;
+    };
+    let _ = s.set_nodelay(true);
+    let interest = Interest::READABLE | Interest::WRITABLE;
+    if ctx
+        .poll
+        .registry()
+        .register(&mut s, Token(token), interest)
+        .is_err()
+    {
+        return false;
+    }
+    conn.sock = Some(s);
+    conn.connected = false;
+    conn.connect_start = ctx.now;
+    conn.served = 0;
+    ctx.tally.connections += 1;
+    true
+}
+
+/// The server announced it would close while pipelined requests were still unanswered:
+/// send them again on a new connection, as an HTTP client must. Their latency keeps
+/// counting from their original start.
+fn resend(ctx: &mut Ctx, conn: &mut Conn) {
+    let n = conn.inflight.len();
+    if !open(ctx, conn, conn.token) {
+        let lost = n as u64;
+        conn.inflight.clear();
+        count_failures(ctx, lost, ErrorKind::Connect);
+        return;
+    }
+    for f in conn.inflight.iter_mut() {
+        f.reused = false;
+        f.write_done = None;
+        f.first_byte = None;
+    }
+    conn.wlen = ctx.cfg.request.len() * n;
+    conn.wpos = 0;
+    conn.deadline = ctx.now + ctx.cfg.timeout;
 }
 
 fn count_failures(ctx: &mut Ctx, k: u64, kind: ErrorKind) {
@@ -710,15 +735,10 @@ fn complete(ctx: &mut Ctx, conn: &mut Conn, status: u16, body_len: u64, keep_ali
         }
     }
     if !keep_alive || !ctx.cfg.keep_alive {
-        // Anything still in flight on this socket is lost with it.
-        let lost = conn.inflight.len() as u64;
-        for _ in 0..lost {
-            ctx.tally.errors.add(ErrorKind::Closed);
-        }
-        ctx.tally.completed += lost;
-        ctx.unflushed += lost;
-        conn.inflight.clear();
         close(ctx, conn);
+        if !conn.inflight.is_empty() {
+            resend(ctx, conn);
+        }
         return false;
     }
     true
