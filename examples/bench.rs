@@ -21,10 +21,7 @@ enum Cmd {
 fn main() {
     let code = match Cli::parse().cmd {
         Cmd::Bench(a) => run_bench(&a),
-        Cmd::Hammer(a) => run_hammer(&a).map(|r| {
-            print!("{}", r.to_text());
-            0
-        }),
+        Cmd::Hammer(a) => run_hammer(&a),
         Cmd::CompareModels(a) => run_compare_models(&a),
     };
     match code {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use forklift::bench::{
-    bench, compare_models, run_config, run_hammer, BenchArgs, BenchConfig, CompareModelsArgs,
+    bench, compare_models, hammer, run_config, BenchArgs, BenchConfig, CompareModelsArgs,
     HammerArgs,
 };
 
@@ -437,7 +437,7 @@ fn unreachable_target_is_an_error() {
 #[test]
 fn hammer_reports_like_hammer_py() {
     let srv = TestServer::start(Behaviour::Hello);
-    let h = run_hammer(&HammerArgs {
+    let h = hammer(&HammerArgs {
         port: srv.addr.port(),
         host: "127.0.0.1".into(),
         path: "/".into(),

@@ -322,12 +322,15 @@ fn worker(
                 let Some(i) = parked.pop() else { break };
                 conns[i].parked = false;
                 start_next(&mut ctx, &mut conns[i], i, Some(slot_at(slot_no, rate)));
+                if ctx.exhausted {
+                    break;
+                }
+                // The slot is used, whether the request went out or failed to connect.
+                slot_no += 1;
                 if conns[i].inflight.is_empty() {
                     conns[i].parked = true;
                     parked.push(i);
-                    break;
                 }
-                slot_no += 1;
             }
         }
         if ctx.unflushed > 0 {
@@ -366,7 +369,12 @@ fn worker(
             let Some(conn) = conns.get_mut(i) else {
                 continue;
             };
-            on_event(&mut ctx, conn, ev.is_read_closed() || ev.is_error());
+            on_event(
+                &mut ctx,
+                conn,
+                ev.is_writable(),
+                ev.is_read_closed() || ev.is_error(),
+            );
             if conn.inflight.is_empty() {
                 release(&mut ctx, conn, i, &mut parked);
             }
@@ -462,7 +470,11 @@ fn open(ctx: &mut Ctx, conn: &mut Conn, token: usize) -> bool {
     let Ok(mut s) = TcpStream::connect(ctx.cfg.addr) else {
         return false;
     };
-    let _ = s.set_nodelay(true);
+    // One write per request (or per pipelined batch) after the previous response: Nagle
+    // never holds those back, so TCP_NODELAY only matters for bodies sent in pieces.
+    if ctx.cfg.keep_alive || ctx.cfg.request.len() > 8192 {
+        let _ = s.set_nodelay(true);
+    }
     let interest = Interest::READABLE | Interest::WRITABLE;
     if ctx
         .poll
@@ -510,7 +522,7 @@ fn count_failures(ctx: &mut Ctx, k: u64, kind: ErrorKind) {
 }
 
 /// Handles readiness of `conn`; `drain` says the peer closed (read to EOF).
-fn on_event(ctx: &mut Ctx, conn: &mut Conn, drain: bool) {
+fn on_event(ctx: &mut Ctx, conn: &mut Conn, writable: bool, drain: bool) {
     if conn.sock.is_none() {
         return;
     }
@@ -520,10 +532,13 @@ fn on_event(ctx: &mut Ctx, conn: &mut Conn, drain: bool) {
             Ok(None) => {}
             _ => return fail(ctx, conn, ErrorKind::Connect),
         }
-        match sock.peer_addr() {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
-            Err(_) => return fail(ctx, conn, ErrorKind::Connect),
+        // A connecting socket turns writable once connected; without that edge, ask.
+        if !writable {
+            match sock.peer_addr() {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(_) => return fail(ctx, conn, ErrorKind::Connect),
+            }
         }
         conn.connected = true;
         let us = micros(ctx.now.saturating_duration_since(conn.connect_start));
@@ -773,7 +788,12 @@ fn fail(ctx: &mut Ctx, conn: &mut Conn, kind: ErrorKind) {
 
 fn close(ctx: &mut Ctx, conn: &mut Conn) {
     if let Some(mut s) = conn.sock.take() {
-        let _ = ctx.poll.registry().deregister(&mut s);
+        // Closing the socket removes it from epoll (its fd is never duplicated), so the
+        // epoll_ctl call is only needed elsewhere.
+        if !cfg!(target_os = "linux") {
+            let _ = ctx.poll.registry().deregister(&mut s);
+        }
+        drop(s);
     }
     conn.connected = false;
     conn.read = ReadState::Head;

@@ -73,8 +73,17 @@ impl HammerResult {
     }
 }
 
+/// The whole `forklift hammer` command: runs, prints hammer.py's line and the latency
+/// summary. Returns the process exit code (1 when no request succeeded).
+pub fn run_hammer(args: &HammerArgs) -> Result<i32, BenchError> {
+    let r = hammer(args)?;
+    print!("{}", r.to_text());
+    let ok = r.report.complete_requests > r.report.failed_requests;
+    Ok(if ok { 0 } else { 1 })
+}
+
 /// Runs `forklift hammer` and returns the result (prints nothing).
-pub fn run_hammer(args: &HammerArgs) -> Result<HammerResult, BenchError> {
+pub fn hammer(args: &HammerArgs) -> Result<HammerResult, BenchError> {
     let url = match &args.url {
         Some(u) => u.clone(),
         None => {

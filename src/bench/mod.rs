@@ -31,7 +31,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use engine::{EngineConfig, EngineResult, Shared};
-pub use hammer::{run_hammer, HammerArgs, HammerResult};
+pub use hammer::{hammer, run_hammer, HammerArgs, HammerResult};
 pub use models::{compare_models, run_compare_models, CompareModelsArgs, ModelsComparison};
 pub use report::Report;
 
