@@ -633,3 +633,22 @@ fn compare_models_against_forklift() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn refused_connections_are_failures() {
+    // Accepts the reachability check, then stops listening.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let t = std::thread::spawn(move || drop(l.accept()));
+    let url = format!("http://{addr}/");
+    let mut cfg = BenchConfig::new(&url, 30, 3);
+    cfg.timeout = std::time::Duration::from_secs(5);
+    // Resolution happens first, inside run_config; the listener goes away right after.
+    let r = std::thread::spawn(move || run_config(&cfg));
+    t.join().unwrap();
+    let r = r.join().unwrap().unwrap();
+    assert_eq!(r.complete_requests, 30);
+    assert_eq!(r.failed_requests, 30);
+    let e = r.errors;
+    assert_eq!(e.connect + e.closed + e.read + e.write, 30, "{e:?}");
+}

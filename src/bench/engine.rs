@@ -369,12 +369,13 @@ fn worker(
             let Some(conn) = conns.get_mut(i) else {
                 continue;
             };
-            on_event(
-                &mut ctx,
-                conn,
-                ev.is_writable(),
-                ev.is_read_closed() || ev.is_error(),
-            );
+            let r = Readiness {
+                readable: ev.is_readable(),
+                writable: ev.is_writable(),
+                error: ev.is_error(),
+                drain: ev.is_read_closed() || ev.is_error(),
+            };
+            on_event(&mut ctx, conn, r);
             if conn.inflight.is_empty() {
                 release(&mut ctx, conn, i, &mut parked);
             }
@@ -521,25 +522,27 @@ fn count_failures(ctx: &mut Ctx, k: u64, kind: ErrorKind) {
     ctx.unflushed += k;
 }
 
-/// Handles readiness of `conn`; `drain` says the peer closed (read to EOF).
-fn on_event(ctx: &mut Ctx, conn: &mut Conn, writable: bool, drain: bool) {
+/// Handles readiness of `conn`; `drain` says the peer closed or the socket has an error
+/// (read to EOF).
+fn on_event(ctx: &mut Ctx, conn: &mut Conn, ev: Readiness) {
     if conn.sock.is_none() {
         return;
     }
     if !conn.connected {
-        let sock = conn.sock.as_ref().expect("checked above");
-        match sock.take_error() {
-            Ok(None) => {}
-            _ => return fail(ctx, conn, ErrorKind::Connect),
+        if ev.error {
+            return fail(ctx, conn, ErrorKind::Connect);
         }
-        // A connecting socket turns writable once connected; without that edge, ask.
-        if !writable {
+        if !ev.writable {
+            // Readable before writable: only a failed connect does that; ask the socket.
+            let sock = conn.sock.as_ref().expect("checked above");
             match sock.peer_addr() {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
                 Err(_) => return fail(ctx, conn, ErrorKind::Connect),
             }
         }
+        // A connecting socket turns writable once connected. A connect that failed
+        // anyway shows up as an error of the first write, counted as a connect error.
         conn.connected = true;
         let us = micros(ctx.now.saturating_duration_since(conn.connect_start));
         // ab's ctime: from the request's start to the connection being up.
@@ -550,9 +553,19 @@ fn on_event(ctx: &mut Ctx, conn: &mut Conn, writable: bool, drain: bool) {
     if conn.wpos < conn.wlen {
         do_write(ctx, conn);
     }
-    if conn.sock.is_some() && conn.connected {
-        do_read(ctx, conn, drain);
+    if conn.sock.is_some() && (ev.readable || ev.drain) {
+        do_read(ctx, conn, ev.drain);
     }
+}
+
+/// What an event said about a socket.
+#[derive(Debug, Clone, Copy)]
+struct Readiness {
+    readable: bool,
+    writable: bool,
+    error: bool,
+    /// The peer closed its side, or the socket has an error: read to EOF.
+    drain: bool,
 }
 
 fn do_write(ctx: &mut Ctx, conn: &mut Conn) {
@@ -565,7 +578,18 @@ fn do_write(ctx: &mut Ctx, conn: &mut Conn) {
             Ok(n) => conn.wpos += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return fail(ctx, conn, ErrorKind::Write),
+            Err(e) => {
+                let refused = matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionRefused | io::ErrorKind::NotConnected
+                );
+                let kind = if refused && conn.served == 0 && conn.wpos == 0 {
+                    ErrorKind::Connect
+                } else {
+                    ErrorKind::Write
+                };
+                return fail(ctx, conn, kind);
+            }
         }
     }
     let now = Instant::now();
