@@ -369,6 +369,8 @@ fn worker(
             let Some(conn) = conns.get_mut(i) else {
                 continue;
             };
+            // Per event, not per poll: a long batch must not shorten the later latencies.
+            ctx.now = Instant::now();
             let r = Readiness {
                 readable: ev.is_readable(),
                 writable: ev.is_writable(),
@@ -592,7 +594,8 @@ fn do_write(ctx: &mut Ctx, conn: &mut Conn) {
             }
         }
     }
-    let now = Instant::now();
+    // The write went out within this loop turn: its timestamp is close enough.
+    let now = ctx.now;
     for f in conn.inflight.iter_mut() {
         f.write_done.get_or_insert(now);
     }

@@ -389,6 +389,18 @@ pub fn table(args: &CompareModelsArgs, results: &[ModelResult]) -> Comparison {
             fmt_figure(best.1.requests_per_second)
         ));
     }
+    let busy: Vec<&str> = results
+        .iter()
+        .filter(|r| r.report.as_ref().is_some_and(|rep| rep.client_cpu.bottleneck))
+        .map(|r| r.spec.label.as_str())
+        .collect();
+    if !busy.is_empty() {
+        notes.push(format!(
+            "Warning: the load generator was nearly always on CPU for {}: those figures may be \
+             its limit (try --threads).",
+            busy.join(", ")
+        ));
+    }
     for r in results {
         if let Some(e) = &r.error {
             notes.push(format!("{}: {e}", r.spec.label));
@@ -400,13 +412,13 @@ pub fn table(args: &CompareModelsArgs, results: &[ModelResult]) -> Comparison {
         "--no-keepalive"
     };
     Comparison {
-        title: "Seed 003: concurrency models, time taken for tests".into(),
+        title: format!("Seed 003: concurrency models, time taken for {n} requests"),
         setting: format!(
             "forklift bench -n {n} -c {} {mode} against `forklift serve {}` under each model \
              (seed: ab -n {SEED_REQUESTS} -c 8, Connection: close, Python servers)",
             args.concurrency, args.app
         ),
-        metric: format!("time for {n} requests"),
+        metric: "time".into(),
         unit: "s".into(),
         higher_is_better: false,
         extra_columns: vec![
