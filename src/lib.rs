@@ -11,6 +11,8 @@
 //!   `tokio_model` for `async`), the pre-fork `master`, signals and the access log.
 //! - [`rt`]: runtime pieces shared by every model: `block_on`, the process-wide timer
 //!   (`sleep`), and the `Shutdown` signal.
+//! - [`python`] (feature `python`): embedded CPython serving WSGI apps (PEP 3333), the
+//!   `forklift` Python module, fork and thread integration. The only module using pyo3.
 //! - [`cli`]: the command line and uWSGI-style ini files, validated into a
 //!   `ServerConfig`; the binary's `main` only calls [`cli::main`].
 //! - [`bench`]: the load generator (`forklift bench`, `hammer`, `compare models`) and the
@@ -20,5 +22,7 @@ pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod http;
+#[cfg(feature = "python")]
+pub mod python;
 pub mod rt;
 pub mod server;
