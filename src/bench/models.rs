@@ -391,7 +391,11 @@ pub fn table(args: &CompareModelsArgs, results: &[ModelResult]) -> Comparison {
     }
     let busy: Vec<&str> = results
         .iter()
-        .filter(|r| r.report.as_ref().is_some_and(|rep| rep.client_cpu.bottleneck))
+        .filter(|r| {
+            r.report
+                .as_ref()
+                .is_some_and(|rep| rep.client_cpu.bottleneck)
+        })
         .map(|r| r.spec.label.as_str())
         .collect();
     if !busy.is_empty() {
