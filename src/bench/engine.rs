@@ -59,8 +59,9 @@ pub struct Shared {
     limit: u64,
     /// Requests finished so far (flushed by the threads once per loop turn).
     pub completed: AtomicU64,
-    /// Set by the caller to end the run early (all threads stop at their next turn).
-    pub stop: AtomicBool,
+    /// Set by the caller (or a SIGINT handler) to end the run early: every thread stops
+    /// at its next turn and the report covers what was done.
+    pub stop: Arc<AtomicBool>,
     doc_len: OnceLock<u64>,
     server: OnceLock<String>,
     start: OnceLock<Instant>,
@@ -72,7 +73,7 @@ impl Shared {
             claimed: AtomicU64::new(0),
             limit: limit.unwrap_or(u64::MAX),
             completed: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
+            stop: Arc::new(AtomicBool::new(false)),
             doc_len: OnceLock::new(),
             server: OnceLock::new(),
             start: OnceLock::new(),
@@ -313,7 +314,9 @@ fn worker(
         }
     }
     let mut last_scan = ctx.now;
-    let mut ended_by_time = false;
+    // When the time limit or a stop request ended the run (requests still in flight are
+    // abandoned, as ab and wrk do).
+    let mut stopped_at: Option<Instant> = None;
     loop {
         // Start due requests on free connections (rate mode). When every connection is
         // busy the due requests wait, and their latency counts from their slot.
@@ -341,11 +344,12 @@ fn worker(
             break;
         }
         if shared.stop.load(Ordering::Relaxed) {
+            stopped_at = Some(ctx.now);
             break;
         }
         if let Some(end) = end_at {
             if ctx.now >= end {
-                ended_by_time = true;
+                stopped_at = Some(end);
                 break;
             }
         }
@@ -395,11 +399,7 @@ fn worker(
             }
         }
     }
-    let end = if ended_by_time {
-        end_at.unwrap_or(ctx.now)
-    } else {
-        ctx.now
-    };
+    let end = stopped_at.unwrap_or(ctx.now);
     shared.completed.fetch_add(ctx.unflushed, Ordering::Relaxed);
     let cpu1 = thread_cpu();
     let cpu = ThreadCpu {

@@ -131,6 +131,9 @@ pub struct BenchConfig {
     pub timeout: Duration,
     /// Draw a progress bar (only ever on a terminal).
     pub progress: bool,
+    /// Stop at the first SIGINT and report what was done (a second one kills). Only for
+    /// the command line: it installs a process-wide signal handler.
+    pub handle_interrupt: bool,
 }
 
 impl BenchConfig {
@@ -151,6 +154,7 @@ impl BenchConfig {
             rate: None,
             timeout: Duration::from_secs(30),
             progress: false,
+            handle_interrupt: false,
         }
     }
 
@@ -208,6 +212,7 @@ impl BenchConfig {
             rate,
             timeout,
             progress: !a.quiet,
+            handle_interrupt: false,
         })
     }
 }
@@ -275,7 +280,15 @@ pub fn run_config(cfg: &BenchConfig) -> Result<Report, BenchError> {
     } else {
         None
     };
+    let sigint = if cfg.handle_interrupt {
+        on_interrupt(&shared.stop)
+    } else {
+        Vec::new()
+    };
     let result = engine::run(&ecfg, &shared);
+    for id in sigint {
+        signal_hook::low_level::unregister(id);
+    }
     if let Some((done, handle)) = bar {
         done.store(true, Ordering::Relaxed);
         let _ = handle.join();
@@ -292,6 +305,20 @@ pub fn run_config(cfg: &BenchConfig) -> Result<Report, BenchError> {
         rate: cfg.rate,
     };
     Ok(Report::new(&info, &result))
+}
+
+/// First SIGINT sets `stop`; a second one terminates the process as usual.
+fn on_interrupt(stop: &Arc<std::sync::atomic::AtomicBool>) -> Vec<signal_hook::SigId> {
+    use signal_hook::consts::SIGINT;
+    use signal_hook::flag;
+    let mut ids = Vec::new();
+    if let Ok(id) = flag::register_conditional_shutdown(SIGINT, 130, stop.clone()) {
+        ids.push(id);
+    }
+    if let Ok(id) = flag::register(SIGINT, stop.clone()) {
+        ids.push(id);
+    }
+    ids
 }
 
 type BarHandle = (
@@ -347,7 +374,9 @@ pub fn bench(args: &BenchArgs) -> Result<Report, BenchError> {
 /// The whole `forklift bench` command: runs, prints ab's report on stdout, writes the
 /// JSON if asked. Returns the process exit code (1 when no request succeeded).
 pub fn run_bench(args: &BenchArgs) -> Result<i32, BenchError> {
-    let report = bench(args)?;
+    let mut cfg = BenchConfig::from_args(args)?;
+    cfg.handle_interrupt = true;
+    let report = run_config(&cfg)?;
     match args.json.as_deref() {
         Some(p) if p.as_os_str() == "-" => {
             println!("{}", serde_json::to_string_pretty(&report)?);
