@@ -456,12 +456,27 @@ fn hammer_reports_like_hammer_py() {
 
 #[test]
 fn engine_progress_counter_matches() {
+    use forklift::bench::{EngineConfig, Shared};
     let srv = TestServer::start(Behaviour::Hello);
-    let cfg = BenchConfig::new(&srv.url(), 50, 5);
-    let r = run_config(&cfg).unwrap();
-    assert_eq!(r.complete_requests, 50);
-    let shared = forklift::bench::Shared::new(Some(7));
-    assert_eq!(shared.completed.load(Ordering::Relaxed), 0);
+    let cfg = EngineConfig {
+        addr: srv.addr,
+        request: b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        head_request: false,
+        requests: Some(50),
+        duration: None,
+        concurrency: 5,
+        threads: 2,
+        keep_alive: true,
+        pipeline: 1,
+        rate: None,
+        timeout: std::time::Duration::from_secs(10),
+    };
+    let shared = std::sync::Arc::new(Shared::new(Some(50)));
+    let r = forklift::bench::engine::run(&cfg, &shared).unwrap();
+    assert_eq!(r.tally.completed, 50);
+    assert_eq!(shared.completed.load(Ordering::Relaxed), 50);
+    assert_eq!(r.cpu.len(), 2);
+    assert_eq!(r.document_length, Some(11));
 }
 
 /// A stand-in for the forklift binary: prints the banner and serves hello world.
@@ -572,6 +587,7 @@ fn forklift_serve(model: &str) -> forklift::bench::models::ServerProcess {
         std::path::Path::new(env!("CARGO_BIN_EXE_forklift")),
         "builtin:hello",
         &spec,
+        &[],
         std::time::Duration::from_secs(30),
     )
     .unwrap()

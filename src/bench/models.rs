@@ -22,9 +22,12 @@ const KEEP_LINES: usize = 20;
 /// `forklift compare models [--app APP] [--requests N] [--concurrency C] [--out DIR]`
 #[derive(Debug, Clone, clap::Args)]
 pub struct CompareModelsArgs {
-    /// App to serve (builtin:NAME or a WSGI app)
+    /// App to serve: builtin:NAME, a WSGI file (app.py) or a module (pkg.mod[:callable])
     #[arg(long, default_value = "builtin:hello")]
     pub app: String,
+    /// Extra argument for every `forklift serve` (repeatable, e.g. --serve-arg=--pythonpath=.)
+    #[arg(long = "serve-arg", allow_hyphen_values = true)]
+    pub serve_args: Vec<String>,
     /// Requests per model
     #[arg(short = 'n', long, default_value_t = SEED_REQUESTS)]
     pub requests: u64,
@@ -62,6 +65,7 @@ impl CompareModelsArgs {
     pub fn defaults() -> CompareModelsArgs {
         CompareModelsArgs {
             app: "builtin:hello".into(),
+            serve_args: Vec::new(),
             requests: SEED_REQUESTS,
             concurrency: 8,
             out: PathBuf::from("forklift-compare"),
@@ -132,6 +136,18 @@ pub fn model_specs(processes: usize, threads: usize) -> Vec<ModelSpec> {
     ]
 }
 
+/// How `forklift serve` is told about an app: `builtin:NAME` as is, a `.py` file (or any
+/// existing file) with `--wsgi-file`, anything else as a module with `--module`.
+pub fn app_args(app: &str) -> Vec<String> {
+    if app.starts_with("builtin:") {
+        vec![app.to_string()]
+    } else if app.ends_with(".py") || Path::new(app).is_file() {
+        vec!["--wsgi-file".into(), app.to_string()]
+    } else {
+        vec!["--module".into(), app.to_string()]
+    }
+}
+
 /// Finds `listening on http://HOST:PORT` in a line of the server's stderr.
 pub fn parse_banner(line: &str) -> Option<SocketAddr> {
     let i = line.find("listening on http://")?;
@@ -154,12 +170,14 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts `BIN serve APP --http 127.0.0.1:0 ARGS --disable-logging` and waits for its
-    /// banner. The child gets its own process group so its workers can be stopped with it.
+    /// Starts `BIN serve APP --http 127.0.0.1:0 ARGS --disable-logging EXTRA` and waits for
+    /// its banner (APP as [`app_args`] puts it). The child gets its own process group so
+    /// its workers can be stopped with it.
     pub fn spawn(
         bin: &Path,
         app: &str,
         spec: &ModelSpec,
+        extra: &[String],
         startup: Duration,
     ) -> Result<ServerProcess, BenchError> {
         let err = |why: String| BenchError::Server {
@@ -168,10 +186,11 @@ impl ServerProcess {
         };
         let mut cmd = Command::new(bin);
         cmd.arg("serve")
-            .arg(app)
+            .args(app_args(app))
             .args(["--http", "127.0.0.1:0"])
             .args(&spec.serve_args)
             .arg("--disable-logging")
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -313,17 +332,18 @@ pub fn compare_models(
     let startup = Duration::from_secs_f64(args.startup_timeout);
     let mut results = Vec::new();
     for spec in specs {
-        let outcome = ServerProcess::spawn(bin, &args.app, &spec, startup).and_then(|mut srv| {
-            let url = format!("http://{}/", srv.addr);
-            let mut cfg = BenchConfig::new(&url, args.requests, args.concurrency);
-            cfg.keep_alive = args.keepalive;
-            if let Some(t) = args.threads {
-                cfg.threads = t;
-            }
-            let r = run_config(&cfg);
-            srv.stop();
-            r
-        });
+        let outcome = ServerProcess::spawn(bin, &args.app, &spec, &args.serve_args, startup)
+            .and_then(|mut srv| {
+                let url = format!("http://{}/", srv.addr);
+                let mut cfg = BenchConfig::new(&url, args.requests, args.concurrency);
+                cfg.keep_alive = args.keepalive;
+                if let Some(t) = args.threads {
+                    cfg.threads = t;
+                }
+                let r = run_config(&cfg);
+                srv.stop();
+                r
+            });
         results.push(match outcome {
             Ok(report) => ModelResult {
                 spec,
@@ -484,6 +504,13 @@ mod tests {
         );
         assert_eq!(parse_banner("listening on unix:/tmp/x"), None);
         assert_eq!(parse_banner("hello"), None);
+    }
+
+    #[test]
+    fn apps() {
+        assert_eq!(app_args("builtin:hello"), ["builtin:hello"]);
+        assert_eq!(app_args("myapp.py"), ["--wsgi-file", "myapp.py"]);
+        assert_eq!(app_args("pkg.wsgi:app"), ["--module", "pkg.wsgi:app"]);
     }
 
     #[test]
