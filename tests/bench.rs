@@ -269,7 +269,6 @@ fn connection_per_request() {
     assert_eq!(r.connections, 60);
     assert_eq!(srv.get(|c| &c.close_requested), 60);
     assert_eq!(srv.get(|c| &c.connections), 61);
-    assert!(r.connection_times.connect.max > 0.0);
 }
 
 #[test]
@@ -369,7 +368,7 @@ fn constant_rate() {
 #[test]
 fn time_limit_without_request_count() {
     let srv = TestServer::start(Behaviour::Hello);
-    let r = bench(&args(&srv.url(), &["-t", "0.3", "-c", "2"])).unwrap();
+    let r = bench(&args(&srv.url(), &["-t", "1", "-c", "2"])).unwrap();
     assert!(r.complete_requests > 0);
     assert_eq!(r.failed_requests, 0);
 }
