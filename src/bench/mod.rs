@@ -8,7 +8,7 @@
 //! - [`stats`]: latency series (HdrHistogram, µs), error counts by kind, per-thread tallies.
 //! - [`engine`]: the client engine (std threads × mio loops, closed or open loop).
 //! - [`report`]: ab's report layout and its JSON twin.
-//! - [`hammer`]: `forklift hammer`.
+//! - [`mod@hammer`]: `forklift hammer`.
 //! - [`chart`]: a reusable "scenarios × figure, beside the seed's" table → text, SVG, HTML.
 //! - [`models`]: `forklift compare models`: spawn the server under each model and measure.
 
@@ -64,7 +64,7 @@ pub enum BenchError {
 /// and JSON output.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Target, http://host[:port]/path
+    /// Target URL: http://host:port/path (port and path optional)
     pub url: String,
     /// Number of requests (default 1, or unlimited with -t)
     #[arg(short = 'n', long = "requests")]

@@ -22,7 +22,7 @@ const KEEP_LINES: usize = 20;
 /// `forklift compare models [--app APP] [--requests N] [--concurrency C] [--out DIR]`
 #[derive(Debug, Clone, clap::Args)]
 pub struct CompareModelsArgs {
-    /// App to serve: builtin:NAME, a WSGI file (app.py) or a module (pkg.mod[:callable])
+    /// App to serve: builtin:NAME, a WSGI file (app.py) or a module (pkg.mod or pkg.mod:app)
     #[arg(long, default_value = "builtin:hello")]
     pub app: String,
     /// Extra argument for every `forklift serve` (repeatable, e.g. --serve-arg=--pythonpath=.)
