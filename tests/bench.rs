@@ -612,6 +612,19 @@ fn against_forklift_serve() {
             "{model} close"
         );
         assert_eq!(r.connections, 100, "{model}");
+        let r = bench(&args(&url, &["-n", "50", "-c", "2", "-m", "HEAD"])).unwrap();
+        assert_eq!(
+            (r.complete_requests, r.failed_requests),
+            (50, 0),
+            "{model} HEAD"
+        );
+        assert_eq!(r.html_transferred, 0, "{model} HEAD");
+        let r = bench(&args(&url, &["-n", "50", "-c", "2", "--rate", "500"])).unwrap();
+        assert_eq!(
+            (r.complete_requests, r.failed_requests),
+            (50, 0),
+            "{model} rate"
+        );
         if model != "linear" {
             let r = bench(&args(&url, &["-n", "400", "-c", "2", "--pipeline", "8"])).unwrap();
             assert_eq!(
