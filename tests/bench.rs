@@ -40,6 +40,8 @@ mod support {
         AlternatingLength,
         /// Echoes the request body.
         Echo,
+        /// Says Content-Length: 5 and sends 11 bytes.
+        LongBody,
         /// Answers the first request of a connection with `Connection: close`, then
         /// closes, whatever else was pipelined.
         CloseAfterFirst,
@@ -187,6 +189,9 @@ mod support {
                         )
                         .into_bytes()
                     }
+                    Behaviour::LongBody => {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nHello world".to_vec()
+                    }
                     Behaviour::CloseAfterFirst => {
                         b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 11\r\n\r\nHello world"
                             .to_vec()
@@ -247,13 +252,14 @@ fn keep_alive_counts() {
     );
     assert_eq!(srv.get(|c| &c.requests), 300);
     assert_eq!(srv.get(|c| &c.close_requested), 0);
-    // Four connections plus the up-front reachability check.
-    assert_eq!(srv.get(|c| &c.connections), 5);
-    assert_eq!(r.connections, 4);
-    assert_eq!(r.keep_alive_requests, 296);
+    // At most four connections (a thread that starts late may find no request left), plus
+    // the up-front reachability check.
+    assert!((1..=4).contains(&r.connections), "{}", r.connections);
+    assert_eq!(srv.get(|c| &c.connections), r.connections + 1);
+    assert_eq!(r.keep_alive_requests, 300 - r.connections);
     let text = r.to_text();
     assert!(text.contains("Complete requests:      300\n"), "{text}");
-    assert!(text.contains("Keep-Alive requests:    296\n"), "{text}");
+    assert!(text.contains("Keep-Alive requests:    29"), "{text}");
 }
 
 #[test]
@@ -303,6 +309,16 @@ fn differing_lengths_are_length_failures() {
 }
 
 #[test]
+fn bytes_beyond_the_content_length_are_reported() {
+    let srv = TestServer::start(Behaviour::LongBody);
+    let r = bench(&args(&srv.url(), &["-n", "5", "-c", "1"])).unwrap();
+    assert_eq!(r.complete_requests, 5);
+    // Seen after the response (no request waiting), or as the head of the next response.
+    assert_eq!(r.errors.extra_bytes + r.errors.parse, 5, "{:?}", r.errors);
+    assert_eq!(r.document_length, 5);
+}
+
+#[test]
 fn non_2xx_are_counted_not_failed() {
     let srv = TestServer::start(Behaviour::Status(503));
     let r = bench(&args(&srv.url(), &["-n", "25", "-c", "5"])).unwrap();
@@ -328,7 +344,7 @@ fn pipelining() {
     assert_eq!(r.complete_requests, 205);
     assert_eq!(r.failed_requests, 0);
     assert_eq!(srv.get(|c| &c.requests), 205);
-    assert_eq!(r.connections, 2);
+    assert!(r.connections <= 2);
 }
 
 #[test]
@@ -380,7 +396,7 @@ fn chunked_and_close_delimited_bodies() {
     assert_eq!(r.failed_requests, 0);
     assert_eq!(r.document_length, 11);
     assert_eq!(r.html_transferred, 330);
-    assert_eq!(r.connections, 3);
+    assert!(r.connections <= 3);
 
     let srv = TestServer::start(Behaviour::CloseDelimited);
     let r = bench(&args(&srv.url(), &["-n", "30", "-c", "3"])).unwrap();

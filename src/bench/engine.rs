@@ -468,7 +468,8 @@ fn start_next(ctx: &mut Ctx, conn: &mut Conn, token: usize, intended: Option<Ins
     }
 }
 
-/// Starts a non-blocking connect for `conn`; false if it failed at once.
+/// Starts a non-blocking connect for `conn` (a new socket; the old one must be closed);
+/// false if it failed at once.
 fn open(ctx: &mut Ctx, conn: &mut Conn, token: usize) -> bool {
     let Ok(mut s) = TcpStream::connect(ctx.cfg.addr) else {
         return false;
@@ -516,6 +517,7 @@ fn resend(ctx: &mut Ctx, conn: &mut Conn) {
     conn.deadline = ctx.now + ctx.cfg.timeout;
 }
 
+/// Counts `k` requests as finished and failed with `kind`.
 fn count_failures(ctx: &mut Ctx, k: u64, kind: ErrorKind) {
     for _ in 0..k {
         ctx.tally.errors.add(kind);
@@ -524,8 +526,7 @@ fn count_failures(ctx: &mut Ctx, k: u64, kind: ErrorKind) {
     ctx.unflushed += k;
 }
 
-/// Handles readiness of `conn`; `drain` says the peer closed or the socket has an error
-/// (read to EOF).
+/// Handles readiness of `conn`: finishes a connect, sends what is left to send, reads.
 fn on_event(ctx: &mut Ctx, conn: &mut Conn, ev: Readiness) {
     if conn.sock.is_none() {
         return;
@@ -665,7 +666,7 @@ fn process_bytes(ctx: &mut Ctx, conn: &mut Conn, mut input: &[u8]) -> bool {
     while !input.is_empty() {
         if conn.inflight.is_empty() {
             // Bytes nobody asked for: the previous response was longer than it said.
-            ctx.tally.errors.add(ErrorKind::Length);
+            ctx.tally.errors.extra_bytes += 1;
             close(ctx, conn);
             return false;
         }

@@ -179,6 +179,9 @@ pub struct ErrorCounts {
     pub length: u64,
     /// Responses with a status outside 2xx (not failures, as in ab).
     pub non_2xx: u64,
+    /// Bytes after a complete response when no request was waiting (the response was
+    /// longer than it said). Not tied to a request, so not a failed one.
+    pub extra_bytes: u64,
 }
 
 /// One kind of error, for the engine to count.
@@ -215,6 +218,7 @@ impl ErrorCounts {
         self.parse += o.parse;
         self.length += o.length;
         self.non_2xx += o.non_2xx;
+        self.extra_bytes += o.extra_bytes;
     }
 
     /// Failed requests (ab's "Failed requests": everything but non-2xx).
@@ -239,7 +243,7 @@ impl ErrorCounts {
     }
 
     /// Every kind with its count, in a fixed order (for the breakdown in the report).
-    pub fn by_kind(&self) -> [(&'static str, u64); 8] {
+    pub fn by_kind(&self) -> [(&'static str, u64); 9] {
         [
             ("connect", self.connect),
             ("write", self.write),
@@ -249,6 +253,7 @@ impl ErrorCounts {
             ("parse", self.parse),
             ("length", self.length),
             ("non-2xx", self.non_2xx),
+            ("extra bytes", self.extra_bytes),
         ]
     }
 }
