@@ -99,6 +99,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
     pub http_timeout: f64,
 
+    /// Kill (and replace) a worker whose request runs longer than SECONDS; implies
+    /// --master.
+    #[arg(long, value_name = "SECONDS")]
+    pub harakiri: Option<f64>,
+
     /// Recycle a worker after it served N requests (needs a master to replace it).
     #[arg(long, value_name = "N")]
     pub max_requests: Option<u64>,
@@ -272,7 +277,7 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
     let config = ServerConfig {
         model,
         processes,
-        master: a.master || processes > 1,
+        master: a.master || processes > 1 || a.harakiri.is_some() || a.max_requests.is_some(),
         threads,
         cores,
         queue: a.queue.max(1),
@@ -289,6 +294,7 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
             shutdown: secs(a.shutdown_timeout, "shutdown-timeout")?,
         },
         max_requests: a.max_requests,
+        harakiri: a.harakiri.map(|h| secs(h, "harakiri")).transpose()?,
         server_header: true,
     };
     let app_name = match (&a.app, &a.wsgi_file, &a.module) {
