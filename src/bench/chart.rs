@@ -207,7 +207,8 @@ impl Comparison {
                 let label = match v {
                     Some(v) => format!("{who} {} {}", fmt_figure(v), self.unit),
                     None if j == 1 => {
-                        format!("{who}: {}", r.note.as_deref().unwrap_or("no figure"))
+                        let note = r.note.as_deref().unwrap_or("no figure");
+                        format!("{who}: {}", shorten(note, 80))
                     }
                     None => format!("{who}: no figure"),
                 };
@@ -286,6 +287,17 @@ impl Comparison {
             out.push(p);
         }
         Ok(out)
+    }
+}
+
+/// Cuts `s` to at most `max` characters, marking the cut with an ellipsis.
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut o: String = s.chars().take(max.saturating_sub(1)).collect();
+        o.push('…');
+        o
     }
 }
 
@@ -376,5 +388,7 @@ mod tests {
         assert!(html.contains("<td>linear</td>"));
         assert!(html.trim_end().ends_with("</html>"));
         assert_eq!(esc("a\u{1}b'"), "a b&#39;");
+        assert_eq!(shorten("abcdef", 4), "abc…");
+        assert_eq!(shorten("abc", 4), "abc");
     }
 }
