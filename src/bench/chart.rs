@@ -165,7 +165,9 @@ impl Comparison {
             .flatten()
             .fold(0.0_f64, f64::max);
         let scale = if max > 0.0 { chart_w / max } else { 0.0 };
-        let h = TOP + GROUP_H * self.rows.len() as f64 + 40.0;
+        let setting = wrap(&self.setting, 135);
+        let bottom = TOP + GROUP_H * self.rows.len() as f64 + 10.0;
+        let h = bottom + 15.0 * setting.len() as f64 + 10.0;
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -227,12 +229,14 @@ impl Comparison {
                 );
             }
         }
-        let _ = writeln!(
-            s,
-            r##"<text x="10" y="{}" fill="#666" font-size="11">{}</text>"##,
-            h - 14.0,
-            esc(&self.setting)
-        );
+        for (i, line) in setting.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                r##"<text x="10" y="{}" fill="#666" font-size="11">{}</text>"##,
+                bottom + 15.0 * (i + 1) as f64,
+                esc(line)
+            );
+        }
         s.push_str("</svg>\n");
         s
     }
@@ -288,6 +292,25 @@ impl Comparison {
         }
         Ok(out)
     }
+}
+
+/// Splits `s` into lines of at most `width` characters at spaces (a longer word stays whole).
+fn wrap(s: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut cur = String::new();
+    for word in s.split_whitespace() {
+        if !cur.is_empty() && cur.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push(' ');
+        }
+        cur.push_str(word);
+    }
+    if !cur.is_empty() {
+        lines.push(cur);
+    }
+    lines
 }
 
 /// Cuts `s` to at most `max` characters, marking the cut with an ellipsis.
@@ -390,5 +413,7 @@ mod tests {
         assert_eq!(esc("a\u{1}b'"), "a b&#39;");
         assert_eq!(shorten("abcdef", 4), "abc…");
         assert_eq!(shorten("abc", 4), "abc");
+        assert_eq!(wrap("aa bb cc dddddd e", 5), ["aa bb", "cc", "dddddd", "e"]);
+        assert!(wrap("", 5).is_empty());
     }
 }
