@@ -152,7 +152,7 @@ impl WsgiApp {
         };
         Ok(WsgiApp {
             inner: Arc::new(state),
-            pool: pool::PoolSlot::new(threads, "forklift-py", call::flush_replies),
+            pool: pool::PoolSlot::for_requests(threads, "forklift-py", call::flush_replies),
         })
     }
 }

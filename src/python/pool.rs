@@ -21,8 +21,11 @@ pub(crate) type Job = Box<dyn for<'py> FnOnce(Python<'py>) + Send + 'static>;
 /// Most jobs run under one hold of the GIL.
 const MAX_BATCH: usize = 32;
 
-/// Queued jobs allowed per pool thread.
+/// Queued jobs allowed per pool thread...
 const QUEUE_PER_THREAD: usize = 64;
+/// ...and at least this many in all, so a one-thread pool behind an event loop holding
+/// hundreds of connections queues their requests instead of refusing them.
+const MIN_QUEUE: usize = 1024;
 
 struct Running {
     /// Fork generation the threads were started in; stale after a fork.
@@ -37,15 +40,25 @@ pub(crate) struct PoolSlot {
     name: &'static str,
     /// Run after each batch, without the GIL.
     flush: fn(),
+    min_queue: usize,
     running: Mutex<Option<Running>>,
 }
 
 impl PoolSlot {
+    /// A pool for requests: its queue holds at least [`MIN_QUEUE`] jobs.
+    pub(crate) fn for_requests(threads: usize, name: &'static str, flush: fn()) -> PoolSlot {
+        PoolSlot {
+            min_queue: MIN_QUEUE,
+            ..PoolSlot::new(threads, name, flush)
+        }
+    }
+
     pub(crate) fn new(threads: usize, name: &'static str, flush: fn()) -> PoolSlot {
         PoolSlot {
             threads: threads.max(1),
             name,
             flush,
+            min_queue: 0,
             running: Mutex::new(None),
         }
     }
@@ -79,7 +92,7 @@ impl PoolSlot {
     }
 
     fn start(&self, generation: u64) -> Option<Running> {
-        let (tx, rx) = bounded::<Job>(self.threads * QUEUE_PER_THREAD);
+        let (tx, rx) = bounded::<Job>((self.threads * QUEUE_PER_THREAD).max(self.min_queue));
         let mut threads = Vec::with_capacity(self.threads);
         for i in 0..self.threads {
             let rx = rx.clone();
