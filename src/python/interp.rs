@@ -340,7 +340,7 @@ pub(crate) fn before_fork() {
     }
 }
 
-/// The master's side after the last fork: give back what [`before_fork`] took, so the
+/// The master's side after the last fork: give back what `before_fork` (`Handler::before_fork`) took, so the
 /// master may run Python again.
 pub fn after_fork_parent() {
     let mut prepared = PREPARED.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,14 +1,14 @@
 //! Embedded CPython: loads a WSGI app and serves it as a [`crate::app::Handler`]. This is
 //! the only module that imports pyo3.
 //!
-//! - [`interp`] starts the interpreter (the libpython forklift was built against, an
+//! - `interp` starts the interpreter (the libpython forklift was built against, an
 //!   optional virtualenv), attaches threads once each, and handles `fork`.
-//! - [`environ`] builds PEP 3333 environ dicts from a [`crate::app::Request`].
-//! - [`wsgi`] holds the Python-visible objects (`wsgi.input`, `wsgi.errors`,
+//! - `environ` builds PEP 3333 environ dicts from a [`crate::app::Request`].
+//! - `wsgi` holds the Python-visible objects (`wsgi.input`, `wsgi.errors`,
 //!   `start_response`, `wsgi.file_wrapper`).
-//! - [`call`] runs the app and turns its answer into a [`crate::app::Response`].
-//! - [`pool`] is the bounded pool of GIL threads used on event-loop models.
-//! - [`module`] is the `forklift` module apps can import (offload, tasks).
+//! - `call` runs the app and turns its answer into a [`crate::app::Response`].
+//! - `pool` is the bounded pool of GIL threads used on event-loop models.
+//! - `module` is the `forklift` module apps can import (offload, tasks).
 
 mod call;
 mod environ;
@@ -25,7 +25,7 @@ use crate::app::{App, CallContext, Handler, Reply, Request};
 pub use interp::after_fork_parent;
 pub use module::{
     run_task, set_offload_executor, set_spool_sink, set_task_listener, task_names, OffloadExecutor,
-    SpoolSink, TaskError,
+    OffloadJob, SpoolSink, TaskError,
 };
 
 /// Pool size used when [`PythonOptions::pool_threads`] is 0.
