@@ -1,0 +1,206 @@
+//! The offload host: a process forked by a pre-fork master (before it forks workers)
+//! that runs the `loop` worker or the spool runner for every process of the server.
+//!
+//! It is double-forked and in its own session, so the master's `waitpid(-1)` never
+//! sees it and a terminal's Ctrl-C does not kill it mid-drain. It is controlled through
+//! two pipes: the master writes a stop request (or simply exits: end of file) on the
+//! control pipe, and the host answers on the report pipe, first "ready" (or the error
+//! that kept it from starting), and at the end its drain report as JSON.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::unistd::{fork, ForkResult};
+
+use super::{pid, DrainReport, OffloadConfig, OffloadError};
+
+/// What a host runs: built in the host process, returns its shutdown function.
+pub type HostMain =
+    Box<dyn FnOnce(Duration) -> DrainReport + Send>;
+
+/// How long the master waits for the host to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Started {
+    /// The master that forked the host (workers see a different pid).
+    master: u32,
+    ctl: Option<OwnedFd>,
+    report: Option<OwnedFd>,
+}
+
+/// Where this process stands: a standalone process running its own executors, or a
+/// member (master or worker) of a server whose host runs them.
+pub struct Role {
+    started: Mutex<Option<Started>>,
+}
+
+impl Role {
+    pub fn new() -> Role {
+        Role {
+            started: Mutex::new(None),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Started>> {
+        self.started.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True when executors run in this process (no host was started).
+    pub fn runs_here(&self) -> bool {
+        self.lock().is_none()
+    }
+
+    /// Forks the host unless already started. `build` runs in the host process and
+    /// returns the function that drains and stops it.
+    pub fn start_host<F>(&self, cfg: &OffloadConfig, build: F) -> Result<(), OffloadError>
+    where
+        F: FnOnce(&OffloadConfig) -> Result<HostMain, OffloadError>,
+    {
+        let mut g = self.lock();
+        if g.is_some() {
+            return Ok(());
+        }
+        let flags = nix::fcntl::OFlag::O_CLOEXEC;
+        let (ctl_r, ctl_w) = nix::unistd::pipe2(flags).map_err(std::io::Error::from)?;
+        let (rep_r, rep_w) = nix::unistd::pipe2(flags).map_err(std::io::Error::from)?;
+        // SAFETY: the caller runs this in a master that has no other threads (documented
+        // on `Offload::start_in_master`); the child only forks again and exits.
+        match unsafe { fork() }.map_err(std::io::Error::from)? {
+            ForkResult::Child => {
+                drop(ctl_w);
+                drop(rep_r);
+                let _ = nix::unistd::setsid();
+                // SAFETY: as above; the grandchild becomes the host, this child exits
+                // at once without running destructors.
+                match unsafe { fork() } {
+                    Ok(ForkResult::Child) => host_main(cfg, build, ctl_r, rep_w),
+                    // SAFETY: _exit is async-signal-safe and skips the parent's atexit
+                    // handlers, which must not run twice.
+                    _ => unsafe { libc::_exit(0) },
+                }
+            }
+            ForkResult::Parent { child } => {
+                drop(ctl_r);
+                drop(rep_w);
+                let _ = nix::sys::wait::waitpid(child, None);
+                let mut rep = std::fs::File::from(rep_r);
+                let line = read_line(&mut rep, READY_TIMEOUT)?;
+                if line != "ready" {
+                    return Err(OffloadError::Io(std::io::Error::other(format!(
+                        "offload host did not start: {}",
+                        if line.is_empty() { "no answer" } else { &line }
+                    ))));
+                }
+                *g = Some(Started {
+                    master: pid(),
+                    ctl: Some(ctl_w),
+                    report: Some(OwnedFd::from(rep)),
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// In a worker: closes the inherited pipe ends, so the host sees end of file when
+    /// the master goes.
+    pub fn after_fork_in_worker(&self) {
+        let mut g = self.lock();
+        if let Some(s) = g.as_mut() {
+            if s.master != pid() {
+                s.ctl = None;
+                s.report = None;
+            }
+        }
+    }
+
+    /// In the master: asks the host to drain (for at most `timeout`) and waits for its
+    /// report. `None` when this process did not start a host.
+    pub fn stop_host(&self, timeout: Duration) -> Option<DrainReport> {
+        let mut g = self.lock();
+        let s = g.as_mut()?;
+        if s.master != pid() {
+            return None;
+        }
+        let ctl = s.ctl.take()?;
+        let rep = s.report.take()?;
+        let mut ctl = std::fs::File::from(ctl);
+        let _ = ctl.write_all(&(timeout.as_millis() as u64).to_le_bytes());
+        drop(ctl);
+        let mut rep = std::fs::File::from(rep);
+        let line = read_line(&mut rep, timeout + Duration::from_secs(5)).ok()?;
+        serde_json::from_str(&line).ok()
+    }
+}
+
+/// Reads one line (without the newline) from a pipe, waiting at most `timeout`.
+fn read_line(f: &mut std::fs::File, timeout: Duration) -> std::io::Result<String> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "offload host did not answer",
+            ));
+        }
+        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        match f.read(&mut byte) {
+            Ok(0) => return Ok(String::from_utf8_lossy(&buf).into_owned()),
+            Ok(_) if byte[0] == b'\n' => return Ok(String::from_utf8_lossy(&buf).into_owned()),
+            Ok(_) => buf.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The host process: start, say ready, wait for a stop request or the master's exit,
+/// drain, report, exit.
+fn host_main<F>(cfg: &OffloadConfig, build: F, ctl: OwnedFd, rep: OwnedFd) -> !
+where
+    F: FnOnce(&OffloadConfig) -> Result<HostMain, OffloadError>,
+{
+    let mut rep = std::fs::File::from(rep);
+    let stop = match build(cfg) {
+        Ok(stop) => {
+            let _ = rep.write_all(b"ready\n");
+            stop
+        }
+        Err(e) => {
+            let _ = writeln!(rep, "{e}");
+            // SAFETY: see `start_host`.
+            unsafe { libc::_exit(1) }
+        }
+    };
+    let mut ctl = std::fs::File::from(ctl);
+    let mut msg = [0u8; 8];
+    let timeout = match ctl.read_exact(&mut msg) {
+        Ok(()) => Duration::from_millis(u64::from_le_bytes(msg)),
+        // End of file: the master is gone (and the workers with it, or going).
+        Err(_) => cfg.drain_timeout,
+    };
+    let report = stop(timeout);
+    if report.dropped > 0 {
+        eprintln!("forklift: offload host: {report}");
+    }
+    let _ = writeln!(
+        rep,
+        "{}",
+        serde_json::to_string(&report).unwrap_or_else(|_| "{}".into())
+    );
+    // SAFETY: see `start_host`; exiting without destructors is deliberate (the master's
+    // state was copied into this process and must not be torn down here).
+    unsafe { libc::_exit(0) }
+}

@@ -1,0 +1,89 @@
+//! `inline`: the task runs before `submit` returns (the blocking baseline).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::registry::TaskKind;
+use super::{run_guarded, Counters, DrainReport, Engine, Registry, SubmitError, Task, TaskId, TaskPayload};
+use crate::app::BoxFuture;
+
+pub struct InlineEngine {
+    registry: Registry,
+    counters: Arc<Counters>,
+    seq: AtomicU64,
+}
+
+impl InlineEngine {
+    pub fn new(registry: Registry, counters: Arc<Counters>) -> InlineEngine {
+        InlineEngine {
+            registry,
+            counters,
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    fn payload(&self, task: Task) -> TaskPayload {
+        TaskPayload {
+            id: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            name: task.name,
+            data: task.payload,
+            attempt: 1,
+        }
+    }
+}
+
+impl Engine for InlineEngine {
+    fn submit(&self, task: Task) -> Result<TaskId, SubmitError> {
+        if !task.delay.is_zero() {
+            std::thread::sleep(task.delay);
+        }
+        let p = self.payload(task);
+        Counters::inc(&self.counters.running);
+        let r = run_guarded(&self.registry, &p);
+        self.counters.finished(r.is_ok());
+        Ok(p.id)
+    }
+
+    fn submit_async(&self, task: Task) -> BoxFuture<Result<TaskId, SubmitError>> {
+        let delay = task.delay;
+        let p = self.payload(task);
+        let registry = self.registry.clone();
+        let counters = self.counters.clone();
+        Box::pin(async move {
+            if !delay.is_zero() {
+                crate::rt::sleep(delay).await;
+            }
+            let id = p.id;
+            Counters::inc(&counters.running);
+            let ok = match registry.get(&p.name) {
+                Some(TaskKind::Async(f)) => f(p.clone()).await.is_ok(),
+                _ => {
+                    // A blocking task must not run on the event loop: give it a thread
+                    // and wait for it without blocking.
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let spawned = std::thread::Builder::new()
+                        .name("forklift-inline".into())
+                        .spawn(move || {
+                            let _ = tx.send(run_guarded(&registry, &p).is_ok());
+                        });
+                    if let Err(e) = spawned {
+                        counters.finished(false);
+                        return Err(SubmitError::Unavailable(e));
+                    }
+                    rx.await.unwrap_or(false)
+                }
+            };
+            counters.finished(ok);
+            Ok(id)
+        })
+    }
+
+    fn shutdown(&self, _timeout: Duration) -> DrainReport {
+        DrainReport::default()
+    }
+
+    fn queue_depth(&self) -> u64 {
+        0
+    }
+}
