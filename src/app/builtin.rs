@@ -134,7 +134,10 @@ impl Handler for FileApp {
             }
         };
         let mut resp = Response::new(200)
-            .with_header("Content-Type", Bytes::from_static(b"application/octet-stream"))
+            .with_header(
+                "Content-Type",
+                Bytes::from_static(b"application/octet-stream"),
+            )
             .with_body(Body::Stream(Box::pin(generated(n))));
         if !chunked {
             resp = resp.with_header("Content-Length", n.to_string());
@@ -147,7 +150,10 @@ fn serve_file(path: &PathBuf) -> io::Result<Response> {
     let file = File::open(path)?;
     let len = file.metadata()?.len();
     Ok(Response::new(200)
-        .with_header("Content-Type", Bytes::from_static(b"application/octet-stream"))
+        .with_header(
+            "Content-Type",
+            Bytes::from_static(b"application/octet-stream"),
+        )
         .with_body(Body::File {
             file,
             offset: 0,
@@ -159,7 +165,13 @@ fn serve_file(path: &PathBuf) -> io::Result<Response> {
 /// shared, so memory stays at one chunk whatever `n` is).
 pub fn generated(n: u64) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send {
     let pattern: Bytes = (0..STREAM_CHUNK)
-        .map(|i| if i % 27 == 26 { b'\n' } else { b'a' + (i % 27) as u8 })
+        .map(|i| {
+            if i % 27 == 26 {
+                b'\n'
+            } else {
+                b'a' + (i % 27) as u8
+            }
+        })
         .collect::<Vec<u8>>()
         .into();
     let mut left = n;

@@ -161,7 +161,9 @@ impl OffloadConfig {
             )));
         }
         if a.spool_max == 0 {
-            return Err(OffloadError::Config("--spool-max must be at least 1".into()));
+            return Err(OffloadError::Config(
+                "--spool-max must be at least 1".into(),
+            ));
         }
         let socket = a.offload_socket.clone().unwrap_or_else(|| {
             std::env::temp_dir().join(format!("forklift-offload-{}.sock", std::process::id()))

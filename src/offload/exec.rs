@@ -17,7 +17,12 @@ pub struct Executor {
 
 impl Executor {
     /// `workers` bounds the threads running blocking tasks at once.
-    pub fn new(name: &str, workers: usize, registry: Registry, counters: Arc<Counters>) -> io::Result<Executor> {
+    pub fn new(
+        name: &str,
+        workers: usize,
+        registry: Registry,
+        counters: Arc<Counters>,
+    ) -> io::Result<Executor> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .max_blocking_threads(workers.max(1))

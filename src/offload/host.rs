@@ -18,8 +18,7 @@ use nix::unistd::{fork, ForkResult};
 use super::{pid, DrainReport, OffloadConfig, OffloadError};
 
 /// What a host runs: built in the host process, returns its shutdown function.
-pub type HostMain =
-    Box<dyn FnOnce(Duration) -> DrainReport + Send>;
+pub type HostMain = Box<dyn FnOnce(Duration) -> DrainReport + Send>;
 
 /// How long the master waits for the host to say it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -150,7 +149,10 @@ fn read_line(f: &mut std::fs::File, timeout: Duration) -> std::io::Result<String
         }
         let ms = left.as_millis().min(i32::MAX as u128) as i32;
         let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
             Ok(0) => continue,
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::registry::TaskKind;
-use super::{run_guarded, Counters, DrainReport, Engine, Registry, SubmitError, Task, TaskId, TaskPayload};
+use super::{
+    run_guarded, Counters, DrainReport, Engine, Registry, SubmitError, Task, TaskId, TaskPayload,
+};
 use crate::app::BoxFuture;
 
 pub struct InlineEngine {

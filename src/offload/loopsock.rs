@@ -52,9 +52,7 @@ pub fn decode(m: &[u8]) -> Result<(TaskPayload, Duration), String> {
     let delay = u32::from_le_bytes(m[3..7].try_into().expect("4 bytes"));
     let id = u64::from_le_bytes(m[7..15].try_into().expect("8 bytes"));
     let nlen = m[15] as usize;
-    let name = m
-        .get(HEADER..HEADER + nlen)
-        .ok_or("truncated task name")?;
+    let name = m.get(HEADER..HEADER + nlen).ok_or("truncated task name")?;
     let name = std::str::from_utf8(name).map_err(|_| "task name is not UTF-8")?;
     Ok((
         TaskPayload {
@@ -106,7 +104,12 @@ fn start_server(
     registry: Registry,
     counters: Arc<Counters>,
 ) -> io::Result<Server> {
-    let exec = Executor::new("forklift-loop", cfg.workers, registry.clone(), counters.clone())?;
+    let exec = Executor::new(
+        "forklift-loop",
+        cfg.workers,
+        registry.clone(),
+        counters.clone(),
+    )?;
     let (stop, stop_rx) = watch::channel(None);
     let cap = cfg.queue;
     let join = std::thread::Builder::new()
@@ -211,7 +214,11 @@ async fn serve(
     }
 }
 
-async fn connection(sock: AsyncFd<Socket>, shared: Arc<Shared>, mut stop: watch::Receiver<Option<Instant>>) {
+async fn connection(
+    sock: AsyncFd<Socket>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<Option<Instant>>,
+) {
     let mut buf = vec![0u8; MAX_MSG + 1];
     loop {
         let permit = tokio::select! {
@@ -230,13 +237,14 @@ async fn connection(sock: AsyncFd<Socket>, shared: Arc<Shared>, mut stop: watch:
     // Stopping: start whatever this client already sent, while the deadline allows.
     let deadline = stop.borrow().unwrap_or_else(Instant::now);
     loop {
-        let n = match (&*sock.get_ref()).read(&mut buf) {
+        let n = match sock.get_ref().read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
-        let permit = tokio::time::timeout_at(deadline.into(), shared.sem.clone().acquire_owned()).await;
+        let permit =
+            tokio::time::timeout_at(deadline.into(), shared.sem.clone().acquire_owned()).await;
         match permit {
             Ok(Ok(permit)) => start_task(&shared, &buf[..n], permit),
             _ => Counters::inc(&shared.lost),
@@ -283,7 +291,7 @@ fn register(sock: Socket) -> io::Result<AsyncFd<Socket>> {
 async fn recv(sock: &AsyncFd<Socket>, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         let mut guard = sock.readable().await?;
-        match guard.try_io(|s| (&*s.get_ref()).read(buf)) {
+        match guard.try_io(|s| s.get_ref().read(buf)) {
             Ok(r) => return r,
             Err(_would_block) => continue,
         }
@@ -321,7 +329,10 @@ impl LoopEngine {
             counters,
             role: Role::new(),
             conn: Mutex::new(None),
-            local: Mutex::new(Local { pid: 0, server: None }),
+            local: Mutex::new(Local {
+                pid: 0,
+                server: None,
+            }),
             seq: AtomicU64::new(0),
             closing: AtomicBool::new(false),
         }
@@ -455,7 +466,10 @@ mod tests {
         let t = Task::new("slowlog", &b"GET / HTTP/1.1"[..]).after(Duration::from_millis(1500));
         let m = encode(7, &t);
         let (p, d) = decode(&m).unwrap();
-        assert_eq!((p.id, p.name.as_str(), &p.data[..]), (7, "slowlog", &b"GET / HTTP/1.1"[..]));
+        assert_eq!(
+            (p.id, p.name.as_str(), &p.data[..]),
+            (7, "slowlog", &b"GET / HTTP/1.1"[..])
+        );
         assert_eq!(d, Duration::from_millis(1500));
         assert!(decode(b"FK1").is_err());
         assert!(decode(&m[..HEADER + 2]).is_err());

@@ -80,7 +80,10 @@ impl Task {
     }
 
     /// A task whose payload is `value` as JSON.
-    pub fn json<T: serde::Serialize>(name: impl Into<String>, value: &T) -> Result<Task, SubmitError> {
+    pub fn json<T: serde::Serialize>(
+        name: impl Into<String>,
+        value: &T,
+    ) -> Result<Task, SubmitError> {
         let bytes = serde_json::to_vec(value).map_err(|e| SubmitError::Invalid(e.to_string()))?;
         Ok(Task::new(name, bytes))
     }
@@ -285,13 +288,20 @@ impl Offload {
     pub fn new(config: OffloadConfig, registry: Registry) -> Result<Offload, OffloadError> {
         let counters = Arc::new(Counters::default());
         let engine: Box<dyn Engine> = match config.strategy {
-            Strategy::Inline => Box::new(inline::InlineEngine::new(registry.clone(), counters.clone())),
+            Strategy::Inline => Box::new(inline::InlineEngine::new(
+                registry.clone(),
+                counters.clone(),
+            )),
             Strategy::Thread => Box::new(thread::ThreadEngine::new(
                 &config,
                 registry.clone(),
                 counters.clone(),
             )),
-            Strategy::Pool => Box::new(pool::PoolEngine::new(&config, registry.clone(), counters.clone())),
+            Strategy::Pool => Box::new(pool::PoolEngine::new(
+                &config,
+                registry.clone(),
+                counters.clone(),
+            )),
             Strategy::Loop => Box::new(loopsock::LoopEngine::new(
                 &config,
                 registry.clone(),
@@ -318,8 +328,9 @@ impl Offload {
     /// (fsynced, shared with other submitters by group commit); with `inline` it returns
     /// after the task ran. Blocks; on an event loop use [`Offload::submit_async`].
     pub fn submit(&self, task: Task) -> Result<TaskId, SubmitError> {
-        self.check(&task)?;
-        let r = self.inner.engine.submit(task);
+        let r = self
+            .check(&task)
+            .and_then(|()| self.inner.engine.submit(task));
         self.count(&r);
         r
     }
@@ -375,7 +386,10 @@ impl Offload {
     pub fn after_fork_in_worker(&self) {
         self.inner.engine.after_fork_in_worker();
         if let Err(e) = self.inner.engine.start() {
-            eprintln!("forklift: offload engine did not start in worker {}: {e}", pid());
+            eprintln!(
+                "forklift: offload engine did not start in worker {}: {e}",
+                pid()
+            );
         }
     }
 
@@ -418,7 +432,9 @@ pub fn global() -> Option<&'static Offload> {
 /// Runs a blocking task function catching panics, so a buggy task is a failure, not a
 /// dead worker thread.
 fn run_guarded(registry: &Registry, payload: &TaskPayload) -> Result<(), TaskError> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| registry.run_blocking(payload))) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        registry.run_blocking(payload)
+    })) {
         Ok(r) => r,
         Err(p) => {
             let msg = p

@@ -89,13 +89,17 @@ impl Engine for PoolEngine {
     }
 
     fn shutdown(&self, timeout: Duration) -> DrainReport {
-        let done = |c: &Counters| {
-            c.completed.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed)
-        };
+        let done =
+            |c: &Counters| c.completed.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed);
         let before = done(&self.counters);
         self.queue.close();
         let deadline = Instant::now() + timeout;
-        let running_here = self.started.lock().unwrap_or_else(|p| p.into_inner()).as_ref() == Some(&pid());
+        let running_here = self
+            .started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            == Some(&pid());
         while running_here
             && (self.queue.len() > 0 || self.busy.load(Ordering::Acquire) > 0)
             && Instant::now() < deadline

@@ -13,8 +13,7 @@ pub type TaskFn = Arc<dyn Fn(&TaskPayload) -> Result<(), TaskError> + Send + Syn
 
 /// An asynchronous task function. Under `loop` its waits hold no thread; the other
 /// strategies drive it to completion on their worker thread.
-pub type AsyncTaskFn =
-    Arc<dyn Fn(TaskPayload) -> BoxFuture<Result<(), TaskError>> + Send + Sync>;
+pub type AsyncTaskFn = Arc<dyn Fn(TaskPayload) -> BoxFuture<Result<(), TaskError>> + Send + Sync>;
 
 /// A registered task.
 #[derive(Clone)]
@@ -109,7 +108,9 @@ impl Registry {
 }
 
 pub(crate) fn unknown(name: &str) -> TaskError {
-    TaskError::new(format!("no task named {name:?} is registered in this process"))
+    TaskError::new(format!(
+        "no task named {name:?} is registered in this process"
+    ))
 }
 
 #[cfg(test)]
@@ -141,7 +142,10 @@ mod tests {
         });
         assert_eq!(r.names(), vec!["later", "ok"]);
         assert!(r.run_blocking(&payload("ok")).is_ok());
-        assert_eq!(r.run_blocking(&payload("later")).unwrap_err().message, "nope");
+        assert_eq!(
+            r.run_blocking(&payload("later")).unwrap_err().message,
+            "nope"
+        );
         assert!(r.run_blocking(&payload("missing")).is_err());
     }
 }

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
-use super::{Offload, OffloadConfig, Registry, Strategy, SubmitError, Task, TaskError, TaskPayload};
+use super::{
+    Offload, OffloadConfig, Registry, Strategy, SubmitError, Task, TaskError, TaskPayload,
+};
 use crate::app::{CallContext, Handler, Reply, Request, Response};
 
 /// The registered name of slowlog's task.
@@ -122,9 +124,8 @@ fn raw_prefix(req: &Request) -> Bytes {
 fn answer(r: Result<u64, SubmitError>) -> Response {
     match r {
         Ok(_) => Response::text(200, Bytes::from_static(BODY)),
-        Err(e @ SubmitError::Full { .. }) => {
-            Response::text(503, format!("{e}\n")).with_header("Retry-After", Bytes::from_static(b"1"))
-        }
+        Err(e @ SubmitError::Full { .. }) => Response::text(503, format!("{e}\n"))
+            .with_header("Retry-After", Bytes::from_static(b"1")),
         Err(e) => Response::text(500, format!("offload failed: {e}\n")),
     }
 }

@@ -143,8 +143,10 @@ impl Spool {
         )
         .map_err(db)?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS tasks (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -215,7 +217,12 @@ impl Spool {
     }
 
     /// Claims up to `limit` due, unowned tasks for `owner` until `lease_until` (Unix ms).
-    pub fn claim(&mut self, owner: &str, lease_until: i64, limit: usize) -> Result<Vec<Claimed>, SpoolError> {
+    pub fn claim(
+        &mut self,
+        owner: &str,
+        lease_until: i64,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, SpoolError> {
         let now = now_ms();
         let tx = self
             .conn
@@ -250,7 +257,8 @@ impl Spool {
         for f in done {
             match f {
                 Finish::Done(id) => {
-                    completed += tx.execute("DELETE FROM tasks WHERE id = ?1", [*id as i64])? as i64;
+                    completed +=
+                        tx.execute("DELETE FROM tasks WHERE id = ?1", [*id as i64])? as i64;
                 }
                 Finish::Retry { id, at_ms, error } => {
                     tx.execute(
@@ -360,7 +368,8 @@ impl Spool {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let sel = "INSERT INTO tasks (id, name, payload, len, sum, attempts, run_at, created, last_error)
+        let sel =
+            "INSERT INTO tasks (id, name, payload, len, sum, attempts, run_at, created, last_error)
                    SELECT id, name, payload, len, sum, 0, ?1, created, last_error FROM dead";
         let n = match ids {
             None => {
@@ -388,7 +397,10 @@ impl Spool {
             Some(ids) => {
                 let mut n = 0;
                 for id in ids {
-                    n += self.conn.execute("DELETE FROM dead WHERE id = ?1", [*id as i64])? as u64;
+                    n += self
+                        .conn
+                        .execute("DELETE FROM dead WHERE id = ?1", [*id as i64])?
+                        as u64;
                 }
                 n
             }
@@ -509,7 +521,11 @@ pub struct SpoolEngine {
 }
 
 impl SpoolEngine {
-    pub fn new(cfg: &OffloadConfig, registry: Registry, counters: Arc<Counters>) -> Result<SpoolEngine, OffloadError> {
+    pub fn new(
+        cfg: &OffloadConfig,
+        registry: Registry,
+        counters: Arc<Counters>,
+    ) -> Result<SpoolEngine, OffloadError> {
         // Open once here so a bad directory or a corrupt database fails at start-up.
         Spool::open(&cfg.spool_dir)?;
         Ok(SpoolEngine {
@@ -588,9 +604,9 @@ impl SpoolEngine {
                             let msg = e.to_string();
                             eprintln!("forklift: spool write failed: {msg}");
                             for s in subs {
-                                let _ = s.ack.send(Err(SubmitError::Unavailable(std::io::Error::other(
-                                    msg.clone(),
-                                ))));
+                                let _ = s.ack.send(Err(SubmitError::Unavailable(
+                                    std::io::Error::other(msg.clone()),
+                                )));
                             }
                         }
                     }
@@ -674,7 +690,9 @@ impl Engine for SpoolEngine {
         })();
         Box::pin(async move {
             match r {
-                Ok(rx) => rx.await.unwrap_or(Err(SubmitError::Spool(SpoolError::WriterGone))),
+                Ok(rx) => rx
+                    .await
+                    .unwrap_or(Err(SubmitError::Spool(SpoolError::WriterGone))),
                 Err(e) => Err(e),
             }
         })
@@ -823,7 +841,10 @@ impl Runner {
                 }
             }
             if let Err(e) = self.spool.finish_batch(&done) {
-                eprintln!("forklift: spool could not record {} outcome(s): {e}", done.len());
+                eprintln!(
+                    "forklift: spool could not record {} outcome(s): {e}",
+                    done.len()
+                );
             }
             done.clear();
             if let Some(deadline) = stop {
@@ -872,7 +893,8 @@ mod tests {
     use super::*;
 
     fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("forklift-spool-unit-{}-{name}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("forklift-spool-unit-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
     }
@@ -933,7 +955,10 @@ mod tests {
             .execute("UPDATE tasks SET payload = X'6865' WHERE name = 'a'", [])
             .unwrap();
         s.conn
-            .execute("UPDATE tasks SET payload = X'776f726c65' WHERE name = 'b'", [])
+            .execute(
+                "UPDATE tasks SET payload = X'776f726c65' WHERE name = 'b'",
+                [],
+            )
             .unwrap();
         let claimed = s.claim("me", i64::MAX, 10).unwrap();
         let corrupt = claimed
@@ -941,7 +966,9 @@ mod tests {
             .filter(|c| matches!(c, Claimed::Corrupt { .. }))
             .count();
         assert_eq!(corrupt, 2);
-        assert!(claimed.iter().any(|c| matches!(c, Claimed::Task(p) if p.name == "c")));
+        assert!(claimed
+            .iter()
+            .any(|c| matches!(c, Claimed::Task(p) if p.name == "c")));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -60,12 +60,17 @@ pub fn run_spool_cmd(args: &SpoolArgs, out: &mut dyn Write) -> Result<(), SpoolE
         SpoolCmd::List { limit } => {
             let dead = spool.list_dead(*limit)?;
             if args.json {
-                writeln!(out, "{}", serde_json::to_string(&dead).unwrap_or_default()).map_err(io)?;
+                writeln!(out, "{}", serde_json::to_string(&dead).unwrap_or_default())
+                    .map_err(io)?;
             } else if dead.is_empty() {
                 writeln!(out, "no dead tasks").map_err(io)?;
             } else {
-                writeln!(out, "{:>10}  {:<20} {:>8} {:>8}  error", "id", "task", "bytes", "attempts")
-                    .map_err(io)?;
+                writeln!(
+                    out,
+                    "{:>10}  {:<20} {:>8} {:>8}  error",
+                    "id", "task", "bytes", "attempts"
+                )
+                .map_err(io)?;
                 for d in dead {
                     writeln!(
                         out,

@@ -30,8 +30,9 @@ impl Default for Shutdown {
 
 impl Shutdown {
     pub fn new() -> Shutdown {
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-            .expect("create shutdown pipe");
+        let (r, w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .expect("create shutdown pipe");
         Shutdown {
             inner: Arc::new(Inner {
                 flag: AtomicBool::new(false),
