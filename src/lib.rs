@@ -4,12 +4,22 @@
 //! # Layout
 //! - [`app`]: the native handler API (`Request`, `Response`, `Body`, `Handler`,
 //!   `AsyncHandler`, `Reply`) and the built-in apps (`builtin:hello|echo|wait|file|demo`).
+//! - [`http`]: the sans-IO HTTP/1.1 codec shared by every model: request decoding with
+//!   limits and smuggling defences, response framing, the status mapping of errors.
+//! - [`server`]: configuration, the listening socket, the connection state machine
+//!   (`conn`), one module per concurrency model (`linear`, `threads`, `epoll`,
+//!   `tokio_model` for `async`), the pre-fork `master`, signals and the access log.
 //! - [`rt`]: runtime pieces shared by every model: `block_on`, the process-wide timer
 //!   (`sleep`), and the `Shutdown` signal.
 //! - [`offload`]: the offload engine: handlers hand slow work off (`Offload::submit`)
 //!   to a strategy (inline, loop, thread, pool, durable spool), tasks registered by
 //!   name, counters, draining, the spool CLI, and `builtin:slowlog`.
+//! - [`cli`]: the command line and uWSGI-style ini files, validated into a
+//!   `ServerConfig`; the binary's `main` only calls [`cli::main`].
 
 pub mod app;
+pub mod cli;
+pub mod http;
 pub mod offload;
 pub mod rt;
+pub mod server;

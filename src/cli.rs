@@ -1,0 +1,606 @@
+//! The command line: what the user typed (flags, uWSGI-style ini files) turned into a
+//! validated [`ServerConfig`] and an app, then run. `main.rs` only calls [`main`].
+//!
+//! uWSGI compatibility: the same option names are accepted (`--http`, `--http-socket`,
+//! `--wsgi-file`, `--module`, `--callable`, `--master`, `--processes`, `--threads`,
+//! `--async`/`--gevent`, `--lazy-apps`, `--listen`, `--logto`, `--disable-logging`,
+//! `--enable-threads`, `--die-on-term`, `--harakiri`, `--max-requests`), and `--ini FILE`
+//! reads the `[uwsgi]` and `[forklift]` sections of an ini file, each key being the long
+//! option of the same name.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+use crate::app::{builtin, App};
+use crate::server::{self, listen, Log, Model, ServerConfig, Timeouts};
+
+/// forklift: an application server for WSGI apps and native handlers.
+#[derive(Debug, Parser)]
+#[command(name = "forklift", version, about, args_override_self = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve an app: `builtin:NAME` (hello, echo, wait, file, demo), or a WSGI app given
+    /// with --wsgi-file / --module.
+    Serve(ServeArgs),
+}
+
+/// `forklift serve` options. Long names follow uWSGI's where uWSGI has the option.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The app: builtin:hello|echo|wait|file[:PATH]|demo. Omit it when giving a WSGI app
+    /// with --wsgi-file or --module.
+    pub app: Option<String>,
+
+    /// Read options from the [uwsgi] and [forklift] sections of an ini file (command-line
+    /// options given after it win).
+    #[arg(long, value_name = "FILE")]
+    pub ini: Option<PathBuf>,
+
+    /// Address to serve HTTP on: HOST:PORT or :PORT (all interfaces).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
+
+    /// Same as --http (uWSGI's name for a native HTTP socket).
+    #[arg(long, value_name = "ADDR")]
+    pub http_socket: Option<String>,
+
+    /// Concurrency model: linear, threads, epoll or async. Default: threads when
+    /// --threads is given, async when --async/--gevent is given, else epoll.
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<Model>,
+
+    /// Worker processes sharing the socket (a master supervises them when > 1).
+    #[arg(long, short = 'p', value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub processes: Option<u32>,
+
+    /// Alias of --processes (uWSGI).
+    #[arg(long, value_name = "N", hide = true, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: Option<u32>,
+
+    /// Threads per worker: the pool of the threads model, the runtime threads of async,
+    /// and the Python threads that run a WSGI app under epoll/async.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub threads: Option<u32>,
+
+    /// Requests one async worker works on at once.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub cores: Option<u32>,
+
+    /// uWSGI's async mode: the async model with N cores.
+    #[arg(long = "async", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub async_cores: Option<u32>,
+
+    /// uWSGI's gevent mode: the async model with N cores.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub gevent: Option<u32>,
+
+    /// Run a master process even with one worker (respawn, graceful reload on SIGHUP).
+    #[arg(long, short = 'M')]
+    pub master: bool,
+
+    /// Listen backlog.
+    #[arg(long, short = 'l', value_name = "N", default_value_t = 1024)]
+    pub listen: i32,
+
+    /// Seconds a graceful stop waits for in-flight requests.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub shutdown_timeout: f64,
+
+    /// Seconds an idle keep-alive connection is kept, and a client may take to send a
+    /// request (408 after).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub http_timeout: f64,
+
+    /// Recycle a worker after it served N requests (needs a master to replace it).
+    #[arg(long, value_name = "N")]
+    pub max_requests: Option<u64>,
+
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub limit_post: u64,
+
+    /// Largest request head in bytes (431 beyond).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    pub buffer_size: usize,
+
+    /// Connections queued for the threads of the threads model.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub queue: usize,
+
+    /// Most open connections per epoll/async worker.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// No access log lines.
+    #[arg(long)]
+    pub disable_logging: bool,
+
+    /// Write the log to FILE instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    pub logto: Option<PathBuf>,
+
+    /// Load the app in each worker after fork instead of once in the master.
+    #[arg(long)]
+    pub lazy_apps: bool,
+
+    /// WSGI: the file defining the app callable.
+    #[arg(long, value_name = "FILE")]
+    pub wsgi_file: Option<PathBuf>,
+
+    /// WSGI: the module (`pkg.mod` or `pkg.mod:callable`) defining the app.
+    #[arg(long, short = 'w', value_name = "MODULE")]
+    pub module: Option<String>,
+
+    /// WSGI: the name of the app callable.
+    #[arg(long, value_name = "NAME", default_value = "application")]
+    pub callable: String,
+
+    /// WSGI: directories added to sys.path (repeatable).
+    #[arg(long, value_name = "DIR")]
+    pub pythonpath: Vec<PathBuf>,
+
+    /// Change to DIR before loading the app.
+    #[arg(long, value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+
+    /// WSGI: the virtualenv to use (default: $VIRTUAL_ENV when set).
+    #[arg(long, visible_alias = "home", short = 'H', value_name = "DIR")]
+    pub virtualenv: Option<PathBuf>,
+
+    /// Accepted for uWSGI compatibility: Python threads always run.
+    #[arg(long)]
+    pub enable_threads: bool,
+
+    /// Accepted for uWSGI compatibility: SIGTERM always stops gracefully.
+    #[arg(long)]
+    pub die_on_term: bool,
+}
+
+/// An error the user can fix: printed as one line, exit code 1 (2 for usage errors).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Listen(#[from] listen::ListenError),
+    #[error("{0}")]
+    App(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Server(#[from] server::ServerError),
+    #[error("{0}")]
+    Master(#[from] server::master::MasterError),
+}
+
+/// Runs the command line; returns the exit code.
+pub fn main(args: Vec<OsString>) -> i32 {
+    let args = match expand_ini(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("forklift: {e}");
+            return 2;
+        }
+    };
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(a) => serve(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("forklift: {e}");
+            match e {
+                CliError::Usage(_) => 2,
+                _ => 1,
+            }
+        }
+    }
+}
+
+/// The settings `serve` derives from its arguments.
+pub struct ServePlan {
+    pub config: ServerConfig,
+    pub addr: std::net::SocketAddr,
+    pub app_name: String,
+}
+
+fn secs(v: f64, name: &str) -> Result<Duration, CliError> {
+    if v.is_finite() && v > 0.0 && v < 1e9 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(CliError::Usage(format!(
+            "--{name} must be a positive number of seconds, got {v}"
+        )))
+    }
+}
+
+/// Validates `ServeArgs` into a configuration (no sockets opened).
+pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
+    let addr_text = a
+        .http
+        .clone()
+        .or_else(|| a.http_socket.clone())
+        .unwrap_or_else(|| "127.0.0.1:8080".to_string());
+    let addr = listen::parse_addr(&addr_text)?;
+    let async_cores = a.async_cores.or(a.gevent);
+    let model = match (a.model, async_cores, a.threads) {
+        (Some(m), _, _) => m,
+        (None, Some(_), _) => Model::Async,
+        (None, None, Some(t)) if t > 1 => Model::Threads,
+        _ => Model::Epoll,
+    };
+    let processes = a.processes.or(a.workers).unwrap_or(1) as usize;
+    let defaults = ServerConfig::default();
+    let threads = match (a.threads, model) {
+        (Some(t), _) => t as usize,
+        (None, Model::Threads) => defaults.threads,
+        (None, _) => 1,
+    };
+    let cores = a
+        .cores
+        .or(async_cores)
+        .map(|c| c as usize)
+        .unwrap_or(defaults.cores);
+    if a.listen <= 0 {
+        return Err(CliError::Usage(format!(
+            "--listen must be positive, got {}",
+            a.listen
+        )));
+    }
+    if a.buffer_size < 1024 {
+        return Err(CliError::Usage(
+            "--buffer-size must be at least 1024 bytes".into(),
+        ));
+    }
+    let config = ServerConfig {
+        model,
+        processes,
+        master: a.master || processes > 1,
+        threads,
+        cores,
+        queue: a.queue.max(1),
+        max_connections: a.max_connections.max(1),
+        backlog: a.listen,
+        limits: crate::http::Limits {
+            max_head: a.buffer_size,
+            max_uri: a.buffer_size.clamp(1024, 8 * 1024),
+            max_body: a.limit_post,
+            ..crate::http::Limits::default()
+        },
+        timeouts: Timeouts {
+            http: secs(a.http_timeout, "http-timeout")?,
+            shutdown: secs(a.shutdown_timeout, "shutdown-timeout")?,
+        },
+        max_requests: a.max_requests,
+        server_header: true,
+    };
+    let app_name = match (&a.app, &a.wsgi_file, &a.module) {
+        (Some(app), None, None) => app.clone(),
+        (None, Some(f), None) => format!("wsgi-file {}", f.display()),
+        (None, None, Some(m)) => format!("module {m}"),
+        (None, None, None) => {
+            return Err(CliError::Usage(
+                "no app given: name one (e.g. `forklift serve builtin:hello`) or use --wsgi-file FILE / --module MOD".into(),
+            ))
+        }
+        _ => {
+            return Err(CliError::Usage(
+                "give one app: a builtin:NAME, --wsgi-file or --module, not several".into(),
+            ))
+        }
+    };
+    Ok(ServePlan {
+        config,
+        addr,
+        app_name,
+    })
+}
+
+/// Loads the app named on the command line.
+fn load_app(a: &ServeArgs, _config: &ServerConfig) -> Result<App, CliError> {
+    if let Some(spec) = &a.app {
+        let name = spec.strip_prefix("builtin:").ok_or_else(|| {
+            CliError::Usage(format!(
+                "unknown app {spec:?}: use builtin:NAME ({}) or --wsgi-file / --module",
+                builtin::NAMES.join(", ")
+            ))
+        })?;
+        return builtin::by_name(name).map_err(CliError::App);
+    }
+    Err(CliError::App(
+        "this build of forklift has no Python support (rebuild with the `python` feature)".into(),
+    ))
+}
+
+fn serve(a: ServeArgs) -> Result<i32, CliError> {
+    let plan = plan(&a)?;
+    let config = plan.config;
+    if let Some(dir) = &a.chdir {
+        std::env::set_current_dir(dir)
+            .map_err(|e| CliError::App(format!("cannot chdir to {}: {e}", dir.display())))?;
+    }
+    let access = !a.disable_logging;
+    let log = match &a.logto {
+        Some(path) => Log::file(path, access)
+            .map_err(|e| CliError::App(format!("cannot open log file {}: {e}", path.display())))?,
+        None => Log::stderr(access),
+    };
+    // Load (and so validate) the app before opening the socket or forking, so a bad app
+    // is a one-line error and exit code 1.
+    let app = load_app(&a, &config)?;
+    let listener = listen::bind(plan.addr, config.backlog)?;
+    let local = listener.local_addr()?;
+    log.line(&format!(
+        "forklift {} listening on http://{local} (app={}, model={}, processes={}, threads={}, cores={}, pid={})",
+        env!("CARGO_PKG_VERSION"),
+        plan.app_name,
+        config.model,
+        config.processes,
+        config.threads,
+        config.cores,
+        std::process::id()
+    ));
+    if config.master {
+        let source = if a.lazy_apps {
+            let a2 = a.clone();
+            let c2 = config.clone();
+            server::master::AppSource::Lazy(Box::new(move || {
+                load_app(&a2, &c2).map_err(|e| e.to_string())
+            }))
+        } else {
+            server::master::AppSource::Preloaded(app)
+        };
+        return Ok(server::master::run(listener, source, config, log)?);
+    }
+    let shutdown = crate::rt::Shutdown::new();
+    let _signals = server::signals::watch(&shutdown, false)?;
+    server::run_worker(listener, app, config, log.clone(), shutdown)?;
+    log.line("forklift: stopped");
+    Ok(0)
+}
+
+/// Replaces `--ini FILE` in `args` with the options the file sets, placed before the
+/// command-line options so those win. Keys are long option names; boolean options take
+/// `1/true/yes/on` or `0/false/no/off`; an unknown key is one warning line.
+pub fn expand_ini(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
+    let pos = args
+        .iter()
+        .position(|a| a == "--ini" || a.to_string_lossy().starts_with("--ini="));
+    let Some(pos) = pos else { return Ok(args) };
+    let mut args = args;
+    let flag = args.remove(pos).to_string_lossy().into_owned();
+    let path = match flag.strip_prefix("--ini=") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            if pos >= args.len() {
+                return Err("--ini needs a file name".into());
+            }
+            PathBuf::from(args.remove(pos))
+        }
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read ini file {}: {e}", path.display()))?;
+    let cmd = Cli::command();
+    let serve = cmd
+        .find_subcommand("serve")
+        .expect("serve subcommand exists");
+    let mut extra = Vec::new();
+    for (lineno, section, key, value) in parse_ini(&text) {
+        if section != "uwsgi" && section != "forklift" {
+            continue;
+        }
+        let key = key.replace('_', "-");
+        if key == "ini" {
+            continue;
+        }
+        let arg = serve.get_arguments().find(|a| {
+            a.get_long() == Some(key.as_str())
+                || a.get_all_aliases()
+                    .is_some_and(|al| al.contains(&key.as_str()))
+        });
+        let Some(arg) = arg else {
+            eprintln!(
+                "forklift: warning: {}:{lineno}: unknown option {key:?} ignored",
+                path.display()
+            );
+            continue;
+        };
+        let long = arg.get_long().expect("ini keys match long options");
+        if arg.get_action().takes_values() {
+            extra.push(OsString::from(format!("--{long}")));
+            extra.push(OsString::from(value));
+        } else {
+            match value.to_ascii_lowercase().as_str() {
+                "" | "1" | "true" | "yes" | "on" => extra.push(OsString::from(format!("--{long}"))),
+                "0" | "false" | "no" | "off" => {}
+                other => {
+                    return Err(format!(
+                        "{}:{lineno}: {key} takes true or false, got {other:?}",
+                        path.display()
+                    ))
+                }
+            }
+        }
+    }
+    // Insert right after `serve`, before the user's own options; `forklift --ini FILE`
+    // alone (as `uwsgi --ini FILE`) means `forklift serve --ini FILE`.
+    let at = match args.iter().position(|a| a == "serve") {
+        Some(i) => i + 1,
+        None => {
+            args.insert(1.min(args.len()), OsString::from("serve"));
+            2.min(args.len())
+        }
+    };
+    args.splice(at..at, extra);
+    Ok(args)
+}
+
+/// Parses ini text into `(line, section, key, value)`. `key=value` and `key = value`;
+/// `;` and `#` start comment lines; values may be quoted.
+pub fn parse_ini(text: &str) -> Vec<(usize, String, String, String)> {
+    let mut section = String::new();
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with(';') || line.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim().to_string();
+            continue;
+        }
+        let (key, value) = line.split_once('=').unwrap_or((line, ""));
+        let mut value = value.trim();
+        if value.len() >= 2
+            && ((value.starts_with('"') && value.ends_with('"'))
+                || (value.starts_with('\'') && value.ends_with('\'')))
+        {
+            value = &value[1..value.len() - 1];
+        }
+        out.push((
+            i + 1,
+            section.clone(),
+            key.trim().to_string(),
+            value.to_string(),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        let argv: Vec<OsString> = args.iter().map(OsString::from).collect();
+        let Command::Serve(a) = Cli::try_parse_from(argv).unwrap().command;
+        a
+    }
+
+    #[test]
+    fn ini_both_spellings_and_sections() {
+        let v =
+            parse_ini("[uwsgi]\nhttp = :5000\nwsgi-file=app.py\n; c\nmaster = 1\n[other]\nx=1\n");
+        let kv: Vec<_> = v
+            .iter()
+            .map(|(_, s, k, v)| (s.as_str(), k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            kv,
+            [
+                ("uwsgi", "http", ":5000"),
+                ("uwsgi", "wsgi-file", "app.py"),
+                ("uwsgi", "master", "1"),
+                ("other", "x", "1")
+            ]
+        );
+    }
+
+    #[test]
+    fn ini_expands_before_cli_options() {
+        let dir = std::env::temp_dir().join(format!("forklift-ini-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ini = dir.join("a.ini");
+        std::fs::write(
+            &ini,
+            "[uwsgi]\nhttp = :5001\nprocesses = 4\nmaster = 1\nlazy-apps = 0\nbogus = 3\n",
+        )
+        .unwrap();
+        let args: Vec<OsString> = [
+            "forklift",
+            "serve",
+            "builtin:hello",
+            "--ini",
+            ini.to_str().unwrap(),
+            "--processes",
+            "2",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let expanded = expand_ini(args).unwrap();
+        let Command::Serve(a) = Cli::try_parse_from(expanded).unwrap().command;
+        assert_eq!(a.http.as_deref(), Some(":5001"));
+        assert_eq!(a.processes, Some(2), "command line wins");
+        assert!(a.master);
+        assert!(!a.lazy_apps);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn model_inference() {
+        assert_eq!(
+            plan(&parse(&["forklift", "serve", "builtin:hello"]))
+                .unwrap()
+                .config
+                .model,
+            Model::Epoll
+        );
+        assert_eq!(
+            plan(&parse(&[
+                "forklift",
+                "serve",
+                "builtin:hello",
+                "--threads",
+                "4"
+            ]))
+            .unwrap()
+            .config
+            .model,
+            Model::Threads
+        );
+        let p = plan(&parse(&[
+            "forklift",
+            "serve",
+            "builtin:hello",
+            "--gevent",
+            "50",
+        ]))
+        .unwrap();
+        assert_eq!((p.config.model, p.config.cores), (Model::Async, 50));
+        let p = plan(&parse(&[
+            "forklift",
+            "serve",
+            "builtin:hello",
+            "--processes",
+            "2",
+        ]))
+        .unwrap();
+        assert!(p.config.master);
+    }
+
+    #[test]
+    fn bad_values_are_clear() {
+        let argv: Vec<OsString> = ["forklift", "serve", "builtin:hello", "--model", "fast"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let e = Cli::try_parse_from(argv).unwrap_err().to_string();
+        assert!(e.contains("unknown model"), "{e}");
+        assert!(plan(&parse(&["forklift", "serve"])).is_err());
+        assert!(plan(&parse(&[
+            "forklift",
+            "serve",
+            "builtin:hello",
+            "--http",
+            "nope"
+        ]))
+        .is_err());
+    }
+}

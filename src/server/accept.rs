@@ -1,0 +1,115 @@
+//! The one accept-error classifier every model uses, and socket set-up for accepted
+//! connections.
+
+use std::io;
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// What to do after `accept` failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptError {
+    /// Nothing to accept now: wait for readiness.
+    WouldBlock,
+    /// A transient failure (interrupted, connection aborted before accept): try again.
+    Retry,
+    /// Out of descriptors or memory: pause accepting briefly, then retry.
+    Backoff,
+    /// The listener is unusable.
+    Fatal,
+}
+
+/// Classifies an accept error.
+pub fn classify(e: &io::Error) -> AcceptError {
+    match e.kind() {
+        io::ErrorKind::WouldBlock => AcceptError::WouldBlock,
+        io::ErrorKind::Interrupted
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::PermissionDenied => AcceptError::Retry,
+        _ => match e.raw_os_error() {
+            Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
+                AcceptError::Backoff
+            }
+            Some(libc::EPROTO)
+            | Some(libc::ENOPROTOOPT)
+            | Some(libc::EHOSTDOWN)
+            | Some(libc::ENONET)
+            | Some(libc::EHOSTUNREACH)
+            | Some(libc::EOPNOTSUPP)
+            | Some(libc::ENETUNREACH)
+            | Some(libc::ENETDOWN) => AcceptError::Retry,
+            _ => AcceptError::Fatal,
+        },
+    }
+}
+
+/// How long to pause accepting after [`AcceptError::Backoff`].
+pub const BACKOFF: Duration = Duration::from_millis(50);
+
+/// Disables Nagle on an accepted connection: responses go out in one write, and a small
+/// last segment must not wait for the client's delayed ACK.
+pub fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+}
+
+/// Waits until `listener` is readable or `shutdown` triggers, whichever comes first
+/// (or `timeout` passes). Returns true when the listener is readable.
+pub fn wait_readable(
+    listener: &impl std::os::fd::AsFd,
+    shutdown: &crate::rt::Shutdown,
+    timeout: Option<Duration>,
+) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [
+        PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+        PollFd::new(shutdown.fd(), PollFlags::POLLIN),
+    ];
+    let t = match timeout {
+        None => PollTimeout::NONE,
+        Some(d) => PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX),
+    };
+    match poll(&mut fds, t) {
+        Ok(n) if n > 0 => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLERR)),
+        _ => false,
+    }
+}
+
+/// The accept loop of the blocking models: accepts on a non-blocking listener, waits
+/// for readiness (or shutdown) with `poll`, and hands each connection, switched back to
+/// blocking mode, to `on_conn`. Returns when shutdown triggers or `on_conn` says stop.
+pub fn blocking_loop(
+    listener: &std::net::TcpListener,
+    shutdown: &crate::rt::Shutdown,
+    mut on_conn: impl FnMut(TcpStream) -> bool,
+) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    while !shutdown.is_triggered() {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false)?;
+                if !on_conn(stream) {
+                    break;
+                }
+            }
+            Err(e) => match classify(&e) {
+                AcceptError::WouldBlock => {
+                    wait_readable(listener, shutdown, None);
+                }
+                AcceptError::Retry => {}
+                AcceptError::Backoff => std::thread::sleep(BACKOFF),
+                AcceptError::Fatal => return Err(e),
+            },
+        }
+    }
+    // Stopping: connections the kernel already completed were sent by clients that are
+    // waiting for an answer; serve those, then stop.
+    while let Ok((stream, _)) = listener.accept() {
+        stream.set_nonblocking(false)?;
+        if !on_conn(stream) {
+            break;
+        }
+    }
+    Ok(())
+}

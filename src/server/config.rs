@@ -1,0 +1,119 @@
+//! The validated server configuration: what `forklift serve` (flags or an ini file) turns
+//! into before any socket is opened.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::http::Limits;
+
+/// A concurrency model (`--model`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Model {
+    /// One thread: accept, read, handle, write, then the next connection.
+    Linear,
+    /// An acceptor feeding a bounded queue served by `threads` threads.
+    Threads,
+    /// One readiness loop (epoll via mio) over non-blocking sockets.
+    Epoll,
+    /// A tokio runtime; `cores` requests in flight per worker.
+    Async,
+}
+
+impl Model {
+    pub const ALL: [Model; 4] = [Model::Linear, Model::Threads, Model::Epoll, Model::Async];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::Linear => "linear",
+            Model::Threads => "threads",
+            Model::Epoll => "epoll",
+            Model::Async => "async",
+        }
+    }
+
+    /// True for the models that may block a thread per request.
+    pub fn blocking(self) -> bool {
+        matches!(self, Model::Linear | Model::Threads)
+    }
+}
+
+impl fmt::Display for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Model {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Model, String> {
+        Model::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| format!("unknown model {s:?}: choose linear, threads, epoll or async"))
+    }
+}
+
+/// Time limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// How long an idle keep-alive connection is kept, and how long a client may take to
+    /// send a request (408 after).
+    pub http: Duration,
+    /// How long a graceful stop waits for in-flight requests.
+    pub shutdown: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            http: Duration::from_secs(60),
+            shutdown: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything a worker needs to know to serve.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub model: Model,
+    /// Worker processes; 1 serves from the current process unless `master` is set.
+    pub processes: usize,
+    /// Run a master process even with one worker (respawn, graceful reload).
+    pub master: bool,
+    /// Threads of the `threads` model; worker threads of the `async` runtime.
+    pub threads: usize,
+    /// Requests in flight per worker in the `async` model.
+    pub cores: usize,
+    /// Connections queued between the acceptor and the threads of the `threads` model.
+    pub queue: usize,
+    /// Most connections one `epoll`/`async` worker holds open.
+    pub max_connections: usize,
+    /// Listen backlog.
+    pub backlog: i32,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    /// A worker exits (and the master replaces it) after this many requests.
+    pub max_requests: Option<u64>,
+    /// Send `Server: forklift`.
+    pub server_header: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            model: Model::Epoll,
+            processes: 1,
+            master: false,
+            threads: 4,
+            cores: 1000,
+            queue: 1024,
+            max_connections: 100_000,
+            backlog: 1024,
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            max_requests: None,
+            server_header: true,
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! The `epoll` model (seeds 003 and 004): one readiness loop per worker over
+//! non-blocking sockets, with mio. Reads and writes go as far as the kernel lets them
+//! (partial writes resume on the next writable edge); pipelined requests are answered
+//! in order with coalesced writes; a reply the app defers wakes the loop through a
+//! per-connection waker, so a slow handler never holds up other connections.
+
+use std::io::{self, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener as MioListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+use super::accept::{self, AcceptError};
+use super::conn::{Conn, Step};
+use super::{Env, ServerError};
+use crate::app::CallContext;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+/// How often idle and slow connections are checked against the timeouts.
+const SWEEP: Duration = Duration::from_millis(500);
+/// Read buffer growth step.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Tokens woken by app futures, drained by the loop.
+struct WakeQueue {
+    ready: Mutex<Vec<usize>>,
+    waker: mio::Waker,
+}
+
+struct ConnWaker {
+    slot: usize,
+    queue: Arc<WakeQueue>,
+}
+
+impl Wake for ConnWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut q = self.queue.ready.lock().unwrap_or_else(|p| p.into_inner());
+        let first = q.is_empty();
+        q.push(self.slot);
+        drop(q);
+        if first {
+            let _ = self.queue.waker.wake();
+        }
+    }
+}
+
+struct Entry {
+    stream: TcpStream,
+    conn: Conn,
+    waker: Waker,
+    last_input: Instant,
+    /// Output is waiting for a writable edge.
+    blocked_write: bool,
+    /// Set when a peer closed its sending side.
+    read_eof: bool,
+    /// The socket may have unread input (a readable edge came, or no read has seen it
+    /// drained yet). Saves a read that would only say EAGAIN.
+    readable: bool,
+}
+
+struct Loop {
+    poll: Poll,
+    listener: MioListener,
+    conns: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    open: usize,
+    queue: Arc<WakeQueue>,
+    env: Arc<Env>,
+    accepting: bool,
+    /// Accept is paused (too many connections, or out of descriptors).
+    accept_paused_until: Option<Instant>,
+    served: u64,
+}
+
+pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
+    listener.set_nonblocking(true)?;
+    let poll = Poll::new()?;
+    let mut listener = MioListener::from_std(listener);
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    let waker = mio::Waker::new(poll.registry(), WAKER)?;
+    let queue = Arc::new(WakeQueue {
+        ready: Mutex::new(Vec::new()),
+        waker,
+    });
+    {
+        let q = queue.clone();
+        env.shutdown.on_trigger(move || {
+            let _ = q.waker.wake();
+        });
+    }
+    let mut lp = Loop {
+        poll,
+        listener,
+        conns: Vec::new(),
+        free: Vec::new(),
+        open: 0,
+        queue,
+        env,
+        accepting: true,
+        accept_paused_until: None,
+        served: 0,
+    };
+    lp.run()
+}
+
+impl Loop {
+    fn run(&mut self) -> Result<(), ServerError> {
+        let mut events = Events::with_capacity(1024);
+        let mut next_sweep = Instant::now() + SWEEP;
+        let mut stop_deadline: Option<Instant> = None;
+        let mut woken = Vec::new();
+        loop {
+            if self.env.shutdown.is_triggered() && stop_deadline.is_none() {
+                stop_deadline = Some(Instant::now() + self.env.config.timeouts.shutdown);
+                // Serve the connections already waiting in the backlog, then stop.
+                self.accept_paused_until = None;
+                self.accept_all()?;
+                self.stop_accepting();
+                self.close_idle();
+            }
+            if let Some(deadline) = stop_deadline {
+                if self.open == 0 || Instant::now() >= deadline {
+                    return Ok(());
+                }
+            }
+            let timeout = next_sweep.saturating_duration_since(Instant::now());
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept_all()?,
+                    WAKER => {}
+                    Token(slot) => {
+                        if let Some(e) = self.conns.get_mut(slot).and_then(Option::as_mut) {
+                            if ev.is_writable() {
+                                e.blocked_write = false;
+                            }
+                            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                                e.readable = true;
+                            }
+                        }
+                        self.drive(slot);
+                    }
+                }
+            }
+            {
+                let mut q = self.queue.ready.lock().unwrap_or_else(|p| p.into_inner());
+                std::mem::swap(&mut *q, &mut woken);
+            }
+            for slot in woken.drain(..) {
+                self.drive(slot);
+            }
+            let now = Instant::now();
+            if now >= next_sweep {
+                next_sweep = now + SWEEP;
+                self.sweep(now);
+                if let Some(until) = self.accept_paused_until {
+                    if now >= until {
+                        self.accept_paused_until = None;
+                        self.accept_all()?;
+                    }
+                }
+                if self.env.shutdown.is_triggered() {
+                    self.close_idle();
+                }
+            }
+        }
+    }
+
+    fn stop_accepting(&mut self) {
+        if self.accepting {
+            self.accepting = false;
+            let _ = self.poll.registry().deregister(&mut self.listener);
+        }
+    }
+
+    fn accept_all(&mut self) -> Result<(), ServerError> {
+        while self.accepting && self.accept_paused_until.is_none() {
+            if self.open >= self.env.config.max_connections {
+                // Resumed when a connection closes (see `close`).
+                self.accept_paused_until = Some(Instant::now() + SWEEP);
+                return Ok(());
+            }
+            match self.listener.accept() {
+                Ok((stream, peer)) => self.add(stream, peer)?,
+                Err(e) => match accept::classify(&e) {
+                    AcceptError::WouldBlock => return Ok(()),
+                    AcceptError::Retry => {}
+                    AcceptError::Backoff => {
+                        self.accept_paused_until = Some(Instant::now() + accept::BACKOFF);
+                        return Ok(());
+                    }
+                    AcceptError::Fatal => return Err(e.into()),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    fn add(
+        &mut self,
+        mut stream: TcpStream,
+        peer: std::net::SocketAddr,
+    ) -> Result<(), ServerError> {
+        let _ = stream.set_nodelay(true);
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.conns.push(None);
+                self.conns.len() - 1
+            }
+        };
+        if slot >= WAKER.0 {
+            return Ok(());
+        }
+        self.poll.registry().register(
+            &mut stream,
+            Token(slot),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let local = stream.local_addr().ok();
+        let waker = Waker::from(Arc::new(ConnWaker {
+            slot,
+            queue: self.queue.clone(),
+        }));
+        self.conns[slot] = Some(Entry {
+            stream,
+            conn: Conn::new(Some(peer), local),
+            waker,
+            last_input: Instant::now(),
+            blocked_write: false,
+            read_eof: false,
+            readable: true,
+        });
+        self.open += 1;
+        // Data often arrives with the connection: try at once instead of waiting for
+        // the readable edge.
+        self.drive(slot);
+        Ok(())
+    }
+
+    /// Advances one connection as far as it can go without blocking.
+    fn drive(&mut self, slot: usize) {
+        let env = self.env.clone();
+        let Some(e) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let call = CallContext { may_block: false };
+        let mut cx = Context::from_waker(&e.waker);
+        let no = || false;
+        let close = loop {
+            if e.blocked_write {
+                break false;
+            }
+            match e.conn.poll(&env, &call, &mut cx, &no) {
+                Step::Flush => match write_out(&mut e.stream, &mut e.conn) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        e.blocked_write = true;
+                        break false;
+                    }
+                    Err(_) => break true,
+                },
+                Step::Pending => break false,
+                Step::Close => {
+                    match write_out(&mut e.stream, &mut e.conn) {
+                        Ok(true) => {
+                            let _ = e.stream.shutdown(std::net::Shutdown::Write);
+                            break true;
+                        }
+                        // Finish the write when the socket drains; `closing` is set
+                        // so the next poll returns Close again.
+                        Ok(false) => {
+                            e.blocked_write = true;
+                            break false;
+                        }
+                        Err(_) => break true,
+                    }
+                }
+                Step::Read => {
+                    if e.read_eof {
+                        break true;
+                    }
+                    if !e.readable {
+                        break false;
+                    }
+                    match read_in(&mut e.stream, &mut e.conn) {
+                        Ok(ReadOutcome::Data { drained }) => {
+                            e.last_input = Instant::now();
+                            e.readable = !drained;
+                        }
+                        Ok(ReadOutcome::WouldBlock) => {
+                            e.readable = false;
+                            break false;
+                        }
+                        Ok(ReadOutcome::Eof) => {
+                            e.read_eof = true;
+                            e.conn.read_closed();
+                        }
+                        Err(_) => break true,
+                    }
+                }
+            }
+        };
+        if close {
+            self.close(slot);
+        }
+        if self
+            .env
+            .config
+            .max_requests
+            .is_some_and(|max| self.served >= max)
+        {
+            self.env.shutdown.trigger();
+        }
+    }
+
+    fn close(&mut self, slot: usize) {
+        if let Some(mut e) = self.conns.get_mut(slot).and_then(Option::take) {
+            self.served += e.conn.served;
+            let _ = self.poll.registry().deregister(&mut e.stream);
+            self.free.push(slot);
+            self.open -= 1;
+        }
+    }
+
+    /// Enforces the keep-alive and request timeouts.
+    fn sweep(&mut self, now: Instant) {
+        let limit = self.env.config.timeouts.http;
+        let (mut idle, mut slow) = (Vec::new(), Vec::new());
+        for (slot, e) in self.conns.iter_mut().enumerate() {
+            let Some(e) = e else { continue };
+            if now.duration_since(e.last_input) < limit {
+                continue;
+            }
+            if e.conn.is_idle() {
+                idle.push(slot);
+            } else if e.conn.mid_request() {
+                e.conn.timeout();
+                e.last_input = now;
+                slow.push(slot);
+            }
+        }
+        for slot in idle {
+            self.close(slot);
+        }
+        for slot in slow {
+            self.drive(slot);
+        }
+    }
+
+    /// On shutdown: idle keep-alive connections have nothing in flight and are closed.
+    fn close_idle(&mut self) {
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.as_ref().filter(|e| e.conn.is_idle()).map(|_| i))
+            .collect();
+        for slot in idle {
+            self.close(slot);
+        }
+    }
+}
+
+enum ReadOutcome {
+    /// Bytes arrived; `drained` when the last read came back short, so the socket is
+    /// known to be empty until the next readable edge.
+    Data {
+        drained: bool,
+    },
+    WouldBlock,
+    Eof,
+}
+
+fn read_in(stream: &mut TcpStream, conn: &mut Conn) -> io::Result<ReadOutcome> {
+    let buf = &mut conn.inbuf;
+    let mut got = false;
+    loop {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_CHUNK);
+        }
+        let start = buf.len();
+        let cap = buf.capacity();
+        buf.resize(cap, 0);
+        let r = stream.read(&mut buf[start..]);
+        match r {
+            Ok(0) => {
+                buf.truncate(start);
+                return Ok(if got {
+                    ReadOutcome::Data { drained: false }
+                } else {
+                    ReadOutcome::Eof
+                });
+            }
+            Ok(n) => {
+                buf.truncate(start + n);
+                got = true;
+                // A short read means the socket is drained for now; the edge re-arms
+                // when more arrives, but a full read may have left bytes behind.
+                if start + n < cap {
+                    return Ok(ReadOutcome::Data { drained: true });
+                }
+                if buf.len() > 1 << 20 {
+                    return Ok(ReadOutcome::Data { drained: false });
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                buf.truncate(start);
+                return Ok(if got {
+                    ReadOutcome::Data { drained: true }
+                } else {
+                    ReadOutcome::WouldBlock
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
+            Err(e) => {
+                buf.truncate(start);
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Writes as much of `outbuf` as the socket takes. `Ok(true)` when all of it went.
+fn write_out(stream: &mut TcpStream, conn: &mut Conn) -> io::Result<bool> {
+    while !conn.outbuf.is_empty() {
+        match stream.write(&conn.outbuf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                let _ = conn.outbuf.split_to(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    conn.outbuf.clear();
+    Ok(true)
+}

@@ -1,0 +1,19 @@
+//! The `linear` model (seed 003's first server): one thread accepts a connection, serves
+//! it to the end, then takes the next. Keep-alive is offered only while nobody else is
+//! waiting in the backlog, so one client cannot starve the rest.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{accept, blocking, Env, ServerError};
+
+pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
+    let mut served = 0u64;
+    let others_waiting = || accept::wait_readable(&listener, &env.shutdown, Some(Duration::ZERO));
+    accept::blocking_loop(&listener, &env.shutdown, |stream| {
+        served += blocking::serve(stream, &env, &others_waiting);
+        env.config.max_requests.is_none_or(|max| served < max)
+    })?;
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! The server: configuration, the listening socket, one module per concurrency model
+//! (chosen by one `match` in [`run_worker`]), the blocking connection driver they
+//! share, the pre-fork master, and the access log.
+
+pub mod accept;
+mod blocking;
+pub mod config;
+pub mod conn;
+mod epoll;
+mod linear;
+pub mod listen;
+pub mod log;
+pub mod master;
+pub mod signals;
+mod threads;
+mod tokio_model;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+pub use config::{Model, ServerConfig, Timeouts};
+pub use log::Log;
+
+use crate::app::App;
+use crate::rt::Shutdown;
+
+/// What every connection of a worker shares: the app, the settings, the log, and the
+/// shutdown signal.
+pub struct Env {
+    pub app: App,
+    pub config: ServerConfig,
+    pub log: Log,
+    pub shutdown: Shutdown,
+}
+
+/// Errors that stop a worker from serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Serves `listener` with the configured model until `shutdown` is triggered and
+/// in-flight requests are done (or the shutdown timeout passes).
+pub fn run_worker(
+    listener: TcpListener,
+    app: App,
+    config: ServerConfig,
+    log: Log,
+    shutdown: Shutdown,
+) -> Result<(), ServerError> {
+    let env = Arc::new(Env {
+        app,
+        config,
+        log,
+        shutdown,
+    });
+    let result = match env.config.model {
+        Model::Linear => linear::run(listener, env.clone()),
+        Model::Threads => threads::run(listener, env.clone()),
+        Model::Epoll => epoll::run(listener, env.clone()),
+        Model::Async => tokio_model::run(listener, env.clone()),
+    };
+    env.app.shutdown();
+    result
+}

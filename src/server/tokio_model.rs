@@ -1,0 +1,162 @@
+//! The `async` model (seed 001's async "cores", seed 002's `gevent = 50`): a tokio
+//! runtime per worker, a task per connection, and a semaphore of `cores` permits that
+//! caps the requests one worker works on at once. The connection logic is the shared
+//! [`Conn`] state machine, polled from the task.
+
+use std::future::poll_fn;
+use std::io;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+use super::accept::{self, AcceptError};
+use super::conn::{Conn, Step};
+use super::{Env, ServerError};
+use crate::app::CallContext;
+
+pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
+    listener.set_nonblocking(true)?;
+    let threads = env.config.threads.max(1);
+    let rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+    .map_err(ServerError::Runtime)?;
+    let result = rt.block_on(serve(listener, env.clone()));
+    rt.shutdown_timeout(Duration::from_millis(100));
+    result
+}
+
+async fn serve(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let cores = Arc::new(Semaphore::new(env.config.cores.max(1)));
+    let conns = Arc::new(Semaphore::new(env.config.max_connections.max(1)));
+    let tracker = tokio_util_task_tracker();
+    loop {
+        let permit = tokio::select! {
+            p = conns.clone().acquire_owned() => p.expect("semaphore open"),
+            _ = env.shutdown.wait() => break,
+        };
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = env.shutdown.wait() => break,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let env = env.clone();
+                let cores = cores.clone();
+                let guard = tracker.clone();
+                tokio::spawn(async move {
+                    let _ = serve_conn(stream, &env, &cores).await;
+                    drop(permit);
+                    drop(guard);
+                });
+            }
+            Err(e) => match accept::classify(&e) {
+                AcceptError::WouldBlock | AcceptError::Retry => {}
+                AcceptError::Backoff => tokio::time::sleep(accept::BACKOFF).await,
+                AcceptError::Fatal => return Err(e.into()),
+            },
+        }
+    }
+    // Serve the connections already waiting in the backlog, then stop.
+    while let Ok(Some(Ok((stream, _)))) = tokio::time::timeout(Duration::ZERO, listener.accept())
+        .await
+        .map(Some)
+    {
+        let env = env.clone();
+        let cores = cores.clone();
+        let guard = tracker.clone();
+        tokio::spawn(async move {
+            let _ = serve_conn(stream, &env, &cores).await;
+            drop(guard);
+        });
+    }
+    drop(listener);
+    // Graceful stop: wait (bounded) until every connection task has finished; idle
+    // connections notice the shutdown themselves.
+    let all_done = async {
+        while Arc::strong_count(&tracker) > 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let _ = tokio::time::timeout(env.config.timeouts.shutdown, all_done).await;
+    Ok(())
+}
+
+/// A clonable token; the number of live clones tells how many connections are open.
+fn tokio_util_task_tracker() -> Arc<()> {
+    Arc::new(())
+}
+
+async fn serve_conn(mut stream: TcpStream, env: &Env, cores: &Semaphore) -> io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let mut conn = Conn::new(stream.peer_addr().ok(), stream.local_addr().ok());
+    let call = CallContext { may_block: false };
+    let no = || false;
+    let mut permit = None;
+    loop {
+        if permit.is_none() && !conn.inbuf.is_empty() {
+            permit = Some(cores.acquire().await.expect("semaphore open"));
+        }
+        let step = poll_fn(|cx| match conn.poll(env, &call, cx, &no) {
+            Step::Pending => Poll::Pending,
+            s => Poll::Ready(s),
+        })
+        .await;
+        match step {
+            Step::Flush => {
+                stream.write_all(&conn.outbuf).await?;
+                conn.outbuf.clear();
+            }
+            Step::Close => {
+                stream.write_all(&conn.outbuf).await?;
+                let _ = stream.shutdown().await;
+                return Ok(());
+            }
+            Step::Pending => unreachable!("pending is awaited above"),
+            Step::Read => {
+                if conn.is_idle() {
+                    // Between requests: give the permit back and honour shutdown.
+                    permit = None;
+                    if env.shutdown.is_triggered() {
+                        return Ok(());
+                    }
+                }
+                if conn.inbuf.capacity() - conn.inbuf.len() < 1024 {
+                    conn.inbuf.reserve(8192);
+                }
+                let idle = conn.is_idle();
+                let read = tokio::select! {
+                    r = tokio::time::timeout(env.config.timeouts.http, stream.read_buf(&mut conn.inbuf)) => r,
+                    _ = env.shutdown.wait(), if idle => return Ok(()),
+                };
+                match read {
+                    Ok(Ok(0)) => {
+                        conn.read_closed();
+                        return Ok(());
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(_elapsed) => {
+                        if conn.is_idle() {
+                            return Ok(());
+                        }
+                        conn.timeout();
+                    }
+                }
+            }
+        }
+    }
+}

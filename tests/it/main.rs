@@ -1,0 +1,6 @@
+//! All integration tests, in one test binary (one link, shared support code).
+
+mod support;
+
+mod conformance;
+mod master;

@@ -1,0 +1,188 @@
+//! The pre-fork master under load: a worker killed with SIGKILL is replaced and the
+//! server keeps answering; SIGHUP replaces workers without dropping the socket.
+
+use std::io::{BufReader, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn load(
+    srv: &Server,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+) -> thread::JoinHandle<()> {
+    let addr = srv.addr;
+    thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let r = (|| -> std::io::Result<u16> {
+                let mut s = std::net::TcpStream::connect(addr)?;
+                s.set_read_timeout(Some(IO_GUARD))?;
+                s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
+                Ok(read_response(&mut BufReader::new(s), false)?.status)
+            })();
+            match r {
+                Ok(200) => ok.fetch_add(1, Ordering::Relaxed),
+                _ => failed.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+    })
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + IO_GUARD;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sigkill_worker_under_load(model: &str) {
+    let srv = Server::start(&[
+        "builtin:hello",
+        "--model",
+        model,
+        "--processes",
+        "2",
+        "--disable-logging",
+    ]);
+    wait_for("two workers", || srv.workers().len() == 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let loaders: Vec<_> = (0..4)
+        .map(|_| load(&srv, stop.clone(), ok.clone(), failed.clone()))
+        .collect();
+    wait_for("some load", || ok.load(Ordering::Relaxed) > 50);
+    let victim = srv.workers()[0];
+    signal(victim, libc::SIGKILL);
+    wait_for("the replacement worker", || {
+        let w = srv.workers();
+        w.len() == 2 && !w.contains(&victim)
+    });
+    let before = ok.load(Ordering::Relaxed);
+    wait_for("answers after the respawn", || {
+        ok.load(Ordering::Relaxed) > before + 100
+    });
+    stop.store(true, Ordering::Relaxed);
+    for l in loaders {
+        l.join().unwrap();
+    }
+    // Only requests the killed worker had accepted may fail.
+    assert!(
+        failed.load(Ordering::Relaxed) <= 4,
+        "failed: {}",
+        failed.load(Ordering::Relaxed)
+    );
+}
+
+#[test]
+fn sigkill_worker_epoll() {
+    sigkill_worker_under_load("epoll");
+}
+
+#[test]
+fn sigkill_worker_linear() {
+    sigkill_worker_under_load("linear");
+}
+
+#[test]
+fn sigkill_worker_threads() {
+    sigkill_worker_under_load("threads");
+}
+
+#[test]
+fn sigkill_worker_async() {
+    sigkill_worker_under_load("async");
+}
+
+#[test]
+fn sigterm_under_load_exits_zero() {
+    let mut srv = Server::start(&[
+        "builtin:demo",
+        "--model",
+        "epoll",
+        "--processes",
+        "2",
+        "--disable-logging",
+    ]);
+    wait_for("two workers", || srv.workers().len() == 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let loaders: Vec<_> = (0..2)
+        .map(|_| load(&srv, stop.clone(), ok.clone(), failed.clone()))
+        .collect();
+    let mut slow = srv.connect();
+    slow.write_all(b"GET /wait?duration=1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    wait_for("some load", || ok.load(Ordering::Relaxed) > 20);
+    let status = srv.terminate();
+    stop.store(true, Ordering::Relaxed);
+    for l in loaders {
+        l.join().unwrap();
+    }
+    let r = read_response(&mut BufReader::new(slow), false).expect("in-flight request completes");
+    assert_eq!(r.status, 200);
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn sighup_replaces_workers() {
+    let srv = Server::start(&[
+        "builtin:hello",
+        "--model",
+        "epoll",
+        "--processes",
+        "2",
+        "--disable-logging",
+    ]);
+    wait_for("two workers", || srv.workers().len() == 2);
+    let old = srv.workers();
+    signal(srv.pid(), libc::SIGHUP);
+    wait_for("new workers", || {
+        let w = srv.workers();
+        w.len() == 2 && w.iter().all(|p| !old.contains(p))
+    });
+    assert_eq!(srv.get("/").text(), "Hello world");
+}
+
+#[test]
+fn busy_port_and_bad_values_are_one_line_errors() {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = a.local_addr().unwrap().port();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "builtin:hello",
+            "--http",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already in use"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    for bad in [
+        &["--model", "nope"][..],
+        &["--processes", "0"],
+        &["--http", "garbage"],
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args(["serve", "builtin:hello"])
+            .args(bad)
+            .output()
+            .unwrap();
+        assert_ne!(out.status.code(), Some(0), "{bad:?}");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    }
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "builtin:nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -1,0 +1,267 @@
+//! Test support: a forklift server process that stops on drop, and a raw HTTP/1.1
+//! client that reads responses byte by byte so protocol edge cases can be asserted.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Generous guard so a broken server fails a test instead of hanging it.
+pub const IO_GUARD: Duration = Duration::from_secs(30);
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_forklift");
+
+/// A `forklift serve` child process on an ephemeral port.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// Lines the server wrote to stderr, collected by a thread.
+    pub log: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts `forklift serve ARGS... --http 127.0.0.1:0` and waits for its banner.
+    pub fn start(args: &[&str]) -> Server {
+        Self::start_in(args, None)
+    }
+
+    pub fn start_in(args: &[&str], dir: Option<&std::path::Path>) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve").args(args).args(["--http", "127.0.0.1:0"]);
+        if let Some(d) = dir {
+            cmd.current_dir(d);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn forklift");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let addr = loop {
+            let line = rx
+                .recv_timeout(IO_GUARD)
+                .unwrap_or_else(|_| panic!("no banner from forklift {args:?}"));
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let a = rest.split_whitespace().next().unwrap();
+                break a.parse().unwrap();
+            }
+        };
+        Server {
+            child,
+            addr,
+            log: rx,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).expect("connect");
+        s.set_read_timeout(Some(IO_GUARD)).unwrap();
+        s.set_write_timeout(Some(IO_GUARD)).unwrap();
+        s
+    }
+
+    /// One request on a fresh connection; the whole response.
+    pub fn get(&self, path: &str) -> Response {
+        let mut s = self.connect();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        read_response(&mut BufReader::new(s), false).expect("response")
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        signal(self.pid(), libc::SIGTERM);
+        wait_exit(&mut self.child)
+    }
+
+    /// Children (worker processes) of the server process.
+    pub fn workers(&self) -> Vec<i32> {
+        let pid = self.pid();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+}
+
+pub fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(std::time::Instant::now() < deadline, "server did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) with a pid we spawned; no memory is involved.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            signal(self.pid(), libc::SIGTERM);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                if self.child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            for w in self.workers() {
+                signal(w, libc::SIGKILL);
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A parsed response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub version: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The body came chunked.
+    pub chunked: bool,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Whether the server said it will close.
+    pub fn closes(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+}
+
+fn read_line(r: &mut impl BufRead) -> std::io::Result<String> {
+    let mut line = String::new();
+    let n = r.read_line(&mut line)?;
+    if n == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// Reads one response. `head_request`: the request was HEAD (no body follows).
+pub fn read_response(r: &mut impl BufRead, head_request: bool) -> std::io::Result<Response> {
+    let status_line = read_line(r)?;
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or("").to_string();
+    let status: u16 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        let line = read_line(r)?;
+        if line.is_empty() {
+            break;
+        }
+        let (n, v) = line.split_once(':').expect("header line");
+        headers.push((n.trim().to_string(), v.trim().to_string()));
+    }
+    let mut resp = Response {
+        status,
+        version,
+        headers,
+        body: Vec::new(),
+        chunked: false,
+    };
+    if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+        return Ok(resp);
+    }
+    if resp
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        resp.chunked = true;
+        loop {
+            let size_line = read_line(r)?;
+            let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
+                .map_err(|_| std::io::Error::other(format!("bad chunk size {size_line:?}")))?;
+            if size == 0 {
+                loop {
+                    if read_line(r)?.is_empty() {
+                        break;
+                    }
+                }
+                break;
+            }
+            let start = resp.body.len();
+            resp.body.resize(start + size, 0);
+            r.read_exact(&mut resp.body[start..])?;
+            let crlf = read_line(r)?;
+            assert!(crlf.is_empty(), "chunk not followed by CRLF");
+        }
+    } else if let Some(len) = resp.header("content-length") {
+        let len: usize = len.parse().unwrap();
+        resp.body.resize(len, 0);
+        r.read_exact(&mut resp.body)?;
+    } else {
+        r.read_to_end(&mut resp.body)?;
+    }
+    Ok(resp)
+}
+
+/// Writes `raw` and reads one response on a fresh connection.
+pub fn exchange(server: &Server, raw: &[u8]) -> Response {
+    let mut s = server.connect();
+    s.write_all(raw).unwrap();
+    read_response(&mut BufReader::new(s), false).expect("response")
+}
+
+/// True once the peer has closed the connection (reads EOF or reset).
+pub fn is_closed(r: &mut impl BufRead) -> bool {
+    let mut b = [0u8; 1];
+    matches!(r.read(&mut b), Ok(0) | Err(_))
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
