@@ -565,6 +565,83 @@ fn slowlog_answers_at_once_and_logs_every_request() {
     }
 }
 
+/// Sends one HTTP request and returns the response (read to the end: `Connection: close`).
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// builtin:slowlog behind the real pre-fork master (2 workers): every request is
+/// answered and, after SIGTERM, every task has run (the host drains when the master goes).
+fn slowlog_behind_master(strategy: &str) {
+    let dir = tmpdir(&format!("master-{strategy}"));
+    let mut server = child("serve-master", &dir)
+        .env("FORKLIFT_OFFLOAD_STRATEGY", strategy)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let mut port = 0u16;
+    let mut pid = 0i32;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(p) = line.strip_prefix("PID ") {
+            pid = p.parse().unwrap();
+        }
+        if let Some(p) = line.strip_prefix("PORT ") {
+            port = p.parse().unwrap();
+            break;
+        }
+    }
+    assert!(port > 0 && pid > 0);
+    for i in 0..20 {
+        let resp = http_get(port, &format!("/r{i}"));
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert!(resp.ends_with("Doobie Doo"), "{resp}");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    for _ in lines {}
+    assert!(server.wait().unwrap().success());
+    // The host may still be finishing its drain after the master exits.
+    let log = dir.join("slow.log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while forklift::offload::count_records(&log) < 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    for i in 0..20 {
+        assert!(
+            text.contains(&format!("GET /r{i} HTTP/1.1")),
+            "request {i} not logged"
+        );
+    }
+    assert_eq!(text.lines().count(), 20);
+}
+
+#[test]
+fn slowlog_loop_behind_prefork_master() {
+    slowlog_behind_master("loop");
+}
+
+#[test]
+fn slowlog_spool_behind_prefork_master() {
+    slowlog_behind_master("spool");
+}
+
 /// Child process modes (run by the tests above through `support::child`); a no-op
 /// when run as an ordinary test.
 #[test]
@@ -662,6 +739,46 @@ fn child_entry() {
             }
             let report = off.shutdown(Duration::from_secs(10));
             println!("REPORT {}", serde_json::to_string(&report).unwrap());
+        }
+        "serve-master" => {
+            // Fork first so the master runs single-threaded, as in the real binary
+            // (the test harness has other threads, which would receive SIGTERM).
+            // SAFETY: the child only runs the server and exits.
+            match unsafe { nix::unistd::fork() }.unwrap() {
+                nix::unistd::ForkResult::Parent { child } => {
+                    let st = nix::sys::wait::waitpid(child, None).unwrap();
+                    assert!(
+                        matches!(st, nix::sys::wait::WaitStatus::Exited(_, 0)),
+                        "{st:?}"
+                    );
+                }
+                nix::unistd::ForkResult::Child => {
+                    let strategy = match std::env::var("FORKLIFT_OFFLOAD_STRATEGY").as_deref() {
+                        Ok("spool") => Strategy::Spool,
+                        _ => Strategy::Loop,
+                    };
+                    let off = Offload::new(config(strategy, &dir), Registry::new()).unwrap();
+                    let app: forklift::app::App = Arc::new(SlowLog::new(off));
+                    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                    let port = listener.local_addr().unwrap().port();
+                    println!("PID {}\nPORT {port}", std::process::id());
+                    let cfg = forklift::server::config::ServerConfig {
+                        processes: 2,
+                        master: true,
+                        ..Default::default()
+                    };
+                    let log = forklift::server::log::Log::stderr(false);
+                    let code = forklift::server::master::run(
+                        listener,
+                        forklift::server::master::AppSource::Preloaded(app),
+                        cfg,
+                        log,
+                    )
+                    .unwrap();
+                    // SAFETY: leave without the harness's exit handlers.
+                    unsafe { libc::_exit(code) };
+                }
+            }
         }
         other => panic!("unknown child mode {other}"),
     }

@@ -8,7 +8,7 @@
 //! that kept it from starting), and at the end its drain report as JSON.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -54,7 +54,15 @@ impl Role {
 
     /// Forks the host unless already started. `build` runs in the host process and
     /// returns the function that drains and stops it.
-    pub fn start_host<F>(&self, cfg: &OffloadConfig, build: F) -> Result<(), OffloadError>
+    /// `keep` names descriptors the host needs besides its pipes (the loop's listening
+    /// socket); every other inherited descriptor (the server's listener, signalfd, ...)
+    /// is closed in the host.
+    pub fn start_host<F>(
+        &self,
+        cfg: &OffloadConfig,
+        keep: &[RawFd],
+        build: F,
+    ) -> Result<(), OffloadError>
     where
         F: FnOnce(&OffloadConfig) -> Result<HostMain, OffloadError>,
     {
@@ -75,7 +83,19 @@ impl Role {
                 // SAFETY: as above; the grandchild becomes the host, this child exits
                 // at once without running destructors.
                 match unsafe { fork() } {
-                    Ok(ForkResult::Child) => host_main(cfg, build, ctl_r, rep_w),
+                    Ok(ForkResult::Child) => {
+                        let mut keep = keep.to_vec();
+                        keep.extend([ctl_r.as_raw_fd(), rep_w.as_raw_fd()]);
+                        close_inherited(&keep);
+                        // The master blocks its signals (it reads them from a signalfd);
+                        // the host is an ordinary process.
+                        let _ = nix::sys::signal::pthread_sigmask(
+                            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                            Some(&nix::sys::signal::SigSet::empty()),
+                            None,
+                        );
+                        host_main(cfg, build, ctl_r, rep_w)
+                    }
                     // SAFETY: _exit is async-signal-safe and skips the parent's atexit
                     // handlers, which must not run twice.
                     _ => unsafe { libc::_exit(0) },
@@ -131,6 +151,25 @@ impl Role {
         let mut rep = std::fs::File::from(rep);
         let line = read_line(&mut rep, timeout + Duration::from_secs(5)).ok()?;
         serde_json::from_str(&line).ok()
+    }
+}
+
+/// Closes every descriptor above stderr except `keep`.
+fn close_inherited(keep: &[RawFd]) {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    // Collect first: the directory listing holds a descriptor of its own.
+    let fds: Vec<RawFd> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds {
+        if fd > 2 && !keep.contains(&fd) {
+            // SAFETY: this process owns no Rust object that would use these
+            // descriptors again: they were inherited from the master, whose objects
+            // are never used here (the host ends with _exit).
+            unsafe { libc::close(fd) };
+        }
     }
 }
 

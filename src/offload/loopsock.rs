@@ -419,9 +419,10 @@ impl Engine for LoopEngine {
             return Ok(());
         }
         let listener = bind(&self.cfg.socket)?;
+        let keep = [std::os::fd::AsRawFd::as_raw_fd(&listener)];
         let path = self.cfg.socket.clone();
         let registry = self.registry.clone();
-        self.role.start_host(&self.cfg, move |cfg| {
+        self.role.start_host(&self.cfg, &keep, move |cfg| {
             let counters = Arc::new(Counters::default());
             let server = start_server(listener, path, cfg, registry, counters)?;
             Ok(Box::new(move |timeout| server.stop(timeout)))

@@ -707,7 +707,7 @@ impl Engine for SpoolEngine {
 
     fn start_in_master(&self) -> Result<(), OffloadError> {
         let registry = self.registry.clone();
-        self.role.start_host(&self.cfg, move |cfg| {
+        self.role.start_host(&self.cfg, &[], move |cfg| {
             let counters = Arc::new(Counters::default());
             let engine = SpoolEngine::new(cfg, registry, counters)?;
             engine.start_runner()?;
