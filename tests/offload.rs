@@ -565,6 +565,24 @@ fn slowlog_answers_at_once_and_logs_every_request() {
     }
 }
 
+#[test]
+fn loop_host_killed_is_restarted_and_workers_reconnect() {
+    let dir = tmpdir("respawn");
+    let out = child("loop-respawn", &dir).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = std::fs::read_to_string(dir.join("done.txt")).unwrap();
+    let mut lines: Vec<&str> = done.lines().collect();
+    lines.sort();
+    let mut expected: Vec<String> = (0..20).map(|i| format!("t{i:02}")).collect();
+    expected.sort();
+    assert_eq!(lines, expected);
+}
+
 /// Sends one HTTP request and returns the response (read to the end: `Connection: close`).
 fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
@@ -779,6 +797,67 @@ fn child_entry() {
                     unsafe { libc::_exit(code) };
                 }
             }
+        }
+        "loop-respawn" => {
+            // A master starts the loop host and forks a worker that submits 10 tasks;
+            // the host is killed with SIGKILL; the master notices and starts a new one;
+            // the same worker submits 10 more, which the new host runs.
+            let off = Offload::new(config(Strategy::Loop, &dir), reg).unwrap();
+            off.start_in_master().unwrap();
+            let go = dir.join("go");
+            let count = |d: &Path| {
+                std::fs::read_to_string(d.join("done.txt"))
+                    .map(|t| t.lines().count())
+                    .unwrap_or(0)
+            };
+            // SAFETY: this child process runs one test on one thread; the forked
+            // worker only submits and exits with _exit.
+            let worker = match unsafe { nix::unistd::fork() }.unwrap() {
+                nix::unistd::ForkResult::Child => {
+                    off.after_fork_in_worker();
+                    let mut code = 0;
+                    for i in 0..10 {
+                        code |= off.submit(Task::new("mark", format!("t{i:02}"))).is_err() as i32;
+                    }
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    while !go.exists() && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    for i in 10..20 {
+                        if let Err(e) = off.submit(Task::new("mark", format!("t{i:02}"))) {
+                            eprintln!("worker: {e}");
+                            code = 1;
+                        }
+                    }
+                    off.shutdown(Duration::from_secs(5));
+                    // SAFETY: leave without running the parent's exit handlers.
+                    unsafe { libc::_exit(code) };
+                }
+                nix::unistd::ForkResult::Parent { child } => child,
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while count(&dir) < 10 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let host = off.host_pid().expect("host pid");
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(host as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !off.maintain_in_master().unwrap() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_ne!(off.host_pid(), Some(host), "a new host runs");
+            std::fs::write(&go, b"").unwrap();
+            let st = nix::sys::wait::waitpid(worker, None).unwrap();
+            assert!(
+                matches!(st, nix::sys::wait::WaitStatus::Exited(_, 0)),
+                "{st:?}"
+            );
+            let report = off.shutdown(Duration::from_secs(10));
+            println!("REPORT {}", serde_json::to_string(&report).unwrap());
         }
         other => panic!("unknown child mode {other}"),
     }

@@ -26,6 +26,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 struct Started {
     /// The master that forked the host (workers see a different pid).
     master: u32,
+    /// The host's pid, as it reported it.
+    host: u32,
     ctl: Option<OwnedFd>,
     report: Option<OwnedFd>,
 }
@@ -107,14 +109,15 @@ impl Role {
                 let _ = nix::sys::wait::waitpid(child, None);
                 let mut rep = std::fs::File::from(rep_r);
                 let line = read_line(&mut rep, READY_TIMEOUT)?;
-                if line != "ready" {
+                let Some(host) = line.strip_prefix("ready ").and_then(|p| p.parse().ok()) else {
                     return Err(OffloadError::Io(std::io::Error::other(format!(
                         "offload host did not start: {}",
                         if line.is_empty() { "no answer" } else { &line }
                     ))));
-                }
+                };
                 *g = Some(Started {
                     master: pid(),
+                    host,
                     ctl: Some(ctl_w),
                     report: Some(OwnedFd::from(rep)),
                 });
@@ -133,6 +136,37 @@ impl Role {
                 s.report = None;
             }
         }
+    }
+
+    /// The host's pid, in the master that started it.
+    pub fn host_pid(&self) -> Option<u32> {
+        let g = self.lock();
+        let s = g.as_ref()?;
+        (s.master == pid()).then_some(s.host)
+    }
+
+    /// In the master: whether the host it started has died (its report pipe reached
+    /// end of file without a stop request). If so, forgets it, so that `start_host`
+    /// starts a new one.
+    pub fn reap_dead_host(&self) -> bool {
+        let mut g = self.lock();
+        let Some(s) = g.as_ref() else { return false };
+        if s.master != pid() {
+            return false;
+        }
+        let Some(rep) = s.report.as_ref() else {
+            return false;
+        };
+        let mut fds = [PollFd::new(rep.as_fd(), PollFlags::POLLIN)];
+        let gone = matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0);
+        if gone {
+            eprintln!(
+                "forklift: offload host (pid {}) died; starting a new one",
+                s.host
+            );
+            *g = None;
+        }
+        gone
     }
 
     /// In the master: asks the host to drain (for at most `timeout`) and waits for its
@@ -216,7 +250,7 @@ where
     let mut rep = std::fs::File::from(rep);
     let stop = match build(cfg) {
         Ok(stop) => {
-            let _ = rep.write_all(b"ready\n");
+            let _ = writeln!(rep, "ready {}", pid());
             stop
         }
         Err(e) => {

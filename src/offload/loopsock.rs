@@ -196,6 +196,21 @@ async fn serve(
     }
     shared.stopping.store(true, Ordering::Release);
     let deadline = stop.borrow().unwrap_or_else(Instant::now);
+    // Clients that connected but were not accepted yet sent tasks too: take them all.
+    loop {
+        match listener.get_ref().accept() {
+            Ok((sock, _)) => {
+                if sock.set_nonblocking(true).is_err() {
+                    continue;
+                }
+                if let Ok(sock) = register(sock) {
+                    conns.spawn(connection(sock, shared.clone(), stop.clone()));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
     // Connections start what is already buffered, then end.
     while conns.join_next().await.is_some() {}
     // Wait for tasks in flight, until the deadline.
@@ -220,7 +235,8 @@ async fn connection(
     mut stop: watch::Receiver<Option<Instant>>,
 ) {
     let mut buf = vec![0u8; MAX_MSG + 1];
-    loop {
+    // A connection accepted while stopping goes straight to draining.
+    while !shared.stopping.load(Ordering::Acquire) {
         let permit = tokio::select! {
             p = shared.sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = stop.changed() => break,
@@ -431,6 +447,18 @@ impl Engine for LoopEngine {
 
     fn after_fork_in_worker(&self) {
         self.role.after_fork_in_worker();
+    }
+
+    fn maintain_in_master(&self) -> Result<bool, OffloadError> {
+        if self.role.reap_dead_host() {
+            self.start_in_master()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn host_pid(&self) -> Option<u32> {
+        self.role.host_pid()
     }
 
     fn shutdown(&self, timeout: Duration) -> DrainReport {

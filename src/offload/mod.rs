@@ -255,6 +255,14 @@ trait Engine: Send + Sync {
 
     fn after_fork_in_worker(&self) {}
 
+    fn maintain_in_master(&self) -> Result<bool, OffloadError> {
+        Ok(false)
+    }
+
+    fn host_pid(&self) -> Option<u32> {
+        None
+    }
+
     fn shutdown(&self, timeout: Duration) -> DrainReport;
 
     fn queue_depth(&self) -> u64;
@@ -391,6 +399,19 @@ impl Offload {
                 pid()
             );
         }
+    }
+
+    /// In the pre-fork master, from its supervision loop (every second, or on
+    /// SIGCHLD): restarts the offload host if it died (`loop`; the workers reconnect on
+    /// their next submit). Returns true when it restarted it. Tasks that were in the
+    /// dead host's memory are lost; that is what `spool` is for.
+    pub fn maintain_in_master(&self) -> Result<bool, OffloadError> {
+        self.inner.engine.maintain_in_master()
+    }
+
+    /// The offload host's pid, in the master that started it.
+    pub fn host_pid(&self) -> Option<u32> {
+        self.inner.engine.host_pid()
     }
 
     /// Stops accepting, drains non-durable queues for at most `timeout`, and reports.

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::exec::Executor;
-use super::host::Role;
 use super::{
     pid, Counters, DrainReport, Engine, OffloadConfig, OffloadError, Registry, SubmitError, Task,
     TaskError, TaskId, TaskPayload,
@@ -514,7 +513,6 @@ pub struct SpoolEngine {
     registry: Registry,
     counters: Arc<Counters>,
     local: Mutex<Local>,
-    role: Role,
     closing: AtomicBool,
     /// Submissions queued for the writer (for the queue depth).
     waiting: Arc<AtomicU64>,
@@ -533,7 +531,6 @@ impl SpoolEngine {
             registry,
             counters,
             local: Mutex::new(Local::default()),
-            role: Role::new(),
             closing: AtomicBool::new(false),
             waiting: Arc::new(AtomicU64::new(0)),
         })
@@ -661,12 +658,10 @@ impl Engine for SpoolEngine {
             if self.closing.load(Ordering::Acquire) {
                 return Err(SubmitError::ShuttingDown);
             }
-            if self.role.runs_here() {
-                self.start_runner().map_err(|e| match e {
-                    OffloadError::Spool(s) => SubmitError::Spool(s),
-                    other => SubmitError::Unavailable(std::io::Error::other(other.to_string())),
-                })?;
-            }
+            self.start_runner().map_err(|e| match e {
+                OffloadError::Spool(s) => SubmitError::Spool(s),
+                other => SubmitError::Unavailable(std::io::Error::other(other.to_string())),
+            })?;
             let writer = self.writer()?;
             let (ack, rx) = tokio::sync::oneshot::channel();
             let sub = Submission {
@@ -698,25 +693,11 @@ impl Engine for SpoolEngine {
         })
     }
 
+    /// Every process that serves runs a runner (claims are atomic, so runners in
+    /// several workers share the spool; a killed worker's tasks are reclaimed by the
+    /// others). A pre-fork master runs none: `start_in_master` is a no-op.
     fn start(&self) -> Result<(), OffloadError> {
-        if self.role.runs_here() {
-            self.start_runner()?;
-        }
-        Ok(())
-    }
-
-    fn start_in_master(&self) -> Result<(), OffloadError> {
-        let registry = self.registry.clone();
-        self.role.start_host(&self.cfg, &[], move |cfg| {
-            let counters = Arc::new(Counters::default());
-            let engine = SpoolEngine::new(cfg, registry, counters)?;
-            engine.start_runner()?;
-            Ok(Box::new(move |timeout| engine.shutdown(timeout)))
-        })
-    }
-
-    fn after_fork_in_worker(&self) {
-        self.role.after_fork_in_worker();
+        self.start_runner()
     }
 
     fn shutdown(&self, timeout: Duration) -> DrainReport {
@@ -733,10 +714,6 @@ impl Engine for SpoolEngine {
             if let Ok(rep) = r.join.join() {
                 report = rep;
             }
-        }
-        if let Some(host) = self.role.stop_host(timeout) {
-            report.drained += host.drained;
-            report.dropped += host.dropped;
         }
         report.left_in_spool = Spool::open(&self.cfg.spool_dir)
             .and_then(|s| s.pending())
@@ -777,7 +754,10 @@ impl Runner {
                 last_reclaim = Some(Instant::now());
             }
             let mut claimed_any = false;
-            if stop.is_none() && in_flight < self.max_in_flight {
+            // While draining, due tasks are still taken until the deadline: a graceful
+            // stop finishes what it can and leaves the rest for the next start.
+            let claiming = stop.is_none_or(|d| Instant::now() < d);
+            if claiming && in_flight < self.max_in_flight {
                 let limit = (self.max_in_flight - in_flight).min(CLAIM_BATCH);
                 let lease = now_ms() + self.cfg.lease.as_millis() as i64;
                 match self.spool.claim(&self.owner, lease, limit) {
@@ -809,7 +789,7 @@ impl Runner {
             // Wait for something to happen: a result, a local submission, or the poll.
             let wait = if claimed_any || !done.is_empty() {
                 Duration::ZERO
-            } else if stop.is_some() || in_flight >= self.max_in_flight {
+            } else if in_flight >= self.max_in_flight {
                 POLL
             } else {
                 let due = self
@@ -848,7 +828,7 @@ impl Runner {
             }
             done.clear();
             if let Some(deadline) = stop {
-                if in_flight == 0 || Instant::now() >= deadline {
+                if (in_flight == 0 && !claimed_any) || Instant::now() >= deadline {
                     // Tasks still running keep their lease; the next runner's reclaim
                     // (dead owner) resumes them.
                     return DrainReport {
