@@ -12,7 +12,7 @@
 //! Nothing here starts a thread or opens a connection until it is needed, and every
 //! per-process resource remembers the pid that created it, so an [`Offload`] built in a
 //! pre-fork master is safe to use in the workers. Call [`Offload::start_in_master`]
-//! before forking (it forks the offload host process for `loop` and `spool`) and
+//! before forking (for `loop` it forks the offload host process) and
 //! [`Offload::after_fork_in_worker`] in each worker; see docs/OFFLOAD.md.
 
 mod config;
@@ -382,8 +382,9 @@ impl Offload {
     }
 
     /// In a pre-fork master, before forking workers, while the master has no other
-    /// threads: `loop` and `spool` fork the offload host process here (the event-loop
-    /// worker serving every process, the spool runner). Idempotent.
+    /// threads: `loop` forks the offload host process here (the event-loop worker
+    /// serving every process). Other strategies start nothing in the master (spool
+    /// runners run in the workers). Idempotent.
     pub fn start_in_master(&self) -> Result<(), OffloadError> {
         self.inner.engine.start_in_master()
     }
@@ -415,7 +416,7 @@ impl Offload {
     }
 
     /// Stops accepting, drains non-durable queues for at most `timeout`, and reports.
-    /// In the master, for `loop` and `spool`, this also drains and stops the host.
+    /// In the master, for `loop`, this also drains and stops the host.
     pub fn shutdown(&self, timeout: Duration) -> DrainReport {
         self.inner.engine.shutdown(timeout)
     }
