@@ -32,7 +32,7 @@ mod thread;
 pub use config::{OffloadArgs, OffloadConfig, Strategy};
 pub use counters::{CounterSnapshot, Counters};
 pub use registry::{AsyncTaskFn, Registry, TaskFn};
-pub use slowlog::{count_records, SlowLog, SLOWLOG_TASK};
+pub use slowlog::{count_records, done_file, SlowLog, SLOWLOG_TASK};
 pub use spool::{DeadTask, Spool, SpoolError, SpoolStats};
 pub use spool_cli::{run_spool_cmd, SpoolArgs, SpoolCmd};
 

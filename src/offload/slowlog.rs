@@ -1,10 +1,10 @@
 //! `builtin:slowlog`: seed 000's `make_log` as an app. Each request hands a task to the
 //! offload engine (appending the request's first 1024 bytes to a log file, then
-//! `--task-seconds` of waiting) and is answered `Doobie Doo` at once, or after the work
-//! with `--offload inline`.
+//! `--task-seconds` of waiting, then a line to `LOG.done` saying it finished) and is
+//! answered `Doobie Doo` at once, or after the work with `--offload inline`.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
@@ -62,6 +62,7 @@ pub fn register_task(registry: &Registry, cfg: &OffloadConfig) {
             if !wait.is_zero() {
                 crate::rt::sleep(wait).await;
             }
+            append_line(&done_file(&path), format!("{}\n", p.id).as_bytes())?;
             Ok::<(), TaskError>(())
         })
     });
@@ -79,12 +80,25 @@ fn append_record(path: &Path, p: &TaskPayload) -> std::io::Result<()> {
         p.data.escape_ascii()
     );
     line.truncate(line.len().min(8 * LOGGED_BYTES));
-    // One write with O_APPEND: lines from several processes do not interleave.
+    append_line(path, line.as_bytes())
+}
+
+/// Appends with one `write` on an `O_APPEND` file: lines from several processes do not
+/// interleave.
+fn append_line(path: &Path, line: &[u8]) -> std::io::Result<()> {
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)?
-        .write_all(line.as_bytes())
+        .write_all(line)
+}
+
+/// Where slowlog's task records that it finished (after its wait): `LOG.done`, one
+/// line (the task id) per finished task. `count_records` on it counts finished tasks.
+pub fn done_file(log: &Path) -> PathBuf {
+    let mut name = log.as_os_str().to_owned();
+    name.push(".done");
+    PathBuf::from(name)
 }
 
 /// Counts the records in a slowlog file (0 if it does not exist).
