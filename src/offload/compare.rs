@@ -165,7 +165,10 @@ impl OffloadResult {
 }
 
 /// Measures every selected scenario with the forklift binary at `bin`.
-pub fn compare_offload(args: &CompareOffloadArgs, bin: &Path) -> Result<Vec<OffloadResult>, BenchError> {
+pub fn compare_offload(
+    args: &CompareOffloadArgs,
+    bin: &Path,
+) -> Result<Vec<OffloadResult>, BenchError> {
     if args.requests == 0 || args.concurrency == 0 {
         return Err(BenchError::Usage("-n and -c must be at least 1".into()));
     }
@@ -331,7 +334,10 @@ pub fn table(args: &CompareOffloadArgs, results: &[OffloadResult]) -> Comparison
                 seed: r.scenario.seed_rps,
                 ours: r.report.as_ref().map(|rep| rep.requests_per_second),
                 extra,
-                note: r.error.as_ref().map(|e| e.lines().next().unwrap_or("").to_string()),
+                note: r
+                    .error
+                    .as_ref()
+                    .map(|e| e.lines().next().unwrap_or("").to_string()),
             }
         })
         .collect();
@@ -344,7 +350,10 @@ pub fn table(args: &CompareOffloadArgs, results: &[OffloadResult]) -> Comparison
          (must be 0); dup = extra runs (at-least-once)."
             .to_string(),
     ];
-    if let Some(r) = results.iter().find(|r| r.scenario.name == "inline" && r.report.is_some()) {
+    if let Some(r) = results
+        .iter()
+        .find(|r| r.scenario.name == "inline" && r.report.is_some())
+    {
         notes.push(format!(
             "inline ran {} requests (each waits for its task); every other row ran {}.",
             r.requests, args.requests
@@ -382,7 +391,11 @@ pub fn table(args: &CompareOffloadArgs, results: &[OffloadResult]) -> Comparison
             notes.push(format!("{}: {e}", r.scenario.label));
         }
     }
-    let mode = if args.keepalive { "-k" } else { "--no-keepalive" };
+    let mode = if args.keepalive {
+        "-k"
+    } else {
+        "--no-keepalive"
+    };
     Comparison {
         title: "Seed 000: non-blocking request handling, requests per second".into(),
         setting: format!(
