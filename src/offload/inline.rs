@@ -1,6 +1,6 @@
 //! `inline`: the task runs before `submit` returns (the blocking baseline).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,14 +14,23 @@ pub struct InlineEngine {
     registry: Registry,
     counters: Arc<Counters>,
     seq: AtomicU64,
+    /// Helper threads running blocking tasks for callers on an event loop, at most `cap`.
+    helpers: Arc<AtomicUsize>,
+    cap: usize,
 }
 
 impl InlineEngine {
-    pub fn new(registry: Registry, counters: Arc<Counters>) -> InlineEngine {
+    pub fn new(
+        cfg: &super::OffloadConfig,
+        registry: Registry,
+        counters: Arc<Counters>,
+    ) -> InlineEngine {
         InlineEngine {
             registry,
             counters,
             seq: AtomicU64::new(0),
+            helpers: Arc::new(AtomicUsize::new(0)),
+            cap: cfg.queue,
         }
     }
 
@@ -52,6 +61,8 @@ impl Engine for InlineEngine {
         let p = self.payload(task);
         let registry = self.registry.clone();
         let counters = self.counters.clone();
+        let helpers = self.helpers.clone();
+        let cap = self.cap;
         Box::pin(async move {
             if !delay.is_zero() {
                 crate::rt::sleep(delay).await;
@@ -62,14 +73,22 @@ impl Engine for InlineEngine {
                 Some(TaskKind::Async(f)) => f(p.clone()).await.is_ok(),
                 _ => {
                     // A blocking task must not run on the event loop: give it a thread
-                    // and wait for it without blocking.
+                    // (at most `cap` at once) and wait for it without blocking.
+                    if helpers.fetch_add(1, Ordering::AcqRel) >= cap {
+                        helpers.fetch_sub(1, Ordering::AcqRel);
+                        Counters::dec(&counters.running);
+                        return Err(SubmitError::Full { capacity: cap });
+                    }
                     let (tx, rx) = tokio::sync::oneshot::channel();
+                    let h = helpers.clone();
                     let spawned = std::thread::Builder::new()
                         .name("forklift-inline".into())
                         .spawn(move || {
                             let _ = tx.send(run_guarded(&registry, &p).is_ok());
+                            h.fetch_sub(1, Ordering::AcqRel);
                         });
                     if let Err(e) = spawned {
+                        helpers.fetch_sub(1, Ordering::AcqRel);
                         counters.finished(false);
                         return Err(SubmitError::Unavailable(e));
                     }

@@ -297,6 +297,7 @@ impl Offload {
         let counters = Arc::new(Counters::default());
         let engine: Box<dyn Engine> = match config.strategy {
             Strategy::Inline => Box::new(inline::InlineEngine::new(
+                &config,
                 registry.clone(),
                 counters.clone(),
             )),

@@ -37,8 +37,6 @@ pub enum SpoolError {
     },
     #[error("spool database error: {0}")]
     Sql(#[from] rusqlite::Error),
-    #[error("spool is full ({0} tasks pending)")]
-    Full(u64),
     #[error("spool writer stopped")]
     WriterGone,
 }
