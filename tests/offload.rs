@@ -583,6 +583,28 @@ fn loop_host_killed_is_restarted_and_workers_reconnect() {
     assert_eq!(lines, expected);
 }
 
+#[test]
+fn loop_without_host_is_served_by_one_of_the_workers() {
+    // As with --lazy-apps: no start_in_master; each worker starts its engine after fork,
+    // one of them serves the socket, and when it exits another takes over.
+    let dir = tmpdir("lazy");
+    let out = child("loop-lazy", &dir).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = std::fs::read_to_string(dir.join("done.txt")).unwrap();
+    let mut lines: Vec<&str> = done.lines().collect();
+    lines.sort();
+    let mut expected: Vec<String> = (0..3)
+        .flat_map(|w| (0..30).map(move |i| format!("w{w}-{i:02}")))
+        .collect();
+    expected.sort();
+    assert_eq!(lines, expected);
+}
+
 /// Sends one HTTP request and returns the response (read to the end: `Connection: close`).
 fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
@@ -858,6 +880,38 @@ fn child_entry() {
             );
             let report = off.shutdown(Duration::from_secs(10));
             println!("REPORT {}", serde_json::to_string(&report).unwrap());
+        }
+        "loop-lazy" => {
+            let off = Offload::new(config(Strategy::Loop, &dir), reg).unwrap();
+            let mut kids = Vec::new();
+            for w in 0..3 {
+                // SAFETY: this child process runs one test on one thread; the forked
+                // worker only submits and exits with _exit.
+                match unsafe { nix::unistd::fork() }.unwrap() {
+                    nix::unistd::ForkResult::Child => {
+                        off.after_fork_in_worker();
+                        let mut code = 0;
+                        for i in 0..30 {
+                            if let Err(e) = off.submit(Task::new("mark", format!("w{w}-{i:02}"))) {
+                                eprintln!("worker {w}: {e}");
+                                code = 1;
+                            }
+                            std::thread::sleep(Duration::from_millis(w as u64));
+                        }
+                        off.shutdown(Duration::from_secs(5));
+                        // SAFETY: leave without running the parent's exit handlers.
+                        unsafe { libc::_exit(code) };
+                    }
+                    nix::unistd::ForkResult::Parent { child } => kids.push(child),
+                }
+            }
+            for k in kids {
+                let st = nix::sys::wait::waitpid(k, None).unwrap();
+                assert!(
+                    matches!(st, nix::sys::wait::WaitStatus::Exited(_, 0)),
+                    "{st:?}"
+                );
+            }
         }
         other => panic!("unknown child mode {other}"),
     }

@@ -30,6 +30,8 @@ use super::{
 const MAGIC: &[u8; 3] = b"FK1";
 const HEADER: usize = 3 + 4 + 8 + 1;
 const MAX_MSG: usize = HEADER + MAX_NAME + MAX_PAYLOAD;
+/// Reconnections one submit tries when its connection was refused or broken.
+const RECONNECTS: u64 = 5;
 
 /// Encodes a task as one message.
 pub fn encode(id: TaskId, task: &Task) -> Vec<u8> {
@@ -118,8 +120,7 @@ fn start_server(
             let report = exec
                 .handle()
                 .clone()
-                .block_on(serve(listener, registry, counters, cap, stop_rx));
-            let _ = std::fs::remove_file(&path);
+                .block_on(serve(listener, &path, registry, counters, cap, stop_rx));
             drop(exec);
             report
         })?;
@@ -150,6 +151,7 @@ struct Shared {
 /// them concurrently, and on stop drains what clients already sent.
 async fn serve(
     listener: Socket,
+    path: &Path,
     registry: Registry,
     counters: Arc<Counters>,
     cap: usize,
@@ -196,21 +198,31 @@ async fn serve(
     }
     shared.stopping.store(true, Ordering::Release);
     let deadline = stop.borrow().unwrap_or_else(Instant::now);
-    // Clients that connected but were not accepted yet sent tasks too: take them all.
-    loop {
-        match listener.get_ref().accept() {
-            Ok((sock, _)) => {
-                if sock.set_nonblocking(true).is_err() {
-                    continue;
+    // No new client finds this worker: a client whose send now fails reconnects and
+    // finds (or becomes) the next one.
+    let _ = std::fs::remove_file(path);
+    // Clients that connected but were not accepted yet sent tasks too: take them all
+    // (twice, a moment apart, for a connect that had looked the path up just before).
+    for round in 0..2 {
+        if round == 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        loop {
+            match listener.get_ref().accept() {
+                Ok((sock, _)) => {
+                    if sock.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    if let Ok(sock) = register(sock) {
+                        conns.spawn(connection(sock, shared.clone(), stop.clone()));
+                    }
                 }
-                if let Ok(sock) = register(sock) {
-                    conns.spawn(connection(sock, shared.clone(), stop.clone()));
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
         }
     }
+    drop(listener);
     // Connections start what is already buffered, then end.
     while conns.join_next().await.is_some() {}
     // Wait for tasks in flight, until the deadline.
@@ -250,7 +262,10 @@ async fn connection(
         }
         start_task(&shared, &buf[..n], permit);
     }
-    // Stopping: start whatever this client already sent, while the deadline allows.
+    // Stopping: refuse further sends (the client's next send fails and it reconnects
+    // elsewhere; what is queued stays readable), then start whatever this client
+    // already sent, while the deadline allows.
+    let _ = sock.get_ref().shutdown(std::net::Shutdown::Read);
     let deadline = stop.borrow().unwrap_or_else(Instant::now);
     loop {
         let n = match sock.get_ref().read(&mut buf) {
@@ -363,7 +378,12 @@ impl LoopEngine {
         if g.server.is_some() {
             return Ok(());
         }
-        let listener = bind(&self.cfg.socket)?;
+        let listener = match bind(&self.cfg.socket) {
+            Ok(l) => l,
+            // Another process of this server already serves the socket.
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
         g.server = Some(start_server(
             listener,
             self.cfg.socket.clone(),
@@ -405,9 +425,30 @@ impl Engine for LoopEngine {
         }
         let id = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let msg = encode(id, &task);
-        let mut fresh = false;
+        // A worker that is stopping refuses sends; the client then reconnects to the
+        // next one (or becomes it). A few attempts cover a hand-over in progress.
+        let mut attempt = 0;
         loop {
-            let sock = self.connection(fresh).map_err(SubmitError::Unavailable)?;
+            let fresh = attempt > 0;
+            if attempt > 1 {
+                std::thread::sleep(Duration::from_millis(attempt));
+            }
+            let sock = match self.connection(fresh) {
+                Ok(s) => s,
+                // Nobody serves the socket (the host, or the worker that served it, is
+                // gone): serve it from this process, or join whoever just did.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                    ) =>
+                {
+                    self.ensure_server()
+                        .map_err(|e| SubmitError::Unavailable(io::Error::other(e.to_string())))?;
+                    self.connection(true).map_err(SubmitError::Unavailable)?
+                }
+                Err(e) => return Err(SubmitError::Unavailable(e)),
+            };
             match sock.send_with_flags(&msg, libc::MSG_NOSIGNAL) {
                 Ok(_) => return Ok(id),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -416,8 +457,8 @@ impl Engine for LoopEngine {
                     })
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // The worker restarted or the connection broke: reconnect once.
-                Err(_) if !fresh => fresh = true,
+                // The worker stopped or restarted: reconnect.
+                Err(_) if attempt < RECONNECTS => attempt += 1,
                 Err(e) => return Err(SubmitError::Unavailable(e)),
             }
         }
@@ -450,11 +491,15 @@ impl Engine for LoopEngine {
     }
 
     fn maintain_in_master(&self) -> Result<bool, OffloadError> {
-        if self.role.reap_dead_host() {
-            self.start_in_master()?;
-            return Ok(true);
+        if !self.role.reap_dead_host() {
+            return Ok(false);
         }
-        Ok(false)
+        match self.start_in_master() {
+            Ok(()) => Ok(true),
+            // A worker noticed first and serves the socket itself.
+            Err(OffloadError::Io(e)) if e.kind() == io::ErrorKind::AddrInUse => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn host_pid(&self) -> Option<u32> {
