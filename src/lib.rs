@@ -14,6 +14,8 @@
 //! - [`offload`]: the offload engine: handlers hand slow work off (`Offload::submit`)
 //!   to a strategy (inline, loop, thread, pool, durable spool), tasks registered by
 //!   name, counters, draining, the spool CLI, and `builtin:slowlog`.
+//! - [`python`] (feature `python`): embedded CPython serving WSGI apps (PEP 3333), the
+//!   `forklift` Python module, fork and thread integration. The only module using pyo3.
 //! - [`cli`]: the command line and uWSGI-style ini files, validated into a
 //!   `ServerConfig`; the binary's `main` only calls [`cli::main`].
 
@@ -21,5 +23,7 @@ pub mod app;
 pub mod cli;
 pub mod http;
 pub mod offload;
+#[cfg(feature = "python")]
+pub mod python;
 pub mod rt;
 pub mod server;

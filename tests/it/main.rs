@@ -4,3 +4,5 @@ mod support;
 
 mod conformance;
 mod master;
+#[cfg(feature = "python")]
+mod python;
