@@ -682,6 +682,89 @@ fn slowlog_spool_behind_prefork_master() {
     slowlog_behind_master("spool");
 }
 
+/// The Python glue: `@forklift.task` functions run through the engine, `task.spool()`
+/// lands in the spool, `forklift.offload(func)` runs on the engine's pool.
+#[cfg(feature = "python")]
+#[test]
+fn python_tasks_spool_and_offload_through_the_engine() {
+    let dir = tmpdir("python");
+    let out = dir.join("notes.txt");
+    let app_file = dir.join("app.py");
+    std::fs::write(
+        &app_file,
+        format!(
+            r#"
+import forklift
+
+OUT = {out:?}
+
+@forklift.task(name="note")
+def note(text):
+    with open(OUT, "a") as f:
+        f.write(text + "\n")
+
+def application(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path == "/spool":
+        body = note.spool(text="spooled")
+    else:
+        forklift.offload(note, text="offloaded")
+        body = "queued"
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body.encode()]
+"#,
+            out = out.display().to_string()
+        ),
+    )
+    .unwrap();
+    let app = forklift::python::load_app(&forklift::python::PythonOptions {
+        wsgi_file: Some(app_file),
+        ..Default::default()
+    })
+    .unwrap();
+    let get = |path: &'static str| {
+        let mut req = request(b"");
+        req.method = Bytes::from_static(b"GET");
+        req.target = Bytes::from_static(path.as_bytes());
+        let resp = match app.call(req, &CallContext { may_block: true }) {
+            Reply::Ready(r) => r,
+            Reply::Later(f) => forklift::rt::block_on(f),
+        };
+        match resp.body {
+            forklift::app::Body::Full(b) => String::from_utf8_lossy(&b).into_owned(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let lines = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            if text.lines().count() >= n || Instant::now() > deadline {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+
+    let pool = Offload::new(config(Strategy::Pool, &dir), Registry::new()).unwrap();
+    let glue = forklift::offload::python::install(&pool);
+    assert!(glue.executor && !glue.spool_sink);
+    assert_eq!(glue.tasks, vec!["note".to_string()]);
+    assert_eq!(get("/offload"), "queued");
+    assert_eq!(lines(1), "offloaded\n");
+    assert!(pool.counters().completed >= 1, "ran on the engine's pool");
+
+    let spool = Offload::new(config(Strategy::Spool, &dir), Registry::new()).unwrap();
+    let glue = forklift::offload::python::install(&spool);
+    assert!(glue.spool_sink);
+    spool.start().unwrap();
+    let id: u64 = get("/spool").parse().unwrap();
+    assert!(id > 0);
+    assert_eq!(lines(2), "offloaded\nspooled\n");
+    spool.shutdown(Duration::from_secs(5));
+    pool.shutdown(Duration::from_secs(5));
+}
+
 /// Child process modes (run by the tests above through `support::child`); a no-op
 /// when run as an ordinary test.
 #[test]

@@ -23,6 +23,8 @@ mod host;
 mod inline;
 mod loopsock;
 mod pool;
+#[cfg(feature = "python")]
+pub mod python;
 mod registry;
 mod slowlog;
 pub mod spool;
