@@ -765,6 +765,32 @@ def application(environ, start_response):
     pool.shutdown(Duration::from_secs(5));
 }
 
+#[test]
+fn slowlog_defers_with_delay_and_refuses_a_bad_one() {
+    let dir = tmpdir("slowlog-delay");
+    let cfg = config(Strategy::Pool, &dir);
+    let done = forklift::offload::done_file(&cfg.slowlog_file);
+    let app = SlowLog::new(Offload::new(cfg, Registry::new()).unwrap());
+    let call = |target: &'static str| {
+        let mut req = request(b"");
+        req.target = Bytes::from_static(target.as_bytes());
+        match app.call(req, &CallContext { may_block: true }) {
+            Reply::Ready(r) => r.status,
+            Reply::Later(f) => forklift::rt::block_on(f).status,
+        }
+    };
+    assert_eq!(call("/?delay=soon"), 400);
+    assert_eq!(call("/?delay=-1"), 400);
+    let t0 = Instant::now();
+    assert_eq!(call("/?delay=0.3"), 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while forklift::offload::count_records(&done) < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(t0.elapsed() >= Duration::from_millis(300), "the task waited for its delay");
+    app.shutdown();
+}
+
 /// Child process modes (run by the tests above through `support::child`); a no-op
 /// when run as an ordinary test.
 #[test]

@@ -2,15 +2,18 @@
 //! offload engine (appending the request's first 1024 bytes to a log file, then
 //! `--task-seconds` of waiting, then a line to `LOG.done` saying it finished) and is
 //! answered `Doobie Doo` at once, or after the work with `--offload inline`.
+//! `?delay=S` defers the task by S seconds (seed 001's `call_later(5, read)`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::{
     Offload, OffloadConfig, Registry, Strategy, SubmitError, Task, TaskError, TaskPayload,
+    MAX_DELAY,
 };
 use crate::app::{CallContext, Handler, Reply, Request, Response};
 
@@ -147,7 +150,21 @@ fn answer(r: Result<u64, SubmitError>) -> Response {
 impl Handler for SlowLog {
     fn call(&self, req: Request, cx: &CallContext) -> Reply {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let task = Task::new(SLOWLOG_TASK, raw_prefix(&req));
+        let mut task = Task::new(SLOWLOG_TASK, raw_prefix(&req));
+        // `?delay=S` defers the task (seed 001's `call_later(5, read)`).
+        if let Some(d) = req.query_param("delay") {
+            match d.parse::<f64>() {
+                Ok(s) if s.is_finite() && (0.0..=MAX_DELAY.as_secs_f64()).contains(&s) => {
+                    task = task.after(Duration::from_secs_f64(s));
+                }
+                _ => {
+                    return Reply::Ready(Response::text(
+                        400,
+                        format!("bad delay {d:?}: expected seconds up to a day, e.g. ?delay=5\n"),
+                    ))
+                }
+            }
+        }
         let waits = matches!(
             self.offload.config().strategy,
             Strategy::Inline | Strategy::Spool

@@ -65,7 +65,6 @@ impl Engine for ThreadEngine {
         let live = self.live.clone();
         let spawned = std::thread::Builder::new()
             .name("forklift-task".into())
-            .stack_size(256 * 1024)
             .spawn(move || {
                 if !delay.is_zero() {
                     std::thread::sleep(delay);
