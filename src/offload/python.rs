@@ -2,7 +2,7 @@
 //! functions become registered tasks, `task.spool()` goes to the spool, and
 //! `forklift.offload(func)` runs on the engine's threads (for `pool`, `thread` and
 //! `inline`; closures cannot cross processes, so under `loop` and `spool` it keeps the
-//! module's own small pool).
+//! module's own small pool). Python tasks are not available under `loop`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +32,15 @@ pub struct PythonGlue {
 /// master before fork for preloaded apps, in each worker for lazy apps.
 pub fn install(offload: &Offload) -> PythonGlue {
     let mut glue = PythonGlue::default();
-    for name in python::task_names() {
+    // Under `loop` tasks run in the offload host, a process forked from the master
+    // that never went through the interpreter's after-fork hooks: Python must not run
+    // there, so Python tasks are not registered (submitting one is `UnknownTask`).
+    let names = if offload.config().strategy == Strategy::Loop {
+        Vec::new()
+    } else {
+        python::task_names()
+    };
+    for name in names {
         let task = name.clone();
         offload.registry().register(name.clone(), move |p| {
             let json = std::str::from_utf8(&p.data)
