@@ -206,6 +206,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn flattens_into_serve_without_clashes() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            serve: crate::cli::ServeArgs,
+            #[command(flatten)]
+            offload: OffloadArgs,
+        }
+        Serve::command().debug_assert();
+    }
+
+    #[test]
     fn validates_and_backs_off() {
         let mut a = OffloadArgs {
             task_backoff: 0.5,
