@@ -682,6 +682,13 @@ fn slowlog_spool_behind_prefork_master() {
     slowlog_behind_master("spool");
 }
 
+#[test]
+fn slowlog_pool_thread_inline_behind_prefork_master() {
+    for strategy in ["pool", "thread", "inline"] {
+        slowlog_behind_master(strategy);
+    }
+}
+
 /// The Python glue: `@forklift.task` functions run through the engine, `task.spool()`
 /// lands in the spool, `forklift.offload(func)` runs on the engine's pool.
 #[cfg(feature = "python")]
@@ -904,6 +911,9 @@ fn child_entry() {
                 nix::unistd::ForkResult::Child => {
                     let strategy = match std::env::var("FORKLIFT_OFFLOAD_STRATEGY").as_deref() {
                         Ok("spool") => Strategy::Spool,
+                        Ok("pool") => Strategy::Pool,
+                        Ok("thread") => Strategy::Thread,
+                        Ok("inline") => Strategy::Inline,
                         _ => Strategy::Loop,
                     };
                     let off = Offload::new(config(strategy, &dir), Registry::new()).unwrap();
