@@ -794,7 +794,10 @@ fn slowlog_defers_with_delay_and_refuses_a_bad_one() {
     while forklift::offload::count_records(&done) < 1 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(t0.elapsed() >= Duration::from_millis(300), "the task waited for its delay");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(300),
+        "the task waited for its delay"
+    );
     app.shutdown();
 }
 
@@ -892,6 +895,16 @@ fn child_entry() {
                     matches!(st, nix::sys::wait::WaitStatus::Exited(_, 0)),
                     "{st:?}"
                 );
+            }
+            // The master reads the host's counters over the socket.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let c = off.executor_counters().expect("host answers");
+                if c.completed == 100 || Instant::now() > deadline {
+                    assert_eq!((c.completed, c.failed), (100, 0), "{c:?}");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
             }
             let report = off.shutdown(Duration::from_secs(10));
             println!("REPORT {}", serde_json::to_string(&report).unwrap());

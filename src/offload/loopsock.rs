@@ -28,6 +28,8 @@ use super::{
 };
 
 const MAGIC: &[u8; 3] = b"FK1";
+/// A request for the worker's counters (answered with a JSON `CounterSnapshot`).
+const STATS: &[u8; 3] = b"FKS";
 const HEADER: usize = 3 + 4 + 8 + 1;
 const MAX_MSG: usize = HEADER + MAX_NAME + MAX_PAYLOAD;
 /// Reconnections one submit tries when its connection was refused or broken.
@@ -145,6 +147,7 @@ struct Shared {
     drained: AtomicU64,
     /// Tasks already sent by clients that the drain could not start before the deadline.
     lost: AtomicU64,
+    cap: usize,
 }
 
 /// The worker: accepts clients, reads tasks while fewer than `cap` are in flight, runs
@@ -171,6 +174,7 @@ async fn serve(
         stopping: AtomicBool::new(false),
         drained: AtomicU64::new(0),
         lost: AtomicU64::new(0),
+        cap,
     });
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -259,6 +263,15 @@ async fn connection(
         };
         if n == 0 {
             return;
+        }
+        if &buf[..n] == STATS {
+            drop(permit);
+            let in_flight = (shared.cap - shared.sem.available_permits()) as u64;
+            let running = shared.counters.running.load(Ordering::Relaxed);
+            let snap = shared.counters.snapshot(in_flight.saturating_sub(running));
+            let json = serde_json::to_vec(&snap).unwrap_or_default();
+            let _ = sock.get_ref().send(&json);
+            continue;
         }
         start_task(&shared, &buf[..n], permit);
     }
@@ -504,6 +517,16 @@ impl Engine for LoopEngine {
 
     fn host_pid(&self) -> Option<u32> {
         self.role.host_pid()
+    }
+
+    fn executor_counters(&self) -> Option<super::CounterSnapshot> {
+        let sock = Socket::new(Domain::UNIX, Type::SEQPACKET, None).ok()?;
+        sock.connect(&SockAddr::unix(&self.cfg.socket).ok()?).ok()?;
+        sock.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        sock.send_with_flags(STATS, libc::MSG_NOSIGNAL).ok()?;
+        let mut buf = vec![0u8; 4096];
+        let n = (&sock).read(&mut buf).ok()?;
+        serde_json::from_slice(&buf[..n]).ok()
     }
 
     fn shutdown(&self, timeout: Duration) -> DrainReport {

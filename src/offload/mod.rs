@@ -265,6 +265,10 @@ trait Engine: Send + Sync {
         None
     }
 
+    fn executor_counters(&self) -> Option<CounterSnapshot> {
+        None
+    }
+
     fn shutdown(&self, timeout: Duration) -> DrainReport;
 
     fn queue_depth(&self) -> u64;
@@ -429,6 +433,14 @@ impl Offload {
         self.inner
             .counters
             .snapshot(self.inner.engine.queue_depth())
+    }
+
+    /// Counters of the process that runs this process's tasks, when that is another
+    /// one: the `loop` worker (asked over its socket, waiting at most a second).
+    /// `None` for the other strategies (see [`Offload::counters`]) or when the worker
+    /// does not answer.
+    pub fn executor_counters(&self) -> Option<CounterSnapshot> {
+        self.inner.engine.executor_counters()
     }
 
     pub fn config(&self) -> &OffloadConfig {
