@@ -221,6 +221,17 @@ impl Spool {
         limit: usize,
     ) -> Result<Vec<Claimed>, SpoolError> {
         let now = now_ms();
+        // A read first: idle runners (one per worker) must not take the write lock
+        // every poll and slow down submissions.
+        let due: bool = self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM tasks WHERE owner IS NULL AND run_at <= ?1)",
+            )?
+            .query_row([now], |r| r.get(0))?;
+        if !due {
+            return Ok(Vec::new());
+        }
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
