@@ -40,6 +40,9 @@ pub struct CompareOffloadArgs {
     /// --offload-workers for the server (pool threads; blocking tasks of loop/spool)
     #[arg(long, default_value_t = 100)]
     pub offload_workers: usize,
+    /// Extra argument for every `forklift serve` (repeatable, e.g. --serve-arg=--threads=8)
+    #[arg(long = "serve-arg", allow_hyphen_values = true)]
+    pub serve_args: Vec<String>,
     /// Keep connections alive (seed 000's ab used a connection per request)
     #[arg(short = 'k', long)]
     pub keepalive: bool,
@@ -72,6 +75,7 @@ impl CompareOffloadArgs {
             model: "epoll".into(),
             processes: 1,
             offload_workers: 100,
+            serve_args: Vec::new(),
             keepalive: false,
             finish_timeout: 300.0,
             out: PathBuf::from("forklift-compare"),
@@ -261,13 +265,14 @@ fn run_scenario(args: &CompareOffloadArgs, bin: &Path, work: &Path, sc: Scenario
         serve_args,
     };
     let startup = Duration::from_secs_f64(args.startup_timeout);
-    let mut server = match ServerProcess::spawn(bin, "builtin:slowlog", &spec, startup) {
-        Ok(s) => s,
-        Err(e) => {
-            result.error = Some(e.to_string());
-            return result;
-        }
-    };
+    let mut server =
+        match ServerProcess::spawn(bin, "builtin:slowlog", &spec, &args.serve_args, startup) {
+            Ok(s) => s,
+            Err(e) => {
+                result.error = Some(e.to_string());
+                return result;
+            }
+        };
     let url = format!("http://{}/", server.addr);
     let mut cfg = BenchConfig::new(&url, requests, args.concurrency);
     cfg.keep_alive = args.keepalive;
