@@ -177,9 +177,11 @@ pub fn compare_offload(
         return Err(BenchError::Usage("-n and -c must be at least 1".into()));
     }
     let positive = |v: f64| v.is_finite() && v > 0.0;
-    if !(positive(args.startup_timeout) && positive(args.finish_timeout))
-        || !(args.task_seconds.is_finite() && args.task_seconds >= 0.0)
-    {
+    let valid = positive(args.startup_timeout)
+        && positive(args.finish_timeout)
+        && args.task_seconds.is_finite()
+        && args.task_seconds >= 0.0;
+    if !valid {
         return Err(BenchError::Usage(
             "--task-seconds, --finish-timeout and --startup-timeout must be positive".into(),
         ));
