@@ -22,15 +22,36 @@ use forklift::offload::{
 mod support {
     use super::*;
 
-    /// A fresh directory for one test.
-    pub fn tmpdir(name: &str) -> PathBuf {
+    /// A fresh directory for one test, removed when dropped.
+    pub struct TmpDir(PathBuf);
+
+    impl std::ops::Deref for TmpDir {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl AsRef<Path> for TmpDir {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TmpDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    pub fn tmpdir(name: &str) -> TmpDir {
         let d = std::env::temp_dir().join(format!(
             "forklift-offload-test-{}-{name}",
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
-        d
+        TmpDir(d)
     }
 
     pub fn config(strategy: Strategy, dir: &Path) -> OffloadConfig {
@@ -162,7 +183,6 @@ fn runs_everything_submitted(strategy: Strategy) {
         off.submit(Task::new("record", "late")),
         Err(SubmitError::ShuttingDown) | Err(SubmitError::Unavailable(_)) | Ok(_)
     ));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -258,7 +278,6 @@ fn full_queue_is_rejected(strategy: Strategy, queue: usize, tries: usize) {
     assert!(off.counters().rejected >= 1);
     release(&gate);
     off.shutdown(Duration::from_secs(10));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -304,7 +323,6 @@ fn delays_are_honoured() {
             later.1 - t0
         );
         off.shutdown(Duration::from_secs(5));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
