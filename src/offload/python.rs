@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::{Offload, Strategy, Task, TaskError};
 use crate::python::{self, OffloadExecutor, SpoolSink};
@@ -86,9 +87,9 @@ pub fn install(offload: &Offload) -> PythonGlue {
 struct Sink(Offload);
 
 impl SpoolSink for Sink {
-    fn spool(&self, task: &str, payload_json: &str) -> Result<String, String> {
+    fn spool(&self, task: &str, payload_json: &str, delay: Duration) -> Result<String, String> {
         self.0
-            .submit(Task::new(task, payload_json.as_bytes().to_vec()))
+            .submit(Task::new(task, payload_json.as_bytes().to_vec()).after(delay))
             .map(|id| id.to_string())
             .map_err(|e| e.to_string())
     }
