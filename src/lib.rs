@@ -11,6 +11,9 @@
 //!   `tokio_model` for `async`), the pre-fork `master`, signals and the access log.
 //! - [`rt`]: runtime pieces shared by every model: `block_on`, the process-wide timer
 //!   (`sleep`), and the `Shutdown` signal.
+//! - [`offload`]: the offload engine: handlers hand slow work off (`Offload::submit`)
+//!   to a strategy (inline, loop, thread, pool, durable spool), tasks registered by
+//!   name, counters, draining, the spool CLI, and `builtin:slowlog`.
 //! - [`python`] (feature `python`): embedded CPython serving WSGI apps (PEP 3333), the
 //!   `forklift` Python module, fork and thread integration. The only module using pyo3.
 //! - [`cli`]: the command line and uWSGI-style ini files, validated into a
@@ -22,6 +25,7 @@ pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod http;
+pub mod offload;
 #[cfg(feature = "python")]
 pub mod python;
 pub mod rt;
