@@ -5,5 +5,6 @@ mod support;
 mod bench;
 mod conformance;
 mod master;
+mod offload;
 #[cfg(feature = "python")]
 mod python;
