@@ -8,7 +8,7 @@ use std::io;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -106,6 +106,14 @@ async fn serve_conn(mut stream: TcpStream, env: &Env, cores: &Semaphore) -> io::
     let call = CallContext { may_block: false };
     let no = || false;
     let mut permit = None;
+    let limit = env.config.timeouts.http;
+    // One timer and one shutdown waiter per connection, not per read: the timer is
+    // pushed back lazily, only when it fires before the connection went quiet.
+    let mut last_input = Instant::now();
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    let shutdown = env.shutdown.wait();
+    tokio::pin!(shutdown);
     loop {
         if permit.is_none() && !conn.inbuf.is_empty() {
             permit = Some(cores.acquire().await.expect("semaphore open"));
@@ -127,31 +135,34 @@ async fn serve_conn(mut stream: TcpStream, env: &Env, cores: &Semaphore) -> io::
             }
             Step::Pending => unreachable!("pending is awaited above"),
             Step::Read => {
-                if conn.is_idle() {
+                let idle = conn.is_idle();
+                if idle {
                     // Between requests: give the permit back and honour shutdown.
                     permit = None;
                     if env.shutdown.is_triggered() {
                         return Ok(());
                     }
                 }
-                let idle = conn.is_idle();
-                let read = tokio::select! {
-                    r = tokio::time::timeout(env.config.timeouts.http, read_some(&stream, &mut conn)) => r,
-                    _ = env.shutdown.wait(), if idle => return Ok(()),
-                };
-                match read {
-                    Ok(Ok(0)) => {
-                        conn.read_closed();
-                        return Ok(());
-                    }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(e),
-                    Err(_elapsed) => {
-                        if conn.is_idle() {
+                tokio::select! {
+                    r = read_some(&stream, &mut conn) => match r? {
+                        0 => {
+                            conn.read_closed();
                             return Ok(());
                         }
-                        conn.timeout();
+                        _ => last_input = Instant::now(),
+                    },
+                    () = &mut deadline => {
+                        if last_input.elapsed() < limit {
+                            deadline.as_mut().reset((last_input + limit).into());
+                        } else if conn.is_idle() {
+                            return Ok(());
+                        } else {
+                            conn.timeout();
+                            last_input = Instant::now();
+                            deadline.as_mut().reset((last_input + limit).into());
+                        }
                     }
+                    () = &mut shutdown, if idle => return Ok(()),
                 }
             }
         }
