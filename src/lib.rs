@@ -11,11 +11,15 @@
 //!   `tokio_model` for `async`), the pre-fork `master`, signals and the access log.
 //! - [`rt`]: runtime pieces shared by every model: `block_on`, the process-wide timer
 //!   (`sleep`), and the `Shutdown` signal.
+//! - [`fanout`]: concurrent calls to backend services from any handler (seed 002): the
+//!   per-process outbound HTTP client (own runtime thread, pooled connections, DNS cache,
+//!   timeouts, bounded calls in flight) and `builtin:fanout`.
 //! - [`cli`]: the command line and uWSGI-style ini files, validated into a
 //!   `ServerConfig`; the binary's `main` only calls [`cli::main`].
 
 pub mod app;
 pub mod cli;
+pub mod fanout;
 pub mod http;
 pub mod rt;
 pub mod server;
