@@ -223,7 +223,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             p.urls,
-            ["http://localhost:9/wait?duration=1", "http://localhost:9/wait?duration=0.5"]
+            [
+                "http://localhost:9/wait?duration=1",
+                "http://localhost:9/wait?duration=0.5"
+            ]
         );
         assert_eq!(p.mode, Mode::Sequential);
         assert_eq!(p.timeout, Duration::from_secs(2));

@@ -433,11 +433,7 @@ async fn run_one(
         Err(e) => Err(e),
         Ok(http_req) => {
             let work = async {
-                let _slot = inner
-                    .in_flight
-                    .acquire()
-                    .await
-                    .map_err(|_| lost())?;
+                let _slot = inner.in_flight.acquire().await.map_err(|_| lost())?;
                 let resp = inner.http.request(http_req).await.map_err(classify)?;
                 let (parts, body) = resp.into_parts();
                 let body = Limited::new(body, inner.config.max_response_body)
@@ -490,7 +486,10 @@ fn build_request(req: FetchRequest) -> Result<http::Request<Full<Bytes>>, FetchE
         }
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err(FetchError::InvalidRequest(format!("URL {:?} has no host", req.url)));
+        return Err(FetchError::InvalidRequest(format!(
+            "URL {:?} has no host",
+            req.url
+        )));
     }
     let method = http::Method::from_bytes(req.method.as_bytes())
         .map_err(|_| FetchError::InvalidRequest(format!("method {:?}", req.method)))?;
@@ -612,11 +611,15 @@ impl<T> Future for Pending<T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
         match &mut self.state {
-            PendingState::Ready(v) => Poll::Ready(v.take().expect("Pending polled after completion")),
+            PendingState::Ready(v) => {
+                Poll::Ready(v.take().expect("Pending polled after completion"))
+            }
             PendingState::Waiting { rx, on_lost } => match Pin::new(rx).poll(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Ok(v)) => Poll::Ready(v),
-                Poll::Ready(Err(_)) => Poll::Ready(on_lost.take().expect("Pending polled after completion")()),
+                Poll::Ready(Err(_)) => {
+                    Poll::Ready(on_lost.take().expect("Pending polled after completion")())
+                }
             },
         }
     }

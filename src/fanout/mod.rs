@@ -53,7 +53,9 @@ static CONFIG: Mutex<Option<ClientConfig>> = Mutex::new(None);
 /// Errors of the module-level setup.
 #[derive(Debug, thiserror::Error)]
 pub enum FanoutError {
-    #[error("the fan-out client of this process is already running; configure it before the first call")]
+    #[error(
+        "the fan-out client of this process is already running; configure it before the first call"
+    )]
     AlreadyStarted,
 }
 
