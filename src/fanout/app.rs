@@ -134,6 +134,12 @@ impl Handler for FanoutApp {
         };
         Reply::Later(Box::pin(run(plan)))
     }
+
+    /// Starts this worker's client now rather than on the first request (the client is
+    /// per process, so this is the earliest safe moment).
+    fn after_fork(&self) {
+        let _ = client();
+    }
 }
 
 /// Makes the calls of `plan` and builds the answer: 200 with seed 002's sentence, or 502

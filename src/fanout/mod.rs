@@ -31,6 +31,7 @@
 mod app;
 mod client;
 pub mod dns;
+pub mod overhead;
 
 pub use app::FanoutApp;
 pub use client::{

@@ -391,3 +391,16 @@ fn builtin_fanout_under_async() {
 fn builtin_fanout_in_forked_workers() {
     fanout_under("epoll", &["--processes", "2"]);
 }
+
+#[test]
+fn client_overhead_measures_every_way() {
+    let backend = Server::start(&["builtin:hello", "--model", "epoll"]);
+    let url = format!("http://{}/", backend.addr);
+    let runs = forklift::fanout::overhead::client_overhead(&url, 50, 10).unwrap();
+    assert_eq!(runs.len(), 3);
+    for r in &runs {
+        assert_eq!(r.errors, 0, "{}", r.to_line());
+        assert_eq!(r.calls, 50);
+        assert!(r.to_line().contains("calls"));
+    }
+}
