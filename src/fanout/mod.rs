@@ -26,14 +26,45 @@
 //! }
 //! ```
 //!
+//! In a native handler, hand the batch back as [`crate::app::Reply::Later`]: the blocking
+//! models wait for it on their thread, the event-loop models keep serving meanwhile.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use forklift::app::{CallContext, Handler, Reply, Request, Response};
+//! use forklift::fanout::{client, FetchRequest};
+//!
+//! struct Profile;
+//!
+//! impl Handler for Profile {
+//!     fn call(&self, _req: Request, _cx: &CallContext) -> Reply {
+//!         let calls = vec![
+//!             FetchRequest::get("http://session.internal:8001/current"),
+//!             FetchRequest::get("http://user.internal:8002/me"),
+//!         ];
+//!         let batch = client().fetch_all(calls, Duration::from_millis(800));
+//!         Reply::Later(Box::pin(async move {
+//!             let parts: Vec<String> = batch
+//!                 .await
+//!                 .into_iter()
+//!                 .map(|r| r.map_or_else(|e| format!("error: {e}"), |resp| resp.text()))
+//!                 .collect();
+//!             Response::text(200, parts.join("\n"))
+//!         }))
+//!     }
+//! }
+//! ```
+//!
 //! The built-in app `builtin:fanout` ([`FanoutApp`]) is seed 002's demo app, natively.
 
 mod app;
+mod args;
 mod client;
 pub mod dns;
 pub mod overhead;
 
 pub use app::FanoutApp;
+pub use args::FanoutArgs;
 pub use client::{
     Client, ClientConfig, ClientStats, Fetch, FetchAll, FetchError, FetchRequest, FetchResponse,
     Pending,
