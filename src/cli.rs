@@ -181,8 +181,9 @@ pub enum CliError {
     Master(#[from] server::master::MasterError),
 }
 
-/// Runs the command line; returns the exit code.
-pub fn main(args: Vec<OsString>) -> i32 {
+/// Runs the command line; returns the exit code. `virtual_env` is the value of
+/// `$VIRTUAL_ENV` (an activated virtualenv is used for WSGI apps).
+pub fn main(args: Vec<OsString>, virtual_env: Option<PathBuf>) -> i32 {
     let args = match expand_ini(args) {
         Ok(a) => a,
         Err(e) => {
@@ -199,7 +200,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
     };
     let result = match cli.command {
-        Command::Serve(a) => serve(a),
+        Command::Serve(a) => serve(a, virtual_env),
     };
     match result {
         Ok(code) => code,
@@ -312,8 +313,13 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
     })
 }
 
-/// Loads the app named on the command line.
-fn load_app(a: &ServeArgs, _config: &ServerConfig) -> Result<App, CliError> {
+/// Loads the app named on the command line. `virtual_env` is `$VIRTUAL_ENV`, used when
+/// `--virtualenv` is not given.
+fn load_app(
+    a: &ServeArgs,
+    config: &ServerConfig,
+    virtual_env: Option<&PathBuf>,
+) -> Result<App, CliError> {
     if let Some(spec) = &a.app {
         let name = spec.strip_prefix("builtin:").ok_or_else(|| {
             CliError::Usage(format!(
@@ -323,12 +329,37 @@ fn load_app(a: &ServeArgs, _config: &ServerConfig) -> Result<App, CliError> {
         })?;
         return builtin::by_name(name).map_err(CliError::App);
     }
-    Err(CliError::App(
-        "this build of forklift has no Python support (rebuild with the `python` feature)".into(),
-    ))
+    #[cfg(feature = "python")]
+    {
+        let opts = crate::python::PythonOptions {
+            wsgi_file: a.wsgi_file.clone(),
+            module: a.module.clone(),
+            callable: a.callable.clone(),
+            pythonpath: a.pythonpath.clone(),
+            // `serve` has already changed directory.
+            chdir: None,
+            virtualenv: a.virtualenv.clone().or_else(|| virtual_env.cloned()),
+            pool_threads: config.threads,
+            multithread: match config.model {
+                Model::Linear => false,
+                Model::Threads | Model::Epoll => config.threads > 1,
+                Model::Async => config.threads > 1 || config.cores > 1,
+            },
+            multiprocess: config.processes > 1,
+        };
+        crate::python::load_app(&opts).map_err(|e| CliError::App(e.to_string()))
+    }
+    #[cfg(not(feature = "python"))]
+    {
+        let _ = (config, virtual_env);
+        Err(CliError::App(
+            "this build of forklift has no Python support (rebuild with the `python` feature)"
+                .into(),
+        ))
+    }
 }
 
-fn serve(a: ServeArgs) -> Result<i32, CliError> {
+fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
     let plan = plan(&a)?;
     let config = plan.config;
     if let Some(dir) = &a.chdir {
@@ -343,7 +374,20 @@ fn serve(a: ServeArgs) -> Result<i32, CliError> {
     };
     // Load (and so validate) the app before opening the socket or forking, so a bad app
     // is a one-line error and exit code 1.
-    let app = load_app(&a, &config)?;
+    let virtual_env = virtual_env.filter(|p| !p.as_os_str().is_empty());
+    let lazy = a.lazy_apps && config.master;
+    let app = if lazy {
+        // Loaded in each worker; still refuse a missing file before forking.
+        if let Some(f) = a.wsgi_file.as_ref().filter(|f| !f.exists()) {
+            return Err(CliError::App(format!(
+                "wsgi-file {} not found",
+                f.display()
+            )));
+        }
+        None
+    } else {
+        Some(load_app(&a, &config, virtual_env.as_ref())?)
+    };
     let listener = listen::bind(plan.addr, config.backlog)?;
     let local = listener.local_addr()?;
     log.line(&format!(
@@ -357,19 +401,20 @@ fn serve(a: ServeArgs) -> Result<i32, CliError> {
         std::process::id()
     ));
     if config.master {
-        let source = if a.lazy_apps {
+        let source = if lazy {
             let a2 = a.clone();
             let c2 = config.clone();
             server::master::AppSource::Lazy(Box::new(move || {
-                load_app(&a2, &c2).map_err(|e| e.to_string())
+                load_app(&a2, &c2, virtual_env.as_ref()).map_err(|e| e.to_string())
             }))
         } else {
-            server::master::AppSource::Preloaded(app)
+            server::master::AppSource::Preloaded(app.expect("loaded unless lazy"))
         };
         return Ok(server::master::run(listener, source, config, log)?);
     }
     let shutdown = crate::rt::Shutdown::new();
     let _signals = server::signals::watch(&shutdown, false)?;
+    let app = app.expect("loaded unless lazy");
     server::run_worker(listener, app, config, log.clone(), shutdown)?;
     log.line("forklift: stopped");
     Ok(0)

@@ -14,6 +14,8 @@
 //! - [`fanout`]: concurrent calls to backend services from any handler (seed 002): the
 //!   per-process outbound HTTP client (own runtime thread, pooled connections, DNS cache,
 //!   timeouts, bounded calls in flight) and `builtin:fanout`.
+//! - [`python`] (feature `python`): embedded CPython serving WSGI apps (PEP 3333), the
+//!   `forklift` Python module, fork and thread integration. The only module using pyo3.
 //! - [`cli`]: the command line and uWSGI-style ini files, validated into a
 //!   `ServerConfig`; the binary's `main` only calls [`cli::main`].
 
@@ -21,5 +23,7 @@ pub mod app;
 pub mod cli;
 pub mod fanout;
 pub mod http;
+#[cfg(feature = "python")]
+pub mod python;
 pub mod rt;
 pub mod server;

@@ -4,6 +4,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown as NetShutdown, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::task::{Context, Wake, Waker};
 use std::thread::{self, Thread};
@@ -28,75 +29,128 @@ impl Wake for Unpark {
     }
 }
 
-/// Serves one connection to the end. `prefer_close` says whether other clients are
-/// waiting for this thread (then keep-alive is not offered, and an idle connection is
-/// let go).
-pub fn serve(stream: TcpStream, env: &Env, prefer_close: &dyn Fn() -> bool) -> u64 {
-    accept::tune(&stream);
-    let _ = stream.set_read_timeout(Some(TICK));
-    let _ = stream.set_write_timeout(Some(env.config.timeouts.http));
-    let mut conn = Conn::new(stream.peer_addr().ok(), stream.local_addr().ok());
+/// A connection being served by the blocking models: the socket and its protocol
+/// state. It can be parked between requests (the `threads` model hands idle
+/// connections to its poller) and resumed by any thread.
+pub struct Session {
+    pub stream: TcpStream,
+    pub conn: Conn,
+    last_input: Instant,
+}
+
+impl Session {
+    pub fn new(stream: TcpStream, env: &Env) -> Session {
+        accept::tune(&stream);
+        let _ = stream.set_read_timeout(Some(TICK));
+        let _ = stream.set_write_timeout(Some(env.config.timeouts.http));
+        let conn = Conn::new(stream.peer_addr().ok(), stream.local_addr().ok());
+        Session {
+            stream,
+            conn,
+            last_input: Instant::now(),
+        }
+    }
+
+    /// When input last arrived (for the keep-alive timeout while parked).
+    pub fn last_input(&self) -> Instant {
+        self.last_input
+    }
+}
+
+/// What a thread does with a connection that is idle between requests.
+pub enum Idle<'a> {
+    /// Keep it and block reading (`linear`). The closure says whether other clients are
+    /// waiting; then keep-alive is not offered, and an idle connection is let go.
+    Hold(&'a dyn Fn() -> bool),
+    /// Hand it back (`threads`): `serve` returns [`Outcome::Parked`] so the thread can
+    /// take other work while the client thinks.
+    Park,
+}
+
+/// How `serve` ended. (Not boxed: a parked session moves once per request, and boxing
+/// would allocate each time.)
+#[allow(clippy::large_enum_variant)]
+pub enum Outcome {
+    /// The connection is closed; this many requests were answered on it.
+    Closed(u64),
+    /// The connection is idle and handed back to the caller.
+    Parked(Session),
+}
+
+/// Serves a connection until it closes or (with [`Idle::Park`]) goes idle.
+pub fn serve(mut s: Session, env: &Env, idle: Idle<'_>) -> Outcome {
     let waker = Waker::from(Arc::new(Unpark(thread::current())));
     let mut cx = Context::from_waker(&waker);
     let call = CallContext { may_block: true };
-    let mut stream = stream;
-    let mut last_input = Instant::now();
+    let mut scratch = [0u8; 16 * 1024];
+    let never = || false;
+    let prefer_close: &dyn Fn() -> bool = match idle {
+        Idle::Hold(f) => f,
+        Idle::Park => &never,
+    };
     loop {
-        match conn.poll(env, &call, &mut cx, prefer_close) {
+        match s.conn.poll(env, &call, &mut cx, prefer_close) {
             Step::Flush => {
-                if stream.write_all(&conn.outbuf).is_err() {
-                    return conn.served;
+                if s.stream.write_all(&s.conn.outbuf).is_err() {
+                    return Outcome::Closed(s.conn.served);
                 }
-                conn.outbuf.clear();
+                s.conn.outbuf.clear();
             }
             Step::Pending => thread::park(),
             Step::Close => {
-                let _ = stream.write_all(&conn.outbuf);
-                if conn.error_close {
-                    linger_close(&mut stream);
+                let _ = s.stream.write_all(&s.conn.outbuf);
+                if s.conn.error_close {
+                    linger_close(&mut s.stream);
                 } else {
-                    let _ = stream.shutdown(NetShutdown::Write);
+                    let _ = s.stream.shutdown(NetShutdown::Write);
                 }
-                return conn.served;
+                return Outcome::Closed(s.conn.served);
             }
             Step::Read => {
-                conn.inbuf.reserve(8192);
-                match read_some(&mut stream, &mut conn) {
+                let parkable = matches!(idle, Idle::Park) && s.conn.is_idle();
+                let r = if parkable {
+                    // The next request may already be here; otherwise let go.
+                    match nix::sys::socket::recv(
+                        s.stream.as_raw_fd(),
+                        &mut scratch,
+                        nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+                    ) {
+                        Ok(n) => Ok(n),
+                        Err(nix::Error::EAGAIN) => return Outcome::Parked(s),
+                        Err(e) => Err(io::Error::from(e)),
+                    }
+                } else {
+                    s.stream.read(&mut scratch)
+                };
+                match r {
                     Ok(0) => {
-                        conn.read_closed();
-                        if conn.mid_request() || conn.is_idle() {
-                            return conn.served;
+                        s.conn.read_closed();
+                        if s.conn.mid_request() || s.conn.is_idle() {
+                            return Outcome::Closed(s.conn.served);
                         }
                     }
-                    Ok(_) => last_input = Instant::now(),
+                    Ok(n) => {
+                        s.conn.inbuf.extend_from_slice(&scratch[..n]);
+                        s.last_input = Instant::now();
+                    }
                     Err(e) if is_timeout(&e) => {
-                        let idle = conn.is_idle();
+                        let idle = s.conn.is_idle();
                         if idle && (env.shutdown.is_triggered() || prefer_close()) {
-                            return conn.served;
+                            return Outcome::Closed(s.conn.served);
                         }
-                        if last_input.elapsed() >= env.config.timeouts.http {
+                        if s.last_input.elapsed() >= env.config.timeouts.http {
                             if idle {
-                                return conn.served;
+                                return Outcome::Closed(s.conn.served);
                             }
-                            conn.timeout();
+                            s.conn.timeout();
                         }
                     }
-                    Err(_) => return conn.served,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return Outcome::Closed(s.conn.served),
                 }
             }
         }
     }
-}
-
-fn read_some(stream: &mut TcpStream, conn: &mut Conn) -> io::Result<usize> {
-    let buf = &mut conn.inbuf;
-    let start = buf.len();
-    let cap = buf.capacity();
-    buf.resize(cap, 0);
-    let r = stream.read(&mut buf[start..]);
-    let n = *r.as_ref().unwrap_or(&0);
-    buf.truncate(start + n);
-    r
 }
 
 fn is_timeout(e: &io::Error) -> bool {

@@ -25,6 +25,8 @@ use crate::http::{self, BodyEncoder, Decoded, Decoder, Framing, HttpError, Reque
 
 /// Flush the output buffer once it holds this much (and stop pulling body chunks).
 const HIGH_WATER: usize = 64 * 1024;
+/// Buffers above this size are released when a connection goes idle.
+const BIG_BUFFER: usize = 64 * 1024;
 /// How much to read from a file body at a time.
 const FILE_CHUNK: usize = 64 * 1024;
 
@@ -93,8 +95,9 @@ impl Conn {
     pub fn new(peer: Option<SocketAddr>, local: Option<SocketAddr>) -> Conn {
         Conn {
             decoder: Decoder::new(),
-            inbuf: BytesMut::with_capacity(4096),
-            outbuf: BytesMut::with_capacity(4096),
+            // Buffers grow on first use: an idle connection should cost little.
+            inbuf: BytesMut::new(),
+            outbuf: BytesMut::new(),
             state: State::Idle,
             closing: false,
             peer,
@@ -229,12 +232,18 @@ impl Conn {
         }
     }
 
-    fn wait_step(&self, step: Step) -> Step {
-        if self.outbuf.is_empty() {
-            step
-        } else {
-            Step::Flush
+    fn wait_step(&mut self, step: Step) -> Step {
+        if !self.outbuf.is_empty() {
+            return Step::Flush;
         }
+        // Do not keep a large buffer (a big body went through) on an idle connection.
+        if step == Step::Read && self.inbuf.is_empty() && self.inbuf.capacity() > BIG_BUFFER {
+            self.inbuf = BytesMut::new();
+        }
+        if self.outbuf.capacity() > BIG_BUFFER {
+            self.outbuf = BytesMut::new();
+        }
+        step
     }
 
     fn start(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
@@ -134,12 +134,9 @@ async fn serve_conn(mut stream: TcpStream, env: &Env, cores: &Semaphore) -> io::
                         return Ok(());
                     }
                 }
-                if conn.inbuf.capacity() - conn.inbuf.len() < 1024 {
-                    conn.inbuf.reserve(8192);
-                }
                 let idle = conn.is_idle();
                 let read = tokio::select! {
-                    r = tokio::time::timeout(env.config.timeouts.http, stream.read_buf(&mut conn.inbuf)) => r,
+                    r = tokio::time::timeout(env.config.timeouts.http, read_some(&stream, &mut conn)) => r,
                     _ = env.shutdown.wait(), if idle => return Ok(()),
                 };
                 match read {
@@ -157,6 +154,30 @@ async fn serve_conn(mut stream: TcpStream, env: &Env, cores: &Semaphore) -> io::
                     }
                 }
             }
+        }
+    }
+}
+
+thread_local! {
+    /// Each runtime thread reads into one shared buffer; a connection keeps only the
+    /// bytes it has not decoded yet, so idle connections hold no read buffer.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 64 * 1024]);
+}
+
+async fn read_some(stream: &TcpStream, conn: &mut Conn) -> io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        let r = SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            let r = stream.try_read(&mut s);
+            if let Ok(n) = r {
+                conn.inbuf.extend_from_slice(&s[..n]);
+            }
+            r
+        });
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
         }
     }
 }

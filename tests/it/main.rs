@@ -5,3 +5,5 @@ mod support;
 mod conformance;
 mod fanout;
 mod master;
+#[cfg(feature = "python")]
+mod python;
