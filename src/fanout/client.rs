@@ -256,12 +256,13 @@ impl Client {
         let inner = self.inner.clone();
         let (mut tx, rx) = oneshot::channel();
         handle.spawn(async move {
-            let _admitted = admitted;
             let deadline = inner.deadline_for(&req, None);
             let done = tokio::select! {
                 r = run_one(&inner, req, deadline) => Some(r),
                 _ = tx.closed() => None,
             };
+            // Free the slots before the caller hears back, so its next call finds them.
+            drop(admitted);
             if let Some(r) = done {
                 let _ = tx.send(r);
             }
@@ -285,7 +286,6 @@ impl Client {
         let (mut tx, rx) = oneshot::channel();
         let overall = Instant::now() + timeout;
         handle.spawn(async move {
-            let _admitted = admitted;
             let calls = reqs.into_iter().map(|req| {
                 let deadline = inner.deadline_for(&req, Some(overall));
                 run_one(&inner, req, deadline)
@@ -294,6 +294,8 @@ impl Client {
                 r = futures_util::future::join_all(calls) => Some(r),
                 _ = tx.closed() => None,
             };
+            // Free the slots before the caller hears back, so its next call finds them.
+            drop(admitted);
             if let Some(r) = done {
                 let _ = tx.send(r);
             }
@@ -315,10 +317,9 @@ impl Client {
         };
         let inner = self.inner.clone();
         handle.spawn(async move {
-            let _admitted = admitted;
             let deadline = inner.deadline_for(&req, None);
             let r = run_one(&inner, req, deadline).await;
-            drop(_admitted);
+            drop(admitted);
             tokio::task::spawn_blocking(move || done.call(r));
         });
     }
