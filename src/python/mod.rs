@@ -229,3 +229,4 @@ impl Handler for WsgiApp {
         interp::run_atexit();
     }
 }
+mod fanout;

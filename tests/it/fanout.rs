@@ -404,3 +404,62 @@ fn client_overhead_measures_every_way() {
         assert!(r.to_line().contains("calls"));
     }
 }
+
+#[cfg(feature = "python")]
+const PY_APP: &str = r#"
+import forklift
+
+BACKEND = "{backend}"
+
+def application(env, start_response):
+    q = env.get("QUERY_STRING", "")
+    if q == "future":
+        futs = [forklift.fetch(f"{BACKEND}/?duration={d}") for d in (0.01, 0.02)]
+        out = [f.result(timeout=10).text() for f in futs]
+    elif q == "errors":
+        rs = forklift.fetch_all(
+            [f"{BACKEND}/?duration=5", "http://127.0.0.1:1/", {"url": f"{BACKEND}/?duration=0"}],
+            timeout=0.3,
+        )
+        out = [type(r).__name__ for r in rs]
+        out.append(str(isinstance(rs[0], forklift.FetchError)))
+    else:
+        rs = forklift.fetch_all([f"{BACKEND}/?duration={d}" for d in (0.01, 0.02, 0.03)])
+        out = ["%d %s" % (r.status, r.body.decode().strip()) for r in rs]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [("|".join(out)).encode()]
+"#;
+
+#[cfg(feature = "python")]
+#[test]
+fn python_apps_fetch_and_fetch_all() {
+    let backend = wait_backend();
+    let dir = std::env::temp_dir().join(format!("forklift-fanout-py-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = PY_APP.replace("{backend}", &format!("http://{}", backend.addr));
+    std::fs::write(dir.join("fanout_app.py"), source).unwrap();
+    for model in ["threads", "epoll"] {
+        let app = Server::start_in(
+            &[
+                "--wsgi-file",
+                "fanout_app.py",
+                "--model",
+                model,
+                "--threads",
+                "2",
+            ],
+            Some(&dir),
+        );
+        let r = app.get("/");
+        assert_eq!(
+            r.text(),
+            "200 waited 0.01|200 waited 0.02|200 waited 0.03",
+            "{model}"
+        );
+        let r = app.get("/?future");
+        assert_eq!(r.text(), "waited 0.01\n|waited 0.02\n", "{model}");
+        let r = app.get("/?errors");
+        assert_eq!(r.text(), "FetchTimeout|FetchError|Response|True", "{model}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
