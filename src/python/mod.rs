@@ -12,6 +12,7 @@
 
 mod call;
 mod environ;
+mod fanout;
 mod interp;
 mod module;
 mod pool;
@@ -229,4 +230,3 @@ impl Handler for WsgiApp {
         interp::run_atexit();
     }
 }
-mod fanout;
