@@ -30,6 +30,20 @@ pub enum Command {
     /// Serve an app: `builtin:NAME` (hello, echo, wait, file, demo), or a WSGI app given
     /// with --wsgi-file / --module.
     Serve(ServeArgs),
+    /// Load-test a URL: ab's options and report, HTTP/1.1, microsecond percentiles.
+    Bench(crate::bench::BenchArgs),
+    /// Seed 002's hammer.py: N requests with at most C in flight, and the total time.
+    Hammer(crate::bench::HammerArgs),
+    /// Reproduce a seed's table with forklift's figures beside the seed's.
+    #[command(subcommand)]
+    Compare(Compare),
+}
+
+/// `forklift compare …`: one experiment per seed.
+#[derive(Debug, Subcommand)]
+pub enum Compare {
+    /// Seed 003: the server under each concurrency model.
+    Models(crate::bench::CompareModelsArgs),
 }
 
 /// `forklift serve` options. Long names follow uWSGI's where uWSGI has the option.
@@ -98,6 +112,11 @@ pub struct ServeArgs {
     /// request (408 after).
     #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
     pub http_timeout: f64,
+
+    /// Kill (and replace) a worker whose request runs longer than SECONDS; implies
+    /// --master.
+    #[arg(long, value_name = "SECONDS")]
+    pub harakiri: Option<f64>,
 
     /// Recycle a worker after it served N requests (needs a master to replace it).
     #[arg(long, value_name = "N")]
@@ -179,6 +198,8 @@ pub enum CliError {
     Server(#[from] server::ServerError),
     #[error("{0}")]
     Master(#[from] server::master::MasterError),
+    #[error("{0}")]
+    Bench(#[from] crate::bench::BenchError),
 }
 
 /// Runs the command line; returns the exit code. `virtual_env` is the value of
@@ -201,13 +222,18 @@ pub fn main(args: Vec<OsString>, virtual_env: Option<PathBuf>) -> i32 {
     };
     let result = match cli.command {
         Command::Serve(a) => serve(a, virtual_env),
+        Command::Bench(a) => crate::bench::run_bench(&a).map_err(CliError::from),
+        Command::Hammer(a) => crate::bench::run_hammer(&a).map_err(CliError::from),
+        Command::Compare(Compare::Models(a)) => {
+            crate::bench::run_compare_models(&a).map_err(CliError::from)
+        }
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("forklift: {e}");
             match e {
-                CliError::Usage(_) => 2,
+                CliError::Usage(_) | CliError::Bench(crate::bench::BenchError::Usage(_)) => 2,
                 _ => 1,
             }
         }
@@ -272,7 +298,7 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
     let config = ServerConfig {
         model,
         processes,
-        master: a.master || processes > 1,
+        master: a.master || processes > 1 || a.harakiri.is_some() || a.max_requests.is_some(),
         threads,
         cores,
         queue: a.queue.max(1),
@@ -289,6 +315,7 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
             shutdown: secs(a.shutdown_timeout, "shutdown-timeout")?,
         },
         max_requests: a.max_requests,
+        harakiri: a.harakiri.map(|h| secs(h, "harakiri")).transpose()?,
         server_header: true,
     };
     let app_name = match (&a.app, &a.wsgi_file, &a.module) {
@@ -534,8 +561,10 @@ mod tests {
 
     fn parse(args: &[&str]) -> ServeArgs {
         let argv: Vec<OsString> = args.iter().map(OsString::from).collect();
-        let Command::Serve(a) = Cli::try_parse_from(argv).unwrap().command;
-        a
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve(a) => a,
+            other => panic!("not serve: {other:?}"),
+        }
     }
 
     #[test]
@@ -580,7 +609,9 @@ mod tests {
         .map(OsString::from)
         .collect();
         let expanded = expand_ini(args).unwrap();
-        let Command::Serve(a) = Cli::try_parse_from(expanded).unwrap().command;
+        let Command::Serve(a) = Cli::try_parse_from(expanded).unwrap().command else {
+            panic!("serve expected");
+        };
         assert_eq!(a.http.as_deref(), Some(":5001"));
         assert_eq!(a.processes, Some(2), "command line wins");
         assert!(a.master);

@@ -18,8 +18,11 @@
 //!   `forklift` Python module, fork and thread integration. The only module using pyo3.
 //! - [`cli`]: the command line and uWSGI-style ini files, validated into a
 //!   `ServerConfig`; the binary's `main` only calls [`cli::main`].
+//! - [`mod@bench`]: the load generator (`forklift bench`, `hammer`, `compare models`) and the
+//!   reusable comparison table / SVG / HTML report.
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod fanout;
 pub mod http;

@@ -95,6 +95,8 @@ pub struct ServerConfig {
     pub timeouts: Timeouts,
     /// A worker exits (and the master replaces it) after this many requests.
     pub max_requests: Option<u64>,
+    /// A worker with a request running longer than this is killed (and replaced).
+    pub harakiri: Option<Duration>,
     /// Send `Server: forklift`.
     pub server_header: bool,
 }
@@ -113,6 +115,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             max_requests: None,
+            harakiri: None,
             server_header: true,
         }
     }

@@ -86,6 +86,8 @@ pub struct Conn {
     local: Option<SocketAddr>,
     /// Requests answered on this connection.
     pub served: u64,
+    /// The request in progress, as the harakiri watchdog sees it.
+    ticket: Option<super::harakiri::Ticket>,
     /// The connection closes because of a refused request: the client may still be
     /// sending, so the driver should drain before closing (see `linger_close`).
     pub error_close: bool,
@@ -103,6 +105,7 @@ impl Conn {
             peer,
             local,
             served: 0,
+            ticket: None,
             error_close: false,
         }
     }
@@ -167,6 +170,15 @@ impl Conn {
                         Ok(Decoded::Request(mut req, meta)) => {
                             req.peer = self.peer;
                             req.local = self.local;
+                            if let Some(dog) = &env.harakiri {
+                                self.ticket = Some(dog.begin(|| {
+                                    format!(
+                                        "{} {}",
+                                        req.method(),
+                                        String::from_utf8_lossy(&req.target)
+                                    )
+                                }));
+                            }
                             let log = env.log.enabled().then(|| LogLine {
                                 method: req.method().to_owned(),
                                 target: String::from_utf8_lossy(&req.target).into_owned(),
@@ -307,6 +319,7 @@ impl Conn {
                     self.closing = true;
                 }
                 self.served += 1;
+                self.ticket = None;
                 env.log.request(
                     self.peer,
                     log.as_ref().map(LogLine::view),
@@ -342,6 +355,7 @@ impl Conn {
             }
         }
         self.served += 1;
+        self.ticket = None;
         env.log.request(
             self.peer,
             log.as_ref().map(LogLine::view),

@@ -7,6 +7,7 @@ mod blocking;
 pub mod config;
 pub mod conn;
 mod epoll;
+mod harakiri;
 mod linear;
 pub mod listen;
 pub mod log;
@@ -31,6 +32,8 @@ pub struct Env {
     pub config: ServerConfig,
     pub log: Log,
     pub shutdown: Shutdown,
+    /// Set with `--harakiri`: kills this worker when a request overruns.
+    pub harakiri: Option<std::sync::Arc<harakiri::Watchdog>>,
 }
 
 /// Errors that stop a worker from serving.
@@ -51,11 +54,16 @@ pub fn run_worker(
     log: Log,
     shutdown: Shutdown,
 ) -> Result<(), ServerError> {
+    let harakiri = config.harakiri.map(harakiri::Watchdog::new);
+    if let Some(dog) = &harakiri {
+        dog.start(log.clone())?;
+    }
     let env = Arc::new(Env {
         app,
         config,
         log,
         shutdown,
+        harakiri,
     });
     let result = match env.config.model {
         Model::Linear => linear::run(listener, env.clone()),

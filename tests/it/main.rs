@@ -2,6 +2,7 @@
 
 mod support;
 
+mod bench;
 mod conformance;
 mod fanout;
 mod master;

@@ -186,3 +186,54 @@ fn busy_port_and_bad_values_are_one_line_errors() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn harakiri_kills_and_replaces_a_stuck_worker() {
+    let srv = Server::start(&["builtin:demo", "--model", "threads", "--harakiri", "1"]);
+    wait_for("the worker", || srv.workers().len() == 1);
+    let victim = srv.workers()[0];
+    // An idle keep-alive connection is not a request in flight.
+    let idle = srv.connect();
+    let mut w = idle.try_clone().unwrap();
+    let mut rd = BufReader::new(idle);
+    w.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut rd, false).unwrap().status, 200);
+    thread::sleep(Duration::from_millis(1600));
+    w.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut rd, false).unwrap().status, 200);
+    assert_eq!(srv.workers(), vec![victim]);
+    let mut stuck = srv.connect();
+    stuck
+        .write_all(b"GET /wait?duration=60 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    // The worker is killed: the stuck client sees the connection end, not a response.
+    let mut rd = BufReader::new(stuck);
+    assert!(read_response(&mut rd, false).is_err());
+    wait_for("the replacement worker", || {
+        let w = srv.workers();
+        w.len() == 1 && w[0] != victim
+    });
+    assert_eq!(srv.get("/").text(), "Hello world");
+    let log: Vec<String> = srv.log.try_iter().collect();
+    assert!(log.iter().any(|l| l.contains("HARAKIRI")), "{log:?}");
+}
+
+#[test]
+fn max_requests_recycles_workers() {
+    let srv = Server::start(&[
+        "builtin:hello",
+        "--model",
+        "linear",
+        "--max-requests",
+        "5",
+        "--disable-logging",
+    ]);
+    wait_for("the worker", || srv.workers().len() == 1);
+    let first = srv.workers()[0];
+    for _ in 0..12 {
+        assert_eq!(srv.get("/").text(), "Hello world");
+    }
+    wait_for("a recycled worker", || {
+        srv.workers().first().is_some_and(|w| *w != first)
+    });
+}
