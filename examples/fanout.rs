@@ -11,6 +11,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Seed 002's experiment.
+    Compare(forklift::fanout::compare::CompareFanoutArgs),
     /// Client overhead per call against a fast local backend.
     Overhead {
         url: String,
@@ -23,6 +25,13 @@ enum Cmd {
 
 fn main() {
     match Cli::parse().cmd {
+        Cmd::Compare(a) => match forklift::fanout::compare::run_compare_fanout(&a) {
+            Ok(c) => std::process::exit(c),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(2);
+            }
+        },
         Cmd::Overhead { url, calls, batch } => {
             match forklift::fanout::overhead::client_overhead(&url, calls, batch) {
                 Ok(runs) => runs.iter().for_each(|r| println!("{}", r.to_line())),

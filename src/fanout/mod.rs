@@ -60,6 +60,7 @@
 mod app;
 mod args;
 mod client;
+pub mod compare;
 pub mod dns;
 pub mod overhead;
 

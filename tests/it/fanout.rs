@@ -463,3 +463,33 @@ fn python_apps_fetch_and_fetch_all() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn compare_fanout_runs_a_small_experiment() {
+    use forklift::fanout::compare::{compare_fanout, CompareFanoutArgs};
+    let out = std::env::temp_dir().join(format!("forklift-fanout-cmp-{}", std::process::id()));
+    let args = CompareFanoutArgs {
+        requests: vec![3],
+        concurrency: 2,
+        all_in_flight: 4,
+        durations: vec![0.01, 0.02],
+        only: vec!["async-1p".into(), "sync-4t".into(), "reference".into()],
+        overhead_calls: 20,
+        out: out.clone(),
+        ..CompareFanoutArgs::default()
+    };
+    let fc = compare_fanout(&args, std::path::Path::new(crate::support::BIN)).unwrap();
+    // async-1p: one request, 3 hammered, 4 all in flight; sync-4t: one, 3; reference: like
+    // async-1p.
+    assert_eq!(fc.measurements.len(), 3 + 2 + 3);
+    for m in &fc.measurements {
+        assert!(m.seconds.is_some(), "{m:?}");
+        assert_eq!((m.failed, m.non_2xx), (0, 0), "{m:?}");
+    }
+    assert_eq!(fc.overhead.len(), 3);
+    let text = fc.comparison.to_text();
+    assert!(text.contains("sync, 4 threads"), "{text}");
+    let files = fc.comparison.write_files(&out, "fanout").unwrap();
+    assert_eq!(files.len(), 3);
+    let _ = std::fs::remove_dir_all(&out);
+}
