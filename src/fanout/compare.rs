@@ -77,7 +77,9 @@ impl Default for CompareFanoutArgs {
 pub struct Scenario {
     /// Short name (`--only` selects by it).
     pub name: &'static str,
-    /// The seed's row this one answers (or what it shows, when the seed had no such row).
+    /// Short row label for the chart (seed 002's row it answers, in a few words).
+    pub short: &'static str,
+    /// What the seed ran and what forklift runs for it.
     pub label: &'static str,
     /// How `builtin:fanout` makes its calls; `None` for the reference (the backend
     /// hammered directly with the slowest call).
@@ -99,8 +101,9 @@ fn args(a: &[&str]) -> Vec<String> {
 /// BENCHMARKING.md, and the seed's slides for gevent's 100 and 200), then forklift's own.
 pub fn scenarios() -> Vec<Scenario> {
     use Mode::{Concurrent, Sequential};
-    let s = |name, label, mode, serve: &[&str], one, runs, all| Scenario {
+    let s = |name, short, label, mode, serve: &[&str], one, runs, all| Scenario {
         name,
+        short,
         label,
         mode,
         serve_args: args(serve),
@@ -111,6 +114,7 @@ pub fn scenarios() -> Vec<Scenario> {
     vec![
         s(
             "sync-1p",
+            "sync 1p",
             "sync, 1 process → sequential calls, threads ×1",
             Some(Sequential),
             &["--model", "threads", "--threads", "1"],
@@ -120,6 +124,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         s(
             "sync-4p",
+            "sync 4p",
             "sync, 4 processes → sequential, 4 processes × threads ×1",
             Some(Sequential),
             &["--model", "threads", "--threads", "1", "--processes", "4"],
@@ -129,6 +134,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         s(
             "sync-4t",
+            "sync 4t",
             "sync, 4 threads → sequential, threads ×4",
             Some(Sequential),
             &["--model", "threads", "--threads", "4"],
@@ -138,6 +144,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         s(
             "sync-2x2",
+            "sync 2p×2t",
             "sync, 2 processes × 2 threads → sequential, same",
             Some(Sequential),
             &["--model", "threads", "--threads", "2", "--processes", "2"],
@@ -147,6 +154,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         s(
             "asyncio-2p",
+            "asyncio 2p",
             "asyncio, 2 processes → concurrent, 2 processes × threads ×1",
             Some(Concurrent),
             &["--model", "threads", "--threads", "1", "--processes", "2"],
@@ -156,6 +164,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         s(
             "asyncio-2x2",
+            "asyncio 2p×2t",
             "asyncio, 2 processes × 2 threads → concurrent, same",
             Some(Concurrent),
             &["--model", "threads", "--threads", "2", "--processes", "2"],
@@ -165,6 +174,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         s(
             "gevent-2p",
+            "gevent 2p",
             "gevent = 50, 2 processes → concurrent, async cores 50 × 2 processes",
             Some(Concurrent),
             &["--model", "async", "--cores", "50", "--processes", "2"],
@@ -174,6 +184,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         s(
             "async-1p",
+            "async 1p",
             "forklift: concurrent calls, async, 1 process",
             Some(Concurrent),
             &["--model", "async"],
@@ -183,6 +194,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         s(
             "async-seq-1p",
+            "async 1p seq",
             "forklift: sequential calls, async, 1 process",
             Some(Sequential),
             &["--model", "async"],
@@ -192,6 +204,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         s(
             "epoll-1p",
+            "epoll 1p",
             "forklift: concurrent calls, epoll, 1 process",
             Some(Concurrent),
             &["--model", "epoll"],
@@ -201,6 +214,7 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         s(
             "reference",
+            "wait only",
             "reference: the slowest call alone (builtin:wait hammered directly)",
             None,
             &[],
@@ -215,8 +229,9 @@ pub fn scenarios() -> Vec<Scenario> {
 #[derive(Debug, Clone)]
 pub struct Measurement {
     pub scenario: String,
+    pub short: String,
     pub label: String,
-    /// "1 request" or "N requests, C in flight".
+    /// "1 req", "N req" (at the run's concurrency) or "N req cC" (C in flight).
     pub load: String,
     pub seed: Option<f64>,
     pub seconds: Option<f64>,
@@ -290,7 +305,7 @@ pub fn compare_fanout(
             ) {
                 Ok(s) => Some(s),
                 Err(e) => {
-                    measurements.push(failed(sc, "1 request", sc.seed_one, e.to_string()));
+                    measurements.push(failed(sc, "1 req", sc.seed_one, e.to_string()));
                     continue;
                 }
             },
@@ -309,15 +324,16 @@ pub fn compare_fanout(
         measurements.push(match one_request(addr, &path) {
             Ok(secs) => Measurement {
                 scenario: sc.name.into(),
+                short: sc.short.into(),
                 label: sc.label.into(),
-                load: "1 request".into(),
+                load: "1 req".into(),
                 seed: sc.seed_one,
                 seconds: Some(secs),
                 failed: 0,
                 non_2xx: 0,
                 error: None,
             },
-            Err(e) => failed(sc, "1 request", sc.seed_one, e),
+            Err(e) => failed(sc, "1 req", sc.seed_one, e),
         });
         let mut loads: Vec<(u64, usize)> = args
             .requests
@@ -329,7 +345,11 @@ pub fn compare_fanout(
             loads.push((args.all_in_flight, args.all_in_flight as usize));
         }
         for (n, c) in loads {
-            let load = format!("{n} requests, {c} in flight");
+            let load = if c == args.concurrency {
+                format!("{n} req")
+            } else {
+                format!("{n} req c{c}")
+            };
             let seed = if c == args.concurrency {
                 sc.seed_runs
                     .iter()
@@ -342,6 +362,7 @@ pub fn compare_fanout(
             measurements.push(match hammer_once(&url, n, c) {
                 Ok(r) => Measurement {
                     scenario: sc.name.into(),
+                    short: sc.short.into(),
                     label: sc.label.into(),
                     load,
                     seed,
@@ -413,6 +434,7 @@ fn spec(name: &str, serve_args: &[&str]) -> ModelSpec {
 fn failed(sc: &Scenario, load: &str, seed: Option<f64>, error: String) -> Measurement {
     Measurement {
         scenario: sc.name.into(),
+        short: sc.short.into(),
         label: sc.label.into(),
         load: load.into(),
         seed,
@@ -469,7 +491,7 @@ pub fn table(args: &CompareFanoutArgs, ms: &[Measurement], overhead: &[Overhead]
     let rows = ms
         .iter()
         .map(|m| ComparisonRow {
-            scenario: format!("{} · {}", m.label, m.load),
+            scenario: format!("{} · {}", m.short, m.load),
             seed: m.seed,
             ours: m.seconds,
             extra: vec![
@@ -516,14 +538,20 @@ pub fn table(args: &CompareFanoutArgs, ms: &[Measurement], overhead: &[Overhead]
         title: "Seed 002: fan-out to backend services, time taken".into(),
         setting: format!(
             "`forklift serve builtin:fanout` under each configuration, backend `forklift serve \
-             builtin:wait --model async`; one request, then `forklift hammer` with at most {} \
-             in flight (seed: hammer.py against uWSGI apps)",
+             builtin:wait --model async`; one request (the app's own figure), then `forklift \
+             hammer` of N requests (\"N req\") with at most {} in flight, or C (\"cC\"); seed: \
+             hammer.py against uWSGI apps",
             args.concurrency
         ),
         metric: "time".into(),
         unit: "s".into(),
         higher_is_better: false,
-        extra_columns: vec!["scenario".into(), "failed".into(), "non-2xx".into()],
+        extra_columns: vec![
+            "seed's app → forklift".into(),
+            "--only".into(),
+            "failed".into(),
+            "non-2xx".into(),
+        ],
         rows,
         notes,
     }
@@ -567,8 +595,9 @@ mod tests {
     fn table_puts_seed_beside_ours() {
         let m = Measurement {
             scenario: "sync-1p".into(),
+            short: "sync 1p".into(),
             label: "sync, 1 process".into(),
-            load: "20 requests, 50 in flight".into(),
+            load: "20 req".into(),
             seed: Some(25.3),
             seconds: Some(25.0),
             failed: 0,
