@@ -509,6 +509,7 @@ pub fn table(args: &CompareFanoutArgs, ms: &[Measurement], overhead: &[Overhead]
             seed: m.seed,
             ours: m.seconds,
             extra: vec![
+                m.label.clone(),
                 m.scenario.clone(),
                 m.failed.to_string(),
                 m.non_2xx.to_string(),
@@ -622,6 +623,7 @@ mod tests {
         };
         let t = table(&CompareFanoutArgs::default(), &[m], &[]);
         assert_eq!(t.rows.len(), 1);
+        assert_eq!(t.rows[0].extra.len(), t.extra_columns.len());
         let text = t.to_text();
         assert!(
             text.contains("25.30 s") && text.contains("25.00 s"),
