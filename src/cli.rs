@@ -340,6 +340,55 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
     })
 }
 
+/// How the WSGI app on the command line is to be found and run.
+#[cfg(feature = "python")]
+fn python_options(
+    a: &ServeArgs,
+    config: &ServerConfig,
+    virtual_env: Option<&PathBuf>,
+) -> crate::python::PythonOptions {
+    crate::python::PythonOptions {
+        wsgi_file: a.wsgi_file.clone(),
+        module: a.module.clone(),
+        callable: a.callable.clone(),
+        pythonpath: a.pythonpath.clone(),
+        // `serve` has already changed directory.
+        chdir: None,
+        virtualenv: a.virtualenv.clone().or_else(|| virtual_env.cloned()),
+        pool_threads: config.threads,
+        multithread: match config.model {
+            Model::Linear => false,
+            Model::Threads | Model::Epoll => config.threads > 1,
+            Model::Async => config.threads > 1 || config.cores > 1,
+        },
+        multiprocess: config.processes > 1,
+    }
+}
+
+/// Checks, without loading anything, that the app can be looked for (lazy apps: the
+/// master imports nothing, but a missing file is still a one-line error before fork).
+fn check_app(
+    a: &ServeArgs,
+    config: &ServerConfig,
+    virtual_env: Option<&PathBuf>,
+) -> Result<(), CliError> {
+    if let Some(spec) = &a.app {
+        return load_app(a, config, virtual_env)
+            .map(drop)
+            .map_err(|e| match e {
+                CliError::App(m) => CliError::App(format!("{spec}: {m}")),
+                e => e,
+            });
+    }
+    #[cfg(feature = "python")]
+    {
+        crate::python::check_options(&python_options(a, config, virtual_env))
+            .map_err(|e| CliError::App(e.to_string()))
+    }
+    #[cfg(not(feature = "python"))]
+    load_app(a, config, virtual_env).map(drop)
+}
+
 /// Loads the app named on the command line. `virtual_env` is `$VIRTUAL_ENV`, used when
 /// `--virtualenv` is not given.
 fn load_app(
@@ -358,23 +407,8 @@ fn load_app(
     }
     #[cfg(feature = "python")]
     {
-        let opts = crate::python::PythonOptions {
-            wsgi_file: a.wsgi_file.clone(),
-            module: a.module.clone(),
-            callable: a.callable.clone(),
-            pythonpath: a.pythonpath.clone(),
-            // `serve` has already changed directory.
-            chdir: None,
-            virtualenv: a.virtualenv.clone().or_else(|| virtual_env.cloned()),
-            pool_threads: config.threads,
-            multithread: match config.model {
-                Model::Linear => false,
-                Model::Threads | Model::Epoll => config.threads > 1,
-                Model::Async => config.threads > 1 || config.cores > 1,
-            },
-            multiprocess: config.processes > 1,
-        };
-        crate::python::load_app(&opts).map_err(|e| CliError::App(e.to_string()))
+        crate::python::load_app(&python_options(a, config, virtual_env))
+            .map_err(|e| CliError::App(e.to_string()))
     }
     #[cfg(not(feature = "python"))]
     {
@@ -394,23 +428,18 @@ fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
             .map_err(|e| CliError::App(format!("cannot chdir to {}: {e}", dir.display())))?;
     }
     let access = !a.disable_logging;
-    let log = match &a.logto {
-        Some(path) => Log::file(path, access)
-            .map_err(|e| CliError::App(format!("cannot open log file {}: {e}", path.display())))?,
-        None => Log::stderr(access),
-    };
+    if let Some(path) = &a.logto {
+        redirect_output(path)
+            .map_err(|e| CliError::App(format!("cannot open log file {}: {e}", path.display())))?;
+    }
+    let log = Log::stderr(access);
     // Load (and so validate) the app before opening the socket or forking, so a bad app
     // is a one-line error and exit code 1.
     let virtual_env = virtual_env.filter(|p| !p.as_os_str().is_empty());
     let lazy = a.lazy_apps && config.master;
     let app = if lazy {
-        // Loaded in each worker; still refuse a missing file before forking.
-        if let Some(f) = a.wsgi_file.as_ref().filter(|f| !f.exists()) {
-            return Err(CliError::App(format!(
-                "wsgi-file {} not found",
-                f.display()
-            )));
-        }
+        // Loaded in each worker; still refuse a bad app name before forking.
+        check_app(&a, &config, virtual_env.as_ref())?;
         None
     } else {
         Some(load_app(&a, &config, virtual_env.as_ref())?)
@@ -445,6 +474,20 @@ fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
     server::run_worker(listener, app, config, log.clone(), shutdown)?;
     log.line("forklift: stopped");
     Ok(0)
+}
+
+/// `--logto FILE`: like uWSGI, stdout and stderr themselves go to the file (appending),
+/// so the app's prints and tracebacks land next to the access log.
+fn redirect_output(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    for target in [1, 2] {
+        nix::unistd::dup2(file.as_raw_fd(), target).map_err(std::io::Error::from)?;
+    }
+    Ok(())
 }
 
 /// Replaces `--ini FILE` in `args` with the options the file sets, placed before the

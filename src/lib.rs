@@ -14,6 +14,9 @@
 //! - [`fanout`]: concurrent calls to backend services from any handler (seed 002): the
 //!   per-process outbound HTTP client (own runtime thread, pooled connections, DNS cache,
 //!   timeouts, bounded calls in flight) and `builtin:fanout`.
+//! - [`offload`]: the offload engine: handlers hand slow work off (`Offload::submit`)
+//!   to a strategy (inline, loop, thread, pool, durable spool), tasks registered by
+//!   name, counters, draining, the spool CLI, and `builtin:slowlog`.
 //! - [`python`] (feature `python`): embedded CPython serving WSGI apps (PEP 3333), the
 //!   `forklift` Python module, fork and thread integration. The only module using pyo3.
 //! - [`cli`]: the command line and uWSGI-style ini files, validated into a
@@ -26,6 +29,7 @@ pub mod bench;
 pub mod cli;
 pub mod fanout;
 pub mod http;
+pub mod offload;
 #[cfg(feature = "python")]
 pub mod python;
 pub mod rt;

@@ -21,7 +21,7 @@ use pyo3::types::{PyBytes, PyDict, PyIterator, PyList, PyTuple};
 use crate::app::{Body, Reply, Request, Response};
 
 use super::interp::{self, with_gil};
-use super::pool::PoolSlot;
+use super::pool::{Job, PoolSlot};
 use super::wsgi::{FileWrapper, StartResponse};
 use super::{PythonError, PythonOptions};
 
@@ -71,7 +71,7 @@ impl AppState {
             };
             let m = py.import(modname).map_err(|e| {
                 if e.is_instance_of::<pyo3::exceptions::PyImportError>(py) {
-                    e.print(py);
+                    interp::log_exception(py, &e);
                     PythonError::Import {
                         module: modname.to_owned(),
                         reason: interp::summary(py, &e),
@@ -175,7 +175,7 @@ fn module_name_for(py: Python<'_>, file: &std::path::Path) -> String {
 }
 
 fn load_error(py: Python<'_>, e: &PyErr, what: &str) -> PythonError {
-    e.print(py);
+    interp::log_exception(py, e);
     PythonError::Load {
         what: what.to_owned(),
         reason: interp::summary(py, e),
@@ -187,7 +187,7 @@ fn load_error(py: Python<'_>, e: &PyErr, what: &str) -> PythonError {
 fn failed(py: Python<'_>, e: &PyErr, sr: &Bound<'_, StartResponse>) -> Response {
     let mut me = sr.borrow_mut();
     if me.sent {
-        e.print(py);
+        interp::log_exception(py, e);
         let written = me.written.split().freeze();
         let head = me.head.take();
         drop(me);
@@ -201,7 +201,7 @@ fn failed(py: Python<'_>, e: &PyErr, sr: &Bound<'_, StartResponse>) -> Response 
 
 fn error_500(py: Python<'_>, e: &PyErr, during: &str) -> Response {
     eprintln!("forklift: exception in {during}; answering 500:");
-    e.print(py);
+    interp::log_exception(py, e);
     Response::text(500, Bytes::from_static(b"Internal Server Error\n"))
 }
 
@@ -239,7 +239,7 @@ fn close(py: Python<'_>, result: &Bound<'_, PyAny>) {
     if let Ok(c) = result.getattr(name) {
         if let Err(e) = c.call0() {
             eprintln!("forklift: exception in close() of the app's iterable:");
-            e.print(py);
+            interp::log_exception(py, &e);
         }
     }
 }
@@ -472,7 +472,7 @@ impl StreamState {
                 None => {
                     if let Some(e) = PyErr::take(py) {
                         eprintln!("forklift: exception while streaming the response; closing the connection:");
-                        e.print(py);
+                        interp::log_exception(py, &e);
                         return Step::Failed;
                     }
                     return written.map_or(Step::End, Step::Chunk);
@@ -553,15 +553,13 @@ impl Drop for PullStream {
 pub(crate) fn call_pooled(app: &Arc<AppState>, pool: &PoolSlot, req: Request) -> Reply {
     let (tx, rx) = tokio::sync::oneshot::channel::<Response>();
     let app = Arc::clone(app);
-    let job = Box::new(move || {
+    let job: Job = Box::new(move |py: Python<'_>| {
         if tx.is_closed() {
             return; // the client left while the request waited in the queue
         }
-        let outcome = with_gil(|py| app.run(py, req));
-        match outcome {
-            Outcome::Done(r) => {
-                let _ = tx.send(r);
-            }
+        match app.run(py, req) {
+            // Published after the batch, once the GIL is released.
+            Outcome::Done(r) => REPLIES.with(|q| q.borrow_mut().push((tx, r))),
             Outcome::Streaming {
                 mut head,
                 first,
@@ -575,11 +573,14 @@ pub(crate) fn call_pooled(app: &Arc<AppState>, pool: &PoolSlot, req: Request) ->
                     crx.poll_recv(cx)
                 })));
                 let state = StreamState { iter, result, sr };
-                if tx.send(head).is_err() || ctx.blocking_send(Ok(first)).is_err() {
-                    with_gil(|py| state.close(py));
-                    return;
+                let sent = py.allow_threads(|| {
+                    flush_replies();
+                    tx.send(head).is_ok() && ctx.blocking_send(Ok(first)).is_ok()
+                });
+                if sent {
+                    push_stream(py, &state, ctx);
                 }
-                push_stream(state, ctx);
+                state.close(py);
             }
         }
     });
@@ -598,22 +599,45 @@ pub(crate) fn call_pooled(app: &Arc<AppState>, pool: &PoolSlot, req: Request) ->
     }
 }
 
+thread_local! {
+    /// Replies finished in the current batch of a pool thread, not yet handed over.
+    static REPLIES: std::cell::RefCell<Vec<(tokio::sync::oneshot::Sender<Response>, Response)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Hands this thread's finished replies to their connections (the pool's flush hook).
+pub(crate) fn flush_replies() {
+    let done = REPLIES.with(|q| std::mem::take(&mut *q.borrow_mut()));
+    for (tx, r) in done {
+        let _ = tx.send(r);
+    }
+}
+
 /// On a pool thread: pulls the rest of a streamed body into the channel, holding the
 /// GIL only to pull; a full channel (slow client) parks this thread without it.
-fn push_stream(state: StreamState, tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>) {
+fn push_stream(
+    py: Python<'_>,
+    state: &StreamState,
+    tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>,
+) {
     loop {
-        let step = with_gil(|py| state.next(py));
-        let send = match step {
-            Step::Chunk(b) => tx.blocking_send(Ok(b)),
-            Step::End => break,
-            Step::Failed => {
-                let _ = tx.blocking_send(Err(io::Error::other("the app failed while streaming")));
-                break;
-            }
+        let item = match state.next(py) {
+            Step::Chunk(b) => Ok(b),
+            Step::End => return,
+            Step::Failed => Err(io::Error::other("the app failed while streaming")),
         };
-        if send.is_err() {
-            break; // the client went away
+        let last = item.is_err();
+        // Without giving up the GIL while the channel has room; parked without it when
+        // the client is slower than the app.
+        let sent = match tx.try_send(item) {
+            Ok(()) => true,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(item)) => {
+                py.allow_threads(|| tx.blocking_send(item)).is_ok()
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+        };
+        if !sent || last {
+            return; // the client went away, or the body failed
         }
     }
-    with_gil(|py| state.close(py));
 }

@@ -286,6 +286,7 @@ pub(crate) fn build<'py>(
     )?;
 
     let mut host: Option<&[u8]> = None;
+    let mut chunked = false;
     for (i, h) in headers.iter().enumerate() {
         let name = &h.name[..];
         if name.eq_ignore_ascii_case(b"content-type") {
@@ -294,6 +295,13 @@ pub(crate) fn build<'py>(
         }
         if name.eq_ignore_ascii_case(b"content-length") {
             env.set_item(c.content_length.bind(py), latin1(py, &h.value)?)?;
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // The server de-chunked and read the whole body: like nginx in front of an
+            // app server, present it with its length (frameworks such as Django read
+            // exactly CONTENT_LENGTH bytes and would see an empty body otherwise).
+            chunked = true;
             continue;
         }
         if name.eq_ignore_ascii_case(b"host") && host.is_none() {
@@ -357,6 +365,9 @@ pub(crate) fn build<'py>(
     if let Some(p) = peer {
         env.set_item(c.remote_addr.bind(py), p.ip().to_string())?;
         env.set_item(c.remote_port.bind(py), p.port().to_string())?;
+    }
+    if chunked {
+        env.set_item(c.content_length.bind(py), body.len().to_string())?;
     }
     env.set_item(c.wsgi_input.bind(py), Py::new(py, Input::new(body))?)?;
     Ok(env)

@@ -314,7 +314,7 @@ pub(crate) fn ensure_thread_loop(py: Python<'_>) {
         .call_method0("new_event_loop")
         .and_then(|lp| asyncio.call_method1("set_event_loop", (lp,)));
     if let Err(e) = res {
-        e.print(py);
+        log_exception(py, &e);
     }
     LOOP_GEN.with(|g| g.set(gen));
 }
@@ -340,7 +340,7 @@ pub(crate) fn before_fork() {
     }
 }
 
-/// The master's side after the last fork: give back what [`before_fork`] took, so the
+/// The master's side after the last fork: give back what `before_fork` (`Handler::before_fork`) took, so the
 /// master may run Python again.
 pub fn after_fork_parent() {
     let mut prepared = PREPARED.lock().unwrap_or_else(|e| e.into_inner());
@@ -407,7 +407,22 @@ pub(crate) fn run_atexit() {
             .import("atexit")
             .and_then(|a| a.call_method0("_run_exitfuncs"));
         if let Err(e) = res {
-            e.print(py);
+            log_exception(py, &e);
         }
     });
+}
+
+/// Writes `e`'s traceback to `sys.stderr` (the log). Unlike `PyErr::print`, a
+/// `SystemExit` raised by an app does not exit the worker, and the exception is not kept
+/// alive in `sys.last_value`.
+pub(crate) fn log_exception(py: Python<'_>, e: &PyErr) {
+    let res = py.import("traceback").and_then(|tb| {
+        tb.call_method1(
+            "print_exception",
+            (e.get_type(py), e.value(py), e.traceback(py)),
+        )
+    });
+    if res.is_err() {
+        eprintln!("{e}");
+    }
 }

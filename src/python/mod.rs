@@ -1,14 +1,14 @@
 //! Embedded CPython: loads a WSGI app and serves it as a [`crate::app::Handler`]. This is
 //! the only module that imports pyo3.
 //!
-//! - [`interp`] starts the interpreter (the libpython forklift was built against, an
+//! - `interp` starts the interpreter (the libpython forklift was built against, an
 //!   optional virtualenv), attaches threads once each, and handles `fork`.
-//! - [`environ`] builds PEP 3333 environ dicts from a [`crate::app::Request`].
-//! - [`wsgi`] holds the Python-visible objects (`wsgi.input`, `wsgi.errors`,
+//! - `environ` builds PEP 3333 environ dicts from a [`crate::app::Request`].
+//! - `wsgi` holds the Python-visible objects (`wsgi.input`, `wsgi.errors`,
 //!   `start_response`, `wsgi.file_wrapper`).
-//! - [`call`] runs the app and turns its answer into a [`crate::app::Response`].
-//! - [`pool`] is the bounded pool of GIL threads used on event-loop models.
-//! - [`module`] is the `forklift` module apps can import (offload, tasks).
+//! - `call` runs the app and turns its answer into a [`crate::app::Response`].
+//! - `pool` is the bounded pool of GIL threads used on event-loop models.
+//! - `module` is the `forklift` module apps can import (offload, tasks).
 
 mod call;
 mod environ;
@@ -25,8 +25,8 @@ use crate::app::{App, CallContext, Handler, Reply, Request};
 
 pub use interp::after_fork_parent;
 pub use module::{
-    run_task, set_offload_executor, set_spool_sink, task_names, OffloadExecutor, SpoolSink,
-    TaskError,
+    run_task, set_offload_executor, set_spool_sink, set_task_listener, task_names, OffloadExecutor,
+    OffloadJob, SpoolSink, TaskError,
 };
 
 /// Pool size used when [`PythonOptions::pool_threads`] is 0.
@@ -72,71 +72,6 @@ impl Default for PythonOptions {
     }
 }
 
-/// The uWSGI-style command-line keys for a Python app, for the CLI to flatten into
-/// `forklift serve`.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct PythonArgs {
-    /// Load the WSGI app from this Python file.
-    #[arg(long = "wsgi-file", value_name = "FILE")]
-    pub wsgi_file: Option<PathBuf>,
-    /// Load the WSGI app from this module (`pkg.mod` or `pkg.mod:callable`).
-    #[arg(long, value_name = "MODULE")]
-    pub module: Option<String>,
-    /// Name of the WSGI callable.
-    #[arg(long, value_name = "NAME", default_value = "application")]
-    pub callable: String,
-    /// Add a directory to sys.path (repeatable).
-    #[arg(long = "pythonpath", visible_alias = "pp", value_name = "DIR")]
-    pub pythonpath: Vec<PathBuf>,
-    /// Change to this directory before loading the app.
-    #[arg(long, value_name = "DIR")]
-    pub chdir: Option<PathBuf>,
-    /// Use this virtualenv (default: $VIRTUAL_ENV when set).
-    #[arg(
-        long = "virtualenv",
-        visible_alias = "home",
-        alias = "venv",
-        value_name = "DIR"
-    )]
-    pub virtualenv: Option<PathBuf>,
-    /// Accepted for uWSGI compatibility: Python threads always run.
-    #[arg(long = "enable-threads")]
-    pub enable_threads: bool,
-}
-
-impl PythonArgs {
-    /// Whether a Python app was asked for at all.
-    pub fn is_set(&self) -> bool {
-        self.wsgi_file.is_some() || self.module.is_some()
-    }
-
-    /// Options for [`load_app`]. `virtual_env` is the value of `$VIRTUAL_ENV` (read by
-    /// `main`), used when `--virtualenv` is absent; `threads` sizes the GIL pool;
-    /// `multithread`/`multiprocess` describe the serving model.
-    pub fn to_options(
-        &self,
-        virtual_env: Option<PathBuf>,
-        threads: usize,
-        multithread: bool,
-        multiprocess: bool,
-    ) -> PythonOptions {
-        PythonOptions {
-            wsgi_file: self.wsgi_file.clone(),
-            module: self.module.clone(),
-            callable: self.callable.clone(),
-            pythonpath: self.pythonpath.clone(),
-            chdir: self.chdir.clone(),
-            virtualenv: self
-                .virtualenv
-                .clone()
-                .or(virtual_env.filter(|p| !p.as_os_str().is_empty())),
-            pool_threads: threads,
-            multithread,
-            multiprocess,
-        }
-    }
-}
-
 /// Why a Python app could not be loaded. Messages are one line, for the CLI to print
 /// before exiting with status 1.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +98,35 @@ pub enum PythonError {
     NotCallable { what: String, callable: String },
 }
 
+/// Checks what can be checked without starting Python (an app is named once, the
+/// wsgi-file and the virtualenv exist). For a master with `--lazy-apps`, which must not
+/// import the app itself.
+pub fn check_options(opts: &PythonOptions) -> Result<(), PythonError> {
+    match (&opts.wsgi_file, &opts.module) {
+        (None, None) => return Err(PythonError::NoApp),
+        (Some(_), Some(_)) => return Err(PythonError::BothApps),
+        _ => {}
+    }
+    if let Some(f) = &opts.wsgi_file {
+        let full = match &opts.chdir {
+            Some(dir) if f.is_relative() => dir.join(f),
+            _ => f.clone(),
+        };
+        if !full.is_file() {
+            return Err(PythonError::FileNotFound(f.display().to_string()));
+        }
+    }
+    if let Some(v) = &opts.virtualenv {
+        if !v.is_dir() {
+            return Err(PythonError::Virtualenv {
+                path: v.display().to_string(),
+                reason: "directory not found".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Loads the app described by `opts` and returns it as a handler. Starts the interpreter
 /// on first use. Call it in the master before forking (then the workers call
 /// [`Handler::after_fork`]) or, with lazy apps, in each worker after fork.
@@ -179,20 +143,7 @@ pub struct WsgiApp {
 impl WsgiApp {
     /// Loads the app (see [`load_app`]).
     pub fn load(opts: &PythonOptions) -> Result<WsgiApp, PythonError> {
-        match (&opts.wsgi_file, &opts.module) {
-            (None, None) => return Err(PythonError::NoApp),
-            (Some(_), Some(_)) => return Err(PythonError::BothApps),
-            _ => {}
-        }
-        if let Some(f) = &opts.wsgi_file {
-            let full = match &opts.chdir {
-                Some(dir) if f.is_relative() => dir.join(f),
-                _ => f.clone(),
-            };
-            if !full.is_file() {
-                return Err(PythonError::FileNotFound(f.display().to_string()));
-            }
-        }
+        check_options(opts)?;
         interp::initialize(opts)?;
         let state = interp::with_gil(|py| call::AppState::load(py, opts))?;
         let threads = if opts.pool_threads == 0 {
@@ -202,7 +153,7 @@ impl WsgiApp {
         };
         Ok(WsgiApp {
             inner: Arc::new(state),
-            pool: pool::PoolSlot::new(threads),
+            pool: pool::PoolSlot::for_requests(threads, "forklift-py", call::flush_replies),
         })
     }
 }

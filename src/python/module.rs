@@ -3,8 +3,13 @@
 //! (named tasks that can be spooled durably), plus the Rust hooks the offload engine
 //! plugs into ([`SpoolSink`], [`OffloadExecutor`], [`run_task`]).
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Condvar;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
@@ -12,7 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule, PyString, PyTuple};
 
 use super::interp::{self, with_gil};
-use super::pool::PoolSlot;
+use super::pool::{Job, PoolSlot};
 
 create_exception!(
     forklift,
@@ -23,13 +28,21 @@ create_exception!(
 
 /// Threads of the built-in offload pool (used until an [`OffloadExecutor`] is set).
 const OFFLOAD_THREADS: usize = 2;
+/// Most `call_later` calls waiting for their time at once.
+const MAX_DELAYED: usize = 10_000;
+/// The longest `call_later` delay: a day.
+const MAX_DELAY: f64 = 86_400.0;
 
 /// Where durable (`spool`) task invocations go. The offload engine implements this.
 pub trait SpoolSink: Send + Sync + 'static {
     /// Stores one invocation of task `task` with keyword arguments `payload_json` (a
-    /// JSON object) durably, and returns its id once it is safely stored.
-    fn spool(&self, task: &str, payload_json: &str) -> Result<String, String>;
+    /// JSON object), to run no earlier than `delay` from now, durably; returns its id
+    /// once it is safely stored.
+    fn spool(&self, task: &str, payload_json: &str, delay: Duration) -> Result<String, String>;
 }
+
+/// A job handed to an [`OffloadExecutor`]: it takes the GIL itself.
+pub type OffloadJob = Box<dyn FnOnce() + Send + 'static>;
 
 /// Runs offloaded calls. The default is a small bounded pool of Python threads; the
 /// offload engine may replace it.
@@ -56,6 +69,10 @@ static SPOOL: RwLock<Option<Arc<dyn SpoolSink>>> = RwLock::new(None);
 static EXECUTOR: RwLock<Option<Arc<dyn OffloadExecutor>>> = RwLock::new(None);
 static TASKS: Mutex<Option<HashMap<String, Py<PyAny>>>> = Mutex::new(None);
 static OFFLOAD_POOL: OnceLock<PoolSlot> = OnceLock::new();
+static DELAYED: AtomicUsize = AtomicUsize::new(0);
+/// Told the name of every task declared (see [`set_task_listener`]).
+type TaskListener = Arc<dyn Fn(&str) + Send + Sync>;
+static LISTENER: RwLock<Option<TaskListener>> = RwLock::new(None);
 
 /// Sets where `task.spool(...)` stores invocations.
 pub fn set_spool_sink(sink: Arc<dyn SpoolSink>) {
@@ -65,6 +82,16 @@ pub fn set_spool_sink(sink: Arc<dyn SpoolSink>) {
 /// Replaces the built-in pool behind `forklift.offload`.
 pub fn set_offload_executor(exec: Arc<dyn OffloadExecutor>) {
     *EXECUTOR.write().unwrap_or_else(|e| e.into_inner()) = Some(exec);
+}
+
+/// Calls `f(name)` for every task declared with `@forklift.task`, those declared
+/// already and those declared later (so the offload engine can add them to its
+/// registry, running them with [`run_task`]).
+pub fn set_task_listener(f: Arc<dyn Fn(&str) + Send + Sync>) {
+    *LISTENER.write().unwrap_or_else(|e| e.into_inner()) = Some(f.clone());
+    for name in task_names() {
+        f(&name);
+    }
 }
 
 /// Names of the tasks the loaded app declared with `@forklift.task`.
@@ -99,7 +126,7 @@ pub fn run_task(name: &str, payload_json: &str) -> Result<(), TaskError> {
                 reason: interp::summary(py, &e),
             })?;
         func.bind(py).call((), Some(&kwargs)).map_err(|e| {
-            e.print(py);
+            interp::log_exception(py, &e);
             TaskError::Failed {
                 task: name.to_owned(),
                 reason: interp::summary(py, &e),
@@ -118,6 +145,7 @@ pub(crate) fn populate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Task>()?;
     m.add_class::<TaskDecorator>()?;
     m.add_function(wrap_pyfunction!(offload, m)?)?;
+    m.add_function(wrap_pyfunction!(call_later, m)?)?;
     m.add_function(wrap_pyfunction!(task, m)?)?;
     super::fanout::populate(m)?;
     Ok(())
@@ -133,6 +161,33 @@ pub(crate) fn install(py: Python<'_>) -> PyResult<()> {
     Ok(())
 }
 
+/// A call of `func(*args, **kwargs)` with the GIL, logging an exception.
+fn call_job(func: Py<PyAny>, args: Py<PyTuple>, kwargs: Option<Py<PyDict>>) -> Job {
+    Box::new(move |py: Python<'_>| {
+        interp::ensure_thread_loop(py);
+        if let Err(e) = func
+            .bind(py)
+            .call(args.bind(py), kwargs.as_ref().map(|k| k.bind(py)))
+        {
+            eprintln!("forklift: an offloaded call raised:");
+            interp::log_exception(py, &e);
+        }
+    })
+}
+
+/// Queues `job` on the offload executor (the built-in pool unless one was set). A
+/// rejected job is given back (it owns Python objects: drop it with the GIL).
+fn submit_job(job: Job) -> Result<(), OffloadJob> {
+    let exec = EXECUTOR.read().unwrap_or_else(|e| e.into_inner()).clone();
+    match exec {
+        Some(x) => x.submit(Box::new(move || with_gil(job))),
+        None => OFFLOAD_POOL
+            .get_or_init(|| PoolSlot::new(OFFLOAD_THREADS, "forklift-offload", || {}))
+            .submit(job)
+            .map_err(|job| Box::new(move || with_gil(job)) as OffloadJob),
+    }
+}
+
 /// Submits a call of `func(*args, **kwargs)`.
 fn submit_call(
     py: Python<'_>,
@@ -140,30 +195,157 @@ fn submit_call(
     args: Py<PyTuple>,
     kwargs: Option<Py<PyDict>>,
 ) -> PyResult<()> {
-    let job: Box<dyn FnOnce() + Send> = Box::new(move || {
-        with_gil(|py| {
-            interp::ensure_thread_loop(py);
-            if let Err(e) = func
-                .bind(py)
-                .call(args.bind(py), kwargs.as_ref().map(|k| k.bind(py)))
-            {
-                eprintln!("forklift: an offloaded call raised:");
-                e.print(py);
-            }
-        })
-    });
-    let exec = EXECUTOR.read().unwrap_or_else(|e| e.into_inner()).clone();
-    let res = py.allow_threads(|| match exec {
-        Some(x) => x.submit(job).map(|_| ()),
-        None => OFFLOAD_POOL
-            .get_or_init(|| PoolSlot::named(OFFLOAD_THREADS, "forklift-offload"))
-            .submit(job),
-    });
+    let _ = py;
+    // Never blocks (a full queue is an error), so the GIL is kept: releasing it here
+    // could leave the pool's lock held by this thread when a master forks.
+    let res = submit_job(call_job(func, args, kwargs));
     // A rejected job still owns Python objects; drop it with the GIL held.
     res.map_err(|job| {
         drop(job);
         QueueFull::new_err("offload queue is full")
     })
+}
+
+/// A call waiting for its time.
+struct Delayed {
+    due: Instant,
+    seq: u64,
+    job: Job,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, o: &Self) -> bool {
+        (self.due, self.seq) == (o.due, o.seq)
+    }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Delayed {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.due, self.seq).cmp(&(o.due, o.seq))
+    }
+}
+
+/// The `call_later` timer of one process: a heap and the thread that waits on it. A
+/// forked child makes its own (calls scheduled in the master stay the master's).
+struct Timer {
+    heap: Mutex<(BinaryHeap<Reverse<Delayed>>, u64)>,
+    changed: Condvar,
+}
+
+static TIMER: Mutex<Option<(u64, Arc<Timer>)>> = Mutex::new(None);
+
+fn timer() -> Option<Arc<Timer>> {
+    let gen = interp::fork_generation();
+    let mut slot = TIMER.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((g, t)) = slot.as_ref() {
+        if *g == gen {
+            return Some(t.clone());
+        }
+    }
+    if let Some((_, old)) = slot.take() {
+        // Inherited from the parent: its thread does not exist here.
+        std::mem::forget(old);
+    }
+    let t = Arc::new(Timer {
+        heap: Mutex::new((BinaryHeap::new(), 0)),
+        changed: Condvar::new(),
+    });
+    let t2 = t.clone();
+    std::thread::Builder::new()
+        .name("forklift-later".into())
+        .spawn(move || t2.run())
+        .ok()?;
+    *slot = Some((gen, t.clone()));
+    Some(t)
+}
+
+impl Timer {
+    fn run(&self) {
+        let mut g = self.heap.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let now = Instant::now();
+            let mut due = Vec::new();
+            while g.0.peek().is_some_and(|Reverse(d)| d.due <= now) {
+                due.push(g.0.pop().expect("peeked").0.job);
+            }
+            if !due.is_empty() {
+                drop(g);
+                for job in due {
+                    DELAYED.fetch_sub(1, Ordering::Relaxed);
+                    if submit_job(job).is_err() {
+                        eprintln!("forklift: call_later: the offload queue is full; a delayed call was dropped");
+                    }
+                }
+                g = self.heap.lock().unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            g = match g.0.peek() {
+                Some(Reverse(d)) => {
+                    let wait = d.due.saturating_duration_since(now);
+                    self.changed
+                        .wait_timeout(g, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+                None => self.changed.wait(g).unwrap_or_else(|e| e.into_inner()),
+            };
+        }
+    }
+
+    fn add(&self, due: Instant, job: Job) {
+        let mut g = self.heap.lock().unwrap_or_else(|e| e.into_inner());
+        g.1 += 1;
+        let seq = g.1;
+        g.0.push(Reverse(Delayed { due, seq, job }));
+        drop(g);
+        self.changed.notify_one();
+    }
+}
+
+/// `forklift.call_later(delay, func, *args, **kwargs)`: like `offload`, after `delay`
+/// seconds (seed 001's `loop.call_later(5, read)`, without an event loop to run).
+/// Raises `forklift.QueueFull` when too many calls are waiting.
+#[pyfunction]
+#[pyo3(signature = (delay, func, *args, **kwargs))]
+fn call_later(
+    py: Python<'_>,
+    delay: f64,
+    func: Py<PyAny>,
+    args: Py<PyTuple>,
+    kwargs: Option<Py<PyDict>>,
+) -> PyResult<bool> {
+    if !func.bind(py).is_callable() {
+        return Err(PyTypeError::new_err("call_later() needs a callable"));
+    }
+    if !(0.0..=MAX_DELAY).contains(&delay) {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "call_later() delay must be between 0 and 86400 seconds",
+        ));
+    }
+    if delay == 0.0 {
+        submit_call(py, func, args, kwargs)?;
+        return Ok(true);
+    }
+    if DELAYED.fetch_add(1, Ordering::Relaxed) >= MAX_DELAYED {
+        DELAYED.fetch_sub(1, Ordering::Relaxed);
+        return Err(QueueFull::new_err("too many delayed calls waiting"));
+    }
+    let Some(t) = timer() else {
+        DELAYED.fetch_sub(1, Ordering::Relaxed);
+        return Err(QueueFull::new_err(
+            "cannot start the call_later timer thread",
+        ));
+    };
+    t.add(
+        Instant::now() + Duration::from_secs_f64(delay),
+        call_job(func, args, kwargs),
+    );
+    Ok(true)
 }
 
 /// `forklift.offload(func, *args, **kwargs)`: run `func` later on a pool thread (with
@@ -229,6 +411,37 @@ impl Task {
     /// and returns its id once it is on disk.
     #[pyo3(signature = (**kwargs))]
     fn spool(&self, py: Python<'_>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<String> {
+        self.spool_in(py, Duration::ZERO, kwargs)
+    }
+
+    /// Like `spool`, to run no earlier than `delay` seconds from now.
+    #[pyo3(signature = (delay, /, **kwargs))]
+    fn spool_after(
+        &self,
+        py: Python<'_>,
+        delay: f64,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<String> {
+        if !(0.0..=1e9).contains(&delay) {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "spool_after() delay must be a non-negative number of seconds",
+            ));
+        }
+        self.spool_in(py, Duration::from_secs_f64(delay), kwargs)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<forklift.Task {}>", self.name)
+    }
+}
+
+impl Task {
+    fn spool_in(
+        &self,
+        py: Python<'_>,
+        delay: Duration,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<String> {
         let empty = PyDict::new(py);
         let kwargs = kwargs.unwrap_or(&empty);
         let payload: String = py
@@ -242,12 +455,8 @@ impl Task {
             ));
         };
         let name = self.name.clone();
-        py.allow_threads(move || sink.spool(&name, &payload))
+        py.allow_threads(move || sink.spool(&name, &payload, delay))
             .map_err(|e| PyRuntimeError::new_err(format!("cannot spool task '{}': {e}", self.name)))
-    }
-
-    fn __repr__(&self) -> String {
-        format!("<forklift.Task {}>", self.name)
     }
 }
 
@@ -276,6 +485,10 @@ fn register(func: &Bound<'_, PyAny>, name: Option<String>) -> PyResult<Task> {
         .insert(name.clone(), func.clone().unbind());
     // Dropped after the lock is released: a decref may run Python code.
     drop(replaced);
+    let listener = LISTENER.read().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some(f) = listener {
+        f(&name);
+    }
     Ok(Task {
         name,
         func: func.clone().unbind(),

@@ -2,19 +2,30 @@
 //! first use in each process (never before `fork`), each attaches to the interpreter
 //! once, and the queue in front of them has a fixed capacity: a full queue is reported
 //! to the caller, which answers 503.
+//!
+//! A thread takes the GIL once for a batch of queued jobs (up to [`MAX_BATCH`]), then
+//! releases it and runs the pool's `flush` hook (which publishes the batch's replies,
+//! so the event loop is woken once per batch rather than once per request).
 
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{bounded, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use pyo3::Python;
 
 use super::interp;
 
-/// A unit of work for a pool thread.
-pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
+/// A unit of work for a pool thread, run with the GIL held.
+pub(crate) type Job = Box<dyn for<'py> FnOnce(Python<'py>) + Send + 'static>;
 
-/// Queued jobs allowed per pool thread.
+/// Most jobs run under one hold of the GIL.
+const MAX_BATCH: usize = 32;
+
+/// Queued jobs allowed per pool thread...
 const QUEUE_PER_THREAD: usize = 64;
+/// ...and at least this many in all, so a one-thread pool behind an event loop holding
+/// hundreds of connections queues their requests instead of refusing them.
+const MIN_QUEUE: usize = 1024;
 
 struct Running {
     /// Fork generation the threads were started in; stale after a fork.
@@ -27,18 +38,27 @@ struct Running {
 pub(crate) struct PoolSlot {
     threads: usize,
     name: &'static str,
+    /// Run after each batch, without the GIL.
+    flush: fn(),
+    min_queue: usize,
     running: Mutex<Option<Running>>,
 }
 
 impl PoolSlot {
-    pub(crate) fn new(threads: usize) -> PoolSlot {
-        PoolSlot::named(threads, "forklift-py")
+    /// A pool for requests: its queue holds at least [`MIN_QUEUE`] jobs.
+    pub(crate) fn for_requests(threads: usize, name: &'static str, flush: fn()) -> PoolSlot {
+        PoolSlot {
+            min_queue: MIN_QUEUE,
+            ..PoolSlot::new(threads, name, flush)
+        }
     }
 
-    pub(crate) fn named(threads: usize, name: &'static str) -> PoolSlot {
+    pub(crate) fn new(threads: usize, name: &'static str, flush: fn()) -> PoolSlot {
         PoolSlot {
             threads: threads.max(1),
             name,
+            flush,
+            min_queue: 0,
             running: Mutex::new(None),
         }
     }
@@ -72,21 +92,14 @@ impl PoolSlot {
     }
 
     fn start(&self, generation: u64) -> Option<Running> {
-        let (tx, rx) = bounded::<Job>(self.threads * QUEUE_PER_THREAD);
+        let (tx, rx) = bounded::<Job>((self.threads * QUEUE_PER_THREAD).max(self.min_queue));
         let mut threads = Vec::with_capacity(self.threads);
         for i in 0..self.threads {
             let rx = rx.clone();
+            let flush = self.flush;
             let t = std::thread::Builder::new()
                 .name(format!("{}-{i}", self.name))
-                .spawn(move || {
-                    while let Ok(job) = rx.recv() {
-                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
-                            eprintln!(
-                                "forklift: a Python pool job panicked; the thread carries on"
-                            );
-                        }
-                    }
-                });
+                .spawn(move || work(&rx, flush));
             match t {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -122,5 +135,28 @@ impl PoolSlot {
                 let _ = t.join();
             }
         }
+    }
+}
+
+fn run(py: Python<'_>, job: Job) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(py))).is_err() {
+        eprintln!("forklift: a Python pool job panicked; the thread carries on");
+    }
+}
+
+/// A pool thread: waits for a job without the GIL, then runs it and whatever else is
+/// queued (up to a batch) under one hold of the GIL.
+fn work(rx: &Receiver<Job>, flush: fn()) {
+    while let Ok(job) = rx.recv() {
+        interp::with_gil(|py| {
+            run(py, job);
+            for _ in 1..MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => run(py, job),
+                    Err(_) => break,
+                }
+            }
+        });
+        flush();
     }
 }

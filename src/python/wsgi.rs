@@ -130,6 +130,10 @@ impl Errors {
     }
 }
 
+/// Most bytes `write()` may hold before the response goes out (it is sent after the app
+/// returns, so everything written is buffered until then).
+const MAX_WRITTEN: usize = 256 << 20;
+
 /// Status line and headers as given to `start_response`, validated.
 #[derive(Debug)]
 pub(crate) struct Head {
@@ -189,6 +193,12 @@ impl StartResponse {
             .downcast::<PyBytes>()
             .map_err(|_| PyTypeError::new_err("write() takes bytes"))?;
         let b = b.as_bytes();
+        if self.written.len() + b.len() > MAX_WRITTEN {
+            return Err(PyRuntimeError::new_err(
+                "write() has buffered more than 256 MiB: return an iterable (or a \
+                 wsgi.file_wrapper) to stream a body this large",
+            ));
+        }
         if !b.is_empty() {
             self.written.extend_from_slice(b);
             self.sent = true;

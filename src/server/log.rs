@@ -1,11 +1,9 @@
 //! The access log (one line per request: client, request line, status, body bytes,
-//! microseconds) and the server's own error lines, written to stderr or `--logto FILE`.
+//! microseconds) and the server's own error lines, written to stderr (which `--logto
+//! FILE` points at the file).
 
-use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::app::Version;
@@ -19,35 +17,17 @@ pub struct RequestView<'a> {
     pub start: Instant,
 }
 
-/// Where log lines go. Cheap to clone; writes are whole lines under a lock so lines from
-/// threads do not interleave.
+/// Where log lines go. Cheap to clone; each line is one write under stderr's lock, so
+/// lines from threads do not interleave.
 #[derive(Clone)]
 pub struct Log {
     access: bool,
-    sink: Arc<Mutex<Sink>>,
-}
-
-enum Sink {
-    Stderr,
-    File(File),
 }
 
 impl Log {
     /// Logs to stderr; `access` turns the per-request lines on.
     pub fn stderr(access: bool) -> Log {
-        Log {
-            access,
-            sink: Arc::new(Mutex::new(Sink::Stderr)),
-        }
-    }
-
-    /// Logs to `path` (appending), as uWSGI's `--logto`.
-    pub fn file(path: &Path, access: bool) -> io::Result<Log> {
-        let f = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Log {
-            access,
-            sink: Arc::new(Mutex::new(Sink::File(f))),
-        })
+        Log { access }
     }
 
     /// Whether per-request lines are written.
@@ -57,14 +37,10 @@ impl Log {
 
     /// Writes one line (a newline is added).
     pub fn line(&self, text: &str) {
-        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
         let mut buf = String::with_capacity(text.len() + 1);
         buf.push_str(text);
         buf.push('\n');
-        let _ = match &mut *sink {
-            Sink::Stderr => io::stderr().write_all(buf.as_bytes()),
-            Sink::File(f) => f.write_all(buf.as_bytes()),
-        };
+        let _ = io::stderr().lock().write_all(buf.as_bytes());
     }
 
     /// The access-log line for a finished response.

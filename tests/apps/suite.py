@@ -142,6 +142,8 @@ def application(environ, start_response):
         write = start_response("200 OK", [("Content-Type", "text/plain")])
         write(b"all written")
         return []
+    if path == "/sys-exit":
+        sys.exit(3)
     if path == "/raise-before":
         raise RuntimeError("raised before start_response")
     if path == "/raise-after":
@@ -242,6 +244,24 @@ def application(environ, start_response):
 
         ok = forklift.offload(job, params.get("tag", "x"), delay=0.01)
         return _text(start_response, "queued %s" % ok)
+    if path == "/later":
+        def job(tag):
+            with _lock:
+                OFFLOADED.append(tag)
+
+        ok = forklift.call_later(float(params.get("d", "0.05")), job, params.get("tag", "later"))
+        return _text(start_response, "scheduled %s" % ok)
+    if path == "/flood":
+        accepted = 0
+        full = "no"
+        for _ in range(10000):
+            try:
+                forklift.offload(time.sleep, 0.05)
+                accepted += 1
+            except forklift.QueueFull:
+                full = "QueueFull"
+                break
+        return _text(start_response, "%d %s" % (accepted, full))
     if path == "/offloaded":
         with _lock:
             return _text(start_response, ",".join(OFFLOADED))

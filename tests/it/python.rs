@@ -404,9 +404,10 @@ fn input_patterns_content_length(m: Model) {
 fn input_patterns_chunked(m: Model) {
     let s = Server::start("suite.py", "application", m);
     input_case(&s, true);
+    // A de-chunked body is presented with its length, as nginx forwards it.
     let e = environ_json(&s.post("/environ", b"0123456789", true));
-    assert!(e.get("CONTENT_LENGTH").is_none());
-    assert_eq!(e["HTTP_TRANSFER_ENCODING"], "chunked");
+    assert_eq!(e["CONTENT_LENGTH"], "10");
+    assert!(e.get("HTTP_TRANSFER_ENCODING").is_none());
 }
 
 fn streaming_generator(m: Model) {
@@ -453,6 +454,7 @@ fn app_errors_give_500_and_worker_survives(m: Model) {
     let s = Server::start("suite.py", "application", m);
     for path in [
         "/raise-before",
+        "/sys-exit",
         "/raise-after",
         "/not-bytes",
         "/no-start-response",
@@ -649,13 +651,52 @@ fn app_raising_at_import_is_a_load_error() {
     assert!(e.to_string().contains("ZeroDivisionError"), "{e}");
 }
 
+/// Records what `task.spool()` hands to the spool sink.
+struct MemorySpool(std::sync::Mutex<Vec<(String, String, Duration)>>);
+
+impl forklift::python::SpoolSink for MemorySpool {
+    fn spool(&self, task: &str, payload: &str, delay: Duration) -> Result<String, String> {
+        let mut v = self.0.lock().unwrap();
+        v.push((task.into(), payload.into(), delay));
+        Ok(format!("id{}", v.len()))
+    }
+}
+
 #[test]
-fn task_spool_without_sink_is_a_clear_error() {
+fn task_spool_goes_to_the_sink_and_tasks_are_announced() {
     let s = Server::start("suite.py", "application", Model::Threads);
     assert!(s
         .get("/spool")
         .text()
         .contains("spool strategy not configured"));
+    let sink = std::sync::Arc::new(MemorySpool(Default::default()));
+    forklift::python::set_spool_sink(sink.clone());
+    assert_eq!(s.get("/spool").text(), "spooled id1");
+    let got = sink.0.lock().unwrap().clone();
+    assert!(got[0].0.ends_with(".send_mail"));
+    assert_eq!(got[0].1, r#"{"to": "a@example.com"}"#);
+    assert_eq!(got[0].2, Duration::ZERO);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen2 = seen.clone();
+    forklift::python::set_task_listener(std::sync::Arc::new(move |name: &str| {
+        seen2.lock().unwrap().push(name.to_string())
+    }));
+    assert!(seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|n| n.ends_with(".send_mail")));
+}
+
+#[test]
+fn offload_queue_is_bounded_and_call_later_runs() {
+    let s = Server::start("suite.py", "application", Model::Epoll);
+    let r = s.get("/flood").text();
+    let (n, full) = r.split_once(' ').unwrap();
+    assert_eq!(full, "QueueFull", "{r}");
+    assert!(n.parse::<usize>().unwrap() <= 200, "{r}");
+    assert_eq!(s.get("/later?d=0.05&tag=l1").text(), "scheduled True");
+    assert_eq!(s.wait_for("/offloaded", "l1"), "l1");
 }
 
 #[test]
@@ -748,9 +789,8 @@ impl Drop for BuiltinServer {
 }
 
 // ---------------------------------------------------------------------------
-// Separate server processes: a fresh interpreter per test (virtualenv, chdir) and
-// pre-forked workers. They run the `forklift` binary when it serves WSGI apps, else this
-// test binary's `child_server` entry point with the same settings.
+// Separate server processes (the `forklift` binary): a fresh interpreter per test
+// (virtualenv, chdir) and pre-forked workers.
 
 /// Settings of a server process.
 #[derive(Clone, Default)]
@@ -763,7 +803,7 @@ struct Spec {
     venv: Option<String>,
     chdir: Option<String>,
     /// Extra environment variables for the server process.
-    env: Vec<(&'static str, &'static str)>,
+    env: Vec<(String, String)>,
 }
 
 impl Spec {
@@ -773,50 +813,6 @@ impl Spec {
             processes: 1,
             ..Spec::default()
         }
-    }
-
-    fn encode(&self) -> String {
-        [
-            format!("file={}", self.file),
-            format!(
-                "callable={}",
-                self.callable
-                    .clone()
-                    .unwrap_or_else(|| "application".into())
-            ),
-            format!("model={}", self.model.unwrap_or("threads")),
-            format!("processes={}", self.processes),
-            format!("lazy={}", self.lazy),
-            format!("venv={}", self.venv.clone().unwrap_or_default()),
-            format!("chdir={}", self.chdir.clone().unwrap_or_default()),
-        ]
-        .join("\n")
-    }
-
-    fn decode(text: &str) -> Spec {
-        let mut s = Spec::new("");
-        for line in text.lines() {
-            let (k, v) = line.split_once('=').unwrap();
-            let opt = || (!v.is_empty()).then(|| v.to_string());
-            match k {
-                "file" => s.file = v.into(),
-                "callable" => s.callable = opt(),
-                "model" => {
-                    s.model = Some(match v {
-                        "linear" => "linear",
-                        "epoll" => "epoll",
-                        "async" => "async",
-                        _ => "threads",
-                    })
-                }
-                "processes" => s.processes = v.parse().unwrap(),
-                "lazy" => s.lazy = v == "true",
-                "venv" => s.venv = opt(),
-                "chdir" => s.chdir = opt(),
-                _ => {}
-            }
-        }
-        s
     }
 
     fn cli_args(&self) -> Vec<String> {
@@ -857,42 +853,15 @@ struct Proc {
     readers: Vec<std::thread::JoinHandle<()>>,
 }
 
-/// Whether the `forklift` binary can serve WSGI apps (the CLI wiring has landed).
-fn binary_serves_python() -> bool {
-    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ANSWER.get_or_init(|| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_forklift"))
-            .args([
-                "serve",
-                "--wsgi-file",
-                "/nonexistent/forklift-probe.py",
-                "--http",
-                "127.0.0.1:0",
-            ])
-            .output()
-            .expect("run forklift");
-        let err = String::from_utf8_lossy(&out.stderr);
-        !err.contains("no Python support") && !out.status.success()
-    })
-}
-
 impl Proc {
     fn start(spec: &Spec) -> Proc {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
-        let mut cmd = if binary_serves_python() {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_forklift"));
-            c.args(spec.cli_args());
-            c
-        } else {
-            let mut c = Command::new(std::env::current_exe().unwrap());
-            c.args(["--exact", "child_server", "--nocapture", "--test-threads=1"]);
-            c.env("FORKLIFT_TEST_CHILD", spec.encode());
-            c
-        };
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_forklift"));
+        cmd.args(spec.cli_args());
         cmd.current_dir(apps_dir())
             .env_remove("VIRTUAL_ENV")
-            .envs(spec.env.iter().copied())
+            .envs(spec.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -991,75 +960,6 @@ impl Drop for Proc {
     }
 }
 
-/// Entry point of a server child process (does nothing in a normal test run).
-#[test]
-fn child_server() {
-    let Ok(text) = std::env::var("FORKLIFT_TEST_CHILD") else {
-        return;
-    };
-    use forklift::server::master::{self, AppSource};
-    let spec = Spec::decode(&text);
-    if let Some(d) = &spec.chdir {
-        std::env::set_current_dir(d).unwrap();
-    }
-    let model = match spec.model.unwrap_or("threads") {
-        "linear" => Model::Linear,
-        "epoll" => Model::Epoll,
-        "async" => Model::Async,
-        _ => Model::Threads,
-    };
-    let opts = PythonOptions {
-        wsgi_file: Some(spec.file.clone().into()),
-        callable: spec
-            .callable
-            .clone()
-            .unwrap_or_else(|| "application".into()),
-        virtualenv: spec.venv.clone().map(Into::into),
-        pool_threads: 2,
-        multithread: model != Model::Linear,
-        multiprocess: spec.processes > 1,
-        ..PythonOptions::default()
-    };
-    let config = forklift::server::ServerConfig {
-        model,
-        processes: spec.processes,
-        master: spec.processes > 1,
-        threads: 2,
-        ..Default::default()
-    };
-    let log = forklift::server::Log::stderr(true);
-    let app = if spec.lazy {
-        None
-    } else {
-        match load_app(&opts) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                eprintln!("forklift: {e}");
-                std::process::exit(1);
-            }
-        }
-    };
-    let listener = forklift::server::listen::bind("127.0.0.1:0".parse().unwrap(), 128).unwrap();
-    eprintln!(
-        "test server listening on http://{}",
-        listener.local_addr().unwrap()
-    );
-    let code = if config.master {
-        let source = match app {
-            Some(a) => AppSource::Preloaded(a),
-            None => AppSource::Lazy(Box::new(move || load_app(&opts).map_err(|e| e.to_string()))),
-        };
-        master::run(listener, source, config, log).unwrap()
-    } else {
-        let app = app.unwrap_or_else(|| load_app(&opts).unwrap());
-        let shutdown = forklift::rt::Shutdown::new();
-        let _signals = forklift::server::signals::watch(&shutdown, false).unwrap();
-        forklift::server::run_worker(listener, app, config, log, shutdown).unwrap();
-        0
-    };
-    std::process::exit(code);
-}
-
 #[test]
 fn seed_001_webapp_reads_numbers_under_every_model() {
     for m in ["linear", "threads", "epoll", "async"] {
@@ -1086,6 +986,9 @@ fn seed_001_async_variant_and_offload() {
     assert_eq!(p.get("/offload").text(), "Hello World");
     let out = p.wait_output("5:five");
     assert!(out.contains("0:zero"), "{out}");
+    assert_eq!(p.get("/later?0.05").text(), "Hello World");
+    let out = p.wait_output("5:five\n0:zero\n1:one\n2:two\n3:three\n4:four\n5:five");
+    assert_eq!(out.matches("5:five").count(), 2, "{out}");
 }
 
 fn distinct_pids(p: &Proc, n: usize) -> std::collections::HashSet<String> {
@@ -1127,7 +1030,7 @@ fn preforked_workers_serve_python() {
             model: Some(model),
             processes: 2,
             lazy,
-            env: vec![("FORKLIFT_TEST_ATEXIT", "1")],
+            env: vec![("FORKLIFT_TEST_ATEXIT".into(), "1".into())],
             ..Spec::new("suite.py")
         });
         assert_eq!(p.get("/hello").text(), "Hello world");
@@ -1142,11 +1045,12 @@ fn preforked_workers_serve_python() {
         assert_eq!(e["wsgi.multiprocess"], true);
         // Each worker runs the app's atexit functions when it stops.
         let out = p.stop();
-        assert_eq!(
-            out.matches("suite.py: atexit ran").count(),
-            2,
-            "{model}: {out}"
-        );
+        for pid in &pids {
+            assert!(
+                out.contains(&format!("suite.py: atexit ran in {pid}\n")),
+                "{model}: {out}"
+            );
+        }
     }
 }
 
@@ -1200,18 +1104,188 @@ fn flask_app_in_a_virtualenv() {
 fn seed_002_apps_with_requests_and_aiohttp_in_a_virtualenv() {
     let Some(venv) = test_venv() else { return };
     let backend = BuiltinServer::start();
-    let q = format!("/?backend={}", backend.addr.port());
     for (file, want) in [
         ("seed002/app_sync.py", "with synchronous calls"),
         ("seed002/app_asyncio.py", "async calls using asyncio"),
     ] {
+        // The seed's apps as written (requests, aiohttp, URL without a query knob): the
+        // backend port comes from the environment (7001 when unset).
         let p = Proc::start(&Spec {
             model: Some("threads"),
             venv: Some(venv.clone()),
+            env: vec![(
+                "FORKLIFT_TEST_BACKEND_PORT".into(),
+                backend.addr.port().to_string(),
+            )],
             ..Spec::new(file)
         });
-        let r = p.get(&q);
+        let r = p.get("/");
         assert_eq!(r.status, 200, "{file}: {}", r.text());
         assert!(r.text().contains(want), "{}", r.text());
+    }
+}
+
+#[test]
+fn app_threads_run_between_requests_and_survive_fork_of_a_busy_master() {
+    for (model, processes) in [("epoll", 2), ("threads", 2), ("linear", 1)] {
+        let p = Proc::start(&Spec {
+            model: Some(model),
+            processes,
+            ..Spec::new("threaded.py")
+        });
+        // The master forked while its spinner thread was running: workers must not
+        // hang on an interpreter lock that thread held.
+        for _ in 0..5 {
+            assert_eq!(p.get("/").text(), "ok", "{model}");
+        }
+        // A thread the app starts keeps running between requests (one connection at a
+        // time, so the same worker answers on linear/one process; with two processes,
+        // ask until a worker that started one reports progress).
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut progressed = false;
+        while !progressed && std::time::Instant::now() < deadline {
+            p.get("/start");
+            let a: u64 = p.get("/ticks").text().parse().unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            let b: u64 = p.get("/ticks").text().parse().unwrap();
+            progressed = b > a;
+        }
+        assert!(progressed, "{model}: the app's thread did not run");
+        // call_later works in workers forked from a master that used it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut done = false;
+        while !done && std::time::Instant::now() < deadline {
+            p.get("/later");
+            std::thread::sleep(Duration::from_millis(30));
+            done = p.get("/later-done").text() == "yes";
+        }
+        assert!(done, "{model}: call_later never ran in a worker");
+    }
+}
+
+#[test]
+fn cli_load_errors_are_one_line_and_exit_1() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_forklift"))
+            .args(["serve", "--http", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(apps_dir())
+            .env_remove("VIRTUAL_ENV")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--wsgi-file", "webapp.py"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(err.trim(), "forklift: wsgi-file webapp.py not found");
+    let (code, err) = run(&["--module", "json"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err.trim(),
+        "forklift: module 'json' has no callable 'application' (use --callable NAME)"
+    );
+    let (code, err) = run(&[
+        "--wsgi-file",
+        "suite.py",
+        "--virtualenv",
+        "/nonexistent/venv",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.trim()
+            .starts_with("forklift: virtualenv /nonexistent/venv"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn cli_module_with_pythonpath_and_chdir() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_forklift"))
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--chdir",
+            "apps",
+            "--module",
+            "mod_app:app",
+            "--pythonpath",
+            "pkg",
+        ])
+        .current_dir(apps_dir().parent().unwrap())
+        .env_remove("VIRTUAL_ENV")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut addr = None;
+    while addr.is_none() && stderr.read_line(&mut line).unwrap() > 0 {
+        if let Some(i) = line.find("listening on http://") {
+            addr = line[i + 20..]
+                .split_whitespace()
+                .next()
+                .map(|a| a.parse().unwrap());
+        }
+        line.clear();
+    }
+    let addr = addr.expect("the server starts");
+    let r = request(
+        addr,
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(r.text(), "from mod_app");
+}
+
+#[test]
+fn django_app_in_a_virtualenv() {
+    let Some(venv) = test_venv() else { return };
+    let has_django = std::process::Command::new(format!("{venv}/bin/python"))
+        .args(["-c", "import django"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_django {
+        eprintln!("note: no django in {venv}; skipping the Django test");
+        return;
+    }
+    for m in ["threads", "epoll"] {
+        let p = Proc::start(&Spec {
+            model: Some(m),
+            venv: Some(venv.clone()),
+            ..Spec::new("djangoapp/django_app.py")
+        });
+        assert_eq!(p.get("/").text(), "django index");
+        assert_eq!(p.get("/nope").status, 404);
+        for chunked in [false, true] {
+            let body = "name=ada";
+            let framing = if chunked {
+                format!(
+                    "Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                    body.len()
+                )
+            } else {
+                format!("Content-Length: {}\r\n\r\n{body}", body.len())
+            };
+            let r = request(
+                p.addr,
+                &format!("POST /form HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\n{framing}"),
+            );
+            assert_eq!(r.text(), "form name=ada", "{m} chunked={chunked}");
+        }
+        let r = request(
+            p.addr,
+            "POST /json HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 6\r\n\r\n[1, 2]",
+        );
+        assert_eq!(r.text(), r#"{"got": [1, 2]}"#);
+        assert_eq!(p.get("/stream").text(), "part 0\npart 1\npart 2\n");
+        let src = std::fs::read(apps_dir().join("djangoapp/django_app.py")).unwrap();
+        assert_eq!(p.get("/file").body, src);
     }
 }

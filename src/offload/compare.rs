@@ -1,0 +1,494 @@
+//! `forklift compare offload`: seed 000's experiment. `forklift serve builtin:slowlog`
+//! is started under each offload strategy, loaded like `ab -n 100 -c 10`, and seed
+//! 000's table is printed with forklift's figures beside it, plus how long until every
+//! task had run and how many were lost (counted in slowlog's log file), and an SVG/HTML
+//! chart like `compare models`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::bench::chart::{fmt_figure, Comparison, ComparisonRow};
+use crate::bench::models::{ModelSpec, ServerProcess};
+use crate::bench::{run_config, BenchConfig, BenchError, Report};
+
+use super::slowlog::{count_records, done_file};
+
+/// `forklift compare offload [-n N] [-c C] [--task-seconds S] [--strategies …]`
+#[derive(Debug, Clone, clap::Args)]
+pub struct CompareOffloadArgs {
+    /// Requests per strategy (seed 000: ab -n 100)
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    pub requests: u64,
+    /// Requests in flight at once (seed 000: -c 10)
+    #[arg(short = 'c', long, default_value_t = 10)]
+    pub concurrency: usize,
+    /// Seconds of slow work per request (seed 000: time.sleep(1))
+    #[arg(long, default_value_t = 1.0)]
+    pub task_seconds: f64,
+    /// Requests for `inline`, where each one waits for its task [default: 10 × -c]
+    #[arg(long)]
+    pub inline_requests: Option<u64>,
+    /// Only these scenarios (comma-separated: none,inline,loop,thread,pool,spool)
+    #[arg(long, value_delimiter = ',')]
+    pub strategies: Vec<String>,
+    /// Server model (`forklift serve --model`)
+    #[arg(long, default_value = "epoll")]
+    pub model: String,
+    /// Server worker processes (with more than one, `loop` runs one shared host)
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+    /// --offload-workers for the server (pool threads; blocking tasks of loop/spool)
+    #[arg(long, default_value_t = 100)]
+    pub offload_workers: usize,
+    /// Extra argument for every `forklift serve` (repeatable, e.g. --serve-arg=--threads=8)
+    #[arg(long = "serve-arg", allow_hyphen_values = true)]
+    pub serve_args: Vec<String>,
+    /// Keep connections alive (seed 000's ab used a connection per request)
+    #[arg(short = 'k', long)]
+    pub keepalive: bool,
+    /// Seconds to wait, after the load, for every task to have run
+    #[arg(long, default_value_t = 300.0)]
+    pub finish_timeout: f64,
+    /// Directory for the SVG chart, HTML report, JSON, and the servers' work files
+    #[arg(long, default_value = "forklift-compare")]
+    pub out: PathBuf,
+    /// Load generator threads (default: CPU count)
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Seconds to wait for a server's banner
+    #[arg(long, default_value_t = 30.0)]
+    pub startup_timeout: f64,
+    /// The forklift binary to start (default: this executable)
+    #[arg(long, hide = true)]
+    pub forklift_bin: Option<PathBuf>,
+}
+
+impl CompareOffloadArgs {
+    /// The defaults, as `forklift compare offload` with no options.
+    pub fn defaults() -> CompareOffloadArgs {
+        CompareOffloadArgs {
+            requests: 1000,
+            concurrency: 10,
+            task_seconds: 1.0,
+            inline_requests: None,
+            strategies: Vec::new(),
+            model: "epoll".into(),
+            processes: 1,
+            offload_workers: 100,
+            serve_args: Vec::new(),
+            keepalive: false,
+            finish_timeout: 300.0,
+            out: PathBuf::from("forklift-compare"),
+            threads: None,
+            startup_timeout: 30.0,
+            forklift_bin: None,
+        }
+    }
+}
+
+/// One scenario of the table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    /// Short name (`--strategies` selects by it).
+    pub name: &'static str,
+    /// Row label, as in the seed's table.
+    pub label: &'static str,
+    /// Seed 000's req/s, where it measured this.
+    pub seed_rps: Option<f64>,
+    /// `--offload` value.
+    pub strategy: &'static str,
+    /// Whether the scenario does the slow work (no: "no handling").
+    pub slow: bool,
+}
+
+/// Seed 000's columns, then the strategies it did not have.
+pub const SCENARIOS: [Scenario; 6] = [
+    Scenario {
+        name: "none",
+        label: "no slow work",
+        seed_rps: Some(10_000.0),
+        strategy: "inline",
+        slow: false,
+    },
+    Scenario {
+        name: "inline",
+        label: "inline (sync)",
+        seed_rps: Some(1.0),
+        strategy: "inline",
+        slow: true,
+    },
+    Scenario {
+        name: "loop",
+        label: "loop (async epoll)",
+        seed_rps: Some(12_000.0),
+        strategy: "loop",
+        slow: true,
+    },
+    Scenario {
+        name: "thread",
+        label: "thread (async threads)",
+        seed_rps: Some(3_500.0),
+        strategy: "thread",
+        slow: true,
+    },
+    Scenario {
+        name: "pool",
+        label: "pool",
+        seed_rps: None,
+        strategy: "pool",
+        slow: true,
+    },
+    Scenario {
+        name: "spool",
+        label: "spool (durable)",
+        seed_rps: None,
+        strategy: "spool",
+        slow: true,
+    },
+];
+
+/// One scenario's outcome.
+#[derive(Debug, Clone)]
+pub struct OffloadResult {
+    pub scenario: Scenario,
+    pub requests: u64,
+    pub report: Option<Report>,
+    /// Tasks the server accepted (2xx answers).
+    pub expected_tasks: u64,
+    /// Tasks recorded as finished once the server stopped.
+    pub logged_tasks: u64,
+    /// From the start of the load until every accepted task had run.
+    pub all_done_s: Option<f64>,
+    pub error: Option<String>,
+}
+
+impl OffloadResult {
+    pub fn lost(&self) -> u64 {
+        self.expected_tasks.saturating_sub(self.logged_tasks)
+    }
+}
+
+/// Measures every selected scenario with the forklift binary at `bin`.
+pub fn compare_offload(
+    args: &CompareOffloadArgs,
+    bin: &Path,
+) -> Result<Vec<OffloadResult>, BenchError> {
+    if args.requests == 0 || args.concurrency == 0 {
+        return Err(BenchError::Usage("-n and -c must be at least 1".into()));
+    }
+    let positive = |v: f64| v.is_finite() && v > 0.0;
+    let valid = positive(args.startup_timeout)
+        && positive(args.finish_timeout)
+        && args.task_seconds.is_finite()
+        && args.task_seconds >= 0.0;
+    if !valid {
+        return Err(BenchError::Usage(
+            "--task-seconds, --finish-timeout and --startup-timeout must be positive".into(),
+        ));
+    }
+    let mut chosen = Vec::new();
+    if args.strategies.is_empty() {
+        chosen.extend(SCENARIOS.iter().cloned());
+    } else {
+        for s in &args.strategies {
+            match SCENARIOS.iter().find(|x| x.name == s.trim()) {
+                Some(x) => chosen.push(x.clone()),
+                None => {
+                    return Err(BenchError::Usage(format!(
+                        "unknown scenario {s:?} (known: none, inline, loop, thread, pool, spool)"
+                    )))
+                }
+            }
+        }
+    }
+    let work = args.out.join("offload-work");
+    let mut results = Vec::new();
+    for sc in chosen {
+        results.push(run_scenario(args, bin, &work, sc));
+    }
+    Ok(results)
+}
+
+fn run_scenario(args: &CompareOffloadArgs, bin: &Path, work: &Path, sc: Scenario) -> OffloadResult {
+    let requests = if sc.strategy == "inline" && sc.slow {
+        args.inline_requests
+            .unwrap_or(10 * args.concurrency as u64)
+            .min(args.requests)
+    } else {
+        args.requests
+    };
+    let mut result = OffloadResult {
+        scenario: sc.clone(),
+        requests,
+        report: None,
+        expected_tasks: 0,
+        logged_tasks: 0,
+        all_done_s: None,
+        error: None,
+    };
+    let dir = work.join(sc.name);
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        result.error = Some(format!("cannot create {}: {e}", dir.display()));
+        return result;
+    }
+    let log = dir.join("slowlog.log");
+    let done = done_file(&log);
+    // Unix socket paths are short: keep it in the temp directory.
+    let socket = std::env::temp_dir().join(format!(
+        "forklift-compare-{}-{}.sock",
+        std::process::id(),
+        sc.name
+    ));
+    let task_seconds = if sc.slow { args.task_seconds } else { 0.0 };
+    let s = |v: &str| v.to_string();
+    let serve_args = vec![
+        s("--model"),
+        args.model.clone(),
+        s("--processes"),
+        args.processes.to_string(),
+        s("--offload"),
+        s(sc.strategy),
+        s("--offload-workers"),
+        args.offload_workers.to_string(),
+        s("--task-seconds"),
+        task_seconds.to_string(),
+        s("--slowlog-file"),
+        log.display().to_string(),
+        s("--spool-dir"),
+        dir.join("spool").display().to_string(),
+        s("--offload-socket"),
+        socket.display().to_string(),
+    ];
+    let spec = ModelSpec {
+        name: sc.name.to_string(),
+        label: sc.label.to_string(),
+        seed_seconds: None,
+        serve_args,
+    };
+    let startup = Duration::from_secs_f64(args.startup_timeout);
+    let mut server =
+        match ServerProcess::spawn(bin, "builtin:slowlog", &spec, &args.serve_args, startup) {
+            Ok(s) => s,
+            Err(e) => {
+                result.error = Some(e.to_string());
+                return result;
+            }
+        };
+    let url = format!("http://{}/", server.addr);
+    let mut cfg = BenchConfig::new(&url, requests, args.concurrency);
+    cfg.keep_alive = args.keepalive;
+    if let Some(t) = args.threads {
+        cfg.threads = t;
+    }
+    let t0 = Instant::now();
+    let report = match run_config(&cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            result.error = Some(e.to_string());
+            server.stop();
+            return result;
+        }
+    };
+    let accepted: u64 = report
+        .status_codes
+        .iter()
+        .filter(|s| (200..300).contains(&s.status))
+        .map(|s| s.count)
+        .sum();
+    result.expected_tasks = accepted;
+    let deadline = Instant::now() + Duration::from_secs_f64(args.finish_timeout);
+    while count_records(&done) < accepted && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if count_records(&done) >= accepted {
+        result.all_done_s = Some(t0.elapsed().as_secs_f64());
+    }
+    server.stop();
+    // A loop host finishes its drain after the server's processes are gone.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while count_records(&done) < accepted && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    result.logged_tasks = count_records(&done);
+    result.report = Some(report);
+    let _ = std::fs::remove_file(&socket);
+    result
+}
+
+/// Seed 000's table with forklift's figures and the task columns.
+pub fn table(args: &CompareOffloadArgs, results: &[OffloadResult]) -> Comparison {
+    let rows = results
+        .iter()
+        .map(|r| {
+            let extra = match &r.report {
+                Some(rep) => vec![
+                    r.requests.to_string(),
+                    match r.all_done_s {
+                        Some(s) => format!("{s:.2}"),
+                        None => format!("> {}", args.finish_timeout),
+                    },
+                    r.lost().to_string(),
+                    r.logged_tasks.saturating_sub(r.expected_tasks).to_string(),
+                    format!("{:.2}", pct(rep, 99.0)),
+                    rep.failed_requests.to_string(),
+                    rep.non_2xx_responses.to_string(),
+                ],
+                None => Vec::new(),
+            };
+            ComparisonRow {
+                scenario: r.scenario.label.to_string(),
+                seed: r.scenario.seed_rps,
+                ours: r.report.as_ref().map(|rep| rep.requests_per_second),
+                extra,
+                note: r
+                    .error
+                    .as_ref()
+                    .map(|e| e.lines().next().unwrap_or("").to_string()),
+            }
+        })
+        .collect();
+    let mut notes = vec![
+        "Seed 000: Python 2 scripts, ab -n 100 -c 10, 1 s of slow work per request; \
+         'no handling' skipped the work entirely."
+            .to_string(),
+        "tasks done: seconds from the start of the load until every accepted task had \
+         finished (logged, waited, recorded in LOG.done); lost = accepted − finished \
+         (must be 0); dup = extra runs (at-least-once)."
+            .to_string(),
+    ];
+    if let Some(r) = results
+        .iter()
+        .find(|r| r.scenario.name == "inline" && r.report.is_some())
+    {
+        notes.push(format!(
+            "inline ran {} requests (each waits for its task); every other row ran {}.",
+            r.requests, args.requests
+        ));
+    }
+    let lost: u64 = results.iter().map(OffloadResult::lost).sum();
+    if results.iter().any(|r| r.report.is_some()) {
+        notes.push(if lost == 0 {
+            "No task was lost.".to_string()
+        } else {
+            format!("{lost} task(s) lost.")
+        });
+    }
+    if let (Some(none), Some(best)) = (
+        results
+            .iter()
+            .find(|r| r.scenario.name == "none")
+            .and_then(|r| r.report.as_ref()),
+        results
+            .iter()
+            .filter(|r| r.scenario.slow && r.scenario.strategy != "inline")
+            .filter_map(|r| Some((r, r.report.as_ref()?)))
+            .max_by(|a, b| a.1.requests_per_second.total_cmp(&b.1.requests_per_second)),
+    ) {
+        notes.push(format!(
+            "Best offload: {} at {} req/s = {:.0}% of the same server with no slow work ({} req/s).",
+            best.0.scenario.label,
+            fmt_figure(best.1.requests_per_second),
+            100.0 * best.1.requests_per_second / none.requests_per_second.max(f64::MIN_POSITIVE),
+            fmt_figure(none.requests_per_second)
+        ));
+    }
+    for r in results {
+        if let Some(e) = &r.error {
+            notes.push(format!("{}: {e}", r.scenario.label));
+        }
+    }
+    let mode = if args.keepalive {
+        "-k"
+    } else {
+        "--no-keepalive"
+    };
+    Comparison {
+        title: "Seed 000: non-blocking request handling, requests per second".into(),
+        setting: format!(
+            "forklift bench -n {} -c {} {mode} against `forklift serve builtin:slowlog --model {} \
+             --processes {} --offload S --task-seconds {}` (seed: ab -n 100 -c 10 against Python scripts)",
+            args.requests, args.concurrency, args.model, args.processes, args.task_seconds
+        ),
+        metric: "req/s".into(),
+        unit: "req/s".into(),
+        higher_is_better: true,
+        extra_columns: vec![
+            "requests".into(),
+            "tasks done (s)".into(),
+            "lost".into(),
+            "dup".into(),
+            "p99 ms".into(),
+            "failed".into(),
+            "non-2xx".into(),
+        ],
+        rows,
+        notes,
+    }
+}
+
+fn pct(r: &Report, p: f64) -> f64 {
+    r.percentiles
+        .iter()
+        .find(|x| x.percent == p)
+        .map_or(0.0, |x| x.ms)
+}
+
+/// The whole `forklift compare offload` command: measures, prints the table, writes
+/// `OUT/offload.{svg,html,json}`. Exit code 1 when nothing could be measured or a task
+/// was lost.
+pub fn run_compare_offload(args: &CompareOffloadArgs) -> Result<i32, BenchError> {
+    let bin = match &args.forklift_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe().map_err(BenchError::Io)?,
+    };
+    let results = compare_offload(args, &bin)?;
+    let comparison = table(args, &results);
+    print!("{}", comparison.to_text());
+    let files = comparison
+        .write_files(&args.out, "offload")
+        .map_err(|e| BenchError::WriteFile(args.out.clone(), e))?;
+    for f in files {
+        println!("wrote {}", f.display());
+    }
+    let measured = results.iter().any(|r| r.report.is_some());
+    let lost = results.iter().any(|r| r.lost() > 0);
+    Ok(if measured && !lost { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenarios_have_unique_names_and_seed_figures() {
+        let mut names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
+        names.dedup();
+        assert_eq!(names.len(), 6);
+        let seeded = SCENARIOS.iter().filter(|s| s.seed_rps.is_some()).count();
+        assert_eq!(seeded, 4, "seed 000 measured four columns");
+    }
+
+    #[test]
+    fn unknown_scenario_is_a_usage_error() {
+        let mut a = CompareOffloadArgs::defaults();
+        a.strategies = vec!["warp".into()];
+        assert!(matches!(
+            compare_offload(&a, Path::new("/nonexistent")),
+            Err(BenchError::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn a_failed_server_is_a_row_with_a_note() {
+        let mut a = CompareOffloadArgs::defaults();
+        a.strategies = vec!["loop".into()];
+        a.startup_timeout = 2.0;
+        a.out = std::env::temp_dir().join(format!("forklift-cmp-unit-{}", std::process::id()));
+        let results = compare_offload(&a, Path::new("/nonexistent/forklift")).unwrap();
+        assert!(results[0].report.is_none() && results[0].error.is_some());
+        let t = table(&a, &results).to_text();
+        assert!(t.contains("loop (async epoll)"), "{t}");
+        let _ = std::fs::remove_dir_all(&a.out);
+    }
+}

@@ -1,0 +1,237 @@
+//! Offload configuration: the flags `forklift serve` flattens ([`OffloadArgs`]) and the
+//! validated [`OffloadConfig`] the engine is built from.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::OffloadError;
+
+/// Where a handler's slow work runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Before the response (the blocking baseline, seed 000's sync.py).
+    Inline,
+    /// Over a Unix socket to one event-loop worker shared by all processes (async_epoll.py).
+    Loop,
+    /// A thread per task, capped (async_thread.py).
+    Thread,
+    /// A bounded queue served by N worker threads.
+    Pool,
+    /// Durable: on disk before submit returns, at-least-once, retried, dead-lettered.
+    Spool,
+}
+
+impl Strategy {
+    pub const ALL: [Strategy; 5] = [
+        Strategy::Inline,
+        Strategy::Loop,
+        Strategy::Thread,
+        Strategy::Pool,
+        Strategy::Spool,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Inline => "inline",
+            Strategy::Loop => "loop",
+            Strategy::Thread => "thread",
+            Strategy::Pool => "pool",
+            Strategy::Spool => "spool",
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Offload flags, as typed. Flatten into a command with `#[command(flatten)]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OffloadArgs {
+    /// How slow work handed off by handlers runs: inline, loop, thread, pool, spool.
+    #[arg(long = "offload", value_enum, default_value_t = Strategy::Pool)]
+    pub offload: Strategy,
+    /// Worker threads: pool workers; concurrent blocking tasks for loop and spool.
+    #[arg(long, default_value_t = 8)]
+    pub offload_workers: usize,
+    /// Bound on waiting work: pool queue length, live task threads (thread), tasks in
+    /// flight in the loop worker (loop), submissions waiting for the disk (spool).
+    #[arg(long, default_value_t = 4096)]
+    pub offload_queue: usize,
+    /// Unix socket of the loop worker [default: a per-server path in the temp dir].
+    #[arg(long)]
+    pub offload_socket: Option<PathBuf>,
+    /// Seconds graceful shutdown waits for non-durable tasks before dropping them.
+    #[arg(long, default_value_t = 10.0)]
+    pub offload_drain: f64,
+    /// Directory of the durable spool (strategy spool).
+    #[arg(long, default_value = "forklift-spool")]
+    pub spool_dir: PathBuf,
+    /// Fsync each spooled task on its own instead of sharing commits (for comparison).
+    #[arg(long)]
+    pub spool_no_group_commit: bool,
+    /// Most tasks the spool holds pending before refusing submissions.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub spool_max: u64,
+    /// Retries of a failing spooled task before it goes to the dead-letter area.
+    #[arg(long, default_value_t = 5)]
+    pub task_retries: u32,
+    /// First retry delay in seconds; doubled on each further retry (capped at 1 hour).
+    #[arg(long, default_value_t = 1.0)]
+    pub task_backoff: f64,
+    /// Seconds of slow work done by builtin:slowlog's task.
+    #[arg(long, default_value_t = 1.0)]
+    pub task_seconds: f64,
+    /// Log file builtin:slowlog's task appends requests to.
+    #[arg(long, default_value = "forklift-slowlog.log")]
+    pub slowlog_file: PathBuf,
+}
+
+impl Default for OffloadArgs {
+    fn default() -> Self {
+        OffloadArgs {
+            offload: Strategy::Pool,
+            offload_workers: 8,
+            offload_queue: 4096,
+            offload_socket: None,
+            offload_drain: 10.0,
+            spool_dir: PathBuf::from("forklift-spool"),
+            spool_no_group_commit: false,
+            spool_max: 1_000_000,
+            task_retries: 5,
+            task_backoff: 1.0,
+            task_seconds: 1.0,
+            slowlog_file: PathBuf::from("forklift-slowlog.log"),
+        }
+    }
+}
+
+/// Validated offload settings.
+#[derive(Debug, Clone)]
+pub struct OffloadConfig {
+    pub strategy: Strategy,
+    pub workers: usize,
+    pub queue: usize,
+    /// Socket path for `loop`.
+    pub socket: PathBuf,
+    pub drain_timeout: Duration,
+    pub spool_dir: PathBuf,
+    pub group_commit: bool,
+    pub spool_max: u64,
+    pub retries: u32,
+    pub backoff: Duration,
+    /// How long a spool runner owns a claimed task before another runner may take it
+    /// (when the owner is alive but silent); dead owners are detected at once.
+    pub lease: Duration,
+    pub task_seconds: Duration,
+    pub slowlog_file: PathBuf,
+}
+
+impl Default for OffloadConfig {
+    fn default() -> Self {
+        OffloadConfig::from_args(&OffloadArgs::default()).expect("defaults are valid")
+    }
+}
+
+fn secs(name: &str, v: f64, max: f64) -> Result<Duration, OffloadError> {
+    if v.is_finite() && (0.0..=max).contains(&v) {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(OffloadError::Config(format!(
+            "{name} must be between 0 and {max} seconds, got {v}"
+        )))
+    }
+}
+
+impl OffloadConfig {
+    pub fn from_args(a: &OffloadArgs) -> Result<OffloadConfig, OffloadError> {
+        if !(1..=1024).contains(&a.offload_workers) {
+            return Err(OffloadError::Config(format!(
+                "--offload-workers must be 1..=1024, got {}",
+                a.offload_workers
+            )));
+        }
+        if !(1..=1_000_000).contains(&a.offload_queue) {
+            return Err(OffloadError::Config(format!(
+                "--offload-queue must be 1..=1000000, got {}",
+                a.offload_queue
+            )));
+        }
+        if a.spool_max == 0 {
+            return Err(OffloadError::Config(
+                "--spool-max must be at least 1".into(),
+            ));
+        }
+        let socket = a.offload_socket.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("forklift-offload-{}.sock", std::process::id()))
+        });
+        if socket.as_os_str().len() > 100 {
+            return Err(OffloadError::Config(format!(
+                "--offload-socket path too long for a Unix socket: {}",
+                socket.display()
+            )));
+        }
+        Ok(OffloadConfig {
+            strategy: a.offload,
+            workers: a.offload_workers,
+            queue: a.offload_queue,
+            socket,
+            drain_timeout: secs("--offload-drain", a.offload_drain, 3600.0)?,
+            spool_dir: a.spool_dir.clone(),
+            group_commit: !a.spool_no_group_commit,
+            spool_max: a.spool_max,
+            retries: a.task_retries.min(100),
+            backoff: secs("--task-backoff", a.task_backoff, 3600.0)?,
+            lease: Duration::from_secs(300),
+            task_seconds: secs("--task-seconds", a.task_seconds, 3600.0)?,
+            slowlog_file: a.slowlog_file.clone(),
+        })
+    }
+
+    /// The delay before retry number `attempt` (1-based): backoff × 2^(attempt-1), at
+    /// most an hour.
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
+        self.backoff
+            .saturating_mul(factor)
+            .min(Duration::from_secs(3600))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flattens_into_serve_without_clashes() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            serve: crate::cli::ServeArgs,
+            #[command(flatten)]
+            offload: OffloadArgs,
+        }
+        Serve::command().debug_assert();
+    }
+
+    #[test]
+    fn validates_and_backs_off() {
+        let mut a = OffloadArgs {
+            task_backoff: 0.5,
+            ..OffloadArgs::default()
+        };
+        let c = OffloadConfig::from_args(&a).unwrap();
+        assert_eq!(c.retry_delay(1), Duration::from_millis(500));
+        assert_eq!(c.retry_delay(3), Duration::from_secs(2));
+        assert_eq!(c.retry_delay(99), Duration::from_secs(3600));
+        a.offload_workers = 0;
+        assert!(OffloadConfig::from_args(&a).is_err());
+        a.offload_workers = 1;
+        a.task_seconds = f64::NAN;
+        assert!(OffloadConfig::from_args(&a).is_err());
+    }
+}

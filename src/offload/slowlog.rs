@@ -1,0 +1,195 @@
+//! `builtin:slowlog`: seed 000's `make_log` as an app. Each request hands a task to the
+//! offload engine (appending the request's first 1024 bytes to a log file, then
+//! `--task-seconds` of waiting, then a line to `LOG.done` saying it finished) and is
+//! answered `Doobie Doo` at once, or after the work with `--offload inline`.
+//! `?delay=S` defers the task by S seconds (seed 001's `call_later(5, read)`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{
+    Offload, OffloadConfig, Registry, Strategy, SubmitError, Task, TaskError, TaskPayload,
+    MAX_DELAY,
+};
+use crate::app::{CallContext, Handler, Reply, Request, Response};
+
+/// The registered name of slowlog's task.
+pub const SLOWLOG_TASK: &str = "slowlog";
+
+/// How much of each request is logged (the seed's `conn.recv(1024)`).
+const LOGGED_BYTES: usize = 1024;
+
+static BODY: &[u8] = b"Doobie Doo";
+
+/// The slowlog app. Build it with [`SlowLog::new`], which also registers its task.
+pub struct SlowLog {
+    offload: Offload,
+    /// Requests seen by this process.
+    requests: AtomicU64,
+}
+
+impl SlowLog {
+    /// Registers the `slowlog` task in `offload`'s registry (logging to
+    /// `cfg.slowlog_file`, then waiting `cfg.task_seconds`) and returns the app.
+    pub fn new(offload: Offload) -> SlowLog {
+        let cfg = offload.config().clone();
+        register_task(offload.registry(), &cfg);
+        SlowLog {
+            offload,
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    pub fn offload(&self) -> &Offload {
+        &self.offload
+    }
+
+    /// Requests answered by this process.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+/// Registers the `slowlog` task in `registry`.
+pub fn register_task(registry: &Registry, cfg: &OffloadConfig) {
+    let path = cfg.slowlog_file.clone();
+    let wait = cfg.task_seconds;
+    registry.register_async(SLOWLOG_TASK, move |p: TaskPayload| {
+        let path = path.clone();
+        Box::pin(async move {
+            append_record(&path, &p)?;
+            if !wait.is_zero() {
+                crate::rt::sleep(wait).await;
+            }
+            append_line(&done_file(&path), format!("{}\n", p.id).as_bytes())?;
+            Ok::<(), TaskError>(())
+        })
+    });
+}
+
+/// Appends one line per task: a count, the pid, the task id, and the logged bytes with
+/// control characters escaped (so a log line is a task, and tools can count them).
+fn append_record(path: &Path, p: &TaskPayload) -> std::io::Result<()> {
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let n = COUNT.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut line = format!(
+        "num={n} pid={} id={} {}\n",
+        std::process::id(),
+        p.id,
+        p.data.escape_ascii()
+    );
+    line.truncate(line.len().min(8 * LOGGED_BYTES));
+    append_line(path, line.as_bytes())
+}
+
+/// Appends with one `write` on an `O_APPEND` file: lines from several processes do not
+/// interleave.
+fn append_line(path: &Path, line: &[u8]) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?
+        .write_all(line)
+}
+
+/// Where slowlog's task records that it finished (after its wait): `LOG.done`, one
+/// line (the task id) per finished task. `count_records` on it counts finished tasks.
+pub fn done_file(log: &Path) -> PathBuf {
+    let mut name = log.as_os_str().to_owned();
+    name.push(".done");
+    PathBuf::from(name)
+}
+
+/// Counts the records in a slowlog file (0 if it does not exist).
+pub fn count_records(path: &Path) -> u64 {
+    std::fs::read(path)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count() as u64)
+        .unwrap_or(0)
+}
+
+/// The request as it came on the wire (request line, headers, body), cut at 1024 bytes.
+fn raw_prefix(req: &Request) -> Bytes {
+    let mut v = Vec::with_capacity(LOGGED_BYTES);
+    v.extend_from_slice(&req.method);
+    v.push(b' ');
+    v.extend_from_slice(&req.target);
+    v.push(b' ');
+    v.extend_from_slice(req.version.as_str().as_bytes());
+    v.extend_from_slice(b"\r\n");
+    for h in &req.headers {
+        if v.len() >= LOGGED_BYTES {
+            break;
+        }
+        v.extend_from_slice(&h.name);
+        v.extend_from_slice(b": ");
+        v.extend_from_slice(&h.value);
+        v.extend_from_slice(b"\r\n");
+    }
+    v.extend_from_slice(b"\r\n");
+    if v.len() < LOGGED_BYTES {
+        let take = (LOGGED_BYTES - v.len()).min(req.body.len());
+        v.extend_from_slice(&req.body[..take]);
+    }
+    v.truncate(LOGGED_BYTES);
+    v.into()
+}
+
+fn answer(r: Result<u64, SubmitError>) -> Response {
+    match r {
+        Ok(_) => Response::text(200, Bytes::from_static(BODY)),
+        Err(e @ SubmitError::Full { .. }) => Response::text(503, format!("{e}\n"))
+            .with_header("Retry-After", Bytes::from_static(b"1")),
+        Err(e) => Response::text(500, format!("offload failed: {e}\n")),
+    }
+}
+
+impl Handler for SlowLog {
+    fn call(&self, req: Request, cx: &CallContext) -> Reply {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let mut task = Task::new(SLOWLOG_TASK, raw_prefix(&req));
+        // `?delay=S` defers the task (seed 001's `call_later(5, read)`).
+        if let Some(d) = req.query_param("delay") {
+            match d.parse::<f64>() {
+                Ok(s) if s.is_finite() && (0.0..=MAX_DELAY.as_secs_f64()).contains(&s) => {
+                    task = task.after(Duration::from_secs_f64(s));
+                }
+                _ => {
+                    return Reply::Ready(Response::text(
+                        400,
+                        format!("bad delay {d:?}: expected seconds up to a day, e.g. ?delay=5\n"),
+                    ))
+                }
+            }
+        }
+        let waits = matches!(
+            self.offload.config().strategy,
+            Strategy::Inline | Strategy::Spool
+        );
+        if waits && !cx.may_block {
+            let fut = self.offload.submit_async(task);
+            return Reply::Later(Box::pin(async move { answer(fut.await) }));
+        }
+        Reply::Ready(answer(self.offload.submit(task)))
+    }
+
+    fn before_fork(&self) {
+        if let Err(e) = self.offload.start_in_master() {
+            eprintln!("forklift: slowlog: offload engine did not start: {e}");
+        }
+    }
+
+    fn after_fork(&self) {
+        self.offload.after_fork_in_worker();
+    }
+
+    fn shutdown(&self) {
+        let report = self.offload.shutdown(self.offload.config().drain_timeout);
+        if report.dropped > 0 {
+            eprintln!("forklift: slowlog: {report}");
+        }
+    }
+}

@@ -1,0 +1,972 @@
+//! `spool`: durable tasks in an embedded SQLite database (WAL mode, `synchronous=FULL`)
+//! in `--spool-dir`. A submission is committed (the WAL fsynced) before `submit`
+//! returns; one writer thread per process batches concurrent submissions into one
+//! transaction (group commit). A runner claims due tasks under a lease naming its
+//! process, runs them, and deletes them when done; a task whose runner died is claimed
+//! again (at least once). Failures are retried with exponential backoff, then moved to
+//! the dead-letter table, which the `forklift spool` command lists and retries.
+//! See docs/OFFLOAD.md for why SQLite.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::exec::Executor;
+use super::{
+    pid, Counters, DrainReport, Engine, OffloadConfig, OffloadError, Registry, SubmitError, Task,
+    TaskError, TaskId, TaskPayload,
+};
+use crate::app::BoxFuture;
+
+/// Spool errors.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("cannot create spool directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("spool database {path}: {source}")]
+    Db {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("spool database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("spool writer stopped")]
+    WriterGone,
+}
+
+/// File name of the database inside the spool directory.
+pub const DB_FILE: &str = "spool.db";
+
+/// Most submissions committed in one transaction.
+const MAX_BATCH: usize = 1024;
+
+/// How often an idle runner looks for tasks submitted by other processes.
+const POLL: Duration = Duration::from_millis(20);
+
+/// How often the runner frees tasks held by dead runners.
+const RECLAIM_EVERY: Duration = Duration::from_secs(2);
+
+/// Most tasks a runner claims in one query.
+const CLAIM_BATCH: usize = 256;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// FNV-1a over the name, a separator and the payload: detects a damaged row.
+pub fn checksum(name: &[u8], payload: &[u8]) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in name.iter().chain(&[0u8]).chain(payload) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h as i64
+}
+
+/// Counts of the spool's contents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SpoolStats {
+    /// Tasks not finished (due, delayed, or running).
+    pub pending: u64,
+    /// Of those, claimed by a runner right now.
+    pub running: u64,
+    /// In the dead-letter area.
+    pub dead: u64,
+    /// Completed since the spool was created.
+    pub completed: u64,
+}
+
+/// A task in the dead-letter area.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadTask {
+    pub id: u64,
+    pub name: String,
+    pub payload_len: u64,
+    pub attempts: u32,
+    /// Unix time in milliseconds.
+    pub failed_at: i64,
+    pub error: String,
+}
+
+/// A claimed task, or a row that could not be read back as one.
+#[derive(Debug)]
+pub enum Claimed {
+    Task(TaskPayload),
+    Corrupt { id: u64, reason: String },
+}
+
+/// What became of a claimed task.
+#[derive(Debug, Clone)]
+pub enum Finish {
+    Done(u64),
+    Retry { id: u64, at_ms: i64, error: String },
+    Dead { id: u64, error: String },
+}
+
+/// One connection to a spool database. Not shared between threads; open one per thread
+/// (and never use one across `fork`).
+pub struct Spool {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool in `dir`.
+    pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
+        std::fs::create_dir_all(dir).map_err(|source| SpoolError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(DB_FILE);
+        let db = |source| SpoolError::Db {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db)?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS tasks (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                name TEXT NOT NULL,
+                payload BLOB NOT NULL,
+                len INTEGER NOT NULL,
+                sum INTEGER NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                run_at INTEGER NOT NULL,
+                owner TEXT,
+                lease_until INTEGER NOT NULL DEFAULT 0,
+                created INTEGER NOT NULL,
+                last_error TEXT
+            );
+            CREATE INDEX IF NOT EXISTS tasks_free ON tasks(owner, run_at);
+            CREATE TABLE IF NOT EXISTS dead (
+                id INTEGER PRIMARY KEY,
+                name, payload, len, sum, attempts, created,
+                failed_at INTEGER NOT NULL,
+                last_error TEXT
+            );
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            INSERT OR IGNORE INTO meta VALUES ('completed', 0);",
+        )
+        .map_err(db)?;
+        Ok(Spool { conn, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Trades the fsync on commit for speed on this connection: commits stay atomic and
+    /// survive a process crash, not a power loss. The runner uses it for claims and
+    /// completions (a lost completion means a duplicate run, never a lost task).
+    pub fn relax_sync(&self) -> Result<(), SpoolError> {
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(())
+    }
+
+    /// Commits `tasks` (name, payload, due time in Unix ms) in one transaction; returns
+    /// their ids in order.
+    pub fn insert_batch(&mut self, tasks: &[(&str, &[u8], i64)]) -> Result<Vec<u64>, SpoolError> {
+        let created = now_ms();
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut ids = Vec::with_capacity(tasks.len());
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO tasks (name, payload, len, sum, run_at, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (name, payload, run_at) in tasks {
+                st.execute(params![
+                    name,
+                    payload,
+                    payload.len() as i64,
+                    checksum(name.as_bytes(), payload),
+                    run_at,
+                    created
+                ])?;
+                ids.push(tx.last_insert_rowid() as u64);
+            }
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    /// Claims up to `limit` due, unowned tasks for `owner` until `lease_until` (Unix ms).
+    pub fn claim(
+        &mut self,
+        owner: &str,
+        lease_until: i64,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, SpoolError> {
+        let now = now_ms();
+        // A read first: idle runners (one per worker) must not take the write lock
+        // every poll and slow down submissions.
+        let due: bool = self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM tasks WHERE owner IS NULL AND run_at <= ?1)",
+            )?
+            .query_row([now], |r| r.get(0))?;
+        if !due {
+            return Ok(Vec::new());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut out = Vec::new();
+        {
+            let mut st = tx.prepare_cached(
+                "UPDATE tasks SET owner = ?1, lease_until = ?2, attempts = attempts + 1
+                 WHERE id IN (SELECT id FROM tasks WHERE owner IS NULL AND run_at <= ?3
+                              ORDER BY run_at, id LIMIT ?4)
+                 RETURNING id, name, payload, len, sum, attempts",
+            )?;
+            let mut rows = st.query(params![owner, lease_until, now, limit as i64])?;
+            while let Some(row) = rows.next()? {
+                out.push(read_claimed(row));
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Records what became of claimed tasks, in one transaction.
+    pub fn finish_batch(&mut self, done: &[Finish]) -> Result<(), SpoolError> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut completed = 0i64;
+        for f in done {
+            match f {
+                Finish::Done(id) => {
+                    completed +=
+                        tx.execute("DELETE FROM tasks WHERE id = ?1", [*id as i64])? as i64;
+                }
+                Finish::Retry { id, at_ms, error } => {
+                    tx.execute(
+                        "UPDATE tasks SET owner = NULL, lease_until = 0, run_at = ?2, last_error = ?3
+                         WHERE id = ?1",
+                        params![*id as i64, at_ms, error],
+                    )?;
+                }
+                Finish::Dead { id, error } => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO dead (id, name, payload, len, sum, attempts, created, failed_at, last_error)
+                         SELECT id, name, payload, len, sum, attempts, created, ?2, ?3 FROM tasks WHERE id = ?1",
+                        params![*id as i64, now, error],
+                    )?;
+                    tx.execute("DELETE FROM tasks WHERE id = ?1", [*id as i64])?;
+                }
+            }
+        }
+        if completed > 0 {
+            tx.execute(
+                "UPDATE meta SET value = value + ?1 WHERE key = 'completed'",
+                [completed],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Frees tasks whose lease expired or whose owner process is gone; returns how many.
+    pub fn reclaim(&mut self, me: &str) -> Result<u64, SpoolError> {
+        let owners: Vec<String> = {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT DISTINCT owner FROM tasks WHERE owner IS NOT NULL")?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            rows.filter_map(Result::ok).collect()
+        };
+        let mut n = 0u64;
+        for owner in owners.iter().filter(|o| *o != me && !owner_alive(o)) {
+            n += self.conn.execute(
+                "UPDATE tasks SET owner = NULL, lease_until = 0 WHERE owner = ?1",
+                [owner],
+            )? as u64;
+        }
+        n += self.conn.execute(
+            "UPDATE tasks SET owner = NULL, lease_until = 0
+             WHERE owner IS NOT NULL AND lease_until < ?1",
+            [now_ms()],
+        )? as u64;
+        Ok(n)
+    }
+
+    /// Unix ms when the earliest unowned task is due, if any.
+    pub fn next_due(&self) -> Result<Option<i64>, SpoolError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT min(run_at) FROM tasks WHERE owner IS NULL",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
+    pub fn pending(&self) -> Result<u64, SpoolError> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM tasks", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    pub fn stats(&self) -> Result<SpoolStats, SpoolError> {
+        let one = |sql: &str| -> Result<u64, SpoolError> {
+            Ok(self.conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
+        };
+        Ok(SpoolStats {
+            pending: one("SELECT count(*) FROM tasks")?,
+            running: one("SELECT count(*) FROM tasks WHERE owner IS NOT NULL")?,
+            dead: one("SELECT count(*) FROM dead")?,
+            completed: one("SELECT value FROM meta WHERE key = 'completed'")?,
+        })
+    }
+
+    /// Up to `limit` dead tasks, oldest failure first.
+    pub fn list_dead(&self, limit: usize) -> Result<Vec<DeadTask>, SpoolError> {
+        let mut st = self.conn.prepare(
+            "SELECT id, CAST(name AS TEXT), length(payload), attempts, failed_at, last_error
+             FROM dead ORDER BY failed_at, id LIMIT ?1",
+        )?;
+        let rows = st.query_map([limit as i64], |r| {
+            Ok(DeadTask {
+                id: r.get::<_, i64>(0)? as u64,
+                name: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                payload_len: r.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64,
+                attempts: r.get::<_, Option<i64>>(3)?.unwrap_or(0) as u32,
+                failed_at: r.get(4)?,
+                error: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Moves dead tasks (all, or those in `ids`) back to the queue, due now, with their
+    /// attempt count reset. Returns how many moved.
+    pub fn retry_dead(&mut self, ids: Option<&[u64]>) -> Result<u64, SpoolError> {
+        let now = now_ms();
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let sel =
+            "INSERT INTO tasks (id, name, payload, len, sum, attempts, run_at, created, last_error)
+                   SELECT id, name, payload, len, sum, 0, ?1, created, last_error FROM dead";
+        let n = match ids {
+            None => {
+                let n = tx.execute(sel, [now])?;
+                tx.execute("DELETE FROM dead", [])?;
+                n
+            }
+            Some(ids) => {
+                let mut n = 0;
+                for id in ids {
+                    n += tx.execute(&format!("{sel} WHERE id = ?2"), params![now, *id as i64])?;
+                    tx.execute("DELETE FROM dead WHERE id = ?1", [*id as i64])?;
+                }
+                n
+            }
+        };
+        tx.commit()?;
+        Ok(n as u64)
+    }
+
+    /// Deletes dead tasks (all, or those in `ids`). Returns how many.
+    pub fn purge_dead(&mut self, ids: Option<&[u64]>) -> Result<u64, SpoolError> {
+        Ok(match ids {
+            None => self.conn.execute("DELETE FROM dead", [])? as u64,
+            Some(ids) => {
+                let mut n = 0;
+                for id in ids {
+                    n += self
+                        .conn
+                        .execute("DELETE FROM dead WHERE id = ?1", [*id as i64])?
+                        as u64;
+                }
+                n
+            }
+        })
+    }
+}
+
+/// Reads a claimed row back; any damage (wrong types, a length or checksum that does
+/// not match) makes it `Corrupt` instead of an error, so one bad row cannot stop the
+/// runner.
+fn read_claimed(row: &rusqlite::Row<'_>) -> Claimed {
+    let id = match row.get::<_, i64>(0) {
+        Ok(id) => id as u64,
+        Err(e) => {
+            return Claimed::Corrupt {
+                id: 0,
+                reason: format!("unreadable id: {e}"),
+            }
+        }
+    };
+    let parsed = (|| -> Result<TaskPayload, String> {
+        let name: String = row.get(1).map_err(|e| format!("name: {e}"))?;
+        let payload: Vec<u8> = row.get(2).map_err(|e| format!("payload: {e}"))?;
+        let len: i64 = row.get(3).map_err(|e| format!("len: {e}"))?;
+        let sum: i64 = row.get(4).map_err(|e| format!("checksum: {e}"))?;
+        let attempts: i64 = row.get(5).map_err(|e| format!("attempts: {e}"))?;
+        if payload.len() as i64 != len {
+            return Err(format!(
+                "truncated payload: {} bytes, expected {len}",
+                payload.len()
+            ));
+        }
+        if checksum(name.as_bytes(), &payload) != sum {
+            return Err("checksum mismatch".into());
+        }
+        Ok(TaskPayload {
+            id,
+            name,
+            data: payload.into(),
+            attempt: attempts.clamp(1, u32::MAX as i64) as u32,
+        })
+    })();
+    match parsed {
+        Ok(p) => Claimed::Task(p),
+        Err(reason) => Claimed::Corrupt { id, reason },
+    }
+}
+
+/// This process's lease owner name: boot id, pid and process start time, so a pid
+/// reused after a crash or a reboot is not mistaken for the old owner.
+pub fn owner_token() -> String {
+    let pid = std::process::id();
+    format!("{}/{}/{}", boot_id(), pid, start_time(pid).unwrap_or(0))
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the process named by an owner token still runs.
+pub fn owner_alive(token: &str) -> bool {
+    let mut parts = token.split('/');
+    let (Some(boot), Some(pid), Some(start)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let (Ok(pid), Ok(start)) = (pid.parse::<u32>(), start.parse::<u64>()) else {
+        return false;
+    };
+    boot == boot_id() && start_time(pid) == Some(start)
+}
+
+/// A submission waiting for the writer.
+struct Submission {
+    name: String,
+    payload: bytes::Bytes,
+    run_at: i64,
+    ack: tokio::sync::oneshot::Sender<Result<TaskId, SubmitError>>,
+}
+
+/// Messages to the runner thread.
+enum RunnerMsg {
+    /// The local writer committed tasks: look now instead of at the next poll.
+    Submitted,
+    Finished(TaskPayload, Result<(), TaskError>),
+    Stop(Instant),
+}
+
+/// Per-process state: started lazily and only in the pid that started it.
+#[derive(Default)]
+struct Local {
+    pid: u32,
+    writer: Option<crossbeam_channel::Sender<Submission>>,
+    runner: Option<RunnerHandle>,
+}
+
+struct RunnerHandle {
+    tx: mpsc::Sender<RunnerMsg>,
+    join: std::thread::JoinHandle<DrainReport>,
+}
+
+pub struct SpoolEngine {
+    cfg: OffloadConfig,
+    registry: Registry,
+    counters: Arc<Counters>,
+    local: Mutex<Local>,
+    closing: AtomicBool,
+    /// Submissions queued for the writer (for the queue depth).
+    waiting: Arc<AtomicU64>,
+}
+
+impl SpoolEngine {
+    pub fn new(
+        cfg: &OffloadConfig,
+        registry: Registry,
+        counters: Arc<Counters>,
+    ) -> Result<SpoolEngine, OffloadError> {
+        // Open once here so a bad directory or a corrupt database fails at start-up.
+        Spool::open(&cfg.spool_dir)?;
+        Ok(SpoolEngine {
+            cfg: cfg.clone(),
+            registry,
+            counters,
+            local: Mutex::new(Local::default()),
+            closing: AtomicBool::new(false),
+            waiting: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    fn local(&self) -> std::sync::MutexGuard<'_, Local> {
+        let mut g = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        if g.pid != pid() {
+            // Inherited across fork: the threads behind these handles are not here.
+            std::mem::forget(std::mem::take(&mut *g));
+            g.pid = pid();
+        }
+        g
+    }
+
+    fn writer(&self) -> Result<crossbeam_channel::Sender<Submission>, SubmitError> {
+        let mut g = self.local();
+        if let Some(tx) = &g.writer {
+            return Ok(tx.clone());
+        }
+        let mut spool = Spool::open(&self.cfg.spool_dir)?;
+        let (tx, rx) = crossbeam_channel::bounded::<Submission>(self.cfg.queue);
+        let batch = if self.cfg.group_commit { MAX_BATCH } else { 1 };
+        let max = self.cfg.spool_max;
+        let waiting = self.waiting.clone();
+        let runner = g.runner.as_ref().map(|r| r.tx.clone());
+        std::thread::Builder::new()
+            .name("forklift-spool-writer".into())
+            .spawn(move || {
+                let mut pending = spool.pending().unwrap_or(0);
+                while let Ok(first) = rx.recv() {
+                    let mut subs = vec![first];
+                    while subs.len() < batch {
+                        match rx.try_recv() {
+                            Ok(s) => subs.push(s),
+                            Err(_) => break,
+                        }
+                    }
+                    waiting.fetch_sub(subs.len() as u64, Ordering::Relaxed);
+                    if pending + subs.len() as u64 > max {
+                        pending = spool.pending().unwrap_or(pending);
+                    }
+                    let room = max.saturating_sub(pending) as usize;
+                    let refused = subs.split_off(room.min(subs.len()));
+                    for s in refused {
+                        let _ = s.ack.send(Err(SubmitError::Full {
+                            capacity: max as usize,
+                        }));
+                    }
+                    if subs.is_empty() {
+                        continue;
+                    }
+                    let rows: Vec<(&str, &[u8], i64)> = subs
+                        .iter()
+                        .map(|s| (s.name.as_str(), &s.payload[..], s.run_at))
+                        .collect();
+                    match spool.insert_batch(&rows) {
+                        Ok(ids) => {
+                            pending += ids.len() as u64;
+                            for (s, id) in subs.into_iter().zip(ids) {
+                                let _ = s.ack.send(Ok(id));
+                            }
+                            if let Some(r) = &runner {
+                                let _ = r.send(RunnerMsg::Submitted);
+                            }
+                        }
+                        Err(e) => {
+                            let msg = e.to_string();
+                            eprintln!("forklift: spool write failed: {msg}");
+                            for s in subs {
+                                let _ = s.ack.send(Err(SubmitError::Unavailable(
+                                    std::io::Error::other(msg.clone()),
+                                )));
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(SubmitError::Unavailable)?;
+        g.writer = Some(tx.clone());
+        Ok(tx)
+    }
+
+    /// Starts the runner in this process (idempotent).
+    fn start_runner(&self) -> Result<(), OffloadError> {
+        let mut g = self.local();
+        if g.runner.is_some() {
+            return Ok(());
+        }
+        let spool = Spool::open(&self.cfg.spool_dir)?;
+        spool.relax_sync()?;
+        let exec = Executor::new(
+            "forklift-spool-exec",
+            self.cfg.workers,
+            self.registry.clone(),
+            self.counters.clone(),
+        )?;
+        let (tx, rx) = mpsc::channel();
+        let runner = Runner {
+            spool,
+            exec,
+            tx: tx.clone(),
+            rx,
+            cfg: self.cfg.clone(),
+            counters: self.counters.clone(),
+            owner: owner_token(),
+            max_in_flight: self.cfg.queue.clamp(1, 10_000),
+        };
+        let join = std::thread::Builder::new()
+            .name("forklift-spool-runner".into())
+            .spawn(move || runner.run())?;
+        g.runner = Some(RunnerHandle { tx, join });
+        // A writer started earlier does not know the runner: the 20 ms poll covers it.
+        Ok(())
+    }
+}
+
+impl Engine for SpoolEngine {
+    fn submit(&self, task: Task) -> Result<TaskId, SubmitError> {
+        crate::rt::block_on(self.submit_async(task))
+    }
+
+    fn submit_async(&self, task: Task) -> BoxFuture<Result<TaskId, SubmitError>> {
+        let r = (|| {
+            if self.closing.load(Ordering::Acquire) {
+                return Err(SubmitError::ShuttingDown);
+            }
+            self.start_runner().map_err(|e| match e {
+                OffloadError::Spool(s) => SubmitError::Spool(s),
+                other => SubmitError::Unavailable(std::io::Error::other(other.to_string())),
+            })?;
+            let writer = self.writer()?;
+            let (ack, rx) = tokio::sync::oneshot::channel();
+            let sub = Submission {
+                run_at: now_ms() + task.delay.as_millis() as i64,
+                name: task.name,
+                payload: task.payload,
+                ack,
+            };
+            match writer.try_send(sub) {
+                Ok(()) => {
+                    self.waiting.fetch_add(1, Ordering::Relaxed);
+                    Ok(rx)
+                }
+                Err(crossbeam_channel::TrySendError::Full(_)) => Err(SubmitError::Full {
+                    capacity: self.cfg.queue,
+                }),
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                    Err(SubmitError::Spool(SpoolError::WriterGone))
+                }
+            }
+        })();
+        Box::pin(async move {
+            match r {
+                Ok(rx) => rx
+                    .await
+                    .unwrap_or(Err(SubmitError::Spool(SpoolError::WriterGone))),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    /// Every process that serves runs a runner (claims are atomic, so runners in
+    /// several workers share the spool; a killed worker's tasks are reclaimed by the
+    /// others). A pre-fork master runs none: `start_in_master` is a no-op.
+    fn start(&self) -> Result<(), OffloadError> {
+        self.start_runner()
+    }
+
+    fn shutdown(&self, timeout: Duration) -> DrainReport {
+        self.closing.store(true, Ordering::Release);
+        let mut report = DrainReport::default();
+        let (writer, runner) = {
+            let mut g = self.local();
+            (g.writer.take(), g.runner.take())
+        };
+        // Closing the channel lets the writer commit what is queued and exit.
+        drop(writer);
+        if let Some(r) = runner {
+            let _ = r.tx.send(RunnerMsg::Stop(Instant::now() + timeout));
+            if let Ok(rep) = r.join.join() {
+                report = rep;
+            }
+        }
+        report.left_in_spool = Spool::open(&self.cfg.spool_dir)
+            .and_then(|s| s.pending())
+            .unwrap_or(0);
+        report
+    }
+
+    fn queue_depth(&self) -> u64 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+}
+
+/// The runner thread: claims due tasks, hands them to the executor, records outcomes.
+struct Runner {
+    spool: Spool,
+    exec: Executor,
+    tx: mpsc::Sender<RunnerMsg>,
+    rx: mpsc::Receiver<RunnerMsg>,
+    cfg: OffloadConfig,
+    counters: Arc<Counters>,
+    owner: String,
+    max_in_flight: usize,
+}
+
+impl Runner {
+    fn run(mut self) -> DrainReport {
+        let mut in_flight = 0usize;
+        let mut last_reclaim: Option<Instant> = None;
+        let mut stop: Option<Instant> = None;
+        let mut done: Vec<Finish> = Vec::new();
+        let mut drained = 0u64;
+        loop {
+            if stop.is_none() && last_reclaim.is_none_or(|t| t.elapsed() >= RECLAIM_EVERY) {
+                match self.spool.reclaim(&self.owner) {
+                    Ok(n) => Counters::add(&self.counters.redelivered, n),
+                    Err(e) => eprintln!("forklift: spool reclaim failed: {e}"),
+                }
+                last_reclaim = Some(Instant::now());
+            }
+            let mut claimed_any = false;
+            // While draining, due tasks are still taken until the deadline: a graceful
+            // stop finishes what it can and leaves the rest for the next start.
+            let claiming = stop.is_none_or(|d| Instant::now() < d);
+            if claiming && in_flight < self.max_in_flight {
+                let limit = (self.max_in_flight - in_flight).min(CLAIM_BATCH);
+                let lease = now_ms() + self.cfg.lease.as_millis() as i64;
+                match self.spool.claim(&self.owner, lease, limit) {
+                    Ok(claimed) => {
+                        claimed_any = !claimed.is_empty();
+                        for c in claimed {
+                            match c {
+                                Claimed::Task(p) => {
+                                    in_flight += 1;
+                                    let tx = self.tx.clone();
+                                    self.exec.spawn(p, Duration::ZERO, move |p, r| {
+                                        let _ = tx.send(RunnerMsg::Finished(p, r));
+                                    });
+                                }
+                                Claimed::Corrupt { id, reason } => {
+                                    eprintln!("forklift: spool entry {id} is corrupt ({reason}); moved to the dead-letter area");
+                                    Counters::inc(&self.counters.dead);
+                                    done.push(Finish::Dead {
+                                        id,
+                                        error: format!("corrupt entry: {reason}"),
+                                    });
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => eprintln!("forklift: spool claim failed: {e}"),
+                }
+            }
+            // Wait for something to happen: a result, a local submission, or the poll.
+            let wait = if claimed_any || !done.is_empty() {
+                Duration::ZERO
+            } else if in_flight >= self.max_in_flight {
+                POLL
+            } else {
+                let due = self
+                    .spool
+                    .next_due()
+                    .ok()
+                    .flatten()
+                    .map(|t| Duration::from_millis((t - now_ms()).max(0) as u64));
+                due.map_or(POLL, |d| d.clamp(Duration::from_millis(1), POLL))
+            };
+            let mut msgs = Vec::new();
+            if !wait.is_zero() {
+                if let Ok(m) = self.rx.recv_timeout(wait) {
+                    msgs.push(m);
+                }
+            }
+            msgs.extend(self.rx.try_iter());
+            for m in msgs {
+                match m {
+                    RunnerMsg::Submitted => {}
+                    RunnerMsg::Stop(deadline) => stop = Some(deadline),
+                    RunnerMsg::Finished(p, r) => {
+                        in_flight -= 1;
+                        if stop.is_some() {
+                            drained += 1;
+                        }
+                        done.push(self.outcome(p, r));
+                    }
+                }
+            }
+            if let Err(e) = self.spool.finish_batch(&done) {
+                eprintln!(
+                    "forklift: spool could not record {} outcome(s): {e}",
+                    done.len()
+                );
+            }
+            done.clear();
+            if let Some(deadline) = stop {
+                if (in_flight == 0 && !claimed_any) || Instant::now() >= deadline {
+                    // Tasks still running keep their lease; the next runner's reclaim
+                    // (dead owner) resumes them.
+                    return DrainReport {
+                        drained,
+                        dropped: 0,
+                        left_in_spool: 0,
+                    };
+                }
+            }
+        }
+    }
+
+    fn outcome(&self, p: TaskPayload, r: Result<(), TaskError>) -> Finish {
+        match r {
+            Ok(()) => Finish::Done(p.id),
+            Err(e) if !e.permanent && p.attempt <= self.cfg.retries => {
+                Counters::inc(&self.counters.retried);
+                let delay = self.cfg.retry_delay(p.attempt);
+                Finish::Retry {
+                    id: p.id,
+                    at_ms: now_ms() + delay.as_millis() as i64,
+                    error: e.message,
+                }
+            }
+            Err(e) => {
+                Counters::inc(&self.counters.dead);
+                eprintln!(
+                    "forklift: task {} ({}) failed after {} attempt(s): {}; moved to the dead-letter area",
+                    p.id, p.name, p.attempt, e.message
+                );
+                Finish::Dead {
+                    id: p.id,
+                    error: e.message,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("forklift-spool-unit-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn insert_claim_finish_and_dead_letter() {
+        let dir = tmp("basic");
+        let mut s = Spool::open(&dir).unwrap();
+        let ids = s
+            .insert_batch(&[("a", b"1", 0), ("b", b"22", 0), ("c", b"333", i64::MAX)])
+            .unwrap();
+        assert_eq!(ids.len(), 3);
+        let claimed = s.claim("me", i64::MAX, 10).unwrap();
+        assert_eq!(claimed.len(), 2, "the delayed task is not due");
+        assert!(s.claim("me", i64::MAX, 10).unwrap().is_empty());
+        s.finish_batch(&[
+            Finish::Done(ids[0]),
+            Finish::Dead {
+                id: ids[1],
+                error: "boom".into(),
+            },
+        ])
+        .unwrap();
+        let st = s.stats().unwrap();
+        assert_eq!((st.pending, st.dead, st.completed), (1, 1, 1));
+        let dead = s.list_dead(10).unwrap();
+        assert_eq!(dead[0].name, "b");
+        assert_eq!(dead[0].error, "boom");
+        assert_eq!(s.retry_dead(None).unwrap(), 1);
+        assert_eq!(s.stats().unwrap().dead, 0);
+        let again = s.claim("me", i64::MAX, 10).unwrap();
+        assert!(matches!(&again[..], [Claimed::Task(p)] if p.id == ids[1] && p.attempt == 1));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn reclaims_from_dead_owners_only() {
+        let dir = tmp("reclaim");
+        let mut s = Spool::open(&dir).unwrap();
+        s.insert_batch(&[("a", b"1", 0), ("b", b"2", 0)]).unwrap();
+        let me = owner_token();
+        assert!(owner_alive(&me));
+        assert!(!owner_alive("x/1/2"));
+        assert_eq!(s.claim(&me, i64::MAX, 1).unwrap().len(), 1);
+        assert_eq!(s.claim("dead/999999999/1", i64::MAX, 1).unwrap().len(), 1);
+        assert_eq!(s.reclaim(&me).unwrap(), 1);
+        assert_eq!(s.claim(&me, i64::MAX, 10).unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn corrupt_rows_are_reported_not_fatal() {
+        let dir = tmp("corrupt");
+        let mut s = Spool::open(&dir).unwrap();
+        s.insert_batch(&[("a", b"hello", 0), ("b", b"world", 0), ("c", b"ok", 0)])
+            .unwrap();
+        s.conn
+            .execute("UPDATE tasks SET payload = X'6865' WHERE name = 'a'", [])
+            .unwrap();
+        s.conn
+            .execute(
+                "UPDATE tasks SET payload = X'776f726c65' WHERE name = 'b'",
+                [],
+            )
+            .unwrap();
+        let claimed = s.claim("me", i64::MAX, 10).unwrap();
+        let corrupt = claimed
+            .iter()
+            .filter(|c| matches!(c, Claimed::Corrupt { .. }))
+            .count();
+        assert_eq!(corrupt, 2);
+        assert!(claimed
+            .iter()
+            .any(|c| matches!(c, Claimed::Task(p) if p.name == "c")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_garbage_database_is_an_error() {
+        let dir = tmp("garbage");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(DB_FILE), vec![0x5a; 8192]).unwrap();
+        assert!(Spool::open(&dir).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

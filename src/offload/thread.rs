@@ -1,0 +1,124 @@
+//! `thread`: a thread per task (seed 000's async_thread.py), at most `queue` alive.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{
+    pid, run_guarded, Counters, DrainReport, Engine, OffloadConfig, Registry, SubmitError, Task,
+    TaskId, TaskPayload,
+};
+
+pub struct ThreadEngine {
+    cap: usize,
+    registry: Registry,
+    counters: Arc<Counters>,
+    seq: AtomicU64,
+    closing: AtomicBool,
+    /// (pid, live threads): threads do not survive fork, so a count from another pid is 0.
+    live: Arc<(Mutex<(u32, usize)>, Condvar)>,
+}
+
+impl ThreadEngine {
+    pub fn new(cfg: &OffloadConfig, registry: Registry, counters: Arc<Counters>) -> ThreadEngine {
+        ThreadEngine {
+            cap: cfg.queue,
+            registry,
+            counters,
+            seq: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+            live: Arc::new((Mutex::new((pid(), 0)), Condvar::new())),
+        }
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, (u32, usize)> {
+        let mut g = self.live.0.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0 != pid() {
+            *g = (pid(), 0);
+        }
+        g
+    }
+}
+
+impl Engine for ThreadEngine {
+    fn submit(&self, task: Task) -> Result<TaskId, SubmitError> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        {
+            let mut g = self.live();
+            if g.1 >= self.cap {
+                return Err(SubmitError::Full { capacity: self.cap });
+            }
+            g.1 += 1;
+        }
+        let id = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let payload = TaskPayload {
+            id,
+            name: task.name,
+            data: task.payload,
+            attempt: 1,
+        };
+        let delay = task.delay;
+        let registry = self.registry.clone();
+        let counters = self.counters.clone();
+        let live = self.live.clone();
+        let spawned = std::thread::Builder::new()
+            .name("forklift-task".into())
+            .spawn(move || {
+                if !delay.is_zero() {
+                    std::thread::sleep(delay);
+                }
+                Counters::inc(&counters.running);
+                let r = run_guarded(&registry, &payload);
+                counters.finished(r.is_ok());
+                let mut g = live.0.lock().unwrap_or_else(|p| p.into_inner());
+                g.1 = g.1.saturating_sub(1);
+                drop(g);
+                live.1.notify_all();
+            });
+        match spawned {
+            Ok(_) => Ok(id),
+            Err(e) => {
+                let mut g = self.live();
+                g.1 = g.1.saturating_sub(1);
+                Err(SubmitError::Unavailable(e))
+            }
+        }
+    }
+
+    fn shutdown(&self, timeout: Duration) -> DrainReport {
+        self.closing.store(true, Ordering::Release);
+        let deadline = Instant::now() + timeout;
+        let done_before = self.counters.completed.load(Ordering::Relaxed)
+            + self.counters.failed.load(Ordering::Relaxed);
+        let mut g = self.live();
+        while g.1 > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            g = self
+                .live
+                .1
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let dropped = g.1 as u64;
+        drop(g);
+        Counters::add(&self.counters.dropped, dropped);
+        let done_after = self.counters.completed.load(Ordering::Relaxed)
+            + self.counters.failed.load(Ordering::Relaxed);
+        DrainReport {
+            drained: done_after - done_before,
+            dropped,
+            left_in_spool: 0,
+        }
+    }
+
+    fn queue_depth(&self) -> u64 {
+        let live = self.live().1 as u64;
+        live.saturating_sub(self.counters.running.load(Ordering::Relaxed))
+    }
+}
