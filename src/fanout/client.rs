@@ -39,7 +39,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// How long a DNS answer is reused.
     pub dns_ttl: Duration,
-    /// An idle keep-alive connection is closed after this.
+    /// An idle keep-alive connection is closed after this; kept below the usual server
+    /// keep-alive limits (forklift's own: 60 s) so the client, not the server, closes.
     pub pool_idle_timeout: Duration,
     /// Idle keep-alive connections kept per host.
     pub pool_max_idle_per_host: usize,
@@ -55,7 +56,7 @@ impl Default for ClientConfig {
             call_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             dns_ttl: Duration::from_secs(60),
-            pool_idle_timeout: Duration::from_secs(90),
+            pool_idle_timeout: Duration::from_secs(50),
             pool_max_idle_per_host: 1024,
             max_response_body: 16 << 20,
         }
