@@ -228,8 +228,8 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         s(
             "reference",
-            "wait only",
-            "reference: the slowest call alone (builtin:wait hammered directly)",
+            "backend",
+            "reference: builtin:wait alone, the slowest call (0.5 s)",
             None,
             &[],
             None,
