@@ -229,7 +229,7 @@ pub fn scenarios() -> Vec<Scenario> {
         s(
             "reference",
             "backend",
-            "reference: builtin:wait alone, the slowest call (0.5 s)",
+            "reference: builtin:wait alone, with the slowest call's duration",
             None,
             &[],
             None,
