@@ -26,6 +26,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once; boxing buys nothing
 pub enum Command {
     /// Serve an app: `builtin:NAME` (hello, echo, wait, file, demo), or a WSGI app given
     /// with --wsgi-file / --module.
@@ -37,6 +38,8 @@ pub enum Command {
     /// Reproduce a seed's table with forklift's figures beside the seed's.
     #[command(subcommand)]
     Compare(Compare),
+    /// Inspect the durable spool: stats, dead-lettered tasks, retry, purge.
+    Spool(crate::offload::SpoolArgs),
 }
 
 /// `forklift compare …`: one experiment per seed.
@@ -44,6 +47,8 @@ pub enum Command {
 pub enum Compare {
     /// Seed 003: the server under each concurrency model.
     Models(crate::bench::CompareModelsArgs),
+    /// Seed 000: builtin:slowlog's slow work under each offload strategy.
+    Offload(crate::offload::compare::CompareOffloadArgs),
 }
 
 /// `forklift serve` options. Long names follow uWSGI's where uWSGI has the option.
@@ -52,6 +57,9 @@ pub struct ServeArgs {
     /// The app: builtin:hello|echo|wait|file[:PATH]|demo. Omit it when giving a WSGI app
     /// with --wsgi-file or --module.
     pub app: Option<String>,
+
+    #[command(flatten)]
+    pub offload: crate::offload::OffloadArgs,
 
     /// Read options from the [uwsgi] and [forklift] sections of an ini file (command-line
     /// options given after it win).
@@ -227,6 +235,12 @@ pub fn main(args: Vec<OsString>, virtual_env: Option<PathBuf>) -> i32 {
         Command::Compare(Compare::Models(a)) => {
             crate::bench::run_compare_models(&a).map_err(CliError::from)
         }
+        Command::Compare(Compare::Offload(a)) => {
+            crate::offload::compare::run_compare_offload(&a).map_err(CliError::from)
+        }
+        Command::Spool(a) => crate::offload::run_spool_cmd(&a, &mut std::io::stdout())
+            .map(|()| 0)
+            .map_err(|e| CliError::App(e.to_string())),
     };
     match result {
         Ok(code) => code,
@@ -407,8 +421,12 @@ fn load_app(
     }
     #[cfg(feature = "python")]
     {
-        crate::python::load_app(&python_options(a, config, virtual_env))
-            .map_err(|e| CliError::App(e.to_string()))
+        let app = crate::python::load_app(&python_options(a, config, virtual_env))
+            .map_err(|e| CliError::App(e.to_string()))?;
+        if let Some(offload) = crate::offload::global() {
+            crate::offload::python::install(offload);
+        }
+        Ok(app)
     }
     #[cfg(not(feature = "python"))]
     {
@@ -436,6 +454,13 @@ fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
     // Load (and so validate) the app before opening the socket or forking, so a bad app
     // is a one-line error and exit code 1.
     let virtual_env = virtual_env.filter(|p| !p.as_os_str().is_empty());
+    // The offload engine, built once (before any fork) and shared by every process.
+    let offload_cfg = crate::offload::OffloadConfig::from_args(&a.offload)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let offload =
+        crate::offload::Offload::new(offload_cfg, crate::offload::Registry::global().clone())
+            .map_err(|e| CliError::App(e.to_string()))?;
+    crate::offload::set_global(offload.clone());
     let lazy = a.lazy_apps && config.master;
     let app = if lazy {
         // Loaded in each worker; still refuse a bad app name before forking.
@@ -471,7 +496,16 @@ fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
     let shutdown = crate::rt::Shutdown::new();
     let _signals = server::signals::watch(&shutdown, false)?;
     let app = app.expect("loaded unless lazy");
+    // One process: run the offload executors here (the spool resumes pending tasks).
+    if let Err(e) = offload.start() {
+        log.line(&format!("forklift: offload: {e}"));
+    }
+    let drain = offload.config().drain_timeout;
     server::run_worker(listener, app, config, log.clone(), shutdown)?;
+    let report = offload.shutdown(drain);
+    if report.dropped > 0 || report.left_in_spool > 0 {
+        log.line(&format!("forklift: {report}"));
+    }
     log.line("forklift: stopped");
     Ok(0)
 }

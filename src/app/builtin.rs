@@ -20,7 +20,7 @@ pub const STREAM_CHUNK: usize = 64 * 1024;
 const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 /// Names accepted after `builtin:`.
-pub const NAMES: &[&str] = &["hello", "echo", "wait", "file", "demo", "fanout"];
+pub const NAMES: &[&str] = &["hello", "echo", "wait", "file", "demo", "slowlog", "fanout"];
 
 /// Resolves `builtin:NAME` (the part after the colon). `file` may carry a path:
 /// `builtin:file:/srv/big.iso` serves that file; plain `builtin:file` serves generated
@@ -38,6 +38,14 @@ pub fn by_name(spec: &str) -> Result<App, String> {
             Arc::new(FileApp { path: Some(path) })
         }
         "demo" => Arc::new(Demo),
+        // Seed 000's make_log, on the process's offload engine (see `crate::offload`).
+        "slowlog" => {
+            let offload = crate::offload::global().cloned().ok_or_else(|| {
+                "builtin:slowlog needs the offload engine (start it with `forklift serve`)"
+                    .to_string()
+            })?;
+            Arc::new(crate::offload::SlowLog::new(offload))
+        }
         "fanout" => Arc::new(crate::fanout::FanoutApp),
         _ => {
             return Err(format!(

@@ -71,6 +71,12 @@ pub fn run(
     if let AppSource::Preloaded(app) = &source {
         app.before_fork();
     }
+    if let Some(offload) = crate::offload::global() {
+        // Before the first fork: `loop` starts its host process here.
+        if let Err(e) = offload.start_in_master() {
+            log.line(&format!("forklift: offload: {e}"));
+        }
+    }
     let n = config.processes.max(1);
     let mut slots: Vec<Slot> = (0..n)
         .map(|_| Slot {
@@ -103,6 +109,14 @@ pub fn run(
                             slot.respawn_at = Some(now + backoff(slot.failures));
                         }
                     }
+                }
+            }
+        }
+        if stopping.is_none() {
+            if let Some(offload) = crate::offload::global() {
+                // `loop`: restart the shared offload host if it died.
+                if let Err(e) = offload.maintain_in_master() {
+                    log.line(&format!("forklift: offload: {e}"));
                 }
             }
         }
@@ -265,6 +279,10 @@ fn worker_main(
             }
         },
     };
+    if let Some(offload) = crate::offload::global() {
+        // Drop what came from the master; start this worker's executors.
+        offload.after_fork_in_worker();
+    }
     let shutdown = Shutdown::new();
     if let Err(e) = super::signals::watch(&shutdown, true) {
         log.line(&format!(
@@ -280,11 +298,18 @@ fn worker_main(
             return 1;
         }
     };
-    match run_worker(listener, app, config.clone(), log.clone(), shutdown) {
+    let code = match run_worker(listener, app, config.clone(), log.clone(), shutdown) {
         Ok(()) => 0,
         Err(e) => {
             log.line(&format!("forklift: worker {}: {e}", index + 1));
             1
         }
+    };
+    if let Some(offload) = crate::offload::global() {
+        let report = offload.shutdown(offload.config().drain_timeout);
+        if report.dropped > 0 {
+            log.line(&format!("forklift: worker {}: {report}", index + 1));
+        }
     }
+    code
 }

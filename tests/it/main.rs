@@ -6,5 +6,6 @@ mod bench;
 mod conformance;
 mod fanout;
 mod master;
+mod offload;
 #[cfg(feature = "python")]
 mod python;

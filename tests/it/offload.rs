@@ -126,7 +126,7 @@ mod support {
         let mut c = Command::new(std::env::current_exe().unwrap());
         c.args([
             "--exact",
-            "child_entry",
+            "offload::child_entry",
             "--nocapture",
             "--test-threads",
             "1",
