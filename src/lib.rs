@@ -11,6 +11,9 @@
 //!   `tokio_model` for `async`), the pre-fork `master`, signals and the access log.
 //! - [`rt`]: runtime pieces shared by every model: `block_on`, the process-wide timer
 //!   (`sleep`), and the `Shutdown` signal.
+//! - [`fanout`]: concurrent calls to backend services from any handler (seed 002): the
+//!   per-process outbound HTTP client (own runtime thread, pooled connections, DNS cache,
+//!   timeouts, bounded calls in flight) and `builtin:fanout`.
 //! - [`offload`]: the offload engine: handlers hand slow work off (`Offload::submit`)
 //!   to a strategy (inline, loop, thread, pool, durable spool), tasks registered by
 //!   name, counters, draining, the spool CLI, and `builtin:slowlog`.
@@ -24,6 +27,7 @@
 pub mod app;
 pub mod bench;
 pub mod cli;
+pub mod fanout;
 pub mod http;
 pub mod offload;
 #[cfg(feature = "python")]

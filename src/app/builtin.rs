@@ -20,7 +20,7 @@ pub const STREAM_CHUNK: usize = 64 * 1024;
 const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 /// Names accepted after `builtin:`.
-pub const NAMES: &[&str] = &["hello", "echo", "wait", "file", "demo", "slowlog"];
+pub const NAMES: &[&str] = &["hello", "echo", "wait", "file", "demo", "slowlog", "fanout"];
 
 /// Resolves `builtin:NAME` (the part after the colon). `file` may carry a path:
 /// `builtin:file:/srv/big.iso` serves that file; plain `builtin:file` serves generated
@@ -46,6 +46,7 @@ pub fn by_name(spec: &str) -> Result<App, String> {
             })?;
             Arc::new(crate::offload::SlowLog::new(offload))
         }
+        "fanout" => Arc::new(crate::fanout::FanoutApp),
         _ => {
             return Err(format!(
                 "unknown built-in app {name:?}; choose one of: {}",

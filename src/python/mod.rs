@@ -12,6 +12,7 @@
 
 mod call;
 mod environ;
+mod fanout;
 mod interp;
 mod module;
 mod pool;

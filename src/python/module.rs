@@ -147,6 +147,7 @@ pub(crate) fn populate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(offload, m)?)?;
     m.add_function(wrap_pyfunction!(call_later, m)?)?;
     m.add_function(wrap_pyfunction!(task, m)?)?;
+    super::fanout::populate(m)?;
     Ok(())
 }
 
