@@ -28,8 +28,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once; boxing buys nothing
 pub enum Command {
-    /// Serve an app: `builtin:NAME` (hello, echo, wait, file, demo), or a WSGI app given
-    /// with --wsgi-file / --module.
+    /// Serve an app: `builtin:NAME` (hello, echo, wait, file, demo, slowlog, fanout), or a
+    /// WSGI app given with --wsgi-file / --module.
     Serve(ServeArgs),
     /// Load-test a URL: ab's options and report, HTTP/1.1, microsecond percentiles.
     Bench(crate::bench::BenchArgs),
@@ -49,17 +49,22 @@ pub enum Compare {
     Models(crate::bench::CompareModelsArgs),
     /// Seed 000: builtin:slowlog's slow work under each offload strategy.
     Offload(crate::offload::compare::CompareOffloadArgs),
+    /// Seed 002: fan-out to backend services, sequential vs concurrent.
+    Fanout(crate::fanout::compare::CompareFanoutArgs),
 }
 
 /// `forklift serve` options. Long names follow uWSGI's where uWSGI has the option.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// The app: builtin:hello|echo|wait|file[:PATH]|demo. Omit it when giving a WSGI app
-    /// with --wsgi-file or --module.
+    /// The app: builtin:hello|echo|wait|file[:PATH]|demo|slowlog|fanout. Omit it when
+    /// giving a WSGI app with --wsgi-file or --module.
     pub app: Option<String>,
 
     #[command(flatten)]
     pub offload: crate::offload::OffloadArgs,
+
+    #[command(flatten)]
+    pub fanout: crate::fanout::FanoutArgs,
 
     /// Read options from the [uwsgi] and [forklift] sections of an ini file (command-line
     /// options given after it win).
@@ -234,6 +239,9 @@ pub fn main(args: Vec<OsString>, virtual_env: Option<PathBuf>) -> i32 {
         Command::Hammer(a) => crate::bench::run_hammer(&a).map_err(CliError::from),
         Command::Compare(Compare::Models(a)) => {
             crate::bench::run_compare_models(&a).map_err(CliError::from)
+        }
+        Command::Compare(Compare::Fanout(a)) => {
+            crate::fanout::compare::run_compare_fanout(&a).map_err(CliError::from)
         }
         Command::Compare(Compare::Offload(a)) => {
             crate::offload::compare::run_compare_offload(&a).map_err(CliError::from)
@@ -454,6 +462,8 @@ fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
     // Load (and so validate) the app before opening the socket or forking, so a bad app
     // is a one-line error and exit code 1.
     let virtual_env = virtual_env.filter(|p| !p.as_os_str().is_empty());
+    // The outbound HTTP client's settings (each process creates its client lazily).
+    let _ = crate::fanout::configure(a.fanout.to_config());
     // The offload engine, built once (before any fork) and shared by every process.
     let offload_cfg = crate::offload::OffloadConfig::from_args(&a.offload)
         .map_err(|e| CliError::Usage(e.to_string()))?;
