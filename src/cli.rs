@@ -79,8 +79,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub http_socket: Option<String>,
 
-    /// Concurrency model: linear, threads, epoll or async. Default: threads when
-    /// --threads is given, async when --async/--gevent is given, else epoll.
+    /// Concurrency model: linear, threads, epoll or async. Default: async when
+    /// --async/--gevent is given, threads when --threads is given or the app is a WSGI
+    /// app, else epoll.
     #[arg(long, value_name = "MODEL")]
     pub model: Option<Model>,
 
@@ -288,16 +289,21 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
         .unwrap_or_else(|| "127.0.0.1:8080".to_string());
     let addr = listen::parse_addr(&addr_text)?;
     let async_cores = a.async_cores.or(a.gevent);
+    // A WSGI app runs, as under uWSGI, on the threads that read its requests (one unless
+    // --threads says more); a native app on the readiness loop.
+    let wsgi = a.wsgi_file.is_some() || a.module.is_some();
     let model = match (a.model, async_cores, a.threads) {
         (Some(m), _, _) => m,
         (None, Some(_), _) => Model::Async,
         (None, None, Some(t)) if t > 1 => Model::Threads,
+        _ if wsgi => Model::Threads,
         _ => Model::Epoll,
     };
     let processes = a.processes.or(a.workers).unwrap_or(1) as usize;
     let defaults = ServerConfig::default();
     let threads = match (a.threads, model) {
         (Some(t), _) => t as usize,
+        (None, Model::Threads) if wsgi => 1,
         (None, Model::Threads) => defaults.threads,
         (None, _) => 1,
     };

@@ -268,6 +268,13 @@ impl From<Response> for Reply {
 pub trait Handler: Send + Sync + 'static {
     fn call(&self, req: Request, cx: &CallContext) -> Reply;
 
+    /// True when the app cannot start another request without queueing it (all its
+    /// threads busy). Event-loop models then leave new connections in the kernel's
+    /// backlog, where another worker process can take them, instead of hoarding them.
+    fn saturated(&self) -> bool {
+        false
+    }
+
     /// Called in the master just before it forks workers (quiesce threads and locks that
     /// must not be copied mid-use, e.g. the Python interpreter's).
     fn before_fork(&self) {}

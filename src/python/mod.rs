@@ -167,6 +167,10 @@ impl Handler for WsgiApp {
         }
     }
 
+    fn saturated(&self) -> bool {
+        self.pool.saturated()
+    }
+
     fn before_fork(&self) {
         interp::before_fork();
     }

@@ -7,7 +7,8 @@
 //! releases it and runs the pool's `flush` hook (which publishes the batch's replies,
 //! so the event loop is woken once per batch rather than once per request).
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
@@ -42,6 +43,8 @@ pub(crate) struct PoolSlot {
     flush: fn(),
     min_queue: usize,
     running: Mutex<Option<Running>>,
+    /// Jobs submitted and not yet finished (queued or running).
+    inflight: Arc<AtomicUsize>,
 }
 
 impl PoolSlot {
@@ -60,6 +63,7 @@ impl PoolSlot {
             flush,
             min_queue: 0,
             running: Mutex::new(None),
+            inflight: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -86,9 +90,18 @@ impl PoolSlot {
                 }
             }
         };
-        tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(j) | TrySendError::Disconnected(j) => j,
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        tx.try_send(job).map_err(|e| {
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            match e {
+                TrySendError::Full(j) | TrySendError::Disconnected(j) => j,
+            }
         })
+    }
+
+    /// True when every thread has a job: another request would wait in the queue.
+    pub(crate) fn saturated(&self) -> bool {
+        self.inflight.load(Ordering::Acquire) >= self.threads
     }
 
     fn start(&self, generation: u64) -> Option<Running> {
@@ -97,9 +110,10 @@ impl PoolSlot {
         for i in 0..self.threads {
             let rx = rx.clone();
             let flush = self.flush;
+            let inflight = self.inflight.clone();
             let t = std::thread::Builder::new()
                 .name(format!("{}-{i}", self.name))
-                .spawn(move || work(&rx, flush));
+                .spawn(move || work(&rx, flush, &inflight));
             match t {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -146,13 +160,17 @@ fn run(py: Python<'_>, job: Job) {
 
 /// A pool thread: waits for a job without the GIL, then runs it and whatever else is
 /// queued (up to a batch) under one hold of the GIL.
-fn work(rx: &Receiver<Job>, flush: fn()) {
+fn work(rx: &Receiver<Job>, flush: fn(), inflight: &AtomicUsize) {
     while let Ok(job) = rx.recv() {
         interp::with_gil(|py| {
             run(py, job);
+            inflight.fetch_sub(1, Ordering::AcqRel);
             for _ in 1..MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(job) => run(py, job),
+                    Ok(job) => {
+                        run(py, job);
+                        inflight.fetch_sub(1, Ordering::AcqRel);
+                    }
                     Err(_) => break,
                 }
             }

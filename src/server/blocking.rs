@@ -63,8 +63,9 @@ pub enum Idle<'a> {
     /// waiting; then keep-alive is not offered, and an idle connection is let go.
     Hold(&'a dyn Fn() -> bool),
     /// Hand it back (`threads`): `serve` returns [`Outcome::Parked`] so the thread can
-    /// take other work while the client thinks.
-    Park,
+    /// take other work while the client thinks. The closure says whether this process
+    /// is saturated; then keep-alive is not offered (see [`Env::prefer_close`]).
+    Park(&'a dyn Fn() -> bool),
 }
 
 /// How `serve` ended. (Not boxed: a parked session moves once per request, and boxing
@@ -83,10 +84,8 @@ pub fn serve(mut s: Session, env: &Env, idle: Idle<'_>) -> Outcome {
     let mut cx = Context::from_waker(&waker);
     let call = CallContext { may_block: true };
     let mut scratch = [0u8; 16 * 1024];
-    let never = || false;
     let prefer_close: &dyn Fn() -> bool = match idle {
-        Idle::Hold(f) => f,
-        Idle::Park => &never,
+        Idle::Hold(f) | Idle::Park(f) => f,
     };
     loop {
         match s.conn.poll(env, &call, &mut cx, prefer_close) {
@@ -107,7 +106,7 @@ pub fn serve(mut s: Session, env: &Env, idle: Idle<'_>) -> Outcome {
                 return Outcome::Closed(s.conn.served);
             }
             Step::Read => {
-                let parkable = matches!(idle, Idle::Park) && s.conn.is_idle();
+                let parkable = matches!(idle, Idle::Park(_)) && s.conn.is_idle();
                 let r = if parkable {
                     // The next request may already be here; otherwise let go.
                     match nix::sys::socket::recv(

@@ -76,6 +76,9 @@ struct Loop {
     accepting: bool,
     /// Accept is paused (too many connections, or out of descriptors).
     accept_paused_until: Option<Instant>,
+    /// Accept is paused because the app is saturated (see `Handler::saturated`); new
+    /// clients wait in the backlog, where another worker process may take them.
+    app_full: bool,
     served: u64,
     scratch: Vec<u8>,
 }
@@ -107,6 +110,7 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
         env,
         accepting: true,
         accept_paused_until: None,
+        app_full: false,
         served: 0,
         scratch: vec![0; SCRATCH],
     };
@@ -163,6 +167,10 @@ impl Loop {
             for slot in woken.drain(..) {
                 self.drive(slot);
             }
+            if self.app_full && !self.env.app.saturated() {
+                self.app_full = false;
+                self.accept_all()?;
+            }
             let now = Instant::now();
             if now >= next_sweep {
                 next_sweep = now + SWEEP;
@@ -189,6 +197,10 @@ impl Loop {
 
     fn accept_all(&mut self) -> Result<(), ServerError> {
         while self.accepting && self.accept_paused_until.is_none() {
+            if self.env.app.saturated() {
+                self.app_full = true;
+                return Ok(());
+            }
             if self.open >= self.env.config.max_connections {
                 // Resumed when a connection closes (see `close`).
                 self.accept_paused_until = Some(Instant::now() + SWEEP);
@@ -261,12 +273,12 @@ impl Loop {
         let scratch = &mut self.scratch;
         let call = CallContext { may_block: false };
         let mut cx = Context::from_waker(&e.waker);
-        let no = || false;
+        let busy = || env.prefer_close(env.app.saturated());
         let close = loop {
             if e.blocked_write {
                 break false;
             }
-            match e.conn.poll(&env, &call, &mut cx, &no) {
+            match e.conn.poll(&env, &call, &mut cx, &busy) {
                 Step::Flush => match write_out(&mut e.stream, &mut e.conn) {
                     Ok(true) => {}
                     Ok(false) => {

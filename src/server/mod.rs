@@ -36,6 +36,17 @@ pub struct Env {
     pub harakiri: Option<std::sync::Arc<harakiri::Watchdog>>,
 }
 
+impl Env {
+    /// Whether a response should close its connection rather than keep it alive because
+    /// this worker is `saturated`. Only with several processes: a keep-alive client is
+    /// pinned to the process that accepted it, and behind a busy one it would wait while
+    /// another process is idle; after a close it reconnects, and the kernel hands the
+    /// new connection to whichever process accepts first.
+    pub fn prefer_close(&self, saturated: bool) -> bool {
+        self.config.processes > 1 && saturated
+    }
+}
+
 /// Errors that stop a worker from serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {

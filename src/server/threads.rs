@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,12 @@ const SWEEP: Duration = Duration::from_millis(500);
 struct Parking {
     returned: Mutex<Vec<Session>>,
     waker: mio::Waker,
+    /// Threads waiting for work. New connections are accepted only for idle threads,
+    /// so with several processes each takes what it can serve and leaves the rest in
+    /// the backlog for the others.
+    idle: AtomicUsize,
+    /// The acceptor left clients in the backlog: wake it when a thread frees up.
+    backlog_waiting: AtomicBool,
 }
 
 pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
@@ -42,6 +48,8 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
     let parking = Arc::new(Parking {
         returned: Mutex::new(Vec::new()),
         waker: mio::Waker::new(poll.registry(), WAKER)?,
+        idle: AtomicUsize::new(0),
+        backlog_waiting: AtomicBool::new(false),
     });
     {
         let p = parking.clone();
@@ -87,8 +95,16 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
 }
 
 fn worker(rx: Receiver<Session>, env: &Env, served: &AtomicU64, parking: &Parking) {
-    while let Ok(session) = rx.recv() {
-        match blocking::serve(session, env, Idle::Park) {
+    loop {
+        parking.idle.fetch_add(1, Ordering::AcqRel);
+        if parking.backlog_waiting.swap(false, Ordering::AcqRel) {
+            let _ = parking.waker.wake();
+        }
+        let next = rx.recv();
+        parking.idle.fetch_sub(1, Ordering::AcqRel);
+        let Ok(session) = next else { break };
+        let busy = || env.prefer_close(parking.idle.load(Ordering::Acquire) == 0);
+        match blocking::serve(session, env, Idle::Park(&busy)) {
             Outcome::Closed(n) => {
                 served.fetch_add(n, Ordering::Relaxed);
             }
@@ -183,10 +199,17 @@ impl Acceptor {
         }
     }
 
-    /// Accepts until the backlog is empty or the queue is full. Returns whether clients
-    /// may still be waiting in the backlog.
+    /// Accepts while a thread is free to serve the connection, until the backlog is
+    /// empty. Returns whether clients may still be waiting in the backlog.
     fn accept_ready(&mut self) -> bool {
         while self.overflow.is_empty() {
+            if self.parking.idle.load(Ordering::Acquire) <= self.tx.len() {
+                self.parking.backlog_waiting.store(true, Ordering::Release);
+                // A thread may have gone idle just before the flag was set.
+                if self.parking.idle.load(Ordering::Acquire) <= self.tx.len() {
+                    return true;
+                }
+            }
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     if stream.set_nonblocking(false).is_err() {

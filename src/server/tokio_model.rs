@@ -48,6 +48,11 @@ async fn serve(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> 
             p = conns.clone().acquire_owned() => p.expect("semaphore open"),
             _ = env.shutdown.wait() => break,
         };
+        // A saturated app (every Python thread busy) leaves new clients in the backlog,
+        // where another worker process may take them.
+        while env.app.saturated() && !env.shutdown.is_triggered() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = env.shutdown.wait() => break,
@@ -104,7 +109,7 @@ async fn serve_conn(mut stream: TcpStream, env: &Env, cores: &Semaphore) -> io::
     let _ = stream.set_nodelay(true);
     let mut conn = Conn::new(stream.peer_addr().ok(), stream.local_addr().ok());
     let call = CallContext { may_block: false };
-    let no = || false;
+    let busy = || env.prefer_close(env.app.saturated());
     let mut permit = None;
     let limit = env.config.timeouts.http;
     // One timer and one shutdown waiter per connection, not per read: the timer is
@@ -118,7 +123,7 @@ async fn serve_conn(mut stream: TcpStream, env: &Env, cores: &Semaphore) -> io::
         if permit.is_none() && !conn.inbuf.is_empty() {
             permit = Some(cores.acquire().await.expect("semaphore open"));
         }
-        let step = poll_fn(|cx| match conn.poll(env, &call, cx, &no) {
+        let step = poll_fn(|cx| match conn.poll(env, &call, cx, &busy) {
             Step::Pending => Poll::Pending,
             s => Poll::Ready(s),
         })
