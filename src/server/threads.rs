@@ -48,7 +48,9 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
     let parking = Arc::new(Parking {
         returned: Mutex::new(Vec::new()),
         waker: mio::Waker::new(poll.registry(), WAKER)?,
-        idle: AtomicUsize::new(0),
+        // Every thread starts idle (counted before they are scheduled, so the first
+        // connections are accepted at once).
+        idle: AtomicUsize::new(threads),
         backlog_waiting: AtomicBool::new(false),
     });
     {
@@ -96,10 +98,6 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
 
 fn worker(rx: Receiver<Session>, env: &Env, served: &AtomicU64, parking: &Parking) {
     loop {
-        parking.idle.fetch_add(1, Ordering::AcqRel);
-        if parking.backlog_waiting.swap(false, Ordering::AcqRel) {
-            let _ = parking.waker.wake();
-        }
         let next = rx.recv();
         parking.idle.fetch_sub(1, Ordering::AcqRel);
         let Ok(session) = next else { break };
@@ -108,11 +106,11 @@ fn worker(rx: Receiver<Session>, env: &Env, served: &AtomicU64, parking: &Parkin
             Outcome::Closed(n) => {
                 served.fetch_add(n, Ordering::Relaxed);
             }
+            // Stopping: an idle connection is simply closed.
+            Outcome::Parked(session) if env.shutdown.is_triggered() => {
+                served.fetch_add(session.conn.served, Ordering::Relaxed);
+            }
             Outcome::Parked(session) => {
-                if env.shutdown.is_triggered() {
-                    served.fetch_add(session.conn.served, Ordering::Relaxed);
-                    continue;
-                }
                 let mut r = parking.returned.lock().unwrap_or_else(|p| p.into_inner());
                 let first = r.is_empty();
                 r.push(session);
@@ -121,6 +119,10 @@ fn worker(rx: Receiver<Session>, env: &Env, served: &AtomicU64, parking: &Parkin
                     let _ = parking.waker.wake();
                 }
             }
+        }
+        parking.idle.fetch_add(1, Ordering::AcqRel);
+        if parking.backlog_waiting.swap(false, Ordering::AcqRel) {
+            let _ = parking.waker.wake();
         }
     }
 }

@@ -712,6 +712,9 @@ fn slowlog_pool_thread_inline_behind_prefork_master() {
 #[cfg(feature = "python")]
 #[test]
 fn python_tasks_spool_and_offload_through_the_engine() {
+    if !crate::support::isolated("offload::python_tasks_spool_and_offload_through_the_engine") {
+        return;
+    }
     let dir = tmpdir("python");
     let out = dir.join("notes.txt");
     let app_file = dir.join("app.py");

@@ -664,6 +664,9 @@ impl forklift::python::SpoolSink for MemorySpool {
 
 #[test]
 fn task_spool_goes_to_the_sink_and_tasks_are_announced() {
+    if !crate::support::isolated("python::task_spool_goes_to_the_sink_and_tasks_are_announced") {
+        return;
+    }
     let s = Server::start("suite.py", "application", Model::Threads);
     assert!(s
         .get("/spool")
@@ -690,6 +693,9 @@ fn task_spool_goes_to_the_sink_and_tasks_are_announced() {
 
 #[test]
 fn offload_queue_is_bounded_and_call_later_runs() {
+    if !crate::support::isolated("python::offload_queue_is_bounded_and_call_later_runs") {
+        return;
+    }
     let s = Server::start("suite.py", "application", Model::Epoll);
     let r = s.get("/flood").text();
     let (n, full) = r.split_once(' ').unwrap();

@@ -265,3 +265,27 @@ pub fn rss_kib(pid: i32) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// For a test that changes process-wide state (hooks of the Python module, the offload
+/// engine): runs the test named `test` alone in a child process of this test binary,
+/// so other tests neither see its state nor disturb it. Returns true in the child (run
+/// the body), false in the parent (which has checked the child passed).
+pub fn isolated(test: &str) -> bool {
+    if std::env::var_os("FORKLIFT_ISOLATED_TEST").is_some() {
+        return true;
+    }
+    let out = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", test, "--test-threads", "1", "--nocapture"])
+        .env("FORKLIFT_ISOLATED_TEST", "1")
+        .output()
+        .expect("run the test in its own process");
+    assert!(
+        out.status.success(),
+        "{test} failed in its own process:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("1 passed"), "{test} did not run: {stdout}");
+    false
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Seed 002's table for WSGI apps started from the seed's own ini files: one request, then
+# `forklift hammer --nb_requests 20` (at most 50 in flight, as hammer.py), against
+# `forklift serve builtin:wait` on port 7001. Needs a release build and a venv with
+# requests and aiohttp (scripts/test makes .venv).
+set -u
+cd "$(dirname "$0")/.."
+BIN=${BIN:-$PWD/target/release/forklift}
+VENV=${VENV:-$PWD/.venv}
+APPS=$PWD/tests/apps/seed002
+tmp=$(mktemp -d)
+"$BIN" serve builtin:wait --model async --http 127.0.0.1:7001 --disable-logging 2>/dev/null &
+BACKEND=$!
+sleep 0.5
+ini() { # name port app extra-lines...
+    local name=$1 port=$2 app=$3; shift 3
+    { echo "[uwsgi]"; echo "http = :$port"; echo "wsgi-file=$APPS/$app"; echo "master = 1"
+      for l in "$@"; do echo "$l"; done; echo "disable-logging = true"; } > "$tmp/$name.ini"
+}
+ini uwsgi_basic 5000 app_sync.py
+ini uwsgi_process 5001 app_sync.py "processes = 4"
+ini uwsgi_thread 5002 app_sync.py "threads = 4"
+ini uwsgi_mix 5003 app_sync.py "processes = 2" "threads = 2"
+ini uwsgi_asyncio 5100 app_asyncio.py "processes = 2"
+ini uwsgi_asyncio_mix 5101 app_asyncio.py "processes = 2" "threads = 2"
+printf '%-20s %-10s %-10s\n' ini "one" "20 requests"
+for name in uwsgi_basic uwsgi_process uwsgi_thread uwsgi_mix uwsgi_asyncio uwsgi_asyncio_mix; do
+    port=$(awk -F: '/^http/ {print $2}' "$tmp/$name.ini")
+    "$BIN" --ini "$tmp/$name.ini" --virtualenv "$VENV" 2>"$tmp/$name.log" &
+    SRV=$!
+    for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/?backend=7001" && break; sleep 0.1; done
+    one=$(curl -s "http://127.0.0.1:$port/" | grep -o '[0-9.]* seconds' | head -1)
+    twenty=$("$BIN" hammer --port "$port" --nb_requests 20 | awk '/We did/ {print $NF}')
+    printf '%-20s %-10s %-10s\n' "$name" "$one" "$twenty"
+    kill $SRV; wait $SRV 2>/dev/null
+done
+kill $BACKEND; wait $BACKEND 2>/dev/null
+rm -rf "$tmp"
