@@ -275,6 +275,15 @@ pub trait Handler: Send + Sync + 'static {
         false
     }
 
+    /// An event loop is about to handle a round of events on this thread: the app may
+    /// hold work it hands to other threads until [`Handler::batch_end`], so one wake-up
+    /// serves the round.
+    fn batch_begin(&self) {}
+
+    /// The round of events that [`Handler::batch_begin`] announced is handled: hand over
+    /// what was held.
+    fn batch_end(&self) {}
+
     /// Called in the master just before it forks workers (quiesce threads and locks that
     /// must not be copied mid-use, e.g. the Python interpreter's).
     fn before_fork(&self) {}

@@ -171,6 +171,14 @@ impl Handler for WsgiApp {
         self.pool.saturated()
     }
 
+    fn batch_begin(&self) {
+        pool::begin_batch();
+    }
+
+    fn batch_end(&self) {
+        self.pool.end_batch();
+    }
+
     fn before_fork(&self) {
         interp::before_fork();
     }

@@ -28,6 +28,19 @@ const QUEUE_PER_THREAD: usize = 64;
 /// hundreds of connections queues their requests instead of refusing them.
 const MIN_QUEUE: usize = 1024;
 
+thread_local! {
+    /// Jobs submitted by this (event-loop) thread during the current batch.
+    static DEFERRED: std::cell::RefCell<Option<Vec<Job>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Starts holding this thread's submissions until [`PoolSlot::end_batch`]: an event
+/// loop calls it before handling a round of events.
+pub(crate) fn begin_batch() {
+    DEFERRED.with(|d| {
+        d.borrow_mut().get_or_insert_with(Vec::new);
+    });
+}
+
 struct Running {
     /// Fork generation the threads were started in; stale after a fork.
     generation: u64,
@@ -68,7 +81,42 @@ impl PoolSlot {
     }
 
     /// Queues `job`; gives it back when the queue is full (or threads cannot start).
+    /// Inside a batch (see [`begin_batch`]) the job is held on this thread and sent by
+    /// [`PoolSlot::end_batch`], so one wake-up of the pool serves the whole batch.
     pub(crate) fn submit(&self, job: Job) -> Result<(), Job> {
+        let job = match DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+            Some(held) if self.inflight.load(Ordering::Acquire) < self.capacity() => {
+                self.inflight.fetch_add(1, Ordering::AcqRel);
+                held.push(job);
+                None
+            }
+            _ => Some(job),
+        }) {
+            None => return Ok(()),
+            Some(job) => job,
+        };
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        self.send(job).inspect_err(|_| {
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+        })
+    }
+
+    /// Sends the jobs held since [`begin_batch`] and ends the batch. A job the queue
+    /// cannot take is dropped, which answers its request with a 500.
+    pub(crate) fn end_batch(&self) {
+        let held = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
+        for job in held {
+            if self.send(job).is_err() {
+                self.inflight.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        (self.threads * QUEUE_PER_THREAD).max(self.min_queue)
+    }
+
+    fn send(&self, job: Job) -> Result<(), Job> {
         let tx = {
             let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
             let gen = interp::fork_generation();
@@ -90,12 +138,8 @@ impl PoolSlot {
                 }
             }
         };
-        self.inflight.fetch_add(1, Ordering::AcqRel);
-        tx.try_send(job).map_err(|e| {
-            self.inflight.fetch_sub(1, Ordering::AcqRel);
-            match e {
-                TrySendError::Full(j) | TrySendError::Disconnected(j) => j,
-            }
+        tx.try_send(job).map_err(|e| match e {
+            TrySendError::Full(j) | TrySendError::Disconnected(j) => j,
         })
     }
 
@@ -105,7 +149,7 @@ impl PoolSlot {
     }
 
     fn start(&self, generation: u64) -> Option<Running> {
-        let (tx, rx) = bounded::<Job>((self.threads * QUEUE_PER_THREAD).max(self.min_queue));
+        let (tx, rx) = bounded::<Job>(self.capacity());
         let mut threads = Vec::with_capacity(self.threads);
         for i in 0..self.threads {
             let rx = rx.clone();

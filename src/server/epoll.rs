@@ -143,6 +143,7 @@ impl Loop {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.into()),
             }
+            self.env.app.batch_begin();
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept_all()?,
@@ -171,6 +172,7 @@ impl Loop {
                 self.app_full = false;
                 self.accept_all()?;
             }
+            self.env.app.batch_end();
             let now = Instant::now();
             if now >= next_sweep {
                 next_sweep = now + SWEEP;
