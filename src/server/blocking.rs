@@ -36,6 +36,8 @@ pub struct Session {
     pub stream: TcpStream,
     pub conn: Conn,
     last_input: Instant,
+    /// The wait for a new connection's first request is done.
+    waited_first: bool,
 }
 
 impl Session {
@@ -48,6 +50,7 @@ impl Session {
             stream,
             conn,
             last_input: Instant::now(),
+            waited_first: false,
         }
     }
 
@@ -106,7 +109,14 @@ pub fn serve(mut s: Session, env: &Env, idle: Idle<'_>) -> Outcome {
                 return Outcome::Closed(s.conn.served);
             }
             Step::Read => {
-                let parkable = matches!(idle, Idle::Park(_)) && s.conn.is_idle();
+                let mut parkable = matches!(idle, Idle::Park(_)) && s.conn.is_idle();
+                if parkable && s.conn.served == 0 && !s.waited_first {
+                    // A new connection's first request is normally on its way: wait a
+                    // moment for it rather than park. Parked, it would be queued in
+                    // this process when it arrives, even if another process is idle.
+                    s.waited_first = true;
+                    parkable = !readable_within(&s.stream, FIRST_REQUEST_WAIT);
+                }
                 let r = if parkable {
                     // The next request may already be here; otherwise let go.
                     match nix::sys::socket::recv(
@@ -150,6 +160,17 @@ pub fn serve(mut s: Session, env: &Env, idle: Idle<'_>) -> Outcome {
             }
         }
     }
+}
+
+/// How long a thread waits for a new connection's first request before parking it.
+const FIRST_REQUEST_WAIT: Duration = Duration::from_millis(100);
+
+fn readable_within(stream: &TcpStream, wait: Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+    let t = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+    matches!(poll(&mut fds, t), Ok(n) if n > 0)
 }
 
 fn is_timeout(e: &io::Error) -> bool {
