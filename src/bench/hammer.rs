@@ -49,12 +49,7 @@ impl HammerResult {
     /// hammer.py's line, then the latency summary.
     pub fn to_text(&self) -> String {
         let r = &self.report;
-        let pct = |p: f64| {
-            r.percentiles
-                .iter()
-                .find(|x| x.percent == p)
-                .map_or(0.0, |x| x.ms)
-        };
+        let pct = |p: f64| r.percentile_ms(p);
         let t = &r.connection_times.total;
         format!(
             "We did {} requests in {:.3}\nlatency (ms): min {:.3}, mean {:.3}, p50 {:.3}, p90 {:.3}, \

@@ -380,8 +380,8 @@ pub fn table(args: &CompareModelsArgs, results: &[ModelResult]) -> Comparison {
             let extra = match &r.report {
                 Some(rep) => vec![
                     fmt_figure(rep.requests_per_second),
-                    format!("{:.3}", pct(rep, 50.0)),
-                    format!("{:.3}", pct(rep, 99.0)),
+                    format!("{:.3}", rep.percentile_ms(50.0)),
+                    format!("{:.3}", rep.percentile_ms(99.0)),
                     rep.failed_requests.to_string(),
                     rep.non_2xx_responses.to_string(),
                 ],
@@ -455,13 +455,6 @@ pub fn table(args: &CompareModelsArgs, results: &[ModelResult]) -> Comparison {
         rows,
         notes,
     }
-}
-
-fn pct(r: &Report, p: f64) -> f64 {
-    r.percentiles
-        .iter()
-        .find(|x| x.percent == p)
-        .map_or(0.0, |x| x.ms)
 }
 
 fn first_line(s: &str) -> String {

@@ -90,6 +90,15 @@ pub struct RunInfo {
 }
 
 impl Report {
+    /// The latency at percentile `p` (50.0, 99.0, …) in milliseconds; 0 when the
+    /// report has no such row.
+    pub fn percentile_ms(&self, p: f64) -> f64 {
+        self.percentiles
+            .iter()
+            .find(|x| x.percent == p)
+            .map_or(0.0, |x| x.ms)
+    }
+
     pub fn new(info: &RunInfo, r: &EngineResult) -> Report {
         let t = &r.tally;
         let secs = r.elapsed.as_secs_f64();

@@ -330,7 +330,7 @@ pub fn table(args: &CompareOffloadArgs, results: &[OffloadResult]) -> Comparison
                     },
                     r.lost().to_string(),
                     r.logged_tasks.saturating_sub(r.expected_tasks).to_string(),
-                    format!("{:.2}", pct(rep, 99.0)),
+                    format!("{:.2}", rep.percentile_ms(99.0)),
                     rep.failed_requests.to_string(),
                     rep.non_2xx_responses.to_string(),
                 ],
@@ -425,13 +425,6 @@ pub fn table(args: &CompareOffloadArgs, results: &[OffloadResult]) -> Comparison
         rows,
         notes,
     }
-}
-
-fn pct(r: &Report, p: f64) -> f64 {
-    r.percentiles
-        .iter()
-        .find(|x| x.percent == p)
-        .map_or(0.0, |x| x.ms)
 }
 
 /// The whole `forklift compare offload` command: measures, prints the table, writes
