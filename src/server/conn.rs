@@ -314,18 +314,7 @@ impl Conn {
             _ => {
                 // Dropping an unsent stream tells the app it is done (WSGI close()).
                 drop(source);
-                let ok = enc.finish(&mut self.outbuf).is_ok();
-                if !ok {
-                    self.closing = true;
-                }
-                self.served += 1;
-                self.ticket = None;
-                env.log.request(
-                    self.peer,
-                    log.as_ref().map(LogLine::view),
-                    status,
-                    enc.written,
-                );
+                self.done(env, &mut enc, true, log, status);
             }
         }
     }
@@ -345,6 +334,19 @@ impl Conn {
             return;
         };
         drop(source);
+        self.done(env, &mut enc, complete, log, status);
+    }
+
+    /// A response is over: end its framing (when the body is `complete`), close if the
+    /// app sent less than it promised, and account for the request.
+    fn done(
+        &mut self,
+        env: &Env,
+        enc: &mut BodyEncoder,
+        complete: bool,
+        log: Option<LogLine>,
+        status: u16,
+    ) {
         if complete {
             if let Err(short) = enc.finish(&mut self.outbuf) {
                 env.log.app_error(&format!(
