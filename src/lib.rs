@@ -3,20 +3,23 @@
 //!
 //! # Layout
 //! - [`app`]: the native handler API (`Request`, `Response`, `Body`, `Handler`,
-//!   `AsyncHandler`, `Reply`) and the built-in apps (`builtin:hello|echo|wait|file|demo`).
+//!   `AsyncHandler`, `Reply`) and the built-in apps
+//!   (`builtin:hello|echo|wait|file|demo|slowlog|fanout`; the last two live with
+//!   [`offload`] and [`fanout`]).
 //! - [`http`]: the sans-IO HTTP/1.1 codec shared by every model: request decoding with
 //!   limits and smuggling defences, response framing, the status mapping of errors.
 //! - [`server`]: configuration, the listening socket, the connection state machine
-//!   (`conn`), one module per concurrency model (`linear`, `threads`, `epoll`,
-//!   `tokio_model` for `async`), the pre-fork `master`, signals and the access log.
+//!   (`conn`) and the blocking driver (`blocking`), one module per concurrency model
+//!   (`linear`, `threads`, `epoll`, `tokio_model` for `async`), the pre-fork `master`,
+//!   `harakiri`, signals and the access log.
 //! - [`rt`]: runtime pieces shared by every model: `block_on`, the process-wide timer
 //!   (`sleep`), and the `Shutdown` signal.
 //! - [`fanout`]: concurrent calls to backend services from any handler (seed 002): the
 //!   per-process outbound HTTP client (own runtime thread, pooled connections, DNS cache,
-//!   timeouts, bounded calls in flight) and `builtin:fanout`.
+//!   timeouts, bounded calls in flight), `builtin:fanout` and `compare fanout`.
 //! - [`offload`]: the offload engine: handlers hand slow work off (`Offload::submit`)
 //!   to a strategy (inline, loop, thread, pool, durable spool), tasks registered by
-//!   name, counters, draining, the spool CLI, and `builtin:slowlog`.
+//!   name, counters, draining, the spool CLI, `builtin:slowlog` and `compare offload`.
 //! - [`python`] (feature `python`): embedded CPython serving WSGI apps (PEP 3333), the
 //!   `forklift` Python module, fork and thread integration. The only module using pyo3.
 //! - [`cli`]: the command line and uWSGI-style ini files, validated into a
