@@ -438,18 +438,18 @@ fn python_apps_fetch_and_fetch_all() {
     std::fs::create_dir_all(&dir).unwrap();
     let source = PY_APP.replace("{backend}", &format!("http://{}", backend.addr));
     std::fs::write(dir.join("fanout_app.py"), source).unwrap();
-    for model in ["threads", "epoll"] {
-        let app = Server::start_in(
-            &[
-                "--wsgi-file",
-                "fanout_app.py",
-                "--model",
-                model,
-                "--threads",
-                "2",
-            ],
-            Some(&dir),
-        );
+    let configs: [&[&str]; 4] = [
+        &["--model", "threads", "--threads", "2"],
+        &["--model", "epoll", "--threads", "2"],
+        &["--model", "async"],
+        // Loaded in the master, then forked: each worker makes its own client.
+        &["--model", "threads", "--processes", "2"],
+    ];
+    for args in configs {
+        let model = args.join(" ");
+        let mut full = vec!["--wsgi-file", "fanout_app.py"];
+        full.extend_from_slice(args);
+        let app = Server::start_in(&full, Some(&dir));
         let r = app.get("/");
         assert_eq!(
             r.text(),
