@@ -275,6 +275,12 @@ pub trait Handler: Send + Sync + 'static {
         false
     }
 
+    /// True when the app runs requests on threads of its own (a pool it hands work to),
+    /// so an event loop serving it should defer to those threads when both want the CPU.
+    fn hands_off(&self) -> bool {
+        false
+    }
+
     /// An event loop is about to handle a round of events on this thread: the app may
     /// hold work it hands to other threads until [`Handler::batch_end`], so one wake-up
     /// serves the round.

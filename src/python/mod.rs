@@ -171,6 +171,10 @@ impl Handler for WsgiApp {
         self.pool.saturated()
     }
 
+    fn hands_off(&self) -> bool {
+        true
+    }
+
     fn batch_begin(&self) {
         pool::begin_batch();
     }

@@ -85,6 +85,9 @@ struct Loop {
 
 pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
     listener.set_nonblocking(true)?;
+    if env.app.hands_off() {
+        super::defer_to_app_threads();
+    }
     let poll = Poll::new()?;
     let mut listener = MioListener::from_std(listener);
     poll.registry()

@@ -47,6 +47,21 @@ impl Env {
     }
 }
 
+/// Marks the calling event-loop thread SCHED_BATCH, for apps that run requests on
+/// threads of their own (the WSGI GIL pool). Woken by a finished reply, the loop then no
+/// longer preempts the app thread in the middle of handing over its batch of replies:
+/// the thread finishes the batch, the loop takes all of it in one round. On one core
+/// this turns a switch per request into a switch per batch (hello-world WSGI: ~1.4× the
+/// requests per second). Failure only costs that gain.
+pub(crate) fn defer_to_app_threads() {
+    // SAFETY: sched_setscheduler on the calling thread (pid 0) with a valid parameter;
+    // no memory is shared with the kernel beyond the call.
+    unsafe {
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_BATCH, &param);
+    }
+}
+
 /// Errors that stop a worker from serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {

@@ -22,15 +22,20 @@ use crate::app::CallContext;
 pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
     listener.set_nonblocking(true)?;
     let threads = env.config.threads.max(1);
+    let hands_off = env.app.hands_off();
     let rt = if threads == 1 {
+        if hands_off {
+            super::defer_to_app_threads();
+        }
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if hands_off {
+            builder.on_thread_start(super::defer_to_app_threads);
+        }
+        builder.worker_threads(threads).enable_all().build()
     }
     .map_err(ServerError::Runtime)?;
     let result = rt.block_on(serve(listener, env.clone()));
