@@ -450,6 +450,8 @@ impl Engine for LoopEngine {
                 Ok(s) => s,
                 // Nobody serves the socket (the host, or the worker that served it, is
                 // gone): serve it from this process, or join whoever just did.
+                // Another process may be in the middle of the same hand-over (it bound
+                // the path, or is unlinking it as it stops): try again, a few times.
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -458,7 +460,14 @@ impl Engine for LoopEngine {
                 {
                     self.ensure_server()
                         .map_err(|e| SubmitError::Unavailable(io::Error::other(e.to_string())))?;
-                    self.connection(true).map_err(SubmitError::Unavailable)?
+                    match self.connection(true) {
+                        Ok(s) => s,
+                        Err(_) if attempt < RECONNECTS => {
+                            attempt += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(SubmitError::Unavailable(e)),
+                    }
                 }
                 Err(e) => return Err(SubmitError::Unavailable(e)),
             };
