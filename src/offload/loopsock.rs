@@ -33,7 +33,7 @@ const STATS: &[u8; 3] = b"FKS";
 const HEADER: usize = 3 + 4 + 8 + 1;
 const MAX_MSG: usize = HEADER + MAX_NAME + MAX_PAYLOAD;
 /// Reconnections one submit tries when its connection was refused or broken.
-const RECONNECTS: u64 = 5;
+const RECONNECTS: u64 = 10;
 
 /// Encodes a task as one message.
 pub fn encode(id: TaskId, task: &Task) -> Vec<u8> {
@@ -80,7 +80,11 @@ pub fn bind(path: &Path) -> io::Result<Socket> {
                 format!("{} is in use by another offload worker", path.display()),
             ));
         }
-        std::fs::remove_file(path)?;
+        // Another process may be taking over the same stale path right now.
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
     }
     let sock = Socket::new(Domain::UNIX, Type::SEQPACKET, None)?;
     sock.bind(&SockAddr::unix(path)?)?;
@@ -444,7 +448,7 @@ impl Engine for LoopEngine {
         loop {
             let fresh = attempt > 0;
             if attempt > 1 {
-                std::thread::sleep(Duration::from_millis(attempt));
+                std::thread::sleep(Duration::from_millis(2 * attempt));
             }
             let sock = match self.connection(fresh) {
                 Ok(s) => s,
@@ -458,9 +462,11 @@ impl Engine for LoopEngine {
                         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
                     ) =>
                 {
-                    self.ensure_server()
-                        .map_err(|e| SubmitError::Unavailable(io::Error::other(e.to_string())))?;
-                    match self.connection(true) {
+                    let served = self
+                        .ensure_server()
+                        .map_err(|e| io::Error::other(e.to_string()))
+                        .and_then(|()| self.connection(true));
+                    match served {
                         Ok(s) => s,
                         Err(_) if attempt < RECONNECTS => {
                             attempt += 1;
