@@ -7,7 +7,7 @@
 //! The master stays single-threaded, so `fork` is safe: it waits for signals on a
 //! signalfd and runs no runtime of its own.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
@@ -87,7 +87,7 @@ pub fn run(
         })
         .collect();
     // Workers being replaced (SIGHUP) or stopped: their exit is expected.
-    let mut retiring: HashMap<Pid, ()> = HashMap::new();
+    let mut retiring: HashSet<Pid> = HashSet::new();
     let mut stopping: Option<Instant> = None;
     let mut killed = false;
 
@@ -130,7 +130,7 @@ pub fn run(
                 for pid in slots
                     .iter()
                     .filter_map(|s| s.pid)
-                    .chain(retiring.keys().copied())
+                    .chain(retiring.iter().copied())
                 {
                     let _ = kill(pid, Signal::SIGKILL);
                 }
@@ -161,7 +161,7 @@ pub fn run(
                     for slot in slots.iter_mut() {
                         if let Some(pid) = slot.pid.take() {
                             let _ = kill(pid, Signal::SIGTERM);
-                            retiring.insert(pid, ());
+                            retiring.insert(pid);
                         }
                         slot.failures = 0;
                         slot.respawn_at = Some(Instant::now());
@@ -174,7 +174,7 @@ pub fn run(
                     for pid in slots
                         .iter()
                         .filter_map(|s| s.pid)
-                        .chain(retiring.keys().copied())
+                        .chain(retiring.iter().copied())
                     {
                         let _ = kill(pid, Signal::SIGTERM);
                     }
@@ -192,7 +192,7 @@ pub fn run(
             };
             {
                 {
-                    if retiring.remove(&pid).is_some() {
+                    if retiring.remove(&pid) {
                         continue;
                     }
                     if let Some((i, slot)) = slots

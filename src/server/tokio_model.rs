@@ -47,7 +47,8 @@ async fn serve(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> 
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let cores = Arc::new(Semaphore::new(env.config.cores.max(1)));
     let conns = Arc::new(Semaphore::new(env.config.max_connections.max(1)));
-    let tracker = tokio_util_task_tracker();
+    // One clone per open connection: the count tells when all of them have finished.
+    let tracker = Arc::new(());
     loop {
         let permit = tokio::select! {
             p = conns.clone().acquire_owned() => p.expect("semaphore open"),
@@ -63,16 +64,7 @@ async fn serve(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> 
             _ = env.shutdown.wait() => break,
         };
         match accepted {
-            Ok((stream, _)) => {
-                let env = env.clone();
-                let cores = cores.clone();
-                let guard = tracker.clone();
-                tokio::spawn(async move {
-                    let _ = serve_conn(stream, &env, &cores).await;
-                    drop(permit);
-                    drop(guard);
-                });
-            }
+            Ok((stream, _)) => spawn_conn(stream, &env, &cores, &tracker, Some(permit)),
             Err(e) => match accept::classify(&e) {
                 AcceptError::WouldBlock | AcceptError::Retry => {}
                 AcceptError::Backoff => tokio::time::sleep(accept::BACKOFF).await,
@@ -81,17 +73,8 @@ async fn serve(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> 
         }
     }
     // Serve the connections already waiting in the backlog, then stop.
-    while let Ok(Some(Ok((stream, _)))) = tokio::time::timeout(Duration::ZERO, listener.accept())
-        .await
-        .map(Some)
-    {
-        let env = env.clone();
-        let cores = cores.clone();
-        let guard = tracker.clone();
-        tokio::spawn(async move {
-            let _ = serve_conn(stream, &env, &cores).await;
-            drop(guard);
-        });
+    while let Ok(Ok((stream, _))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
+        spawn_conn(stream, &env, &cores, &tracker, None);
     }
     drop(listener);
     // Graceful stop: wait (bounded) until every connection task has finished; idle
@@ -105,9 +88,21 @@ async fn serve(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> 
     Ok(())
 }
 
-/// A clonable token; the number of live clones tells how many connections are open.
-fn tokio_util_task_tracker() -> Arc<()> {
-    Arc::new(())
+/// Serves one accepted connection on its own task, holding its connection permit and a
+/// clone of the open-connections tracker until it ends.
+fn spawn_conn(
+    stream: TcpStream,
+    env: &Arc<Env>,
+    cores: &Arc<Semaphore>,
+    tracker: &Arc<()>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let (env, cores, guard) = (env.clone(), cores.clone(), tracker.clone());
+    tokio::spawn(async move {
+        let _ = serve_conn(stream, &env, &cores).await;
+        drop(permit);
+        drop(guard);
+    });
 }
 
 async fn serve_conn(mut stream: TcpStream, env: &Env, cores: &Semaphore) -> io::Result<()> {
