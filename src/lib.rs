@@ -13,7 +13,8 @@
 //!   (`linear`, `threads`, `epoll`, `tokio_model` for `async`), the pre-fork `master`,
 //!   `harakiri`, signals and the access log.
 //! - [`rt`]: runtime pieces shared by every model: `block_on`, the process-wide timer
-//!   (`sleep`), and the `Shutdown` signal.
+//!   (`sleep`), the `Shutdown` signal, and `fork::ForkLocal` (per-process state that a
+//!   forked child rebuilds instead of inheriting locked).
 //! - [`fanout`]: concurrent calls to backend services from any handler (seed 002): the
 //!   per-process outbound HTTP client (own runtime thread, pooled connections, DNS cache,
 //!   timeouts, bounded calls in flight), `builtin:fanout` and `compare fanout`.

@@ -20,10 +20,12 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{watch, Semaphore};
 
+use crate::rt::fork::ForkLocal;
+
 use super::exec::{run_one, Executor};
 use super::host::Role;
 use super::{
-    pid, Counters, DrainReport, Engine, OffloadConfig, OffloadError, Registry, SubmitError, Task,
+    Counters, DrainReport, Engine, OffloadConfig, OffloadError, Registry, SubmitError, Task,
     TaskId, TaskPayload, MAX_NAME, MAX_PAYLOAD,
 };
 
@@ -346,25 +348,15 @@ async fn recv(sock: &AsyncFd<Socket>, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// This process's connection to the worker.
-struct Conn {
-    pid: u32,
-    sock: Arc<Socket>,
-}
-
-/// Per-process server state (a server thread exists only in the pid that started it).
-struct Local {
-    pid: u32,
-    server: Option<Server>,
-}
-
 pub struct LoopEngine {
     cfg: OffloadConfig,
     registry: Registry,
     counters: Arc<Counters>,
     role: Role,
-    conn: Mutex<Option<Conn>>,
-    local: Mutex<Local>,
+    /// This process's connection to the worker (a forked child makes its own).
+    conn: ForkLocal<Mutex<Option<Arc<Socket>>>>,
+    /// The server this process runs, if it serves the socket itself.
+    local: ForkLocal<Mutex<Option<Server>>>,
     seq: AtomicU64,
     closing: AtomicBool,
 }
@@ -376,23 +368,16 @@ impl LoopEngine {
             registry,
             counters,
             role: Role::new(),
-            conn: Mutex::new(None),
-            local: Mutex::new(Local {
-                pid: 0,
-                server: None,
-            }),
+            conn: ForkLocal::new(),
+            local: ForkLocal::new(),
             seq: AtomicU64::new(0),
             closing: AtomicBool::new(false),
         }
     }
 
     fn ensure_server(&self) -> Result<(), OffloadError> {
-        let mut g = self.local.lock().unwrap_or_else(|p| p.into_inner());
-        if g.pid != pid() {
-            std::mem::forget(g.server.take());
-            g.pid = pid();
-        }
-        if g.server.is_some() {
+        let mut g = self.local.local().lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_some() {
             return Ok(());
         }
         let listener = match bind(&self.cfg.socket) {
@@ -401,7 +386,7 @@ impl LoopEngine {
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        g.server = Some(start_server(
+        *g = Some(start_server(
             listener,
             self.cfg.socket.clone(),
             &self.cfg,
@@ -412,10 +397,10 @@ impl LoopEngine {
     }
 
     fn connection(&self, fresh: bool) -> io::Result<Arc<Socket>> {
-        let mut g = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.conn.local().lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = g.as_ref() {
-            if c.pid == pid() && !fresh {
-                return Ok(c.sock.clone());
+            if !fresh {
+                return Ok(c.clone());
             }
         }
         let sock = Socket::new(Domain::UNIX, Type::SEQPACKET, None)?;
@@ -423,10 +408,7 @@ impl LoopEngine {
         sock.connect(&SockAddr::unix(&self.cfg.socket)?)?;
         sock.set_nonblocking(true)?;
         let sock = Arc::new(sock);
-        *g = Some(Conn {
-            pid: pid(),
-            sock: sock.clone(),
-        });
+        *g = Some(sock.clone());
         Ok(sock)
     }
 }
@@ -547,15 +529,13 @@ impl Engine for LoopEngine {
     fn shutdown(&self, timeout: Duration) -> DrainReport {
         self.closing.store(true, Ordering::Release);
         // Closing our connection lets the worker see the end of this client.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let server = {
-            let mut g = self.local.lock().unwrap_or_else(|p| p.into_inner());
-            if g.pid == pid() {
-                g.server.take()
-            } else {
-                None
-            }
-        };
+        if let Some(c) = self.conn.get() {
+            c.lock().unwrap_or_else(|p| p.into_inner()).take();
+        }
+        let server = self
+            .local
+            .get()
+            .and_then(|g| g.lock().unwrap_or_else(|p| p.into_inner()).take());
         let mut report = server.map(|s| s.stop(timeout)).unwrap_or_default();
         if let Some(host) = self.role.stop_host(timeout) {
             report.drained += host.drained;

@@ -6,9 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::delayq::{DelayQueue, PushError};
+use crate::rt::fork::ForkLocal;
+
 use super::{
-    pid, run_guarded, Counters, DrainReport, Engine, OffloadConfig, Registry, SubmitError, Task,
-    TaskId, TaskPayload,
+    run_guarded, Counters, DrainReport, Engine, OffloadConfig, Registry, SubmitError, Task, TaskId,
+    TaskPayload,
 };
 
 pub struct PoolEngine {
@@ -17,11 +19,17 @@ pub struct PoolEngine {
     registry: Registry,
     counters: Arc<Counters>,
     seq: AtomicU64,
+    /// This process's queue and threads: a forked worker starts empty, with its own
+    /// threads, and never touches the master's (their locks may be held).
+    local: ForkLocal<Local>,
+}
+
+struct Local {
     queue: Arc<DelayQueue<TaskPayload>>,
     /// Tasks taken from the queue and not finished yet.
     busy: Arc<AtomicUsize>,
-    /// The pid whose worker threads are running (threads do not survive fork).
-    started: Mutex<Option<u32>>,
+    /// Whether the worker threads were started.
+    started: Mutex<bool>,
 }
 
 impl PoolEngine {
@@ -32,22 +40,29 @@ impl PoolEngine {
             registry,
             counters,
             seq: AtomicU64::new(0),
-            queue: Arc::new(DelayQueue::new(cfg.queue)),
-            busy: Arc::new(AtomicUsize::new(0)),
-            started: Mutex::new(None),
+            local: ForkLocal::new(),
         }
     }
 
-    fn ensure_started(&self) -> Result<(), SubmitError> {
-        let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
-        if *started == Some(pid()) {
-            return Ok(());
+    fn local(&self) -> &Local {
+        self.local.get_or_init(|| Local {
+            queue: Arc::new(DelayQueue::new(self.cap)),
+            busy: Arc::new(AtomicUsize::new(0)),
+            started: Mutex::new(false),
+        })
+    }
+
+    fn ensure_started(&self) -> Result<&Local, SubmitError> {
+        let local = self.local();
+        let mut started = local.started.lock().unwrap_or_else(|p| p.into_inner());
+        if *started {
+            return Ok(local);
         }
         for i in 0..self.workers {
-            let queue = self.queue.clone();
+            let queue = local.queue.clone();
             let registry = self.registry.clone();
             let counters = self.counters.clone();
-            let busy = self.busy.clone();
+            let busy = local.busy.clone();
             std::thread::Builder::new()
                 .name(format!("forklift-pool-{i}"))
                 .spawn(move || {
@@ -61,14 +76,14 @@ impl PoolEngine {
                 })
                 .map_err(SubmitError::Unavailable)?;
         }
-        *started = Some(pid());
-        Ok(())
+        *started = true;
+        Ok(local)
     }
 }
 
 impl Engine for PoolEngine {
     fn submit(&self, task: Task) -> Result<TaskId, SubmitError> {
-        self.ensure_started()?;
+        let local = self.ensure_started()?;
         let id = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let payload = TaskPayload {
             id,
@@ -76,7 +91,7 @@ impl Engine for PoolEngine {
             data: task.payload,
             attempt: 1,
         };
-        match self.queue.push(payload, Instant::now() + task.delay) {
+        match local.queue.push(payload, Instant::now() + task.delay) {
             Ok(()) => Ok(id),
             Err(PushError::Full(_)) => Err(SubmitError::Full { capacity: self.cap }),
             Err(PushError::Closed(_)) => Err(SubmitError::ShuttingDown),
@@ -85,6 +100,7 @@ impl Engine for PoolEngine {
 
     fn start(&self) -> Result<(), super::OffloadError> {
         self.ensure_started()
+            .map(|_| ())
             .map_err(|e| super::OffloadError::Io(std::io::Error::other(e.to_string())))
     }
 
@@ -92,22 +108,18 @@ impl Engine for PoolEngine {
         let done =
             |c: &Counters| c.completed.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed);
         let before = done(&self.counters);
-        self.queue.close();
+        let local = self.local();
+        local.queue.close();
         let deadline = Instant::now() + timeout;
-        let running_here = self
-            .started
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            == Some(&pid());
+        let running_here = *local.started.lock().unwrap_or_else(|p| p.into_inner());
         while running_here
-            && (self.queue.len() > 0 || self.busy.load(Ordering::Acquire) > 0)
+            && (local.queue.len() > 0 || local.busy.load(Ordering::Acquire) > 0)
             && Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(2));
         }
-        let abandoned = self.queue.abort() as u64;
-        let dropped = abandoned + self.busy.load(Ordering::Acquire) as u64;
+        let abandoned = local.queue.abort() as u64;
+        let dropped = abandoned + local.busy.load(Ordering::Acquire) as u64;
         Counters::add(&self.counters.dropped, dropped);
         DrainReport {
             drained: done(&self.counters) - before,
@@ -117,6 +129,6 @@ impl Engine for PoolEngine {
     }
 
     fn queue_depth(&self) -> u64 {
-        self.queue.len() as u64
+        self.local.get().map_or(0, |l| l.queue.len() as u64)
     }
 }

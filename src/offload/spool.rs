@@ -17,10 +17,11 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::exec::Executor;
 use super::{
-    pid, Counters, DrainReport, Engine, OffloadConfig, OffloadError, Registry, SubmitError, Task,
+    Counters, DrainReport, Engine, OffloadConfig, OffloadError, Registry, SubmitError, Task,
     TaskError, TaskId, TaskPayload,
 };
 use crate::app::BoxFuture;
+use crate::rt::fork::ForkLocal;
 
 /// Spool errors.
 #[derive(Debug, thiserror::Error)]
@@ -504,10 +505,9 @@ enum RunnerMsg {
     Stop(Instant),
 }
 
-/// Per-process state: started lazily and only in the pid that started it.
+/// Per-process state: started lazily in each process (a forked worker starts its own).
 #[derive(Default)]
 struct Local {
-    pid: u32,
     writer: Option<crossbeam_channel::Sender<Submission>>,
     runner: Option<RunnerHandle>,
 }
@@ -521,7 +521,7 @@ pub struct SpoolEngine {
     cfg: OffloadConfig,
     registry: Registry,
     counters: Arc<Counters>,
-    local: Mutex<Local>,
+    local: ForkLocal<Mutex<Local>>,
     closing: AtomicBool,
     /// Submissions queued for the writer (for the queue depth).
     waiting: Arc<AtomicU64>,
@@ -539,20 +539,14 @@ impl SpoolEngine {
             cfg: cfg.clone(),
             registry,
             counters,
-            local: Mutex::new(Local::default()),
+            local: ForkLocal::new(),
             closing: AtomicBool::new(false),
             waiting: Arc::new(AtomicU64::new(0)),
         })
     }
 
     fn local(&self) -> std::sync::MutexGuard<'_, Local> {
-        let mut g = self.local.lock().unwrap_or_else(|p| p.into_inner());
-        if g.pid != pid() {
-            // Inherited across fork: the threads behind these handles are not here.
-            std::mem::forget(std::mem::take(&mut *g));
-            g.pid = pid();
-        }
-        g
+        self.local.local().lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn writer(&self) -> Result<crossbeam_channel::Sender<Submission>, SubmitError> {

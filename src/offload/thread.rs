@@ -4,9 +4,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::rt::fork::ForkLocal;
+
 use super::{
-    pid, run_guarded, Counters, DrainReport, Engine, OffloadConfig, Registry, SubmitError, Task,
-    TaskId, TaskPayload,
+    run_guarded, Counters, DrainReport, Engine, OffloadConfig, Registry, SubmitError, Task, TaskId,
+    TaskPayload,
 };
 
 pub struct ThreadEngine {
@@ -15,8 +17,9 @@ pub struct ThreadEngine {
     counters: Arc<Counters>,
     seq: AtomicU64,
     closing: AtomicBool,
-    /// (pid, live threads): threads do not survive fork, so a count from another pid is 0.
-    live: Arc<(Mutex<(u32, usize)>, Condvar)>,
+    /// This process's count of live task threads (threads do not survive fork: a
+    /// forked worker starts from 0, with a lock no master thread can hold).
+    live: ForkLocal<Arc<Live>>,
 }
 
 impl ThreadEngine {
@@ -27,16 +30,25 @@ impl ThreadEngine {
             counters,
             seq: AtomicU64::new(0),
             closing: AtomicBool::new(false),
-            live: Arc::new((Mutex::new((pid(), 0)), Condvar::new())),
+            live: ForkLocal::new(),
         }
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, (u32, usize)> {
-        let mut g = self.live.0.lock().unwrap_or_else(|p| p.into_inner());
-        if g.0 != pid() {
-            *g = (pid(), 0);
-        }
-        g
+    fn live(&self) -> &Arc<Live> {
+        self.live.local()
+    }
+}
+
+/// Live task threads, and a signal when one ends.
+#[derive(Default)]
+struct Live {
+    count: Mutex<usize>,
+    ended: Condvar,
+}
+
+impl Live {
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.count.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -46,11 +58,11 @@ impl Engine for ThreadEngine {
             return Err(SubmitError::ShuttingDown);
         }
         {
-            let mut g = self.live();
-            if g.1 >= self.cap {
+            let mut g = self.live().lock();
+            if *g >= self.cap {
                 return Err(SubmitError::Full { capacity: self.cap });
             }
-            g.1 += 1;
+            *g += 1;
         }
         let id = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let payload = TaskPayload {
@@ -62,7 +74,7 @@ impl Engine for ThreadEngine {
         let delay = task.delay;
         let registry = self.registry.clone();
         let counters = self.counters.clone();
-        let live = self.live.clone();
+        let live = self.live().clone();
         let spawned = std::thread::Builder::new()
             .name("forklift-task".into())
             .spawn(move || {
@@ -72,16 +84,16 @@ impl Engine for ThreadEngine {
                 Counters::inc(&counters.running);
                 let r = run_guarded(&registry, &payload);
                 counters.finished(r.is_ok());
-                let mut g = live.0.lock().unwrap_or_else(|p| p.into_inner());
-                g.1 = g.1.saturating_sub(1);
+                let mut g = live.lock();
+                *g = g.saturating_sub(1);
                 drop(g);
-                live.1.notify_all();
+                live.ended.notify_all();
             });
         match spawned {
             Ok(_) => Ok(id),
             Err(e) => {
-                let mut g = self.live();
-                g.1 = g.1.saturating_sub(1);
+                let mut g = self.live().lock();
+                *g = g.saturating_sub(1);
                 Err(SubmitError::Unavailable(e))
             }
         }
@@ -92,20 +104,20 @@ impl Engine for ThreadEngine {
         let deadline = Instant::now() + timeout;
         let done_before = self.counters.completed.load(Ordering::Relaxed)
             + self.counters.failed.load(Ordering::Relaxed);
-        let mut g = self.live();
-        while g.1 > 0 {
+        let live = self.live();
+        let mut g = live.lock();
+        while *g > 0 {
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
-            g = self
-                .live
-                .1
+            g = live
+                .ended
                 .wait_timeout(g, deadline - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        let dropped = g.1 as u64;
+        let dropped = *g as u64;
         drop(g);
         Counters::add(&self.counters.dropped, dropped);
         let done_after = self.counters.completed.load(Ordering::Relaxed)
@@ -118,7 +130,7 @@ impl Engine for ThreadEngine {
     }
 
     fn queue_depth(&self) -> u64 {
-        let live = self.live().1 as u64;
+        let live = self.live.get().map_or(0, |l| *l.lock()) as u64;
         live.saturating_sub(self.counters.running.load(Ordering::Relaxed))
     }
 }

@@ -15,16 +15,12 @@ use pyo3::types::{PyDict, PyList, PyModule};
 
 use super::{PythonError, PythonOptions};
 
-/// Bumped in every child process right after `fork` (by a `pthread_atfork` handler), so
-/// per-thread and per-process state can tell it was inherited.
-static FORK_GEN: AtomicU64 = AtomicU64::new(0);
 /// The fork generation whose Python after-fork fix-up has been done.
 static FIXED_GEN: AtomicU64 = AtomicU64::new(0);
 /// The interpreter was started (by us or found running).
 static STARTED: Mutex<bool> = Mutex::new(false);
 /// `before_fork` took the GIL and Python's fork locks; the value to hand back.
 static PREPARED: Mutex<Option<ffi::PyGILState_STATE>> = Mutex::new(None);
-static ATFORK: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     /// Fork generation at which this thread was attached to the interpreter.
@@ -33,14 +29,10 @@ thread_local! {
     static LOOP_GEN: Cell<u64> = const { Cell::new(u64::MAX) };
 }
 
-/// The current fork generation (changes in every forked child).
+/// The current fork generation (changes in every forked child), so per-thread and
+/// per-process state can tell it was inherited.
 pub(crate) fn fork_generation() -> u64 {
-    FORK_GEN.load(Ordering::Relaxed)
-}
-
-extern "C" fn atfork_child() {
-    // Async-signal-safe: one atomic add, nothing else.
-    FORK_GEN.fetch_add(1, Ordering::Relaxed);
+    crate::rt::fork::generation()
 }
 
 /// Python code run once after start-up and for each app load.
@@ -234,13 +226,7 @@ fn start_interpreter() -> Result<(), String> {
         }
         ATTACHED.with(|a| a.set(fork_generation()));
     }
-    if !ATFORK.swap(true, Ordering::SeqCst) {
-        // SAFETY: registers a handler that only does an atomic add, which is
-        // async-signal-safe as required in a forked child.
-        unsafe {
-            libc::pthread_atfork(None, None, Some(atfork_child));
-        }
-    }
+    crate::rt::fork::watch_forks();
     FIXED_GEN.store(fork_generation(), Ordering::SeqCst);
     with_gil(|py| -> PyResult<()> {
         let sys = py.import("sys")?;

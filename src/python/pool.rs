@@ -15,6 +15,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use pyo3::Python;
 
 use super::interp;
+use crate::rt::fork::ForkLocal;
 
 /// A unit of work for a pool thread, run with the GIL held.
 pub(crate) type Job = Box<dyn for<'py> FnOnce(Python<'py>) + Send + 'static>;
@@ -42,8 +43,6 @@ pub(crate) fn begin_batch() {
 }
 
 struct Running {
-    /// Fork generation the threads were started in; stale after a fork.
-    generation: u64,
     tx: Sender<Job>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -55,6 +54,13 @@ pub(crate) struct PoolSlot {
     /// Run after each batch, without the GIL.
     flush: fn(),
     min_queue: usize,
+    /// This process's threads and count: a forked worker starts its own, never
+    /// touching the master's (whose locks a master thread may hold).
+    local: ForkLocal<Local>,
+}
+
+#[derive(Default)]
+struct Local {
     running: Mutex<Option<Running>>,
     /// Jobs submitted and not yet finished (queued or running).
     inflight: Arc<AtomicUsize>,
@@ -75,8 +81,7 @@ impl PoolSlot {
             name,
             flush,
             min_queue: 0,
-            running: Mutex::new(None),
-            inflight: Arc::new(AtomicUsize::new(0)),
+            local: ForkLocal::new(),
         }
     }
 
@@ -84,9 +89,10 @@ impl PoolSlot {
     /// Inside a batch (see [`begin_batch`]) the job is held on this thread and sent by
     /// [`PoolSlot::end_batch`], so one wake-up of the pool serves the whole batch.
     pub(crate) fn submit(&self, job: Job) -> Result<(), Job> {
+        let inflight = &self.local.local().inflight;
         let job = match DEFERRED.with(|d| match d.borrow_mut().as_mut() {
-            Some(held) if self.inflight.load(Ordering::Acquire) < self.capacity() => {
-                self.inflight.fetch_add(1, Ordering::AcqRel);
+            Some(held) if inflight.load(Ordering::Acquire) < self.capacity() => {
+                inflight.fetch_add(1, Ordering::AcqRel);
                 held.push(job);
                 None
             }
@@ -95,9 +101,9 @@ impl PoolSlot {
             None => return Ok(()),
             Some(job) => job,
         };
-        self.inflight.fetch_add(1, Ordering::AcqRel);
+        inflight.fetch_add(1, Ordering::AcqRel);
         self.send(job).inspect_err(|_| {
-            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            inflight.fetch_sub(1, Ordering::AcqRel);
         })
     }
 
@@ -105,9 +111,10 @@ impl PoolSlot {
     /// cannot take is dropped, which answers its request with a 500.
     pub(crate) fn end_batch(&self) {
         let held = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
+        let inflight = &self.local.local().inflight;
         for job in held {
             if self.send(job).is_err() {
-                self.inflight.fetch_sub(1, Ordering::AcqRel);
+                inflight.fetch_sub(1, Ordering::AcqRel);
             }
         }
     }
@@ -117,25 +124,19 @@ impl PoolSlot {
     }
 
     fn send(&self, job: Job) -> Result<(), Job> {
+        let local = self.local.local();
         let tx = {
-            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            let gen = interp::fork_generation();
+            let mut running = local.running.lock().unwrap_or_else(|e| e.into_inner());
             match running.as_ref() {
-                Some(r) if r.generation == gen => r.tx.clone(),
-                _ => {
-                    // Threads inherited across fork do not exist here: forget them.
-                    if let Some(old) = running.take() {
-                        std::mem::forget(old.threads);
+                Some(r) => r.tx.clone(),
+                None => match self.start(&local.inflight) {
+                    Some(r) => {
+                        let tx = r.tx.clone();
+                        *running = Some(r);
+                        tx
                     }
-                    match self.start(gen) {
-                        Some(r) => {
-                            let tx = r.tx.clone();
-                            *running = Some(r);
-                            tx
-                        }
-                        None => return Err(job),
-                    }
-                }
+                    None => return Err(job),
+                },
             }
         };
         tx.try_send(job).map_err(|e| match e {
@@ -145,16 +146,18 @@ impl PoolSlot {
 
     /// True when every thread has a job: another request would wait in the queue.
     pub(crate) fn saturated(&self) -> bool {
-        self.inflight.load(Ordering::Acquire) >= self.threads
+        self.local
+            .get()
+            .is_some_and(|l| l.inflight.load(Ordering::Acquire) >= self.threads)
     }
 
-    fn start(&self, generation: u64) -> Option<Running> {
+    fn start(&self, inflight: &Arc<AtomicUsize>) -> Option<Running> {
         let (tx, rx) = bounded::<Job>(self.capacity());
         let mut threads = Vec::with_capacity(self.threads);
         for i in 0..self.threads {
             let rx = rx.clone();
             let flush = self.flush;
-            let inflight = self.inflight.clone();
+            let inflight = inflight.clone();
             let t = std::thread::Builder::new()
                 .name(format!("{}-{i}", self.name))
                 .spawn(move || work(&rx, flush, &inflight));
@@ -169,25 +172,16 @@ impl PoolSlot {
         if threads.is_empty() {
             return None;
         }
-        Some(Running {
-            generation,
-            tx,
-            threads,
-        })
+        Some(Running { tx, threads })
     }
 
     /// Stops taking work, lets the threads finish what is queued, and joins them.
     pub(crate) fn shutdown(&self) {
         let running = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+            .local
+            .get()
+            .and_then(|l| l.running.lock().unwrap_or_else(|e| e.into_inner()).take());
         if let Some(r) = running {
-            if r.generation != interp::fork_generation() {
-                std::mem::forget(r.threads);
-                return;
-            }
             drop(r.tx);
             for t in r.threads {
                 let _ = t.join();

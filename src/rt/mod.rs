@@ -1,7 +1,9 @@
 //! Small runtime pieces shared by every model: driving a future to completion on a
 //! blocking thread ([`block_on`]), a process-wide timer that works under any executor
-//! ([`sleep`]), and the [`Shutdown`] signal.
+//! ([`sleep`]), the [`Shutdown`] signal, and per-process state that is safe across
+//! `fork` ([`fork::ForkLocal`]).
 
+pub mod fork;
 mod shutdown;
 mod timer;
 

@@ -240,9 +240,12 @@ fn spawn(
     log: &Log,
     old_mask: &SigSet,
 ) -> Result<Pid, nix::Error> {
-    // SAFETY: the master is single-threaded (it runs no runtime and waits for signals on
-    // a signalfd), so the child starts with a consistent copy of every lock and
-    // allocator state.
+    // SAFETY: the master's own loop runs no runtime (it waits for signals on a
+    // signalfd). Other threads it may have (a preloaded app's Python threads, offload
+    // executors a module used at import) are accounted for: Python's locks are taken
+    // in `before_fork` and re-initialised in the child, glibc's allocator has its own
+    // fork handlers, and the state a worker uses from then on is per process
+    // (`rt::fork::ForkLocal`), never a lock a master thread may hold.
     match unsafe { fork() }? {
         ForkResult::Parent { child } => Ok(child),
         ForkResult::Child => {
