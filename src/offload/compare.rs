@@ -28,6 +28,10 @@ pub struct CompareOffloadArgs {
     /// Requests for `inline`, where each one waits for its task [default: 10 × -c]
     #[arg(long)]
     pub inline_requests: Option<u64>,
+    /// Rounds of -n requests per scenario, on the same server after a warm-up; the
+    /// median round is reported (`inline` runs one round)
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
     /// Only these scenarios (comma-separated: none,inline,loop,thread,pool,spool)
     #[arg(long, value_delimiter = ',')]
     pub strategies: Vec<String>,
@@ -71,6 +75,7 @@ impl CompareOffloadArgs {
             concurrency: 10,
             task_seconds: 1.0,
             inline_requests: None,
+            rounds: 5,
             strategies: Vec::new(),
             model: "epoll".into(),
             processes: 1,
@@ -151,13 +156,18 @@ pub const SCENARIOS: [Scenario; 6] = [
 #[derive(Debug, Clone)]
 pub struct OffloadResult {
     pub scenario: Scenario,
+    /// Requests per round.
     pub requests: u64,
+    /// The median round's report (by requests per second).
     pub report: Option<Report>,
-    /// Tasks the server accepted (2xx answers).
+    /// Requests per second of every round, in order.
+    pub rounds_rps: Vec<f64>,
+    /// Tasks the server accepted (2xx answers), warm-up included.
     pub expected_tasks: u64,
     /// Tasks recorded as finished once the server stopped.
     pub logged_tasks: u64,
-    /// From the start of the load until every accepted task had run.
+    /// The slowest round's time from its last response until every task it submitted
+    /// had run (`None`: some never did within `--finish-timeout`).
     pub all_done_s: Option<f64>,
     pub error: Option<String>,
 }
@@ -210,7 +220,8 @@ pub fn compare_offload(
 }
 
 fn run_scenario(args: &CompareOffloadArgs, bin: &Path, work: &Path, sc: Scenario) -> OffloadResult {
-    let requests = if sc.strategy == "inline" && sc.slow {
+    let inline = sc.strategy == "inline" && sc.slow;
+    let requests = if inline {
         args.inline_requests
             .unwrap_or(10 * args.concurrency as u64)
             .min(args.requests)
@@ -221,6 +232,7 @@ fn run_scenario(args: &CompareOffloadArgs, bin: &Path, work: &Path, sc: Scenario
         scenario: sc.clone(),
         requests,
         report: None,
+        rounds_rps: Vec::new(),
         expected_tasks: 0,
         logged_tasks: 0,
         all_done_s: None,
@@ -276,42 +288,83 @@ fn run_scenario(args: &CompareOffloadArgs, bin: &Path, work: &Path, sc: Scenario
             }
         };
     let url = format!("http://{}/", server.addr);
-    let mut cfg = BenchConfig::new(&url, requests, args.concurrency);
-    cfg.keep_alive = args.keepalive;
-    if let Some(t) = args.threads {
-        cfg.threads = t;
-    }
-    let t0 = Instant::now();
-    let report = match run_config(&cfg) {
-        Ok(r) => r,
-        Err(e) => {
-            result.error = Some(e.to_string());
-            server.stop();
-            return result;
+    let finish = Duration::from_secs_f64(args.finish_timeout);
+    // Waits until `expected` tasks are recorded; the time it took, or None.
+    let wait_done = |expected: u64| -> Option<f64> {
+        let t = Instant::now();
+        let deadline = t + finish;
+        loop {
+            if count_records(&done) >= expected {
+                return Some(t.elapsed().as_secs_f64());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
     };
-    let accepted: u64 = report
-        .status_codes
-        .iter()
-        .filter(|s| (200..300).contains(&s.status))
-        .map(|s| s.count)
-        .sum();
-    result.expected_tasks = accepted;
-    let deadline = Instant::now() + Duration::from_secs_f64(args.finish_timeout);
-    while count_records(&done) < accepted && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    if count_records(&done) >= accepted {
-        result.all_done_s = Some(t0.elapsed().as_secs_f64());
+    let load = |n: u64| {
+        let mut cfg = BenchConfig::new(&url, n, args.concurrency);
+        cfg.keep_alive = args.keepalive;
+        if let Some(t) = args.threads {
+            cfg.threads = t;
+        }
+        run_config(&cfg)
+    };
+    let accepted = |r: &Report| -> u64 {
+        r.status_codes
+            .iter()
+            .filter(|s| (200..300).contains(&s.status))
+            .map(|s| s.count)
+            .sum()
+    };
+    // The warm-up (not reported) opens the spool's files, starts the executors, and
+    // fills the page cache, so a round measures the steady state.
+    let (warmup, rounds) = if inline {
+        (0, 1)
+    } else {
+        (requests.min(100), args.rounds.max(1))
+    };
+    let mut reports = Vec::new();
+    let mut slowest: Option<f64> = Some(0.0);
+    for round in 0..=rounds {
+        let n = if round == 0 { warmup } else { requests };
+        if n == 0 {
+            continue;
+        }
+        let report = match load(n) {
+            Ok(r) => r,
+            Err(e) => {
+                result.error = Some(e.to_string());
+                break;
+            }
+        };
+        result.expected_tasks += accepted(&report);
+        let took = wait_done(result.expected_tasks);
+        if round > 0 {
+            slowest = match (slowest, took) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+            reports.push(report);
+        }
+        if took.is_none() {
+            break;
+        }
     }
     server.stop();
     // A loop host finishes its drain after the server's processes are gone.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while count_records(&done) < accepted && Instant::now() < deadline {
+    while count_records(&done) < result.expected_tasks && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     result.logged_tasks = count_records(&done);
-    result.report = Some(report);
+    result.rounds_rps = reports.iter().map(|r| r.requests_per_second).collect();
+    reports.sort_by(|a, b| a.requests_per_second.total_cmp(&b.requests_per_second));
+    if !reports.is_empty() {
+        result.all_done_s = slowest;
+        result.report = Some(reports.swap_remove(reports.len() / 2));
+    }
     let _ = std::fs::remove_file(&socket);
     result
 }
@@ -324,6 +377,7 @@ pub fn table(args: &CompareOffloadArgs, results: &[OffloadResult]) -> Comparison
             let extra = match &r.report {
                 Some(rep) => vec![
                     r.requests.to_string(),
+                    rounds_range(&r.rounds_rps),
                     match r.all_done_s {
                         Some(s) => format!("{s:.2}"),
                         None => format!("> {}", args.finish_timeout),
@@ -352,9 +406,14 @@ pub fn table(args: &CompareOffloadArgs, results: &[OffloadResult]) -> Comparison
         "Seed 000: Python 2 scripts, ab -n 100 -c 10, 1 s of slow work per request; \
          'no handling' skipped the work entirely."
             .to_string(),
-        "tasks done: seconds from the start of the load until every accepted task had \
-         finished (logged, waited, recorded in LOG.done); lost = accepted − finished \
-         (must be 0); dup = extra runs (at-least-once)."
+        format!(
+            "req/s: the median of {} rounds of -n requests on one server, after a warm-up of \
+             100 (rounds: slowest–fastest); inline runs one round.",
+            args.rounds.max(1)
+        ),
+        "tasks done: seconds from a round's last response until every task it submitted \
+         had finished (logged, waited, recorded in LOG.done), slowest round; lost = \
+         accepted − finished (must be 0); dup = extra runs (at-least-once)."
             .to_string(),
     ];
     if let Some(r) = results
@@ -373,6 +432,31 @@ pub fn table(args: &CompareOffloadArgs, results: &[OffloadResult]) -> Comparison
         } else {
             format!("{lost} task(s) lost.")
         });
+    }
+    let none_rps = results
+        .iter()
+        .find(|r| r.scenario.name == "none")
+        .and_then(|r| r.report.as_ref())
+        .map(|r| r.requests_per_second);
+    if let Some(none) = none_rps {
+        let ratios: Vec<String> = results
+            .iter()
+            .filter(|r| r.scenario.slow && r.scenario.strategy != "inline")
+            .filter_map(|r| {
+                let rps = r.report.as_ref()?.requests_per_second;
+                Some(format!(
+                    "{} {:.2}×",
+                    r.scenario.name,
+                    rps / none.max(f64::MIN_POSITIVE)
+                ))
+            })
+            .collect();
+        if !ratios.is_empty() {
+            notes.push(format!(
+                "Throughput with slow work offloaded, against no slow work: {}.",
+                ratios.join(", ")
+            ));
+        }
     }
     if let (Some(none), Some(best)) = (
         results
@@ -415,6 +499,7 @@ pub fn table(args: &CompareOffloadArgs, results: &[OffloadResult]) -> Comparison
         higher_is_better: true,
         extra_columns: vec![
             "requests".into(),
+            "rounds req/s".into(),
             "tasks done (s)".into(),
             "lost".into(),
             "dup".into(),
@@ -424,6 +509,17 @@ pub fn table(args: &CompareOffloadArgs, results: &[OffloadResult]) -> Comparison
         ],
         rows,
         notes,
+    }
+}
+
+/// "slowest–fastest" requests per second of the rounds.
+fn rounds_range(rps: &[f64]) -> String {
+    let lo = rps.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = rps.iter().copied().fold(0.0, f64::max);
+    match rps.len() {
+        0 => "—".into(),
+        1 => fmt_figure(lo),
+        _ => format!("{}–{}", fmt_figure(lo), fmt_figure(hi)),
     }
 }
 

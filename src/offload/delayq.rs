@@ -1,5 +1,9 @@
 //! A bounded queue whose items become available at a due time (the pool's queue, which
 //! also holds delayed tasks).
+//!
+//! Many workers may wait on it, so a push wakes one of them, never all: one waiter at a
+//! time (the leader) sleeps until the earliest item is due, the others until woken, and
+//! a worker that takes an item wakes the next one while items are left.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -36,6 +40,9 @@ struct State<T> {
     closed: bool,
     /// Poppers stop at once, even if items are left.
     aborted: bool,
+    /// The ticket of the popper waiting for the earliest item's due time, if any.
+    leader: Option<u64>,
+    tickets: u64,
 }
 
 /// Why a push failed; the item is handed back.
@@ -59,6 +66,8 @@ impl<T> DelayQueue<T> {
                 seq: 0,
                 closed: false,
                 aborted: false,
+                leader: None,
+                tickets: 0,
             }),
             cond: Condvar::new(),
         }
@@ -79,9 +88,16 @@ impl<T> DelayQueue<T> {
         s.seq += 1;
         let seq = s.seq;
         s.heap.push(Reverse(Item { due, seq, value }));
+        // Only a new earliest item changes what the waiters wait for: hand its wait
+        // (or, when due, the item) to one of them.
+        let first = s.heap.peek().is_some_and(|Reverse(it)| it.seq == seq);
+        if first {
+            s.leader = None;
+        }
         drop(s);
-        // Wake every waiter: a sleeper waiting for a later item must re-arm for this one.
-        self.cond.notify_all();
+        if first {
+            self.cond.notify_one();
+        }
         Ok(())
     }
 
@@ -89,28 +105,49 @@ impl<T> DelayQueue<T> {
     /// closed and empty, or aborted.
     pub fn pop(&self) -> Option<T> {
         let mut s = self.lock();
-        loop {
+        let out = loop {
             if s.aborted {
-                return None;
+                break None;
             }
             let now = Instant::now();
             match s.heap.peek() {
                 Some(Reverse(it)) if it.due <= now => {
                     let Reverse(it) = s.heap.pop().expect("peeked");
-                    return Some(it.value);
+                    break Some(it.value);
                 }
                 Some(Reverse(it)) => {
                     let wait = it.due - now;
-                    s = self
-                        .cond
-                        .wait_timeout(s, wait)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
+                    if s.leader.is_some() {
+                        s = self.cond.wait(s).unwrap_or_else(|p| p.into_inner());
+                    } else {
+                        s.tickets += 1;
+                        let me = s.tickets;
+                        s.leader = Some(me);
+                        s = self
+                            .cond
+                            .wait_timeout(s, wait)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                        if s.leader == Some(me) {
+                            s.leader = None;
+                        }
+                    }
                 }
-                None if s.closed => return None,
+                None if s.closed => break None,
                 None => s = self.cond.wait(s).unwrap_or_else(|p| p.into_inner()),
             }
+        };
+        // Pass the turn on: another waiter takes the next item or leads the wait for it;
+        // once a closed queue is empty, every waiter returns.
+        let next = out.is_some() && s.leader.is_none() && !s.heap.is_empty();
+        let finished = s.closed && s.heap.is_empty();
+        drop(s);
+        if finished {
+            self.cond.notify_all();
+        } else if next {
+            self.cond.notify_one();
         }
+        out
     }
 
     pub fn len(&self) -> usize {
@@ -154,5 +191,40 @@ mod tests {
         q.close();
         assert_eq!(q.pop(), None);
         assert!(matches!(q.push(4, now), Err(PushError::Closed(4))));
+    }
+
+    #[test]
+    fn many_poppers_take_every_item_once_whatever_the_order_of_due_times() {
+        use std::sync::Arc;
+        let q = Arc::new(DelayQueue::new(10_000));
+        let poppers: Vec<_> = (0..8)
+            .map(|_| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    while let Some(v) = q.pop() {
+                        got.push(v);
+                    }
+                    got
+                })
+            })
+            .collect();
+        let start = Instant::now();
+        // A late item first (a leader waits for it), then earlier ones that must not
+        // wait behind it.
+        q.push(0u32, start + Duration::from_millis(50))
+            .ok()
+            .unwrap();
+        for i in 1..2000u32 {
+            let due = start + Duration::from_millis(u64::from(i % 7));
+            q.push(i, due).ok().unwrap();
+        }
+        q.close();
+        let mut all: Vec<u32> = poppers
+            .into_iter()
+            .flat_map(|p| p.join().unwrap())
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..2000).collect::<Vec<_>>());
     }
 }

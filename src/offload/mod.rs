@@ -10,8 +10,9 @@
 //!
 //! # Fork
 //! Nothing here starts a thread or opens a connection until it is needed, and every
-//! per-process resource remembers the pid that created it, so an [`Offload`] built in a
-//! pre-fork master is safe to use in the workers. Call [`Offload::start_in_master`]
+//! per-process resource is a [`crate::rt::fork::ForkLocal`] (a forked worker makes its
+//! own, never touching the master's, whose locks a master thread may hold), so an
+//! [`Offload`] built in a pre-fork master is safe to use in the workers. Call [`Offload::start_in_master`]
 //! before forking (for `loop` it forks the offload host process) and
 //! [`Offload::after_fork_in_worker`] in each worker; see docs/OFFLOAD.md.
 

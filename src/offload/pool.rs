@@ -1,13 +1,22 @@
 //! `pool`: a bounded queue (which also holds delayed tasks until they are due) served by
 //! N worker threads, started on first use in each process.
+//!
+//! A blocking task holds its worker until it returns, so N bounds the blocking work
+//! done at once. An async task (registered with [`Registry::register_async`], like
+//! slowlog's wait) is started by a worker on the pool's event loop and waits there
+//! without holding the worker: 1000 one-second waits finish in about a second, not
+//! 1000 / N seconds. At most `queue` async tasks run at once; a worker that would
+//! start one more waits for one to end, and the queue in front of it fills and refuses.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::delayq::{DelayQueue, PushError};
 use crate::rt::fork::ForkLocal;
 
+use super::delayq::{DelayQueue, PushError};
+use super::exec::Executor;
+use super::registry::TaskKind;
 use super::{
     run_guarded, Counters, DrainReport, Engine, OffloadConfig, Registry, SubmitError, Task, TaskId,
     TaskPayload,
@@ -26,10 +35,38 @@ pub struct PoolEngine {
 
 struct Local {
     queue: Arc<DelayQueue<TaskPayload>>,
-    /// Tasks taken from the queue and not finished yet.
+    /// Tasks taken from the queue and not finished yet (blocking and async).
     busy: Arc<AtomicUsize>,
+    /// Async tasks running on the event loop, bounded by the queue capacity.
+    waiting: Arc<Slots>,
     /// Whether the worker threads were started.
     started: Mutex<bool>,
+    /// The event loop for async tasks, made when the first one is taken.
+    exec: Arc<OnceLock<Executor>>,
+}
+
+/// A counting bound: `acquire` waits while `max` are taken.
+struct Slots {
+    taken: Mutex<usize>,
+    freed: Condvar,
+    max: usize,
+}
+
+impl Slots {
+    fn acquire(&self) {
+        let mut n = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        while *n >= self.max {
+            n = self.freed.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        *n += 1;
+    }
+
+    fn release(&self) {
+        let mut n = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        drop(n);
+        self.freed.notify_one();
+    }
 }
 
 impl PoolEngine {
@@ -48,7 +85,13 @@ impl PoolEngine {
         self.local.get_or_init(|| Local {
             queue: Arc::new(DelayQueue::new(self.cap)),
             busy: Arc::new(AtomicUsize::new(0)),
+            waiting: Arc::new(Slots {
+                taken: Mutex::new(0),
+                freed: Condvar::new(),
+                max: self.cap.max(1),
+            }),
             started: Mutex::new(false),
+            exec: Arc::new(OnceLock::new()),
         })
     }
 
@@ -59,25 +102,82 @@ impl PoolEngine {
             return Ok(local);
         }
         for i in 0..self.workers {
-            let queue = local.queue.clone();
-            let registry = self.registry.clone();
-            let counters = self.counters.clone();
-            let busy = local.busy.clone();
+            let worker = Worker {
+                queue: local.queue.clone(),
+                registry: self.registry.clone(),
+                counters: self.counters.clone(),
+                busy: local.busy.clone(),
+                waiting: local.waiting.clone(),
+                exec: local.exec.clone(),
+                workers: self.workers,
+            };
             std::thread::Builder::new()
                 .name(format!("forklift-pool-{i}"))
-                .spawn(move || {
-                    while let Some(p) = queue.pop() {
-                        busy.fetch_add(1, Ordering::AcqRel);
-                        Counters::inc(&counters.running);
-                        let r = run_guarded(&registry, &p);
-                        counters.finished(r.is_ok());
-                        busy.fetch_sub(1, Ordering::AcqRel);
-                    }
-                })
+                .spawn(move || worker.run())
                 .map_err(SubmitError::Unavailable)?;
         }
         *started = true;
         Ok(local)
+    }
+}
+
+/// One worker thread's handles.
+struct Worker {
+    queue: Arc<DelayQueue<TaskPayload>>,
+    registry: Registry,
+    counters: Arc<Counters>,
+    busy: Arc<AtomicUsize>,
+    waiting: Arc<Slots>,
+    exec: Arc<OnceLock<Executor>>,
+    workers: usize,
+}
+
+impl Worker {
+    fn run(self) {
+        while let Some(p) = self.queue.pop() {
+            self.busy.fetch_add(1, Ordering::AcqRel);
+            if matches!(self.registry.get(&p.name), Some(TaskKind::Async(_))) {
+                if let Some(exec) = self.executor() {
+                    self.waiting.acquire();
+                    let busy = self.busy.clone();
+                    let waiting = self.waiting.clone();
+                    // The executor counts it running and finished.
+                    exec.spawn(p, Duration::ZERO, move |_, _| {
+                        waiting.release();
+                        busy.fetch_sub(1, Ordering::AcqRel);
+                    });
+                    continue;
+                }
+            }
+            Counters::inc(&self.counters.running);
+            let r = run_guarded(&self.registry, &p);
+            self.counters.finished(r.is_ok());
+            self.busy.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The pool's event loop; `None` if it cannot start (async tasks then run on the
+    /// worker, as blocking ones do).
+    fn executor(&self) -> Option<&Executor> {
+        if let Some(e) = self.exec.get() {
+            return Some(e);
+        }
+        match Executor::new(
+            "forklift-pool-io",
+            self.workers,
+            self.registry.clone(),
+            self.counters.clone(),
+        ) {
+            Ok(e) => {
+                // Another worker may have made one first: keep the first.
+                let _ = self.exec.set(e);
+                self.exec.get()
+            }
+            Err(e) => {
+                eprintln!("forklift: offload pool: cannot start its event loop: {e}");
+                None
+            }
+        }
     }
 }
 

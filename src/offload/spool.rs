@@ -8,7 +8,7 @@
 //! See docs/OFFLOAD.md for why SQLite.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -62,6 +62,28 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Give up on a locked database after this long (a stuck process holding the lock).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The busy handler: called with the number of earlier tries for one statement;
+/// sleeps 50 µs, doubling up to 2 ms, and gives up after [`BUSY_TIMEOUT`].
+fn busy_wait(tries: i32) -> bool {
+    const MAX_STEP_US: u64 = 2000;
+    let tries = tries.max(0) as u64;
+    // 50, 100, ... 1600, then 2000 µs per try: past try 6 the total is ≈ 2 ms × tries.
+    let step = (50u64 << tries.min(6)).min(MAX_STEP_US);
+    let waited_us = if tries <= 6 {
+        50 * ((1u64 << tries) - 1)
+    } else {
+        3150 + (tries - 6) * MAX_STEP_US
+    };
+    if Duration::from_micros(waited_us) >= BUSY_TIMEOUT {
+        return false;
+    }
+    std::thread::sleep(Duration::from_micros(step));
+    true
 }
 
 /// FNV-1a over the name, a separator and the payload: detects a damaged row.
@@ -121,6 +143,15 @@ pub struct Spool {
     path: PathBuf,
 }
 
+/// Who claims tasks as they are inserted ([`Spool::insert_batch_claimed`]).
+#[derive(Debug, Clone, Copy)]
+pub struct InsertClaim<'a> {
+    pub owner: &'a str,
+    pub lease_until: i64,
+    /// Most tasks to claim.
+    pub limit: usize,
+}
+
 impl Spool {
     /// Opens (creating if needed) the spool in `dir`.
     pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
@@ -140,7 +171,11 @@ impl Spool {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(db)?;
-        conn.busy_timeout(Duration::from_secs(30)).map_err(db)?;
+        // SQLite's own busy handler sleeps up to 100 ms between tries; the spool's
+        // writers (one per process, and the runners) hold the lock for about a
+        // millisecond, so wait in short steps instead: a submission waiting for the
+        // lock would otherwise miss several group commits.
+        conn.busy_handler(Some(busy_wait)).map_err(db)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -185,29 +220,72 @@ impl Spool {
         Ok(())
     }
 
+    /// Copies what the WAL holds into the database as far as readers allow, without
+    /// waiting for them (SQLite's PASSIVE checkpoint).
+    pub fn checkpoint(&self) -> Result<(), SpoolError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// Leaves checkpoints (copying the WAL into the database, with its fsyncs) to other
+    /// connections: the writer's commits are on the request path. The runner's
+    /// connection keeps SQLite's automatic checkpoints.
+    pub fn no_autocheckpoint(&self) -> Result<(), SpoolError> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(())
+    }
+
     /// Commits `tasks` (name, payload, due time in Unix ms) in one transaction; returns
     /// their ids in order.
     pub fn insert_batch(&mut self, tasks: &[(&str, &[u8], i64)]) -> Result<Vec<u64>, SpoolError> {
+        Ok(self
+            .insert_batch_claimed(tasks, None)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Like [`Spool::insert_batch`], and claims for `claim.owner`, in the same
+    /// transaction, up to `claim.limit` of the tasks already due (as [`Spool::claim`]
+    /// would, without a second transaction): the submitting process runs them itself.
+    /// Returns each id with whether it was claimed.
+    pub fn insert_batch_claimed(
+        &mut self,
+        tasks: &[(&str, &[u8], i64)],
+        claim: Option<InsertClaim<'_>>,
+    ) -> Result<Vec<(u64, bool)>, SpoolError> {
         let created = now_ms();
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut ids = Vec::with_capacity(tasks.len());
+        let mut left = claim.as_ref().map_or(0, |c| c.limit);
         {
             let mut st = tx.prepare_cached(
-                "INSERT INTO tasks (name, payload, len, sum, run_at, created)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO tasks (name, payload, len, sum, run_at, created, owner, lease_until, attempts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             for (name, payload, run_at) in tasks {
+                let owner = match &claim {
+                    Some(c) if left > 0 && *run_at <= created => {
+                        left -= 1;
+                        Some((c.owner, c.lease_until))
+                    }
+                    _ => None,
+                };
                 st.execute(params![
                     name,
                     payload,
                     payload.len() as i64,
                     checksum(name.as_bytes(), payload),
                     run_at,
-                    created
+                    created,
+                    owner.map(|o| o.0),
+                    owner.map_or(0, |o| o.1),
+                    i64::from(owner.is_some()),
                 ])?;
-                ids.push(tx.last_insert_rowid() as u64);
+                ids.push((tx.last_insert_rowid() as u64, owner.is_some()));
             }
         }
         tx.commit()?;
@@ -501,6 +579,8 @@ struct Submission {
 enum RunnerMsg {
     /// The local writer committed tasks: look now instead of at the next poll.
     Submitted,
+    /// The local writer committed these tasks already claimed for this runner.
+    Claimed(Vec<TaskPayload>),
     Finished(TaskPayload, Result<(), TaskError>),
     Stop(Instant),
 }
@@ -515,6 +595,19 @@ struct Local {
 struct RunnerHandle {
     tx: mpsc::Sender<RunnerMsg>,
     join: std::thread::JoinHandle<DrainReport>,
+    /// What the writer needs to claim tasks for this runner as it inserts them.
+    feed: RunnerFeed,
+}
+
+/// The runner as its process's writer sees it.
+#[derive(Clone)]
+struct RunnerFeed {
+    tx: mpsc::Sender<RunnerMsg>,
+    owner: String,
+    /// Tasks handed to the runner and not finished yet.
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: usize,
+    lease: Duration,
 }
 
 pub struct SpoolEngine {
@@ -555,11 +648,12 @@ impl SpoolEngine {
             return Ok(tx.clone());
         }
         let mut spool = Spool::open(&self.cfg.spool_dir)?;
+        spool.no_autocheckpoint()?;
         let (tx, rx) = crossbeam_channel::bounded::<Submission>(self.cfg.queue);
         let batch = if self.cfg.group_commit { MAX_BATCH } else { 1 };
         let max = self.cfg.spool_max;
         let waiting = self.waiting.clone();
-        let runner = g.runner.as_ref().map(|r| r.tx.clone());
+        let runner = g.runner.as_ref().map(|r| r.feed.clone());
         std::thread::Builder::new()
             .name("forklift-spool-writer".into())
             .spawn(move || {
@@ -590,14 +684,44 @@ impl SpoolEngine {
                         .iter()
                         .map(|s| (s.name.as_str(), &s.payload[..], s.run_at))
                         .collect();
-                    match spool.insert_batch(&rows) {
+                    // Tasks due now are claimed for this process's runner in the
+                    // same transaction, and handed to it without a query.
+                    let lease_until = runner
+                        .as_ref()
+                        .map_or(0, |r| now_ms() + r.lease.as_millis() as i64);
+                    let claim = runner.as_ref().map(|r| InsertClaim {
+                        owner: &r.owner,
+                        lease_until,
+                        limit: r
+                            .max_in_flight
+                            .saturating_sub(r.in_flight.load(Ordering::Acquire)),
+                    });
+                    match spool.insert_batch_claimed(&rows, claim) {
                         Ok(ids) => {
                             pending += ids.len() as u64;
-                            for (s, id) in subs.into_iter().zip(ids) {
+                            let mut claimed = Vec::new();
+                            let mut unclaimed = false;
+                            for (s, (id, mine)) in subs.into_iter().zip(ids) {
+                                if mine {
+                                    claimed.push(TaskPayload {
+                                        id,
+                                        name: s.name,
+                                        data: s.payload,
+                                        attempt: 1,
+                                    });
+                                } else {
+                                    unclaimed = true;
+                                }
                                 let _ = s.ack.send(Ok(id));
                             }
                             if let Some(r) = &runner {
-                                let _ = r.send(RunnerMsg::Submitted);
+                                if !claimed.is_empty() {
+                                    r.in_flight.fetch_add(claimed.len(), Ordering::AcqRel);
+                                    let _ = r.tx.send(RunnerMsg::Claimed(claimed));
+                                }
+                                if unclaimed {
+                                    let _ = r.tx.send(RunnerMsg::Submitted);
+                                }
                             }
                         }
                         Err(e) => {
@@ -632,6 +756,13 @@ impl SpoolEngine {
             self.counters.clone(),
         )?;
         let (tx, rx) = mpsc::channel();
+        let feed = RunnerFeed {
+            tx: tx.clone(),
+            owner: owner_token(),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            max_in_flight: self.cfg.queue.clamp(1, 10_000),
+            lease: self.cfg.lease,
+        };
         let runner = Runner {
             spool,
             exec,
@@ -639,13 +770,14 @@ impl SpoolEngine {
             rx,
             cfg: self.cfg.clone(),
             counters: self.counters.clone(),
-            owner: owner_token(),
-            max_in_flight: self.cfg.queue.clamp(1, 10_000),
+            owner: feed.owner.clone(),
+            in_flight: feed.in_flight.clone(),
+            max_in_flight: feed.max_in_flight,
         };
         let join = std::thread::Builder::new()
             .name("forklift-spool-runner".into())
             .spawn(move || runner.run())?;
-        g.runner = Some(RunnerHandle { tx, join });
+        g.runner = Some(RunnerHandle { tx, join, feed });
         // A writer started earlier does not know the runner: the 20 ms poll covers it.
         Ok(())
     }
@@ -738,22 +870,43 @@ struct Runner {
     cfg: OffloadConfig,
     counters: Arc<Counters>,
     owner: String,
+    /// Tasks running here: claimed by this runner or handed over by the writer.
+    in_flight: Arc<AtomicUsize>,
     max_in_flight: usize,
 }
 
+/// Outcomes are recorded in one transaction per this many...
+const FINISH_BATCH: usize = 256;
+/// ...or after this long, whichever comes first. A crash loses at most these records,
+/// which means those tasks run again (at least once), never that one is lost.
+const FINISH_EVERY: Duration = Duration::from_millis(20);
+
 impl Runner {
+    fn spawn(&self, p: TaskPayload) {
+        let tx = self.tx.clone();
+        self.exec.spawn(p, Duration::ZERO, move |p, r| {
+            let _ = tx.send(RunnerMsg::Finished(p, r));
+        });
+    }
+
     fn run(mut self) -> DrainReport {
-        let mut in_flight = 0usize;
         let mut last_reclaim: Option<Instant> = None;
         let mut stop: Option<Instant> = None;
         let mut done: Vec<Finish> = Vec::new();
+        // When the oldest outcome in `done` was recorded.
+        let mut done_since: Option<Instant> = None;
         let mut drained = 0u64;
         loop {
+            let in_flight = self.in_flight.load(Ordering::Acquire);
             if stop.is_none() && last_reclaim.is_none_or(|t| t.elapsed() >= RECLAIM_EVERY) {
                 match self.spool.reclaim(&self.owner) {
                     Ok(n) => Counters::add(&self.counters.redelivered, n),
                     Err(e) => eprintln!("forklift: spool reclaim failed: {e}"),
                 }
+                // The writers leave checkpoints to the runners (see no_autocheckpoint);
+                // SQLite's automatic one runs on this connection's commits, and this
+                // covers a spool that only receives delayed tasks.
+                let _ = self.spool.checkpoint();
                 last_reclaim = Some(Instant::now());
             }
             let mut claimed_any = false;
@@ -769,11 +922,8 @@ impl Runner {
                         for c in claimed {
                             match c {
                                 Claimed::Task(p) => {
-                                    in_flight += 1;
-                                    let tx = self.tx.clone();
-                                    self.exec.spawn(p, Duration::ZERO, move |p, r| {
-                                        let _ = tx.send(RunnerMsg::Finished(p, r));
-                                    });
+                                    self.in_flight.fetch_add(1, Ordering::AcqRel);
+                                    self.spawn(p);
                                 }
                                 Claimed::Corrupt { id, reason } => {
                                     eprintln!("forklift: spool entry {id} is corrupt ({reason}); moved to the dead-letter area");
@@ -782,6 +932,7 @@ impl Runner {
                                         id,
                                         error: format!("corrupt entry: {reason}"),
                                     });
+                                    done_since.get_or_insert_with(Instant::now);
                                 }
                             }
                         }
@@ -789,10 +940,12 @@ impl Runner {
                     Err(e) => eprintln!("forklift: spool claim failed: {e}"),
                 }
             }
-            // Wait for something to happen: a result, a local submission, or the poll.
-            let wait = if claimed_any || !done.is_empty() {
+            // Wait for something to happen: a result, a local submission, the poll, or
+            // the time to record outcomes.
+            let flush_in = done_since.map(|t| FINISH_EVERY.saturating_sub(t.elapsed()));
+            let wait = if claimed_any {
                 Duration::ZERO
-            } else if in_flight >= self.max_in_flight {
+            } else if self.in_flight.load(Ordering::Acquire) >= self.max_in_flight {
                 POLL
             } else {
                 let due = self
@@ -803,6 +956,7 @@ impl Runner {
                     .map(|t| Duration::from_millis((t - now_ms()).max(0) as u64));
                 due.map_or(POLL, |d| d.clamp(Duration::from_millis(1), POLL))
             };
+            let wait = flush_in.map_or(wait, |f| wait.min(f));
             let mut msgs = Vec::new();
             if !wait.is_zero() {
                 if let Ok(m) = self.rx.recv_timeout(wait) {
@@ -810,28 +964,59 @@ impl Runner {
                 }
             }
             msgs.extend(self.rx.try_iter());
-            for m in msgs {
-                match m {
-                    RunnerMsg::Submitted => {}
-                    RunnerMsg::Stop(deadline) => stop = Some(deadline),
-                    RunnerMsg::Finished(p, r) => {
-                        in_flight -= 1;
-                        if stop.is_some() {
-                            drained += 1;
+            // Tasks the writer claimed for this runner run without another query; keep
+            // handling them (and outcomes) until the channel is quiet.
+            loop {
+                for m in msgs.drain(..) {
+                    match m {
+                        RunnerMsg::Submitted => {}
+                        RunnerMsg::Claimed(tasks) => {
+                            for p in tasks {
+                                self.spawn(p);
+                            }
                         }
-                        done.push(self.outcome(p, r));
+                        RunnerMsg::Stop(deadline) => stop = Some(deadline),
+                        RunnerMsg::Finished(p, r) => {
+                            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                            if stop.is_some() {
+                                drained += 1;
+                            }
+                            done.push(self.outcome(p, r));
+                            done_since.get_or_insert_with(Instant::now);
+                        }
                     }
                 }
+                let flush_due = done.len() >= FINISH_BATCH
+                    || stop.is_some()
+                    || done_since.is_some_and(|t| t.elapsed() >= FINISH_EVERY);
+                if flush_due {
+                    break;
+                }
+                match self.rx.try_recv() {
+                    Ok(m) if !matches!(m, RunnerMsg::Submitted) => msgs.push(m),
+                    Ok(_) => {
+                        // Unclaimed tasks were committed: claim them now.
+                        break;
+                    }
+                    Err(_) => break,
+                }
             }
-            if let Err(e) = self.spool.finish_batch(&done) {
-                eprintln!(
-                    "forklift: spool could not record {} outcome(s): {e}",
-                    done.len()
-                );
+            let flush_due = done.len() >= FINISH_BATCH
+                || stop.is_some()
+                || done_since.is_some_and(|t| t.elapsed() >= FINISH_EVERY);
+            if flush_due && !done.is_empty() {
+                if let Err(e) = self.spool.finish_batch(&done) {
+                    eprintln!(
+                        "forklift: spool could not record {} outcome(s): {e}",
+                        done.len()
+                    );
+                }
+                done.clear();
+                done_since = None;
             }
-            done.clear();
             if let Some(deadline) = stop {
-                if (in_flight == 0 && !claimed_any) || Instant::now() >= deadline {
+                let idle = self.in_flight.load(Ordering::Acquire) == 0 && !claimed_any;
+                if idle || Instant::now() >= deadline {
                     // Tasks still running keep their lease; the next runner's reclaim
                     // (dead owner) resumes them.
                     return DrainReport {

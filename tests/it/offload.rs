@@ -285,6 +285,49 @@ fn pool_full_queue_is_rejected() {
     full_queue_is_rejected(Strategy::Pool, 2, 10);
 }
 
+/// With one worker, async tasks still run at once: each waits until all of them have
+/// started, which would never happen if each held the worker while it waited.
+#[test]
+fn pool_async_tasks_wait_without_holding_a_worker() {
+    const N: usize = 20;
+    let dir = tmpdir("pool-async");
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r = Registry::new();
+    let (s, f) = (started.clone(), finished.clone());
+    r.register_async("rendezvous", move |_| {
+        let (s, f) = (s.clone(), f.clone());
+        Box::pin(async move {
+            use std::sync::atomic::Ordering::SeqCst;
+            s.fetch_add(1, SeqCst);
+            let give_up = Instant::now() + Duration::from_secs(30);
+            while s.load(SeqCst) < N {
+                if Instant::now() > give_up {
+                    return Err(TaskError::new("the other tasks never started"));
+                }
+                forklift::rt::sleep(Duration::from_millis(5)).await;
+            }
+            f.fetch_add(1, SeqCst);
+            Ok(())
+        })
+    });
+    let args = OffloadArgs {
+        offload: Strategy::Pool,
+        offload_workers: 1,
+        ..OffloadArgs::default()
+    };
+    let off = Offload::new(OffloadConfig::from_args(&args).unwrap(), r).unwrap();
+    for _ in 0..N {
+        off.submit(Task::new("rendezvous", &b""[..])).unwrap();
+    }
+    let report = off.shutdown(Duration::from_secs(60));
+    assert_eq!(report.dropped, 0);
+    assert_eq!(finished.load(std::sync::atomic::Ordering::SeqCst), N);
+    let c = off.counters();
+    assert_eq!((c.completed, c.failed), (N as u64, 0));
+    drop(dir);
+}
+
 #[test]
 fn thread_cap_is_rejected() {
     full_queue_is_rejected(Strategy::Thread, 2, 10);
