@@ -150,6 +150,11 @@ impl<T> DelayQueue<T> {
         out
     }
 
+    /// Whether [`DelayQueue::close`] (or abort) was called.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     pub fn len(&self) -> usize {
         self.lock().heap.len()
     }

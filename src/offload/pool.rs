@@ -53,6 +53,16 @@ struct Slots {
 }
 
 impl Slots {
+    /// Takes a slot if one is free now.
+    fn try_acquire(&self) -> bool {
+        let mut n = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        if *n >= self.max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
     fn acquire(&self) {
         let mut n = self.taken.lock().unwrap_or_else(|p| p.into_inner());
         while *n >= self.max {
@@ -135,20 +145,14 @@ struct Worker {
 impl Worker {
     fn run(self) {
         while let Some(p) = self.queue.pop() {
-            self.busy.fetch_add(1, Ordering::AcqRel);
             if matches!(self.registry.get(&p.name), Some(TaskKind::Async(_))) {
                 if let Some(exec) = self.executor() {
                     self.waiting.acquire();
-                    let busy = self.busy.clone();
-                    let waiting = self.waiting.clone();
-                    // The executor counts it running and finished.
-                    exec.spawn(p, Duration::ZERO, move |_, _| {
-                        waiting.release();
-                        busy.fetch_sub(1, Ordering::AcqRel);
-                    });
+                    start_async(exec, p, &self.busy, &self.waiting);
                     continue;
                 }
             }
+            self.busy.fetch_add(1, Ordering::AcqRel);
             Counters::inc(&self.counters.running);
             let r = run_guarded(&self.registry, &p);
             self.counters.finished(r.is_ok());
@@ -156,29 +160,51 @@ impl Worker {
         }
     }
 
-    /// The pool's event loop; `None` if it cannot start (async tasks then run on the
-    /// worker, as blocking ones do).
     fn executor(&self) -> Option<&Executor> {
-        if let Some(e) = self.exec.get() {
-            return Some(e);
+        executor(&self.exec, self.workers, &self.registry, &self.counters)
+    }
+}
+
+/// The pool's event loop, made on first use; `None` if it cannot start (async tasks
+/// then run on the workers, as blocking ones do).
+fn executor<'a>(
+    exec: &'a OnceLock<Executor>,
+    workers: usize,
+    registry: &Registry,
+    counters: &Arc<Counters>,
+) -> Option<&'a Executor> {
+    if let Some(e) = exec.get() {
+        return Some(e);
+    }
+    match Executor::new(
+        "forklift-pool-io",
+        workers,
+        registry.clone(),
+        counters.clone(),
+    ) {
+        Ok(e) => {
+            // Another thread may have made one first: keep the first.
+            let _ = exec.set(e);
+            exec.get()
         }
-        match Executor::new(
-            "forklift-pool-io",
-            self.workers,
-            self.registry.clone(),
-            self.counters.clone(),
-        ) {
-            Ok(e) => {
-                // Another worker may have made one first: keep the first.
-                let _ = self.exec.set(e);
-                self.exec.get()
-            }
-            Err(e) => {
-                eprintln!("forklift: offload pool: cannot start its event loop: {e}");
-                None
-            }
+        Err(e) => {
+            eprintln!("forklift: offload pool: cannot start its event loop: {e}");
+            None
         }
     }
+}
+
+/// Starts `p` on the event loop in one of `waiting`'s slots (taken by the caller);
+/// `busy` counts it until it ends.
+fn start_async(exec: &Executor, p: TaskPayload, busy: &Arc<AtomicUsize>, waiting: &Arc<Slots>) {
+    busy.fetch_add(1, Ordering::AcqRel);
+    let busy = busy.clone();
+    let waiting = waiting.clone();
+    // The executor counts it running and finished.
+    exec.spawn(p, Duration::ZERO, move |_, _| {
+        waiting.release();
+        busy.fetch_sub(1, Ordering::AcqRel);
+    });
 }
 
 impl Engine for PoolEngine {
@@ -191,6 +217,20 @@ impl Engine for PoolEngine {
             data: task.payload,
             attempt: 1,
         };
+        // An async task due now goes straight to the event loop when it has room:
+        // no worker needs to wake up to pass it on.
+        if task.delay.is_zero()
+            && matches!(self.registry.get(&payload.name), Some(TaskKind::Async(_)))
+            && !local.queue.is_closed()
+        {
+            if let Some(exec) = executor(&local.exec, self.workers, &self.registry, &self.counters)
+            {
+                if local.waiting.try_acquire() {
+                    start_async(exec, payload, &local.busy, &local.waiting);
+                    return Ok(id);
+                }
+            }
+        }
         match local.queue.push(payload, Instant::now() + task.delay) {
             Ok(()) => Ok(id),
             Err(PushError::Full(_)) => Err(SubmitError::Full { capacity: self.cap }),
