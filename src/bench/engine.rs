@@ -223,6 +223,10 @@ struct Conn {
     parked: bool,
     /// Its poll token (its index in the thread's connection table).
     token: usize,
+    /// Whether the socket is registered for writability too. Only while connecting or
+    /// after a write that would block: otherwise every ACK that frees send buffer
+    /// space would wake the generator for nothing.
+    want_write: bool,
 }
 
 impl Conn {
@@ -240,6 +244,7 @@ impl Conn {
             deadline: now,
             parked: false,
             token,
+            want_write: false,
         }
     }
 }
@@ -445,6 +450,12 @@ fn start_next(ctx: &mut Ctx, conn: &mut Conn, token: usize, intended: Option<Ins
         close(ctx, conn);
         return;
     }
+    if conn.connected {
+        // On an open connection the request starts when it is written (now), not when
+        // the event that freed the connection was taken from the poll: parsing the
+        // previous response is the generator's time, not the server's.
+        ctx.now = Instant::now();
+    }
     let now = ctx.now;
     if conn.sock.is_none() && !open(ctx, conn, token) {
         count_failures(ctx, k, ErrorKind::Connect);
@@ -489,6 +500,7 @@ fn open(ctx: &mut Ctx, conn: &mut Conn, token: usize) -> bool {
         return false;
     }
     conn.sock = Some(s);
+    conn.want_write = true;
     conn.connected = false;
     conn.connect_start = ctx.now;
     conn.served = 0;
@@ -579,7 +591,21 @@ fn do_write(ctx: &mut Ctx, conn: &mut Conn) {
         match sock.write(&ctx.wbuf[conn.wpos..conn.wlen]) {
             Ok(0) => return fail(ctx, conn, ErrorKind::Write),
             Ok(n) => conn.wpos += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !conn.want_write {
+                    conn.want_write = true;
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    if ctx
+                        .poll
+                        .registry()
+                        .reregister(sock, Token(conn.token), interest)
+                        .is_err()
+                    {
+                        return fail(ctx, conn, ErrorKind::Write);
+                    }
+                }
+                return;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 let refused = matches!(
@@ -594,6 +620,13 @@ fn do_write(ctx: &mut Ctx, conn: &mut Conn) {
                 return fail(ctx, conn, kind);
             }
         }
+    }
+    if conn.want_write {
+        conn.want_write = false;
+        let _ = ctx
+            .poll
+            .registry()
+            .reregister(sock, Token(conn.token), Interest::READABLE);
     }
     // The write went out within this loop turn: its timestamp is close enough.
     let now = ctx.now;
@@ -611,6 +644,9 @@ fn do_read(ctx: &mut Ctx, conn: &mut Conn, drain: bool) {
                 break;
             }
             Ok(n) => {
+                // A response ends when its last bytes are read (as wrk times it), not
+                // when the event that announced them was taken from the poll.
+                ctx.now = Instant::now();
                 ctx.tally.bytes_total += n as u64;
                 conn.deadline = ctx.now + ctx.cfg.timeout;
                 if !process(ctx, conn, &buf[..n]) {
