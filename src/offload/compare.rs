@@ -366,6 +366,9 @@ fn run_scenario(args: &CompareOffloadArgs, bin: &Path, work: &Path, sc: Scenario
         result.report = Some(reports.swap_remove(reports.len() / 2));
     }
     let _ = std::fs::remove_file(&socket);
+    let mut lock = socket.into_os_string();
+    lock.push(".lock");
+    let _ = std::fs::remove_file(lock);
     result
 }
 

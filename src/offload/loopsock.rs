@@ -74,6 +74,10 @@ pub fn decode(m: &[u8]) -> Result<(TaskPayload, Duration), String> {
 /// Binds the worker's socket at `path`, replacing a stale socket file but refusing to
 /// steal a live one.
 pub fn bind(path: &Path) -> io::Result<Socket> {
+    // Checking for a stale socket, removing it and listening on a new one is one step
+    // for every process of the server: two that find the path stale at once do not
+    // both bind, and a stopping worker does not remove a newer worker's socket.
+    let _lock = lock_path(path)?;
     if path.exists() {
         let probe = Socket::new(Domain::UNIX, Type::SEQPACKET, None)?;
         if probe.connect(&SockAddr::unix(path)?).is_ok() {
@@ -82,7 +86,6 @@ pub fn bind(path: &Path) -> io::Result<Socket> {
                 format!("{} is in use by another offload worker", path.display()),
             ));
         }
-        // Another process may be taking over the same stale path right now.
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -98,6 +101,38 @@ pub fn bind(path: &Path) -> io::Result<Socket> {
     sock.set_nonblocking(true)?;
     sock.set_cloexec(true)?;
     Ok(sock)
+}
+
+/// Takes `PATH.lock` (an exclusive `flock`), held until the file is dropped. The lock
+/// file stays: removing it would let two processes lock two different files.
+fn lock_path(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&name)?;
+    f.lock()?;
+    Ok(f)
+}
+
+/// The identity (device, inode) of the file at `path`.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Removes the socket at `path` if it is still the one this worker listens on (`id`).
+fn remove_own_socket(path: &Path, id: Option<(u64, u64)>) {
+    let _lock = lock_path(path);
+    if id.is_some() && file_id(path) == id {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// A running worker (thread) in this process.
@@ -122,13 +157,19 @@ fn start_server(
     )?;
     let (stop, stop_rx) = watch::channel(None);
     let cap = cfg.queue;
+    // The socket file this worker listens on (still listening, so nobody replaced it).
+    let id = file_id(&path);
     let join = std::thread::Builder::new()
         .name("forklift-loop".into())
         .spawn(move || {
-            let report = exec
-                .handle()
-                .clone()
-                .block_on(serve(listener, &path, registry, counters, cap, stop_rx));
+            let report = exec.handle().clone().block_on(serve(
+                listener,
+                (&path, id),
+                registry,
+                counters,
+                cap,
+                stop_rx,
+            ));
             drop(exec);
             report
         })?;
@@ -160,7 +201,7 @@ struct Shared {
 /// them concurrently, and on stop drains what clients already sent.
 async fn serve(
     listener: Socket,
-    path: &Path,
+    (path, id): (&Path, Option<(u64, u64)>),
     registry: Registry,
     counters: Arc<Counters>,
     cap: usize,
@@ -210,7 +251,7 @@ async fn serve(
     let deadline = stop.borrow().unwrap_or_else(Instant::now);
     // No new client finds this worker: a client whose send now fails reconnects and
     // finds (or becomes) the next one.
-    let _ = std::fs::remove_file(path);
+    remove_own_socket(path, id);
     // Clients that connected but were not accepted yet sent tasks too: take them all
     // (twice, a moment apart, for a connect that had looked the path up just before).
     for round in 0..2 {
@@ -566,5 +607,43 @@ mod tests {
         assert!(decode(b"FK1").is_err());
         assert!(decode(&m[..HEADER + 2]).is_err());
         assert!(decode(b"XXXXXXXXXXXXXXXXXXXXXXXXXXXXX").is_err());
+    }
+
+    #[test]
+    fn a_stale_socket_is_taken_over_by_exactly_one_process_and_kept_from_the_old_one() {
+        let dir = std::env::temp_dir().join(format!("forklift-loopsock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.sock");
+        // A stale socket: bound, then its listener gone.
+        drop(bind(&path).unwrap());
+        let old_id = file_id(&path);
+        assert!(old_id.is_some());
+        for _ in 0..20 {
+            let _ = std::fs::remove_file(&path);
+            drop(bind(&path).unwrap());
+            let winners: Vec<_> = (0..4)
+                .map(|_| {
+                    let p = path.clone();
+                    std::thread::spawn(move || bind(&p))
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect();
+            let ok = winners.iter().filter(|r| r.is_ok()).count();
+            assert_eq!(ok, 1, "{winners:?}");
+            assert!(winners
+                .iter()
+                .filter_map(|r| r.as_ref().err())
+                .all(|e| e.kind() == io::ErrorKind::AddrInUse));
+        }
+        // The socket now at the path is a newer one: an old worker stopping leaves it.
+        let live = file_id(&path);
+        remove_own_socket(&path, Some((u64::MAX, u64::MAX)));
+        assert_eq!(file_id(&path), live);
+        remove_own_socket(&path, live);
+        assert!(file_id(&path).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
