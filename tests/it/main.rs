@@ -4,6 +4,7 @@ mod support;
 
 mod bench;
 mod conformance;
+mod docs;
 mod fanout;
 mod master;
 mod offload;
