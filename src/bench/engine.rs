@@ -319,6 +319,7 @@ fn worker(
         }
     }
     let mut last_scan = ctx.now;
+    let mut freed: Vec<usize> = Vec::with_capacity(nconns);
     // When the time limit or a stop request ended the run (requests still in flight are
     // abandoned, as ab and wrk do).
     let mut stopped_at: Option<Instant> = None;
@@ -388,7 +389,16 @@ fn worker(
             };
             on_event(&mut ctx, conn, r);
             if conn.inflight.is_empty() {
-                release(&mut ctx, conn, i, &mut parked);
+                freed.push(i);
+            }
+        }
+        // The next requests go out once this batch of events is handled, as wrk sends
+        // them: a request's latency then starts when it is written, and does not include
+        // the generator working through the rest of the batch before it can read the
+        // answer (that is the generator's queue, not the server's).
+        for i in freed.drain(..) {
+            if conns[i].inflight.is_empty() {
+                release(&mut ctx, &mut conns[i], i, &mut parked);
             }
         }
         if ctx.now.duration_since(last_scan) >= TIMEOUT_SCAN {
