@@ -28,6 +28,7 @@ mod pool;
 #[cfg(feature = "python")]
 pub mod python;
 mod registry;
+mod slots;
 mod slowlog;
 pub mod spool;
 mod spool_cli;

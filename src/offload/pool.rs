@@ -9,7 +9,7 @@
 //! start one more waits for one to end, and the queue in front of it fills and refuses.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::rt::fork::ForkLocal;
@@ -17,6 +17,7 @@ use crate::rt::fork::ForkLocal;
 use super::delayq::{DelayQueue, PushError};
 use super::exec::Executor;
 use super::registry::TaskKind;
+use super::slots::Slots;
 use super::{
     run_guarded, Counters, DrainReport, Engine, OffloadConfig, Registry, SubmitError, Task, TaskId,
     TaskPayload,
@@ -45,40 +46,6 @@ struct Local {
     exec: Arc<OnceLock<Executor>>,
 }
 
-/// A counting bound: `acquire` waits while `max` are taken.
-struct Slots {
-    taken: Mutex<usize>,
-    freed: Condvar,
-    max: usize,
-}
-
-impl Slots {
-    /// Takes a slot if one is free now.
-    fn try_acquire(&self) -> bool {
-        let mut n = self.taken.lock().unwrap_or_else(|p| p.into_inner());
-        if *n >= self.max {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    fn acquire(&self) {
-        let mut n = self.taken.lock().unwrap_or_else(|p| p.into_inner());
-        while *n >= self.max {
-            n = self.freed.wait(n).unwrap_or_else(|p| p.into_inner());
-        }
-        *n += 1;
-    }
-
-    fn release(&self) {
-        let mut n = self.taken.lock().unwrap_or_else(|p| p.into_inner());
-        *n = n.saturating_sub(1);
-        drop(n);
-        self.freed.notify_one();
-    }
-}
-
 impl PoolEngine {
     pub fn new(cfg: &OffloadConfig, registry: Registry, counters: Arc<Counters>) -> PoolEngine {
         PoolEngine {
@@ -95,11 +62,7 @@ impl PoolEngine {
         self.local.get_or_init(|| Local {
             queue: Arc::new(DelayQueue::new(self.cap)),
             busy: Arc::new(AtomicUsize::new(0)),
-            waiting: Arc::new(Slots {
-                taken: Mutex::new(0),
-                freed: Condvar::new(),
-                max: self.cap.max(1),
-            }),
+            waiting: Arc::new(Slots::new(self.cap)),
             started: Mutex::new(false),
             exec: Arc::new(OnceLock::new()),
         })

@@ -881,6 +881,12 @@ const FINISH_BATCH: usize = 256;
 /// which means those tasks run again (at least once), never that one is lost.
 const FINISH_EVERY: Duration = Duration::from_millis(20);
 
+/// Whether the outcomes collected so far (`n`, the oldest at `since`) are due to be
+/// recorded: enough of them, old enough, or the runner is stopping.
+fn flush_due(n: usize, stopping: bool, since: Option<Instant>) -> bool {
+    n >= FINISH_BATCH || stopping || since.is_some_and(|t| t.elapsed() >= FINISH_EVERY)
+}
+
 impl Runner {
     fn spawn(&self, p: TaskPayload) {
         let tx = self.tx.clone();
@@ -986,10 +992,7 @@ impl Runner {
                         }
                     }
                 }
-                let flush_due = done.len() >= FINISH_BATCH
-                    || stop.is_some()
-                    || done_since.is_some_and(|t| t.elapsed() >= FINISH_EVERY);
-                if flush_due {
+                if flush_due(done.len(), stop.is_some(), done_since) {
                     break;
                 }
                 match self.rx.try_recv() {
@@ -1001,10 +1004,7 @@ impl Runner {
                     Err(_) => break,
                 }
             }
-            let flush_due = done.len() >= FINISH_BATCH
-                || stop.is_some()
-                || done_since.is_some_and(|t| t.elapsed() >= FINISH_EVERY);
-            if flush_due && !done.is_empty() {
+            if !done.is_empty() && flush_due(done.len(), stop.is_some(), done_since) {
                 if let Err(e) = self.spool.finish_batch(&done) {
                     eprintln!(
                         "forklift: spool could not record {} outcome(s): {e}",

@@ -1,10 +1,12 @@
 //! `thread`: a thread per task (seed 000's async_thread.py), at most `queue` alive.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::rt::fork::ForkLocal;
+
+use super::slots::Slots;
 
 use super::{
     run_guarded, Counters, DrainReport, Engine, OffloadConfig, Registry, SubmitError, Task, TaskId,
@@ -19,7 +21,7 @@ pub struct ThreadEngine {
     closing: AtomicBool,
     /// This process's count of live task threads (threads do not survive fork: a
     /// forked worker starts from 0, with a lock no master thread can hold).
-    live: ForkLocal<Arc<Live>>,
+    live: ForkLocal<Arc<Slots>>,
 }
 
 impl ThreadEngine {
@@ -34,21 +36,8 @@ impl ThreadEngine {
         }
     }
 
-    fn live(&self) -> &Arc<Live> {
-        self.live.local()
-    }
-}
-
-/// Live task threads, and a signal when one ends.
-#[derive(Default)]
-struct Live {
-    count: Mutex<usize>,
-    ended: Condvar,
-}
-
-impl Live {
-    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
-        self.count.lock().unwrap_or_else(|p| p.into_inner())
+    fn live(&self) -> &Arc<Slots> {
+        self.live.get_or_init(|| Arc::new(Slots::new(self.cap)))
     }
 }
 
@@ -57,12 +46,8 @@ impl Engine for ThreadEngine {
         if self.closing.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
         }
-        {
-            let mut g = self.live().lock();
-            if *g >= self.cap {
-                return Err(SubmitError::Full { capacity: self.cap });
-            }
-            *g += 1;
+        if !self.live().try_acquire() {
+            return Err(SubmitError::Full { capacity: self.cap });
         }
         let id = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let payload = TaskPayload {
@@ -84,16 +69,12 @@ impl Engine for ThreadEngine {
                 Counters::inc(&counters.running);
                 let r = run_guarded(&registry, &payload);
                 counters.finished(r.is_ok());
-                let mut g = live.lock();
-                *g = g.saturating_sub(1);
-                drop(g);
-                live.ended.notify_all();
+                live.release();
             });
         match spawned {
             Ok(_) => Ok(id),
             Err(e) => {
-                let mut g = self.live().lock();
-                *g = g.saturating_sub(1);
+                self.live().release();
                 Err(SubmitError::Unavailable(e))
             }
         }
@@ -104,21 +85,7 @@ impl Engine for ThreadEngine {
         let deadline = Instant::now() + timeout;
         let done_before = self.counters.completed.load(Ordering::Relaxed)
             + self.counters.failed.load(Ordering::Relaxed);
-        let live = self.live();
-        let mut g = live.lock();
-        while *g > 0 {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            g = live
-                .ended
-                .wait_timeout(g, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        let dropped = *g as u64;
-        drop(g);
+        let dropped = self.live().wait_empty(deadline) as u64;
         Counters::add(&self.counters.dropped, dropped);
         let done_after = self.counters.completed.load(Ordering::Relaxed)
             + self.counters.failed.load(Ordering::Relaxed);
@@ -130,7 +97,7 @@ impl Engine for ThreadEngine {
     }
 
     fn queue_depth(&self) -> u64 {
-        let live = self.live.get().map_or(0, |l| *l.lock()) as u64;
+        let live = self.live.get().map_or(0, |l| l.taken()) as u64;
         live.saturating_sub(self.counters.running.load(Ordering::Relaxed))
     }
 }
