@@ -5,7 +5,6 @@
 #![cfg(feature = "python")]
 
 mod support {
-    use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpStream};
     use std::path::PathBuf;
     use std::thread::JoinHandle;
@@ -109,28 +108,7 @@ mod support {
         }
     }
 
-    /// A parsed response.
-    #[derive(Debug)]
-    pub struct Reply {
-        pub status: u16,
-        pub reason: String,
-        pub headers: Vec<(String, String)>,
-        pub body: Vec<u8>,
-        /// The body arrived whole (framing satisfied).
-        pub complete: bool,
-    }
-
-    impl Reply {
-        pub fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-        }
-        pub fn text(&self) -> String {
-            String::from_utf8_lossy(&self.body).into_owned()
-        }
-    }
+    pub use crate::support::{request_bytes, Response as Reply};
 
     pub fn connect(addr: SocketAddr) -> TcpStream {
         let s = TcpStream::connect(addr).expect("connect");
@@ -140,81 +118,6 @@ mod support {
 
     pub fn request(addr: SocketAddr, raw: &str) -> Reply {
         request_bytes(addr, raw.as_bytes())
-    }
-
-    pub fn request_bytes(addr: SocketAddr, raw: &[u8]) -> Reply {
-        let mut s = connect(addr);
-        s.write_all(raw).expect("send");
-        let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf);
-        parse(&buf, raw.starts_with(b"HEAD"))
-    }
-
-    pub fn parse(buf: &[u8], head_only: bool) -> Reply {
-        let end = buf
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(buf)));
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap();
-        let mut parts = status_line.splitn(3, ' ');
-        let _version = parts.next();
-        let status: u16 = parts.next().unwrap().parse().unwrap();
-        let reason = parts.next().unwrap_or("").to_string();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-            .collect();
-        let rest = &buf[end + 4..];
-        let mut r = Reply {
-            status,
-            reason,
-            headers,
-            body: Vec::new(),
-            complete: true,
-        };
-        if head_only {
-            return r;
-        }
-        if r.header("transfer-encoding")
-            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-        {
-            let (body, complete) = dechunk(rest);
-            r.body = body;
-            r.complete = complete;
-        } else if let Some(n) = r
-            .header("content-length")
-            .map(|v| v.parse::<usize>().unwrap())
-        {
-            r.complete = rest.len() >= n;
-            r.body = rest[..n.min(rest.len())].to_vec();
-        } else {
-            r.body = rest.to_vec();
-        }
-        r
-    }
-
-    fn dechunk(mut b: &[u8]) -> (Vec<u8>, bool) {
-        let mut out = Vec::new();
-        loop {
-            let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-                return (out, false);
-            };
-            let size_text = String::from_utf8_lossy(&b[..eol]);
-            let size =
-                usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
-            b = &b[eol + 2..];
-            if size == 0 {
-                return (out, true);
-            }
-            if b.len() < size + 2 {
-                out.extend_from_slice(&b[..size.min(b.len())]);
-                return (out, false);
-            }
-            out.extend_from_slice(&b[..size]);
-            b = &b[size + 2..];
-        }
     }
 }
 

@@ -148,13 +148,29 @@ impl Drop for Server {
 pub struct Response {
     pub status: u16,
     pub version: String,
+    pub reason: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     /// The body came chunked.
     pub chunked: bool,
+    /// The body arrived whole (its framing was satisfied); see [`parse_whole`].
+    pub complete: bool,
 }
 
 impl Response {
+    /// A response with this head and, so far, an empty body.
+    fn head(status: u16, version: String, reason: String, headers: Vec<(String, String)>) -> Self {
+        Response {
+            status,
+            version,
+            reason,
+            headers,
+            body: Vec::new(),
+            chunked: false,
+            complete: true,
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -191,6 +207,7 @@ pub fn read_response(r: &mut impl BufRead, head_request: bool) -> std::io::Resul
         .next()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+    let reason = parts.next().unwrap_or("").to_string();
     let mut headers = Vec::new();
     loop {
         let line = read_line(r)?;
@@ -200,13 +217,7 @@ pub fn read_response(r: &mut impl BufRead, head_request: bool) -> std::io::Resul
         let (n, v) = line.split_once(':').expect("header line");
         headers.push((n.trim().to_string(), v.trim().to_string()));
     }
-    let mut resp = Response {
-        status,
-        version,
-        headers,
-        body: Vec::new(),
-        chunked: false,
-    };
+    let mut resp = Response::head(status, version, reason, headers);
     if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
         return Ok(resp);
     }
@@ -244,6 +255,83 @@ pub fn read_response(r: &mut impl BufRead, head_request: bool) -> std::io::Resul
 }
 
 /// Writes `raw` and reads one response on a fresh connection.
+/// Sends `raw` on a new connection to `addr` and parses everything the server sent
+/// until it closed (see [`parse_whole`]).
+pub fn request_bytes(addr: SocketAddr, raw: &[u8]) -> Response {
+    use std::io::Read;
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(raw).expect("send");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    parse_whole(&buf, raw.starts_with(b"HEAD"))
+}
+
+/// Parses one response from all the bytes a server sent before closing. Unlike
+/// [`read_response`], a body cut short is not an error: `complete` says whether it
+/// arrived whole, and `body` holds what came.
+pub fn parse_whole(buf: &[u8], head_only: bool) -> Response {
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(buf)));
+    // Lossy: a header value may carry latin-1 bytes, which `read_response` refuses.
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut parts = lines.next().unwrap_or("").splitn(3, ' ');
+    let version = parts.next().unwrap_or("").to_string();
+    let status: u16 = parts.next().and_then(|s| s.parse().ok()).expect("a status");
+    let reason = parts.next().unwrap_or("").to_string();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut r = Response::head(status, version, reason, headers);
+    if head_only {
+        return r;
+    }
+    let rest = &buf[end + 4..];
+    if r.header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        let (body, complete) = dechunk(rest);
+        r.chunked = true;
+        r.body = body;
+        r.complete = complete;
+    } else if let Some(n) = r
+        .header("content-length")
+        .map(|v| v.parse::<usize>().unwrap())
+    {
+        r.complete = rest.len() >= n;
+        r.body = rest[..n.min(rest.len())].to_vec();
+    } else {
+        r.body = rest.to_vec();
+    }
+    r
+}
+
+/// A chunked body from a buffer that may end early: (the data, whether it ended).
+fn dechunk(mut b: &[u8]) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return (out, false);
+        };
+        let size_text = String::from_utf8_lossy(&b[..eol]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
+        b = &b[eol + 2..];
+        if size == 0 {
+            return (out, true);
+        }
+        if b.len() < size + 2 {
+            out.extend_from_slice(&b[..size.min(b.len())]);
+            return (out, false);
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
+
 pub fn exchange(server: &Server, raw: &[u8]) -> Response {
     let mut s = server.connect();
     s.write_all(raw).unwrap();
