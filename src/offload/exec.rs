@@ -59,14 +59,20 @@ impl Executor {
     }
 }
 
-/// Runs one task: async ones on the runtime (a panic is caught by the join handle),
-/// blocking ones on the blocking pool.
+/// Runs one task: async ones in this task (a panic is caught and becomes the task's
+/// error), blocking ones on the blocking pool.
 pub async fn run_one(registry: &Registry, p: &TaskPayload) -> Result<(), TaskError> {
+    use futures_util::FutureExt;
     match registry.get(&p.name) {
-        Some(TaskKind::Async(f)) => match tokio::spawn(f(p.clone())).await {
-            Ok(r) => r,
-            Err(e) => Err(TaskError::new(format!("task panicked: {e}"))),
-        },
+        Some(TaskKind::Async(f)) => {
+            match std::panic::AssertUnwindSafe(f(p.clone()))
+                .catch_unwind()
+                .await
+            {
+                Ok(r) => r,
+                Err(panic) => Err(super::panicked(panic.as_ref())),
+            }
+        }
         Some(TaskKind::Blocking(_)) => {
             let registry = registry.clone();
             let p = p.clone();

@@ -476,15 +476,18 @@ fn run_guarded(registry: &Registry, payload: &TaskPayload) -> Result<(), TaskErr
         registry.run_blocking(payload)
     })) {
         Ok(r) => r,
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic".into());
-            Err(TaskError::new(format!("task panicked: {msg}")))
-        }
+        Err(p) => Err(panicked(p.as_ref())),
     }
+}
+
+/// The error of a task that panicked, with the panic's message.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> TaskError {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into());
+    TaskError::new(format!("task panicked: {msg}"))
 }
 
 /// Current pid (per-process resources compare against it to notice a fork).

@@ -185,6 +185,40 @@ fn runs_everything_submitted(strategy: Strategy) {
     ));
 }
 
+/// A task that panics is a failed task (counted, and under `spool` retried then
+/// dead-lettered), never a dead executor: the tasks after it still run.
+#[test]
+fn a_panicking_task_fails_and_the_next_ones_run() {
+    for strategy in [
+        Strategy::Pool,
+        Strategy::Loop,
+        Strategy::Spool,
+        Strategy::Thread,
+    ] {
+        let dir = tmpdir(&format!("panic-{strategy}"));
+        let seen = Seen::default();
+        let reg = registry(&seen);
+        reg.register_async("explode", |_| Box::pin(async { panic!("boom") }));
+        reg.register("explode_blocking", |_| panic!("bang"));
+        let mut cfg = config(strategy, &dir);
+        cfg.retries = 0;
+        let off = Offload::new(cfg, reg).unwrap();
+        off.submit(Task::new("explode", "x")).unwrap();
+        off.submit(Task::new("explode_blocking", "y")).unwrap();
+        for i in 0..10 {
+            off.submit(Task::new("record_async", format!("after-{i}")))
+                .unwrap();
+        }
+        seen.wait_for(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while off.counters().failed < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(off.counters().failed, 2, "{strategy}");
+        off.shutdown(Duration::from_secs(10));
+    }
+}
+
 #[test]
 fn inline_runs_every_task() {
     runs_everything_submitted(Strategy::Inline);
