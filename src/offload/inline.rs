@@ -35,12 +35,8 @@ impl InlineEngine {
     }
 
     fn payload(&self, task: Task) -> TaskPayload {
-        TaskPayload {
-            id: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
-            name: task.name,
-            data: task.payload,
-            attempt: 1,
-        }
+        let id = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        TaskPayload::first(id, task.name, task.payload)
     }
 }
 

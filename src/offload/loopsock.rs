@@ -61,12 +61,11 @@ pub fn decode(m: &[u8]) -> Result<(TaskPayload, Duration), String> {
     let name = m.get(HEADER..HEADER + nlen).ok_or("truncated task name")?;
     let name = std::str::from_utf8(name).map_err(|_| "task name is not UTF-8")?;
     Ok((
-        TaskPayload {
+        TaskPayload::first(
             id,
-            name: name.to_string(),
-            data: bytes::Bytes::copy_from_slice(&m[HEADER + nlen..]),
-            attempt: 1,
-        },
+            name.to_string(),
+            bytes::Bytes::copy_from_slice(&m[HEADER + nlen..]),
+        ),
         Duration::from_millis(delay as u64),
     ))
 }

@@ -132,6 +132,16 @@ pub struct TaskPayload {
 }
 
 impl TaskPayload {
+    /// A task's first run.
+    pub fn first(id: TaskId, name: String, data: Bytes) -> TaskPayload {
+        TaskPayload {
+            id,
+            name,
+            data,
+            attempt: 1,
+        }
+    }
+
     /// The payload parsed as JSON.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, TaskError> {
         serde_json::from_slice(&self.data)

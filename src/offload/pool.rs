@@ -174,12 +174,7 @@ impl Engine for PoolEngine {
     fn submit(&self, task: Task) -> Result<TaskId, SubmitError> {
         let local = self.ensure_started()?;
         let id = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let payload = TaskPayload {
-            id,
-            name: task.name,
-            data: task.payload,
-            attempt: 1,
-        };
+        let payload = TaskPayload::first(id, task.name, task.payload);
         // An async task due now goes straight to the event loop when it has room:
         // no worker needs to wake up to pass it on.
         if task.delay.is_zero()

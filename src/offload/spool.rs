@@ -703,12 +703,7 @@ impl SpoolEngine {
                             let mut unclaimed = false;
                             for (s, (id, mine)) in subs.into_iter().zip(ids) {
                                 if mine {
-                                    claimed.push(TaskPayload {
-                                        id,
-                                        name: s.name,
-                                        data: s.payload,
-                                        attempt: 1,
-                                    });
+                                    claimed.push(TaskPayload::first(id, s.name, s.payload));
                                 } else {
                                     unclaimed = true;
                                 }

@@ -50,12 +50,7 @@ impl Engine for ThreadEngine {
             return Err(SubmitError::Full { capacity: self.cap });
         }
         let id = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let payload = TaskPayload {
-            id,
-            name: task.name,
-            data: task.payload,
-            attempt: 1,
-        };
+        let payload = TaskPayload::first(id, task.name, task.payload);
         let delay = task.delay;
         let registry = self.registry.clone();
         let counters = self.counters.clone();
