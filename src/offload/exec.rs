@@ -1,9 +1,17 @@
-//! The task executor shared by the `loop` worker and the spool runner: a small tokio
-//! runtime where async tasks wait without holding a thread, and blocking tasks run on
-//! its bounded blocking pool.
+//! The task executor shared by the `loop` worker, the pool and the spool runner: a
+//! small tokio runtime where async tasks wait without holding a thread, and blocking
+//! tasks run on its bounded blocking pool.
+//!
+//! # Hand-off
+//! Tasks spawned from other threads (a request handler submitting to `pool`, the
+//! spool's runner) are not handed to tokio one by one: waking the runtime's thread
+//! costs more than most tasks' own work. They go into a batch that a pump on the
+//! runtime collects once per millisecond tick while tasks keep coming; only a pump
+//! that went to sleep after [`IDLE_TICKS`] empty ticks is woken, by the first task
+//! after. A task therefore starts at most about a tick after it was handed over.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::registry::TaskKind;
@@ -13,6 +21,74 @@ pub struct Executor {
     rt: tokio::runtime::Runtime,
     registry: Registry,
     counters: Arc<Counters>,
+    handoff: Arc<Handoff>,
+}
+
+/// How often the pump collects handed-over tasks while they keep coming.
+const TICK: Duration = Duration::from_millis(1);
+
+/// Empty ticks before the pump sleeps until woken.
+const IDLE_TICKS: u32 = 8;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Tasks handed over from other threads, waiting for the pump.
+#[derive(Default)]
+struct Handoff {
+    batch: Mutex<Batch>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Batch {
+    jobs: Vec<Job>,
+    /// The pump sleeps: the next task must wake it.
+    asleep: bool,
+}
+
+impl Handoff {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Batch> {
+        self.batch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, job: Job) {
+        let mut b = self.lock();
+        b.jobs.push(job);
+        let wake = std::mem::take(&mut b.asleep);
+        drop(b);
+        if wake {
+            // Stores a permit if the pump has not started waiting yet.
+            self.wake.notify_one();
+        }
+    }
+
+    /// Runs on the runtime: starts handed-over tasks once per tick while they come.
+    async fn pump(self: Arc<Self>) {
+        let mut idle = 0u32;
+        let mut spare = Vec::new();
+        loop {
+            let sleep = {
+                let mut b = self.lock();
+                std::mem::swap(&mut b.jobs, &mut spare);
+                if spare.is_empty() {
+                    idle += 1;
+                    b.asleep = idle >= IDLE_TICKS;
+                } else {
+                    idle = 0;
+                }
+                b.asleep
+            };
+            for job in spare.drain(..) {
+                job();
+            }
+            if sleep {
+                self.wake.notified().await;
+                idle = 0;
+            } else {
+                tokio::time::sleep(TICK).await;
+            }
+        }
+    }
 }
 
 impl Executor {
@@ -27,12 +103,16 @@ impl Executor {
             .worker_threads(1)
             .max_blocking_threads(workers.max(1))
             .thread_name(name)
+            .on_thread_start(crate::rt::tokio_timers_here)
             .enable_all()
             .build()?;
+        let handoff = Arc::new(Handoff::default());
+        rt.spawn(handoff.clone().pump());
         Ok(Executor {
             rt,
             registry,
             counters,
+            handoff,
         })
     }
 
@@ -41,13 +121,14 @@ impl Executor {
     }
 
     /// Runs `p` after `delay`, then calls `done` with the outcome (on a runtime thread).
+    /// The task starts at the pump's next tick (see the module docs).
     pub fn spawn<D>(&self, p: TaskPayload, delay: Duration, done: D)
     where
         D: FnOnce(TaskPayload, Result<(), TaskError>) + Send + 'static,
     {
         let registry = self.registry.clone();
         let counters = self.counters.clone();
-        self.rt.spawn(async move {
+        let task = async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
@@ -55,7 +136,10 @@ impl Executor {
             let r = run_one(&registry, &p).await;
             counters.finished(r.is_ok());
             done(p, r);
-        });
+        };
+        self.handoff.push(Box::new(move || {
+            tokio::spawn(task);
+        }));
     }
 }
 

@@ -161,14 +161,14 @@ fn start_server(
     let join = std::thread::Builder::new()
         .name("forklift-loop".into())
         .spawn(move || {
-            let report = exec.handle().clone().block_on(serve(
-                listener,
-                (&path, id),
-                registry,
-                counters,
-                cap,
-                stop_rx,
-            ));
+            // The worker runs as a task on the runtime's thread, so the tasks it
+            // starts are queued locally there (spawning from this thread instead would
+            // wake the runtime's thread once per task).
+            let handle = exec.handle().clone();
+            let served = handle.spawn(async move {
+                serve(listener, (&path, id), registry, counters, cap, stop_rx).await
+            });
+            let report = handle.block_on(served).unwrap_or_default();
             drop(exec);
             report
         })?;
@@ -297,6 +297,7 @@ async fn connection(
     mut stop: watch::Receiver<Option<Instant>>,
 ) {
     let mut buf = vec![0u8; MAX_MSG + 1];
+    let mut burst = 0usize;
     // A connection accepted while stopping goes straight to draining.
     while !shared.stopping.load(Ordering::Acquire) {
         let permit = tokio::select! {
@@ -304,7 +305,7 @@ async fn connection(
             _ = stop.changed() => break,
         };
         let n = tokio::select! {
-            r = recv(&sock, &mut buf) => match r { Ok(n) => n, Err(_) => return },
+            r = recv(&sock, &mut buf, &mut burst) => match r { Ok(n) => n, Err(_) => return },
             _ = stop.changed() => break,
         };
         if n == 0 {
@@ -378,11 +379,52 @@ fn register(sock: Socket) -> io::Result<AsyncFd<Socket>> {
     unsafe { AsyncFd::register(sock).map_err(|e| e.into_parts().1) }
 }
 
-async fn recv(sock: &AsyncFd<Socket>, buf: &mut [u8]) -> io::Result<usize> {
+/// A burst of fewer messages than this is followed by a pause of [`TICK`] before the
+/// next read: a client sending steadily then wakes this thread once per tick for a
+/// batch instead of once per task. Larger bursts read on at once (the sender's socket
+/// buffer, a few dozen messages, must not fill while this side pauses).
+const SMALL_BURST: usize = 32;
+
+/// The pause after a small burst.
+const TICK: Duration = Duration::from_millis(1);
+
+/// Reads one message. `burst` counts the messages read since the socket was last found
+/// empty; see [`SMALL_BURST`].
+async fn recv(sock: &AsyncFd<Socket>, buf: &mut [u8], burst: &mut usize) -> io::Result<usize> {
     loop {
+        if *burst > 0 {
+            match sock.get_ref().read(buf) {
+                Ok(n) => {
+                    *burst += 1;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let small = *burst < SMALL_BURST;
+                    *burst = 0;
+                    if small {
+                        tokio::time::sleep(TICK).await;
+                        match sock.get_ref().read(buf) {
+                            Ok(n) => {
+                                *burst = 1;
+                                return Ok(n);
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                            // Nothing came during the pause: wait for the next message.
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let mut guard = sock.readable().await?;
         match guard.try_io(|s| s.get_ref().read(buf)) {
-            Ok(r) => return r,
+            Ok(r) => {
+                *burst = 1;
+                return r;
+            }
             Err(_would_block) => continue,
         }
     }

@@ -4,10 +4,13 @@
 //! answered `Doobie Doo` at once, or after the work with `--offload inline`.
 //! `?delay=S` defers the task by S seconds (seed 001's `call_later(5, read)`).
 
+use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -16,6 +19,7 @@ use super::{
     MAX_DELAY,
 };
 use crate::app::{CallContext, Handler, Reply, Request, Response};
+use crate::rt::fork::ForkLocal;
 
 /// The registered name of slowlog's task.
 pub const SLOWLOG_TASK: &str = "slowlog";
@@ -56,16 +60,17 @@ impl SlowLog {
 
 /// Registers the `slowlog` task in `registry`.
 pub fn register_task(registry: &Registry, cfg: &OffloadConfig) {
-    let path = cfg.slowlog_file.clone();
+    let log = Arc::new(AppendFile::new(cfg.slowlog_file.clone()));
+    let done = Arc::new(AppendFile::new(done_file(&cfg.slowlog_file)));
     let wait = cfg.task_seconds;
     registry.register_async(SLOWLOG_TASK, move |p: TaskPayload| {
-        let path = path.clone();
+        let (log, done) = (log.clone(), done.clone());
         Box::pin(async move {
-            append_record(&path, &p)?;
+            append_record(&log, &p)?;
             if !wait.is_zero() {
                 crate::rt::sleep(wait).await;
             }
-            append_line(&done_file(&path), format!("{}\n", p.id).as_bytes())?;
+            done.append(format!("{}\n", p.id).as_bytes())?;
             Ok::<(), TaskError>(())
         })
     });
@@ -73,7 +78,7 @@ pub fn register_task(registry: &Registry, cfg: &OffloadConfig) {
 
 /// Appends one line per task: a count, the pid, the task id, and the logged bytes with
 /// control characters escaped (so a log line is a task, and tools can count them).
-fn append_record(path: &Path, p: &TaskPayload) -> std::io::Result<()> {
+fn append_record(log: &AppendFile, p: &TaskPayload) -> std::io::Result<()> {
     static COUNT: AtomicU64 = AtomicU64::new(0);
     let n = COUNT.fetch_add(1, Ordering::Relaxed) + 1;
     let mut line = format!(
@@ -83,17 +88,64 @@ fn append_record(path: &Path, p: &TaskPayload) -> std::io::Result<()> {
         p.data.escape_ascii()
     );
     line.truncate(line.len().min(8 * LOGGED_BYTES));
-    append_line(path, line.as_bytes())
+    log.append(line.as_bytes())
 }
 
-/// Appends with one `write` on an `O_APPEND` file: lines from several processes do not
-/// interleave.
-fn append_line(path: &Path, line: &[u8]) -> std::io::Result<()> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?
-        .write_all(line)
+/// How often an open log file is checked against its path (moved away or deleted by
+/// log rotation: the next line goes to a new file at the path).
+const REOPEN_CHECK: Duration = Duration::from_secs(1);
+
+/// A log file kept open for appending, one `write` per line on an `O_APPEND`
+/// descriptor, so lines from several processes do not interleave. Each process opens
+/// its own on first use.
+struct AppendFile {
+    path: PathBuf,
+    open: ForkLocal<Mutex<Option<OpenLog>>>,
+}
+
+struct OpenLog {
+    file: File,
+    /// Device and inode of `file`, to notice that the path names another file now.
+    id: (u64, u64),
+    checked: Instant,
+}
+
+impl AppendFile {
+    fn new(path: PathBuf) -> AppendFile {
+        AppendFile {
+            path,
+            open: ForkLocal::new(),
+        }
+    }
+
+    fn append(&self, line: &[u8]) -> std::io::Result<()> {
+        let mut g = self.open.local().lock().unwrap_or_else(|p| p.into_inner());
+        let stale = match g.as_ref() {
+            None => true,
+            Some(o) if o.checked.elapsed() >= REOPEN_CHECK => {
+                let now = std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino()));
+                now.ok() != Some(o.id)
+            }
+            Some(_) => false,
+        };
+        if stale {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+            let m = file.metadata()?;
+            *g = Some(OpenLog {
+                file,
+                id: (m.dev(), m.ino()),
+                checked: Instant::now(),
+            });
+        }
+        let o = g.as_mut().expect("opened above");
+        if o.checked.elapsed() >= REOPEN_CHECK {
+            o.checked = Instant::now();
+        }
+        (&o.file).write_all(line)
+    }
 }
 
 /// Where slowlog's task records that it finished (after its wait): `LOG.done`, one
@@ -191,5 +243,30 @@ impl Handler for SlowLog {
         if report.dropped > 0 {
             eprintln!("forklift: slowlog: {report}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rotated_log_is_reopened_at_its_path() {
+        let dir = std::env::temp_dir().join(format!("forklift-slowlog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        let f = AppendFile::new(path.clone());
+        f.append(b"one\n").unwrap();
+        std::fs::rename(&path, dir.join("log.1")).unwrap();
+        // Within the check interval the open file keeps the line...
+        f.append(b"two\n").unwrap();
+        // ...and after it, the next line goes to a new file at the path.
+        let past = Instant::now().checked_sub(REOPEN_CHECK * 2).unwrap();
+        f.open.local().lock().unwrap().as_mut().unwrap().checked = past;
+        f.append(b"three\n").unwrap();
+        assert_eq!(std::fs::read(dir.join("log.1")).unwrap(), b"one\ntwo\n");
+        assert_eq!(std::fs::read(&path).unwrap(), b"three\n");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -8,7 +8,7 @@ mod shutdown;
 mod timer;
 
 pub use shutdown::Shutdown;
-pub use timer::{sleep, Sleep};
+pub use timer::{sleep, tokio_timers_here, Sleep};
 
 use std::future::Future;
 use std::pin::pin;

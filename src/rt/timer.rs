@@ -4,7 +4,14 @@
 //! handler can wait without holding a thread.
 //!
 //! The thread is started lazily on first use, so it is never running across `fork`.
+//! It wakes at most once per millisecond tick and fires every deadline that passed, so
+//! thousands of sleeps ending in the same millisecond cost one wake-up, not thousands.
+//!
+//! On the threads of forklift's own tokio runtimes (which mark themselves with
+//! [`tokio_timers_here`]), a [`Sleep`] uses tokio's timer instead: no other thread is
+//! involved at all.
 
+use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::future::Future;
@@ -78,7 +85,7 @@ impl Timer {
             }
             guard = match guard.0.peek() {
                 Some(Reverse(e)) => {
-                    let wait = e.deadline.saturating_duration_since(now);
+                    let wait = tick(e.deadline.saturating_duration_since(now));
                     self.changed.wait_timeout(guard, wait).unwrap().0
                 }
                 None => self.changed.wait(guard).unwrap(),
@@ -103,10 +110,33 @@ impl Timer {
     }
 }
 
+/// Rounds a wait up to whole milliseconds: deadlines that fall in the same tick fire
+/// together (a sleep ends up to 1 ms late, never early).
+fn tick(wait: Duration) -> Duration {
+    const MS: u128 = 1_000_000;
+    let ns = wait.as_nanos();
+    Duration::from_nanos(ns.div_ceil(MS).saturating_mul(MS).min(u64::MAX as u128) as u64)
+}
+
+thread_local! {
+    static TOKIO_TIMERS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the current thread as a thread of a tokio runtime built with its time driver
+/// (`enable_time`/`enable_all`): a [`Sleep`] first polled here uses tokio's timer.
+pub fn tokio_timers_here() {
+    TOKIO_TIMERS.with(|t| t.set(true));
+}
+
 /// A future that completes after a duration; see [`sleep`].
 pub struct Sleep {
     deadline: Instant,
-    state: Option<Arc<SleepState>>,
+    state: Option<State>,
+}
+
+enum State {
+    Thread(Arc<SleepState>),
+    Tokio(Pin<Box<tokio::time::Sleep>>),
 }
 
 /// Completes after `dur`, under any executor.
@@ -124,8 +154,9 @@ impl Future for Sleep {
         if Instant::now() >= self.deadline {
             return Poll::Ready(());
         }
-        match &self.state {
-            Some(state) => {
+        match &mut self.state {
+            Some(State::Tokio(sleep)) => sleep.as_mut().poll(cx),
+            Some(State::Thread(state)) => {
                 if state.fired.load(Ordering::Acquire) {
                     return Poll::Ready(());
                 }
@@ -135,15 +166,22 @@ impl Future for Sleep {
                 if state.fired.load(Ordering::Acquire) {
                     return Poll::Ready(());
                 }
+                Poll::Pending
+            }
+            None if TOKIO_TIMERS.with(Cell::get) => {
+                let mut sleep = Box::pin(tokio::time::sleep_until(self.deadline.into()));
+                let r = sleep.as_mut().poll(cx);
+                self.state = Some(State::Tokio(sleep));
+                r
             }
             None => {
                 let state = Arc::new(SleepState::default());
                 *state.waker.lock().unwrap() = Some(cx.waker().clone());
                 timer().add(self.deadline, state.clone());
-                self.state = Some(state);
+                self.state = Some(State::Thread(state));
+                Poll::Pending
             }
         }
-        Poll::Pending
     }
 }
 
@@ -156,5 +194,50 @@ impl Sleep {
     /// How long is left.
     pub fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_round_up_to_whole_milliseconds() {
+        assert_eq!(tick(Duration::ZERO), Duration::ZERO);
+        assert_eq!(tick(Duration::from_nanos(1)), Duration::from_millis(1));
+        assert_eq!(tick(Duration::from_micros(1000)), Duration::from_millis(1));
+        assert_eq!(tick(Duration::from_micros(1001)), Duration::from_millis(2));
+        assert_eq!(tick(Duration::MAX), Duration::from_nanos(u64::MAX));
+    }
+
+    #[test]
+    fn sleeps_never_end_early_on_either_timer() {
+        let dur = Duration::from_millis(3);
+        // The timer thread (under block_on).
+        let t = Instant::now();
+        super::super::block_on(sleep(dur));
+        assert!(t.elapsed() >= dur);
+        // Tokio's timer, on a marked runtime thread; many at once.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio_timers_here();
+            let t = Instant::now();
+            let mut s = sleep(dur);
+            std::future::poll_fn(|cx| {
+                let _ = Pin::new(&mut s).poll(cx);
+                Poll::Ready(())
+            })
+            .await;
+            assert!(matches!(s.state, Some(State::Tokio(_))));
+            s.await;
+            let all: Vec<_> = (0..100).map(|_| sleep(dur)).collect();
+            for s in all {
+                s.await;
+            }
+            assert!(t.elapsed() >= dur);
+        });
     }
 }

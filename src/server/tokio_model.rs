@@ -32,13 +32,20 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
             .build()
     } else {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
-        if hands_off {
-            builder.on_thread_start(super::defer_to_app_threads);
-        }
+        builder.on_thread_start(move || {
+            crate::rt::tokio_timers_here();
+            if hands_off {
+                super::defer_to_app_threads();
+            }
+        });
         builder.worker_threads(threads).enable_all().build()
     }
     .map_err(ServerError::Runtime)?;
-    let result = rt.block_on(serve(listener, env.clone()));
+    let result = rt.block_on(async {
+        // The current-thread runtime runs on this thread.
+        crate::rt::tokio_timers_here();
+        serve(listener, env.clone()).await
+    });
     rt.shutdown_timeout(Duration::from_millis(100));
     result
 }
