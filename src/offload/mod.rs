@@ -23,6 +23,7 @@ mod delayq;
 mod exec;
 mod host;
 mod inline;
+mod journal;
 mod loopsock;
 mod pool;
 #[cfg(feature = "python")]

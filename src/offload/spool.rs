@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::exec::Executor;
+use super::journal::{self, Journal};
 use super::{
     Counters, DrainReport, Engine, OffloadConfig, OffloadError, Registry, SubmitError, Task,
     TaskError, TaskId, TaskPayload,
@@ -202,7 +203,8 @@ impl Spool {
                 last_error TEXT
             );
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-            INSERT OR IGNORE INTO meta VALUES ('completed', 0);",
+            INSERT OR IGNORE INTO meta VALUES ('completed', 0);
+            CREATE TABLE IF NOT EXISTS imported (segment TEXT PRIMARY KEY, at INTEGER NOT NULL);",
         )
         .map_err(db)?;
         Ok(Spool { conn, path })
@@ -290,6 +292,119 @@ impl Spool {
         }
         tx.commit()?;
         Ok(ids)
+    }
+
+    /// Reserves `n` task ids for a journal: no row inserted later gets one of them.
+    /// Returns the first. Committed (and synced) before it returns, like a submission.
+    pub fn reserve_ids(&mut self, n: u64) -> Result<u64, SpoolError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let seq: Option<i64> = tx
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'tasks'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let seq = match seq {
+            Some(s) => s,
+            None => {
+                let top: i64 = tx.query_row(
+                    "SELECT max(coalesce((SELECT max(id) FROM tasks), 0),
+                                coalesce((SELECT max(id) FROM dead), 0))",
+                    [],
+                    |r| r.get(0),
+                )?;
+                tx.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('tasks', ?1)",
+                    [top],
+                )?;
+                top
+            }
+        };
+        tx.execute(
+            "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'tasks'",
+            [seq + n as i64],
+        )?;
+        tx.commit()?;
+        Ok(seq as u64 + 1)
+    }
+
+    /// Inserts the unfinished tasks of journal segment `segment` as ordinary spool rows,
+    /// unless that segment was imported before. Returns whether it was imported now.
+    pub fn adopt_segment(
+        &mut self,
+        segment: &str,
+        tasks: &[super::journal::JournalTask],
+    ) -> Result<bool, SpoolError> {
+        let now = now_ms();
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let fresh = tx.execute(
+            "INSERT OR IGNORE INTO imported (segment, at) VALUES (?1, ?2)",
+            params![segment, now],
+        )? == 1;
+        if fresh {
+            let mut st = tx.prepare_cached(
+                "INSERT OR IGNORE INTO tasks (id, name, payload, len, sum, run_at, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for t in tasks {
+                st.execute(params![
+                    t.id as i64,
+                    t.name,
+                    &t.payload[..],
+                    t.payload.len() as i64,
+                    checksum(t.name.as_bytes(), &t.payload),
+                    t.run_at,
+                    now,
+                ])?;
+            }
+        }
+        // Forget imports older than a week: their files are long gone.
+        tx.execute(
+            "DELETE FROM imported WHERE at < ?1",
+            [now - 7 * 24 * 3600 * 1000],
+        )?;
+        tx.commit()?;
+        Ok(fresh)
+    }
+
+    /// Records the outcome of a task that ran from a journal and failed: a retry at
+    /// `Finish::Retry`'s time (as a spool row that had `attempts` runs), or a move to
+    /// the dead-letter area.
+    pub fn adopt_failed(&mut self, p: &TaskPayload, outcome: &Finish) -> Result<(), SpoolError> {
+        let now = now_ms();
+        let sum = checksum(p.name.as_bytes(), &p.data);
+        match outcome {
+            Finish::Done(_) => {}
+            Finish::Retry { at_ms, error, .. } => {
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO tasks (id, name, payload, len, sum, attempts, run_at, created, last_error)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![p.id as i64, p.name, &p.data[..], p.data.len() as i64, sum, p.attempt, at_ms, now, error],
+                )?;
+            }
+            Finish::Dead { error, .. } => {
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO dead (id, name, payload, len, sum, attempts, created, failed_at, last_error)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+                    params![p.id as i64, p.name, &p.data[..], p.data.len() as i64, sum, p.attempt, now, error],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `n` to the count of completed tasks (tasks that ran from a journal).
+    pub fn add_completed(&mut self, n: u64) -> Result<(), SpoolError> {
+        self.conn.execute(
+            "UPDATE meta SET value = value + ?1 WHERE key = 'completed'",
+            [n as i64],
+        )?;
+        Ok(())
     }
 
     /// Claims up to `limit` due, unowned tasks for `owner` until `lease_until` (Unix ms).
@@ -588,8 +703,62 @@ enum RunnerMsg {
 /// Per-process state: started lazily in each process (a forked worker starts its own).
 #[derive(Default)]
 struct Local {
-    writer: Option<crossbeam_channel::Sender<Submission>>,
+    writer: Option<WriterHandle>,
     runner: Option<RunnerHandle>,
+    /// Runs this process's tasks: the journal's and those the runner claims.
+    exec: Option<Arc<Executor>>,
+}
+
+struct WriterHandle {
+    tx: crossbeam_channel::Sender<Submission>,
+    /// Set before the channel closes: until when the writer waits for its journal's
+    /// tasks before moving the unfinished ones into SQLite.
+    stop: Arc<Mutex<Option<Instant>>>,
+    join: std::thread::JoinHandle<WriterReport>,
+}
+
+/// What the writer did while stopping.
+#[derive(Debug, Default)]
+struct WriterReport {
+    /// Journal tasks that finished during the drain.
+    drained: u64,
+}
+
+/// A task that ran from the journal, with its outcome.
+type Ran = (TaskPayload, Result<(), TaskError>);
+
+/// Tasks delayed by at most this long stay in the journal (and in memory); longer ones
+/// go to SQLite, so a journal segment is not kept for a day by one task.
+const JOURNAL_MAX_DELAY_MS: i64 = 5 * 60 * 1000;
+
+/// Task ids are reserved from SQLite this many at a time.
+const ID_BLOCK: u64 = 1 << 16;
+
+/// The writer thread: commits submissions, to the journal (tasks this process runs) or
+/// to SQLite, and records what became of the journal's tasks.
+struct Writer {
+    spool: Spool,
+    dir: PathBuf,
+    owner: String,
+    journal: Option<Journal>,
+    /// The journal could not be opened: everything goes to SQLite.
+    no_journal: bool,
+    /// Reserved ids not used yet.
+    ids: std::ops::Range<u64>,
+    exec: Arc<Executor>,
+    runner: Option<RunnerFeed>,
+    cfg: OffloadConfig,
+    counters: Arc<Counters>,
+    /// Journal tasks that ran, waiting to be recorded.
+    ran: Arc<Mutex<Vec<Ran>>>,
+    /// Rows in SQLite (updated from the database when near the bound).
+    pending: u64,
+    /// Journal tasks completed and not yet added to the spool's count.
+    completed: u64,
+    counted_at: Instant,
+    flushed_at: Instant,
+    batch: usize,
+    waiting: Arc<AtomicU64>,
 }
 
 struct RunnerHandle {
@@ -644,123 +813,77 @@ impl SpoolEngine {
 
     fn writer(&self) -> Result<crossbeam_channel::Sender<Submission>, SubmitError> {
         let mut g = self.local();
-        if let Some(tx) = &g.writer {
-            return Ok(tx.clone());
+        if let Some(w) = &g.writer {
+            return Ok(w.tx.clone());
         }
-        let mut spool = Spool::open(&self.cfg.spool_dir)?;
+        let spool = Spool::open(&self.cfg.spool_dir)?;
         spool.no_autocheckpoint()?;
+        let exec = match &g.exec {
+            Some(e) => e.clone(),
+            None => return Err(SubmitError::Spool(SpoolError::WriterGone)),
+        };
         let (tx, rx) = crossbeam_channel::bounded::<Submission>(self.cfg.queue);
-        let batch = if self.cfg.group_commit { MAX_BATCH } else { 1 };
-        let max = self.cfg.spool_max;
-        let waiting = self.waiting.clone();
-        let runner = g.runner.as_ref().map(|r| r.feed.clone());
-        std::thread::Builder::new()
+        let stop = Arc::new(Mutex::new(None));
+        let writer = Writer {
+            pending: spool.pending().unwrap_or(0),
+            spool,
+            dir: self.cfg.spool_dir.clone(),
+            owner: owner_token(),
+            journal: None,
+            no_journal: false,
+            ids: 0..0,
+            exec,
+            runner: g.runner.as_ref().map(|r| r.feed.clone()),
+            cfg: self.cfg.clone(),
+            counters: self.counters.clone(),
+            ran: Arc::new(Mutex::new(Vec::new())),
+            completed: 0,
+            counted_at: Instant::now(),
+            flushed_at: Instant::now(),
+            batch: if self.cfg.group_commit { MAX_BATCH } else { 1 },
+            waiting: self.waiting.clone(),
+        };
+        let stop_at = stop.clone();
+        let join = std::thread::Builder::new()
             .name("forklift-spool-writer".into())
-            .spawn(move || {
-                let mut pending = spool.pending().unwrap_or(0);
-                while let Ok(first) = rx.recv() {
-                    let mut subs = vec![first];
-                    while subs.len() < batch {
-                        match rx.try_recv() {
-                            Ok(s) => subs.push(s),
-                            Err(_) => break,
-                        }
-                    }
-                    waiting.fetch_sub(subs.len() as u64, Ordering::Relaxed);
-                    if pending + subs.len() as u64 > max {
-                        pending = spool.pending().unwrap_or(pending);
-                    }
-                    let room = max.saturating_sub(pending) as usize;
-                    let refused = subs.split_off(room.min(subs.len()));
-                    for s in refused {
-                        let _ = s.ack.send(Err(SubmitError::Full {
-                            capacity: max as usize,
-                        }));
-                    }
-                    if subs.is_empty() {
-                        continue;
-                    }
-                    let rows: Vec<(&str, &[u8], i64)> = subs
-                        .iter()
-                        .map(|s| (s.name.as_str(), &s.payload[..], s.run_at))
-                        .collect();
-                    // Tasks due now are claimed for this process's runner in the
-                    // same transaction, and handed to it without a query.
-                    let lease_until = runner
-                        .as_ref()
-                        .map_or(0, |r| now_ms() + r.lease.as_millis() as i64);
-                    let claim = runner.as_ref().map(|r| InsertClaim {
-                        owner: &r.owner,
-                        lease_until,
-                        limit: r
-                            .max_in_flight
-                            .saturating_sub(r.in_flight.load(Ordering::Acquire)),
-                    });
-                    match spool.insert_batch_claimed(&rows, claim) {
-                        Ok(ids) => {
-                            pending += ids.len() as u64;
-                            let mut claimed = Vec::new();
-                            let mut unclaimed = false;
-                            for (s, (id, mine)) in subs.into_iter().zip(ids) {
-                                if mine {
-                                    claimed.push(TaskPayload::first(id, s.name, s.payload));
-                                } else {
-                                    unclaimed = true;
-                                }
-                                let _ = s.ack.send(Ok(id));
-                            }
-                            if let Some(r) = &runner {
-                                if !claimed.is_empty() {
-                                    r.in_flight.fetch_add(claimed.len(), Ordering::AcqRel);
-                                    let _ = r.tx.send(RunnerMsg::Claimed(claimed));
-                                }
-                                if unclaimed {
-                                    let _ = r.tx.send(RunnerMsg::Submitted);
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            let msg = e.to_string();
-                            eprintln!("forklift: spool write failed: {msg}");
-                            for s in subs {
-                                let _ = s.ack.send(Err(SubmitError::Unavailable(
-                                    std::io::Error::other(msg.clone()),
-                                )));
-                            }
-                        }
-                    }
-                }
-            })
+            .spawn(move || writer.run(rx, stop_at))
             .map_err(SubmitError::Unavailable)?;
-        g.writer = Some(tx.clone());
+        g.writer = Some(WriterHandle {
+            tx: tx.clone(),
+            stop,
+            join,
+        });
         Ok(tx)
     }
 
-    /// Starts the runner in this process (idempotent).
+    /// Starts the runner in this process (idempotent). First imports the journals of
+    /// processes that are gone, so their tasks are in the spool when this returns.
     fn start_runner(&self) -> Result<(), OffloadError> {
         let mut g = self.local();
         if g.runner.is_some() {
             return Ok(());
         }
+        let owner = owner_token();
+        report_import(journal::import_dead(&self.cfg.spool_dir, &owner)?);
         let spool = Spool::open(&self.cfg.spool_dir)?;
         spool.relax_sync()?;
-        let exec = Executor::new(
+        let exec = Arc::new(Executor::new(
             "forklift-spool-exec",
             self.cfg.workers,
             self.registry.clone(),
             self.counters.clone(),
-        )?;
+        )?);
         let (tx, rx) = mpsc::channel();
         let feed = RunnerFeed {
             tx: tx.clone(),
-            owner: owner_token(),
+            owner,
             in_flight: Arc::new(AtomicUsize::new(0)),
             max_in_flight: self.cfg.queue.clamp(1, 10_000),
             lease: self.cfg.lease,
         };
         let runner = Runner {
             spool,
-            exec,
+            exec: exec.clone(),
             tx: tx.clone(),
             rx,
             cfg: self.cfg.clone(),
@@ -773,8 +896,21 @@ impl SpoolEngine {
             .name("forklift-spool-runner".into())
             .spawn(move || runner.run())?;
         g.runner = Some(RunnerHandle { tx, join, feed });
-        // A writer started earlier does not know the runner: the 20 ms poll covers it.
+        g.exec = Some(exec);
         Ok(())
+    }
+}
+
+/// Says what importing journals found (damaged records are worth a line each).
+fn report_import(r: journal::ImportReport) {
+    for c in &r.corrupt {
+        eprintln!("forklift: spool journal {c}");
+    }
+    if r.tasks > 0 {
+        eprintln!(
+            "forklift: spool: resumed {} unfinished task(s) from {} journal(s) of stopped processes",
+            r.tasks, r.segments
+        );
     }
 }
 
@@ -833,16 +969,29 @@ impl Engine for SpoolEngine {
     fn shutdown(&self, timeout: Duration) -> DrainReport {
         self.closing.store(true, Ordering::Release);
         let mut report = DrainReport::default();
+        let deadline = Instant::now() + timeout;
         let (writer, runner) = {
             let mut g = self.local();
             (g.writer.take(), g.runner.take())
         };
-        // Closing the channel lets the writer commit what is queued and exit.
-        drop(writer);
+        // The writer commits what is queued, waits for its journal's tasks until the
+        // deadline, and moves the unfinished ones into SQLite for the next start.
+        let writer = writer.map(|w| {
+            *w.stop.lock().unwrap_or_else(|p| p.into_inner()) = Some(deadline);
+            drop(w.tx);
+            w.join
+        });
+        if let Some(r) = &runner {
+            let _ = r.tx.send(RunnerMsg::Stop(deadline));
+        }
+        if let Some(w) = writer {
+            if let Ok(rep) = w.join() {
+                report.drained += rep.drained;
+            }
+        }
         if let Some(r) = runner {
-            let _ = r.tx.send(RunnerMsg::Stop(Instant::now() + timeout));
             if let Ok(rep) = r.join.join() {
-                report = rep;
+                report.drained += rep.drained;
             }
         }
         report.left_in_spool = Spool::open(&self.cfg.spool_dir)
@@ -856,10 +1005,268 @@ impl Engine for SpoolEngine {
     }
 }
 
+impl Writer {
+    fn run(
+        mut self,
+        rx: crossbeam_channel::Receiver<Submission>,
+        stop: Arc<Mutex<Option<Instant>>>,
+    ) -> WriterReport {
+        loop {
+            // While journal tasks run, wake up to record their outcomes.
+            let wait = if self.journal_open() > 0 {
+                FINISH_EVERY
+            } else {
+                Duration::from_secs(1)
+            };
+            match rx.recv_timeout(wait) {
+                Ok(first) => {
+                    let mut subs = vec![first];
+                    while subs.len() < self.batch {
+                        match rx.try_recv() {
+                            Ok(s) => subs.push(s),
+                            Err(_) => break,
+                        }
+                    }
+                    self.waiting.fetch_sub(subs.len() as u64, Ordering::Relaxed);
+                    self.commit(subs);
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            }
+            self.collect(false);
+        }
+        // Stopping: wait for the journal's tasks until the deadline, then move what
+        // is unfinished into SQLite, where the next start finds it.
+        let deadline = stop
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(Instant::now);
+        let before = self.journal_open();
+        while self.journal_open() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+            self.collect(false);
+        }
+        self.collect(true);
+        let drained = (before - self.journal_open()) as u64;
+        if let Some(j) = self.journal.take() {
+            match j.close_into(&mut self.spool) {
+                Ok(r) => report_import(r),
+                Err(e) => eprintln!(
+                    "forklift: spool could not move the journal's unfinished tasks into the database: {e}; the next start resumes them"
+                ),
+            }
+        }
+        WriterReport { drained }
+    }
+
+    fn journal_open(&self) -> usize {
+        self.journal.as_ref().map_or(0, Journal::open_tasks)
+    }
+
+    /// Refuses what the spool has no room for, then commits the rest: tasks due soon to
+    /// this process's journal (it runs them), the others to SQLite.
+    fn commit(&mut self, mut subs: Vec<Submission>) {
+        let max = self.cfg.spool_max;
+        let held = |w: &Self| w.pending + w.journal_open() as u64;
+        if held(self) + subs.len() as u64 > max {
+            self.pending = self.spool.pending().unwrap_or(self.pending);
+        }
+        let room = max.saturating_sub(held(self)) as usize;
+        for s in subs.split_off(room.min(subs.len())) {
+            let _ = s.ack.send(Err(SubmitError::Full {
+                capacity: max as usize,
+            }));
+        }
+        if subs.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let limit = self.runner.as_ref().map_or(0, |r| r.max_in_flight);
+        let mut journal_room = limit.saturating_sub(self.journal_open());
+        let (mut to_journal, mut to_db) = (Vec::new(), Vec::new());
+        for s in subs {
+            if !self.no_journal && journal_room > 0 && s.run_at - now <= JOURNAL_MAX_DELAY_MS {
+                journal_room -= 1;
+                to_journal.push(s);
+            } else {
+                to_db.push(s);
+            }
+        }
+        if !to_journal.is_empty() {
+            if let Err(back) = self.commit_journal(to_journal, now) {
+                to_db.extend(back);
+            }
+        }
+        if !to_db.is_empty() {
+            self.commit_db(to_db);
+        }
+    }
+
+    /// Writes tasks to the journal and syncs it, acknowledges them, and starts them.
+    /// Gives the submissions back if the journal cannot be used (they go to SQLite).
+    fn commit_journal(&mut self, subs: Vec<Submission>, now: i64) -> Result<(), Vec<Submission>> {
+        if self.journal.is_none() {
+            match Journal::open(&self.dir, &self.owner) {
+                Ok(j) => self.journal = Some(j),
+                Err(e) => {
+                    eprintln!(
+                        "forklift: spool journal unavailable ({e}); tasks go to the database only"
+                    );
+                    self.no_journal = true;
+                    return Err(subs);
+                }
+            }
+        }
+        if (self.ids.end - self.ids.start) < subs.len() as u64 {
+            match self.spool.reserve_ids(ID_BLOCK.max(subs.len() as u64)) {
+                Ok(first) => self.ids = first..first + ID_BLOCK.max(subs.len() as u64),
+                Err(e) => {
+                    eprintln!("forklift: spool could not reserve task ids: {e}");
+                    return Err(subs);
+                }
+            }
+        }
+        let mut buf = Vec::with_capacity(subs.iter().map(|s| s.payload.len() + 64).sum());
+        let mut ids = Vec::with_capacity(subs.len());
+        for s in &subs {
+            let id = self.ids.start;
+            self.ids.start += 1;
+            journal::encode_task(&mut buf, id, s.run_at, &s.name, &s.payload);
+            ids.push(id);
+        }
+        let journal = self.journal.as_mut().expect("opened above");
+        if let Err(e) = journal.append(&buf, &ids) {
+            let msg = format!("spool journal write failed: {e}");
+            eprintln!("forklift: {msg}");
+            for s in subs {
+                let _ = s
+                    .ack
+                    .send(Err(SubmitError::Unavailable(std::io::Error::other(
+                        msg.clone(),
+                    ))));
+            }
+            return Ok(());
+        }
+        self.flushed_at = Instant::now();
+        for (s, id) in subs.into_iter().zip(ids) {
+            let _ = s.ack.send(Ok(id));
+            let delay = Duration::from_millis((s.run_at - now).max(0) as u64);
+            let ran = self.ran.clone();
+            self.exec.spawn(
+                TaskPayload::first(id, s.name, s.payload),
+                delay,
+                move |p, r| {
+                    ran.lock().unwrap_or_else(|p| p.into_inner()).push((p, r));
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Commits tasks to SQLite; those due now are claimed for this process's runner in
+    /// the same transaction and handed to it without a query.
+    fn commit_db(&mut self, subs: Vec<Submission>) {
+        let rows: Vec<(&str, &[u8], i64)> = subs
+            .iter()
+            .map(|s| (s.name.as_str(), &s.payload[..], s.run_at))
+            .collect();
+        let runner = self.runner.as_ref();
+        let lease_until = runner.map_or(0, |r| now_ms() + r.lease.as_millis() as i64);
+        let claim = runner.map(|r| InsertClaim {
+            owner: &r.owner,
+            lease_until,
+            limit: r
+                .max_in_flight
+                .saturating_sub(r.in_flight.load(Ordering::Acquire)),
+        });
+        match self.spool.insert_batch_claimed(&rows, claim) {
+            Ok(ids) => {
+                self.pending += ids.len() as u64;
+                let mut claimed = Vec::new();
+                let mut unclaimed = false;
+                for (s, (id, mine)) in subs.into_iter().zip(ids) {
+                    if mine {
+                        claimed.push(TaskPayload::first(id, s.name, s.payload));
+                    } else {
+                        unclaimed = true;
+                    }
+                    let _ = s.ack.send(Ok(id));
+                }
+                if let Some(r) = &self.runner {
+                    if !claimed.is_empty() {
+                        r.in_flight.fetch_add(claimed.len(), Ordering::AcqRel);
+                        let _ = r.tx.send(RunnerMsg::Claimed(claimed));
+                    }
+                    if unclaimed {
+                        let _ = r.tx.send(RunnerMsg::Submitted);
+                    }
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                eprintln!("forklift: spool write failed: {msg}");
+                for s in subs {
+                    let _ = s
+                        .ack
+                        .send(Err(SubmitError::Unavailable(std::io::Error::other(
+                            msg.clone(),
+                        ))));
+                }
+            }
+        }
+    }
+
+    /// Records what became of the journal's tasks that ran: `done` records (written
+    /// every [`FINISH_EVERY`], or with the next commit), and failures as SQLite rows
+    /// (retry or dead letter) before their `done` record.
+    fn collect(&mut self, now: bool) {
+        let ran = std::mem::take(&mut *self.ran.lock().unwrap_or_else(|p| p.into_inner()));
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        for (p, r) in ran {
+            match outcome(&self.cfg, &self.counters, &p, r) {
+                Finish::Done(id) => {
+                    journal.finished(id);
+                    self.completed += 1;
+                }
+                failed => match self.spool.adopt_failed(&p, &failed) {
+                    Ok(()) => {
+                        if matches!(failed, Finish::Retry { .. }) {
+                            self.pending += 1;
+                        }
+                        journal.finished(p.id);
+                        if let Some(r) = &self.runner {
+                            let _ = r.tx.send(RunnerMsg::Submitted);
+                        }
+                    }
+                    // The task stays open in the journal: it runs again after a restart.
+                    Err(e) => eprintln!(
+                        "forklift: spool could not record the failure of task {}: {e}",
+                        p.id
+                    ),
+                },
+            }
+        }
+        if now || self.flushed_at.elapsed() >= FINISH_EVERY {
+            if let Err(e) = journal.flush() {
+                eprintln!("forklift: spool journal write failed: {e}");
+            }
+            self.flushed_at = Instant::now();
+        }
+        if self.completed > 0 && (now || self.counted_at.elapsed() >= RECLAIM_EVERY) {
+            if self.spool.add_completed(self.completed).is_ok() {
+                self.completed = 0;
+            }
+            self.counted_at = Instant::now();
+        }
+    }
+}
+
 /// The runner thread: claims due tasks, hands them to the executor, records outcomes.
 struct Runner {
     spool: Spool,
-    exec: Executor,
+    exec: Arc<Executor>,
     tx: mpsc::Sender<RunnerMsg>,
     rx: mpsc::Receiver<RunnerMsg>,
     cfg: OffloadConfig,
@@ -903,6 +1310,14 @@ impl Runner {
                 match self.spool.reclaim(&self.owner) {
                     Ok(n) => Counters::add(&self.counters.redelivered, n),
                     Err(e) => eprintln!("forklift: spool reclaim failed: {e}"),
+                }
+                // Journals of processes that died since: their tasks become rows.
+                match journal::import_dead(&self.cfg.spool_dir, &self.owner) {
+                    Ok(r) => {
+                        Counters::add(&self.counters.redelivered, r.tasks);
+                        report_import(r);
+                    }
+                    Err(e) => eprintln!("forklift: spool journal import failed: {e}"),
                 }
                 // The writers leave checkpoints to the runners (see no_autocheckpoint);
                 // SQLite's automatic one runs on this connection's commits, and this
@@ -1025,27 +1440,38 @@ impl Runner {
     }
 
     fn outcome(&self, p: TaskPayload, r: Result<(), TaskError>) -> Finish {
-        match r {
-            Ok(()) => Finish::Done(p.id),
-            Err(e) if !e.permanent && p.attempt <= self.cfg.retries => {
-                Counters::inc(&self.counters.retried);
-                let delay = self.cfg.retry_delay(p.attempt);
-                Finish::Retry {
-                    id: p.id,
-                    at_ms: now_ms() + delay.as_millis() as i64,
-                    error: e.message,
-                }
+        outcome(&self.cfg, &self.counters, &p, r)
+    }
+}
+
+/// What becomes of a task that ran: done, retried later with exponential backoff, or
+/// (failed permanently, or out of retries) moved to the dead-letter area.
+fn outcome(
+    cfg: &OffloadConfig,
+    counters: &Counters,
+    p: &TaskPayload,
+    r: Result<(), TaskError>,
+) -> Finish {
+    match r {
+        Ok(()) => Finish::Done(p.id),
+        Err(e) if !e.permanent && p.attempt <= cfg.retries => {
+            Counters::inc(&counters.retried);
+            let delay = cfg.retry_delay(p.attempt);
+            Finish::Retry {
+                id: p.id,
+                at_ms: now_ms() + delay.as_millis() as i64,
+                error: e.message,
             }
-            Err(e) => {
-                Counters::inc(&self.counters.dead);
-                eprintln!(
-                    "forklift: task {} ({}) failed after {} attempt(s): {}; moved to the dead-letter area",
-                    p.id, p.name, p.attempt, e.message
-                );
-                Finish::Dead {
-                    id: p.id,
-                    error: e.message,
-                }
+        }
+        Err(e) => {
+            Counters::inc(&counters.dead);
+            eprintln!(
+                "forklift: task {} ({}) failed after {} attempt(s): {}; moved to the dead-letter area",
+                p.id, p.name, p.attempt, e.message
+            );
+            Finish::Dead {
+                id: p.id,
+                error: e.message,
             }
         }
     }
