@@ -29,8 +29,9 @@ pub struct CompareOffloadArgs {
     #[arg(long)]
     pub inline_requests: Option<u64>,
     /// Rounds of -n requests per scenario, on the same server after a warm-up; the
-    /// median round is reported (`inline` runs one round)
-    #[arg(long, default_value_t = 5)]
+    /// scenarios take turns round by round, and the median round is reported (`inline`
+    /// runs one round)
+    #[arg(long, default_value_t = 9)]
     pub rounds: usize,
     /// Only these scenarios (comma-separated: none,inline,loop,thread,pool,spool)
     #[arg(long, value_delimiter = ',')]
@@ -44,6 +45,10 @@ pub struct CompareOffloadArgs {
     /// --offload-workers for the server (pool threads; blocking tasks of loop/spool)
     #[arg(long, default_value_t = 100)]
     pub offload_workers: usize,
+    /// --offload-queue for the server [default: room for every task of the run at
+    /// once, so the strategy is measured rather than its bound]
+    #[arg(long)]
+    pub offload_queue: Option<usize>,
     /// Extra argument for every `forklift serve` (repeatable, e.g. --serve-arg=--threads=8)
     #[arg(long = "serve-arg", allow_hyphen_values = true)]
     pub serve_args: Vec<String>,
@@ -68,6 +73,16 @@ pub struct CompareOffloadArgs {
 }
 
 impl CompareOffloadArgs {
+    /// The server's `--offload-queue`: as given, or twice the tasks of a whole run
+    /// (warm-up and every round; with 1 s tasks they are all in flight at once), at
+    /// least the server's default.
+    pub fn queue(&self) -> usize {
+        self.offload_queue.unwrap_or_else(|| {
+            let run = (self.rounds.max(1) as u64 + 1) * self.requests;
+            (2 * run).clamp(4096, 1_000_000) as usize
+        })
+    }
+
     /// The defaults, as `forklift compare offload` with no options.
     pub fn defaults() -> CompareOffloadArgs {
         CompareOffloadArgs {
@@ -75,11 +90,12 @@ impl CompareOffloadArgs {
             concurrency: 10,
             task_seconds: 1.0,
             inline_requests: None,
-            rounds: 5,
+            rounds: 9,
             strategies: Vec::new(),
             model: "epoll".into(),
             processes: 1,
             offload_workers: 100,
+            offload_queue: None,
             serve_args: Vec::new(),
             keepalive: false,
             finish_timeout: 300.0,
@@ -212,164 +228,213 @@ pub fn compare_offload(
         }
     }
     let work = args.out.join("offload-work");
-    let mut results = Vec::new();
-    for sc in chosen {
-        results.push(run_scenario(args, bin, &work, sc));
+    // Every server runs from the start, and the rounds take turns (round 1 of each
+    // scenario, then round 2 of each, ...): a slow spell of the machine then hits all
+    // scenarios alike instead of one. Each round waits for its tasks to finish before
+    // the next starts, so no scenario's slow work runs during another's round.
+    let mut running: Vec<Running> = chosen
+        .into_iter()
+        .map(|sc| Running::start(args, bin, &work, sc))
+        .collect();
+    for r in &mut running {
+        r.warm_up(args);
     }
-    Ok(results)
+    for round in 1..=args.rounds.max(1) {
+        for r in &mut running {
+            if round == 1 || !r.inline {
+                r.round(args);
+            }
+        }
+    }
+    Ok(running.into_iter().map(Running::finish).collect())
 }
 
-fn run_scenario(args: &CompareOffloadArgs, bin: &Path, work: &Path, sc: Scenario) -> OffloadResult {
-    let inline = sc.strategy == "inline" && sc.slow;
-    let requests = if inline {
-        args.inline_requests
-            .unwrap_or(10 * args.concurrency as u64)
-            .min(args.requests)
-    } else {
-        args.requests
-    };
-    let mut result = OffloadResult {
-        scenario: sc.clone(),
-        requests,
-        report: None,
-        rounds_rps: Vec::new(),
-        expected_tasks: 0,
-        logged_tasks: 0,
-        all_done_s: None,
-        error: None,
-    };
-    let dir = work.join(sc.name);
-    let _ = std::fs::remove_dir_all(&dir);
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        result.error = Some(format!("cannot create {}: {e}", dir.display()));
-        return result;
-    }
-    let log = dir.join("slowlog.log");
-    let done = done_file(&log);
-    // Unix socket paths are short: keep it in the temp directory.
-    let socket = std::env::temp_dir().join(format!(
-        "forklift-compare-{}-{}.sock",
-        std::process::id(),
-        sc.name
-    ));
-    let task_seconds = if sc.slow { args.task_seconds } else { 0.0 };
-    let s = |v: &str| v.to_string();
-    let serve_args = vec![
-        s("--model"),
-        args.model.clone(),
-        s("--processes"),
-        args.processes.to_string(),
-        s("--offload"),
-        s(sc.strategy),
-        s("--offload-workers"),
-        args.offload_workers.to_string(),
-        s("--task-seconds"),
-        task_seconds.to_string(),
-        s("--slowlog-file"),
-        log.display().to_string(),
-        s("--spool-dir"),
-        dir.join("spool").display().to_string(),
-        s("--offload-socket"),
-        socket.display().to_string(),
-    ];
-    let spec = ModelSpec {
-        name: sc.name.to_string(),
-        label: sc.label.to_string(),
-        seed_seconds: None,
-        serve_args,
-    };
-    let startup = Duration::from_secs_f64(args.startup_timeout);
-    let mut server =
-        match ServerProcess::spawn(bin, "builtin:slowlog", &spec, &args.serve_args, startup) {
-            Ok(s) => s,
-            Err(e) => {
-                result.error = Some(e.to_string());
-                return result;
-            }
+/// A scenario's server while the comparison runs.
+struct Running {
+    result: OffloadResult,
+    inline: bool,
+    server: Option<ServerProcess>,
+    url: String,
+    done: PathBuf,
+    socket: PathBuf,
+    reports: Vec<Report>,
+    /// The slowest round's wait for its tasks (`None` once one timed out).
+    slowest: Option<f64>,
+    finish: Duration,
+}
+
+impl Running {
+    fn start(args: &CompareOffloadArgs, bin: &Path, work: &Path, sc: Scenario) -> Running {
+        let inline = sc.strategy == "inline" && sc.slow;
+        let requests = if inline {
+            args.inline_requests
+                .unwrap_or(10 * args.concurrency as u64)
+                .min(args.requests)
+        } else {
+            args.requests
         };
-    let url = format!("http://{}/", server.addr);
-    let finish = Duration::from_secs_f64(args.finish_timeout);
-    // Waits until `expected` tasks are recorded; the time it took, or None.
-    let wait_done = |expected: u64| -> Option<f64> {
-        let t = Instant::now();
-        let deadline = t + finish;
-        loop {
-            if count_records(&done) >= expected {
-                return Some(t.elapsed().as_secs_f64());
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        let dir = work.join(sc.name);
+        let log = dir.join("slowlog.log");
+        // Unix socket paths are short: keep it in the temp directory.
+        let socket = std::env::temp_dir().join(format!(
+            "forklift-compare-{}-{}.sock",
+            std::process::id(),
+            sc.name
+        ));
+        let mut run = Running {
+            result: OffloadResult {
+                scenario: sc.clone(),
+                requests,
+                report: None,
+                rounds_rps: Vec::new(),
+                expected_tasks: 0,
+                logged_tasks: 0,
+                all_done_s: None,
+                error: None,
+            },
+            inline,
+            server: None,
+            url: String::new(),
+            done: done_file(&log),
+            socket: socket.clone(),
+            reports: Vec::new(),
+            slowest: Some(0.0),
+            finish: Duration::from_secs_f64(args.finish_timeout),
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            run.result.error = Some(format!("cannot create {}: {e}", dir.display()));
+            return run;
         }
-    };
-    let load = |n: u64| {
-        let mut cfg = BenchConfig::new(&url, n, args.concurrency);
+        let task_seconds = if sc.slow { args.task_seconds } else { 0.0 };
+        let s = |v: &str| v.to_string();
+        let serve_args = vec![
+            s("--model"),
+            args.model.clone(),
+            s("--processes"),
+            args.processes.to_string(),
+            s("--offload"),
+            s(sc.strategy),
+            s("--offload-workers"),
+            args.offload_workers.to_string(),
+            s("--offload-queue"),
+            args.queue().to_string(),
+            s("--task-seconds"),
+            task_seconds.to_string(),
+            s("--slowlog-file"),
+            log.display().to_string(),
+            s("--spool-dir"),
+            dir.join("spool").display().to_string(),
+            s("--offload-socket"),
+            socket.display().to_string(),
+        ];
+        let spec = ModelSpec {
+            name: sc.name.to_string(),
+            label: sc.label.to_string(),
+            seed_seconds: None,
+            serve_args,
+        };
+        let startup = Duration::from_secs_f64(args.startup_timeout);
+        match ServerProcess::spawn(bin, "builtin:slowlog", &spec, &args.serve_args, startup) {
+            Ok(server) => {
+                run.url = format!("http://{}/", server.addr);
+                run.server = Some(server);
+            }
+            Err(e) => run.result.error = Some(e.to_string()),
+        }
+        run
+    }
+
+    /// Whether rounds can run (the server started, nothing failed yet).
+    fn live(&self) -> bool {
+        self.server.is_some() && self.result.error.is_none() && self.slowest.is_some()
+    }
+
+    /// Runs `n` requests and waits for their tasks; the report and the wait, or `None`
+    /// after recording an error.
+    fn load(&mut self, args: &CompareOffloadArgs, n: u64) -> Option<(Report, Option<f64>)> {
+        let mut cfg = BenchConfig::new(&self.url, n, args.concurrency);
         cfg.keep_alive = args.keepalive;
         if let Some(t) = args.threads {
             cfg.threads = t;
         }
-        run_config(&cfg)
-    };
-    let accepted = |r: &Report| -> u64 {
-        r.status_codes
+        let report = match run_config(&cfg) {
+            Ok(r) => r,
+            Err(e) => {
+                self.result.error = Some(e.to_string());
+                return None;
+            }
+        };
+        self.result.expected_tasks += report
+            .status_codes
             .iter()
             .filter(|s| (200..300).contains(&s.status))
             .map(|s| s.count)
-            .sum()
-    };
-    // The warm-up (not reported) opens the spool's files, starts the executors, and
-    // fills the page cache, so a round measures the steady state.
-    let (warmup, rounds) = if inline {
-        (0, 1)
-    } else {
-        (requests.min(100), args.rounds.max(1))
-    };
-    let mut reports = Vec::new();
-    let mut slowest: Option<f64> = Some(0.0);
-    for round in 0..=rounds {
-        let n = if round == 0 { warmup } else { requests };
-        if n == 0 {
-            continue;
-        }
-        let report = match load(n) {
-            Ok(r) => r,
-            Err(e) => {
-                result.error = Some(e.to_string());
-                break;
+            .sum::<u64>();
+        // Waits until every accepted task is recorded; how long it took, or None.
+        let t = Instant::now();
+        let took = loop {
+            if count_records(&self.done) >= self.result.expected_tasks {
+                break Some(t.elapsed().as_secs_f64());
             }
+            if t.elapsed() > self.finish {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         };
-        result.expected_tasks += accepted(&report);
-        let took = wait_done(result.expected_tasks);
-        if round > 0 {
-            slowest = match (slowest, took) {
+        Some((report, took))
+    }
+
+    /// The warm-up (not reported) opens the spool's files, starts the executors, and
+    /// fills the page cache, so a round measures the steady state.
+    fn warm_up(&mut self, args: &CompareOffloadArgs) {
+        if self.inline || !self.live() {
+            return;
+        }
+        if let Some((_, took)) = self.load(args, self.result.requests.min(100)) {
+            if took.is_none() {
+                self.slowest = None;
+            }
+        }
+    }
+
+    fn round(&mut self, args: &CompareOffloadArgs) {
+        if !self.live() {
+            return;
+        }
+        if let Some((report, took)) = self.load(args, self.result.requests) {
+            self.slowest = match (self.slowest, took) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 _ => None,
             };
-            reports.push(report);
-        }
-        if took.is_none() {
-            break;
+            self.reports.push(report);
         }
     }
-    server.stop();
-    // A loop host finishes its drain after the server's processes are gone.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while count_records(&done) < result.expected_tasks && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+
+    fn finish(mut self) -> OffloadResult {
+        if let Some(mut server) = self.server.take() {
+            server.stop();
+        }
+        // A loop host finishes its drain after the server's processes are gone.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while count_records(&self.done) < self.result.expected_tasks && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut result = self.result;
+        result.logged_tasks = count_records(&self.done);
+        let mut reports = self.reports;
+        result.rounds_rps = reports.iter().map(|r| r.requests_per_second).collect();
+        reports.sort_by(|a, b| a.requests_per_second.total_cmp(&b.requests_per_second));
+        if !reports.is_empty() {
+            result.all_done_s = self.slowest;
+            result.report = Some(reports.swap_remove(reports.len() / 2));
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        let mut lock = self.socket.into_os_string();
+        lock.push(".lock");
+        let _ = std::fs::remove_file(lock);
+        result
     }
-    result.logged_tasks = count_records(&done);
-    result.rounds_rps = reports.iter().map(|r| r.requests_per_second).collect();
-    reports.sort_by(|a, b| a.requests_per_second.total_cmp(&b.requests_per_second));
-    if !reports.is_empty() {
-        result.all_done_s = slowest;
-        result.report = Some(reports.swap_remove(reports.len() / 2));
-    }
-    let _ = std::fs::remove_file(&socket);
-    let mut lock = socket.into_os_string();
-    lock.push(".lock");
-    let _ = std::fs::remove_file(lock);
-    result
 }
 
 /// Seed 000's table with forklift's figures and the task columns.
@@ -410,8 +475,9 @@ pub fn table(args: &CompareOffloadArgs, results: &[OffloadResult]) -> Comparison
          'no handling' skipped the work entirely."
             .to_string(),
         format!(
-            "req/s: the median of {} rounds of -n requests on one server, after a warm-up of \
-             100 (rounds: slowest–fastest); inline runs one round.",
+            "req/s: the median of {} rounds of -n requests per server, after a warm-up of \
+             100 (rounds: slowest–fastest); the scenarios take turns round by round, and \
+             each round waits for its tasks; inline runs one round.",
             args.rounds.max(1)
         ),
         "tasks done: seconds from a round's last response until every task it submitted \
@@ -494,8 +560,8 @@ pub fn table(args: &CompareOffloadArgs, results: &[OffloadResult]) -> Comparison
         title: "Seed 000: non-blocking request handling, requests per second".into(),
         setting: format!(
             "forklift bench -n {} -c {} {mode} against `forklift serve builtin:slowlog --model {} \
-             --processes {} --offload S --task-seconds {}` (seed: ab -n 100 -c 10 against Python scripts)",
-            args.requests, args.concurrency, args.model, args.processes, args.task_seconds
+             --processes {} --offload S --offload-queue {} --task-seconds {}` (seed: ab -n 100 -c 10 against Python scripts)",
+            args.requests, args.concurrency, args.model, args.processes, args.queue(), args.task_seconds
         ),
         metric: "req/s".into(),
         unit: "req/s".into(),

@@ -7,25 +7,33 @@
 //!
 //! # Files
 //! A journal file (segment) is named after its owner's token (boot id, pid, process
-//! start time, see [`super::spool::owner_token`]) and a sequence number. A process
-//! starts a new segment when the current one passes [`SEGMENT_MAX`] and deletes a full
-//! one when every task in it has finished. The runner of any process imports a
-//! segment whose owner is gone into SQLite ([`import_dead`]): the tasks without a
-//! `done` record become ordinary spool rows, in one transaction that also records the
-//! segment's name, so a segment is never imported twice; then the file is deleted. A
-//! stopping process imports its own unfinished tasks the same way.
+//! start time, see [`super::spool::owner_token`]) and a sequence number. Segments are
+//! filled with zeros ahead of the writes, a megabyte at a time: overwriting blocks that
+//! exist lets `fdatasync` flush just the data, where appending would also commit the
+//! file system's metadata (about 40% longer per sync on ext4 here). A process starts a
+//! new segment when the current one passes [`SEGMENT_MAX`]; a segment whose tasks have
+//! all finished (and all older ones) is emptied (a fresh salt in its header) and kept as
+//! the next segment, or deleted.
+//!
+//! The runner of any process imports the segments of a process that is gone into
+//! SQLite ([`import_dead`]): the tasks without a `done` record (in any of its segments)
+//! become ordinary spool rows, in one transaction that also records the segments'
+//! names, so none is imported twice; then the files are deleted. A stopping process
+//! imports its own unfinished tasks the same way.
 //!
 //! # Records
-//! `MARK (4) | body length (4) | CRC-32 of the body (4) | body`, little-endian. The body
-//! is a kind byte, then for a task: id (8), due time in Unix ms (8), name length (2),
-//! name, payload; for `done`: ids (8 each). A record that fails its checksum is
-//! reported and skipped (the reader looks for the next mark); a torn record at the end
-//! is the tail of a write that never completed (its submissions were never
-//! acknowledged) and is dropped.
+//! A segment starts with a header: magic (8), salt (4), zero (4). Then records:
+//! `MARK (4) | body length (4) | CRC-32 of salt and body (4) | body`, little-endian. The
+//! body is a kind byte, then for a task: id (8), due time in Unix ms (8), name length
+//! (2), name, payload; for `done`: ids (8 each). The log ends at zeros, or at a record
+//! that does not check out with no good record after it (the tail of a write cut short,
+//! never acknowledged, or an older use of the file). A damaged record followed by good
+//! ones is reported and skipped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::Write;
+use std::hash::{BuildHasher, Hasher};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -39,28 +47,39 @@ pub const DIR: &str = "journal";
 /// A segment is closed for new records past this size.
 pub const SEGMENT_MAX: u64 = 8 << 20;
 
-const FILE_MAGIC: &[u8; 8] = b"FKJRNL01";
+const FILE_MAGIC: &[u8; 8] = b"FKJRNL02";
+/// Magic, salt, zero.
+const FILE_HEADER: usize = 16;
 const MARK: u32 = 0x4B4A_4C46;
 const HEADER: usize = 12;
+/// Zeros are written this far ahead of the records.
+const PREPARE: u64 = 1 << 20;
 const KIND_TASK: u8 = 1;
 const KIND_DONE: u8 = 2;
 /// The largest body a valid record can have.
 const MAX_BODY: usize = 1 + 8 + 8 + 2 + MAX_NAME + MAX_PAYLOAD;
 
-fn push_record(buf: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
+fn crc(salt: u32, body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&salt.to_le_bytes());
+    h.update(body);
+    h.finalize()
+}
+
+fn push_record(buf: &mut Vec<u8>, salt: u32, body: impl FnOnce(&mut Vec<u8>)) {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; HEADER]);
     body(buf);
     let len = buf.len() - start - HEADER;
-    let crc = crc32fast::hash(&buf[start + HEADER..]);
+    let crc = crc(salt, &buf[start + HEADER..]);
     buf[start..start + 4].copy_from_slice(&MARK.to_le_bytes());
     buf[start + 4..start + 8].copy_from_slice(&(len as u32).to_le_bytes());
     buf[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Appends a task record to `buf`.
-pub fn encode_task(buf: &mut Vec<u8>, id: u64, run_at: i64, name: &str, payload: &[u8]) {
-    push_record(buf, |b| {
+/// Appends a task record for a segment salted `salt` to `buf`.
+pub fn encode_task(buf: &mut Vec<u8>, salt: u32, id: u64, run_at: i64, name: &str, payload: &[u8]) {
+    push_record(buf, salt, |b| {
         b.push(KIND_TASK);
         b.extend_from_slice(&id.to_le_bytes());
         b.extend_from_slice(&run_at.to_le_bytes());
@@ -71,8 +90,8 @@ pub fn encode_task(buf: &mut Vec<u8>, id: u64, run_at: i64, name: &str, payload:
 }
 
 /// Appends a `done` record for `ids` to `buf`.
-pub fn encode_done(buf: &mut Vec<u8>, ids: &[u64]) {
-    push_record(buf, |b| {
+pub fn encode_done(buf: &mut Vec<u8>, salt: u32, ids: &[u64]) {
+    push_record(buf, salt, |b| {
         b.push(KIND_DONE);
         for id in ids {
             b.extend_from_slice(&id.to_le_bytes());
@@ -98,8 +117,6 @@ pub struct Parsed {
     pub done: u64,
     /// Damaged records that were skipped, with why.
     pub corrupt: Vec<String>,
-    /// Bytes of an incomplete record at the end (a write cut short).
-    pub torn: usize,
 }
 
 enum Body {
@@ -141,60 +158,85 @@ fn decode_body(body: &[u8]) -> Result<Body, String> {
     }
 }
 
-/// Reads a journal's bytes.
-pub fn parse(data: &[u8]) -> Parsed {
+/// The file header for `salt`.
+fn file_header(salt: u32) -> [u8; FILE_HEADER] {
+    let mut h = [0u8; FILE_HEADER];
+    h[..8].copy_from_slice(FILE_MAGIC);
+    h[8..12].copy_from_slice(&salt.to_le_bytes());
+    h
+}
+
+/// A good record at `at`: its body.
+fn record_at(data: &[u8], at: usize, salt: u32) -> Option<&[u8]> {
+    let rest = data.get(at..)?;
+    if rest.len() < HEADER {
+        return None;
+    }
+    let word = |i: usize| u32::from_le_bytes(rest[i..i + 4].try_into().expect("4 bytes"));
+    let (mark, len, sum) = (word(0), word(4) as usize, word(8));
+    if mark != MARK || len > MAX_BODY || rest.len() < HEADER + len {
+        return None;
+    }
+    let body = &rest[HEADER..HEADER + len];
+    (crc(salt, body) == sum).then_some(body)
+}
+
+/// Where the next good record after `from` starts, if any.
+fn next_good(data: &[u8], from: usize, salt: u32) -> Option<usize> {
+    let mark = MARK.to_le_bytes();
+    let mut at = from;
+    while let Some(p) = data.get(at..)?.windows(4).position(|w| w == mark) {
+        if record_at(data, at + p, salt).is_some() {
+            return Some(at + p);
+        }
+        at += p + 1;
+    }
+    None
+}
+
+/// Reads segments' bytes (all the segments of one process: a `done` record may be in a
+/// later segment than its task).
+pub fn parse<'a>(segments: impl IntoIterator<Item = &'a [u8]>) -> Parsed {
     let mut out = Parsed::default();
     let mut tasks: BTreeMap<u64, JournalTask> = BTreeMap::new();
     let mut done: Vec<u64> = Vec::new();
-    let mut at = 0;
-    if data.len() >= FILE_MAGIC.len() && &data[..FILE_MAGIC.len()] == FILE_MAGIC {
-        at = FILE_MAGIC.len();
-    } else if !data.is_empty() {
-        out.corrupt.push("missing journal header".into());
-    }
-    // After damage, look for the next mark.
-    let resync = |from: usize| -> usize {
-        data[from..]
-            .windows(4)
-            .position(|w| w == MARK.to_le_bytes())
-            .map_or(data.len(), |p| from + p)
-    };
-    while at < data.len() {
-        let rest = &data[at..];
-        if rest.len() < HEADER {
-            out.torn = rest.len();
-            break;
-        }
-        let mark = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes"));
-        let len = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes"));
-        if mark != MARK || len > MAX_BODY {
-            out.corrupt
-                .push(format!("damaged record header at byte {at}; skipped"));
-            at = resync(at + 1);
-            continue;
-        }
-        if rest.len() < HEADER + len {
-            out.torn = rest.len();
-            break;
-        }
-        let body = &rest[HEADER..HEADER + len];
-        if crc32fast::hash(body) != crc {
-            out.corrupt
-                .push(format!("checksum mismatch in record at byte {at}; skipped"));
-            at = resync(at + 1);
-            continue;
-        }
-        match decode_body(body) {
-            Ok(Body::Task(t)) => {
-                tasks.insert(t.id, t);
+    for data in segments {
+        if data.len() < FILE_HEADER || &data[..8] != FILE_MAGIC {
+            if data.iter().any(|&b| b != 0) {
+                out.corrupt
+                    .push("not a journal (bad header); skipped".into());
             }
-            Ok(Body::Done(ids)) => done.extend(ids),
-            Err(e) => out
-                .corrupt
-                .push(format!("record at byte {at}: {e}; skipped")),
+            continue;
         }
-        at += HEADER + len;
+        let salt = u32::from_le_bytes(data[8..12].try_into().expect("4 bytes"));
+        let mut at = FILE_HEADER;
+        while at + HEADER <= data.len() {
+            if data[at..at + HEADER].iter().all(|&b| b == 0) {
+                break; // The end: zeros written ahead.
+            }
+            let Some(body) = record_at(data, at, salt) else {
+                match next_good(data, at + 1, salt) {
+                    Some(next) => {
+                        out.corrupt
+                            .push(format!("damaged record at byte {at}; skipped"));
+                        at = next;
+                        continue;
+                    }
+                    // Nothing good after: a write cut short, or an earlier use.
+                    None => break,
+                }
+            };
+            match decode_body(body) {
+                Ok(Body::Task(t)) => {
+                    tasks.insert(t.id, t);
+                }
+                Ok(Body::Done(ids)) => done.extend(ids),
+                Err(e) => out
+                    .corrupt
+                    .push(format!("record at byte {at}: {e}; skipped")),
+            }
+            at += HEADER + body.len();
+        }
     }
     for id in done {
         if tasks.remove(&id).is_some() {
@@ -203,6 +245,16 @@ pub fn parse(data: &[u8]) -> Parsed {
     }
     out.open = tasks.into_values().collect();
     out
+}
+
+fn random_salt() -> u32 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() as u32
 }
 
 /// The file name of segment `seq` of `owner`.
@@ -228,11 +280,17 @@ pub struct Journal {
     owner: String,
     file: File,
     seq: u64,
-    size: u64,
+    salt: u32,
+    /// Where the next record goes.
+    offset: u64,
+    /// Zeros are written up to here.
+    prepared: u64,
     /// Every segment of this journal on disk, with its unfinished tasks; and the
     /// segment of each unfinished task.
     open_in: BTreeMap<u64, usize>,
     segment_of: HashMap<u64, u64>,
+    /// An emptied segment kept for reuse.
+    spare: Option<PathBuf>,
     /// `done` records not written yet.
     done: Vec<u64>,
 }
@@ -258,28 +316,68 @@ impl Journal {
         let dir = spool_dir.join(DIR);
         std::fs::create_dir_all(&dir)?;
         let seq = next_seq(&dir, owner);
-        let file = Self::create(&dir, owner, seq)?;
+        let salt = random_salt();
+        let (file, prepared) = Self::create(&dir, &dir.join(segment_name(owner, seq)), salt, None)?;
         Ok(Journal {
             dir,
             owner: owner.to_string(),
             file,
             seq,
-            size: FILE_MAGIC.len() as u64,
+            salt,
+            offset: FILE_HEADER as u64,
+            prepared,
             open_in: BTreeMap::from([(seq, 0)]),
             segment_of: HashMap::new(),
+            spare: None,
             done: Vec::new(),
         })
     }
 
-    fn create(dir: &Path, owner: &str, seq: u64) -> std::io::Result<File> {
-        let mut file = std::fs::OpenOptions::new()
+    /// Makes segment file `path` with an empty log salted `salt`: from `spare` (an
+    /// emptied segment, renamed) if given, else a new file. Returns it and how far it
+    /// is filled.
+    fn create(
+        dir: &Path,
+        path: &Path,
+        salt: u32,
+        spare: Option<PathBuf>,
+    ) -> std::io::Result<(File, u64)> {
+        if let Some(spare) = spare {
+            if std::fs::rename(&spare, path).is_ok() {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path)?;
+                file.write_all_at(&file_header(salt), 0)?;
+                file.sync_data()?;
+                sync_dir(dir)?;
+                let len = file.metadata()?.len();
+                return Ok((file, len));
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
             .create_new(true)
-            .append(true)
-            .open(dir.join(segment_name(owner, seq)))?;
-        file.write_all(FILE_MAGIC)?;
+            .open(path)?;
+        file.write_all_at(&file_header(salt), 0)?;
+        let prepared = Self::prepare(&file, FILE_HEADER as u64, FILE_HEADER as u64 + PREPARE)?;
         file.sync_data()?;
         sync_dir(dir)?;
-        Ok(file)
+        Ok((file, prepared))
+    }
+
+    /// Writes zeros from `from` up to `to` (rounded up to whole megabytes).
+    fn prepare(file: &File, from: u64, to: u64) -> std::io::Result<u64> {
+        let end = to.div_ceil(PREPARE) * PREPARE;
+        let zeros = vec![0u8; PREPARE as usize];
+        let mut at = from;
+        while at < end {
+            let n = (end - at).min(PREPARE);
+            file.write_all_at(&zeros[..n as usize], at)?;
+            at += n;
+        }
+        Ok(end)
     }
 
     fn path_of(&self, seq: u64) -> PathBuf {
@@ -291,29 +389,41 @@ impl Journal {
         self.segment_of.len()
     }
 
-    /// Writes `records` (task records for `ids`, from [`encode_task`]) after any
-    /// pending `done` records, and syncs them to disk: when this returns `Ok` the tasks
-    /// survive a crash of this process or of the machine.
-    pub fn append(&mut self, records: &[u8], ids: &[u64]) -> std::io::Result<()> {
-        if self.size >= SEGMENT_MAX {
+    /// Writes task records (id, due time, name, payload), after any pending `done`
+    /// records, and syncs them to disk: when this returns `Ok` the tasks survive a
+    /// crash of this process or of the machine.
+    pub fn append(&mut self, tasks: &[(u64, i64, &str, &[u8])]) -> std::io::Result<()> {
+        if self.offset >= SEGMENT_MAX {
             self.rotate()?;
         }
         let mut buf = self.take_done();
-        buf.extend_from_slice(records);
-        self.file.write_all(&buf)?;
-        self.size += buf.len() as u64;
-        self.file.sync_data()?;
-        *self.open_in.entry(self.seq).or_default() += ids.len();
-        for &id in ids {
-            self.segment_of.insert(id, self.seq);
+        for &(id, run_at, name, payload) in tasks {
+            encode_task(&mut buf, self.salt, id, run_at, name, payload);
         }
+        self.write(&buf)?;
+        self.file.sync_data()?;
+        *self.open_in.entry(self.seq).or_default() += tasks.len();
+        for t in tasks {
+            self.segment_of.insert(t.0, self.seq);
+        }
+        Ok(())
+    }
+
+    /// Writes at the end of the log, zero-filling ahead first when needed.
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let end = self.offset + buf.len() as u64;
+        if end + HEADER as u64 > self.prepared {
+            self.prepared = Self::prepare(&self.file, self.prepared, end + PREPARE)?;
+        }
+        self.file.write_all_at(buf, self.offset)?;
+        self.offset = end;
         Ok(())
     }
 
     fn take_done(&mut self) -> Vec<u8> {
         let mut buf = Vec::new();
         if !self.done.is_empty() {
-            encode_done(&mut buf, &self.done);
+            encode_done(&mut buf, self.salt, &self.done);
             self.done.clear();
         }
         buf
@@ -334,16 +444,31 @@ impl Journal {
         }
     }
 
-    /// Deletes closed segments whose tasks all finished, oldest first, stopping at the
-    /// first that still has one: a segment holds `done` records for older ones, so it
-    /// must outlive them.
+    /// Empties closed segments whose tasks all finished, oldest first, stopping at the
+    /// first that still has one (a segment holds `done` records for older ones, so it
+    /// must outlive them). One is kept as the next segment, the others deleted.
     fn sweep(&mut self) {
         while let Some((&seq, &n)) = self.open_in.first_key_value() {
             if n > 0 || seq == self.seq {
                 break;
             }
             self.open_in.remove(&seq);
-            let _ = std::fs::remove_file(self.path_of(seq));
+            let path = self.path_of(seq);
+            // A fresh salt hides every record in it, at once and for good.
+            let emptied = self.spare.is_none()
+                && std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| {
+                        f.write_all_at(&file_header(random_salt()), 0)?;
+                        f.sync_data()
+                    })
+                    .is_ok();
+            if emptied {
+                self.spare = Some(path);
+            } else {
+                let _ = std::fs::remove_file(&path);
+            }
         }
     }
 
@@ -351,19 +476,23 @@ impl Journal {
     pub fn flush(&mut self) -> std::io::Result<()> {
         let buf = self.take_done();
         if !buf.is_empty() {
-            self.file.write_all(&buf)?;
-            self.size += buf.len() as u64;
+            self.write(&buf)?;
         }
         Ok(())
     }
 
     fn rotate(&mut self) -> std::io::Result<()> {
         self.flush()?;
-        let old = self.seq;
-        self.file = Self::create(&self.dir, &self.owner, old + 1)?;
-        self.seq = old + 1;
-        self.size = FILE_MAGIC.len() as u64;
-        self.open_in.insert(self.seq, 0);
+        let seq = self.seq + 1;
+        let salt = random_salt();
+        let (file, prepared) =
+            Self::create(&self.dir, &self.path_of(seq), salt, self.spare.take())?;
+        self.file = file;
+        self.prepared = prepared;
+        self.seq = seq;
+        self.salt = salt;
+        self.offset = FILE_HEADER as u64;
+        self.open_in.insert(seq, 0);
         self.sweep();
         Ok(())
     }
@@ -372,12 +501,11 @@ impl Journal {
     /// stopping process). Returns how many tasks moved.
     pub fn close_into(mut self, spool: &mut Spool) -> Result<ImportReport, SpoolError> {
         self.flush().map_err(io_err)?;
-        let mut report = ImportReport::default();
-        let segs: Vec<u64> = self.open_in.keys().copied().collect();
-        for seq in segs {
-            report.add(import_file(spool, &self.path_of(seq))?);
+        if let Some(spare) = self.spare.take() {
+            let _ = std::fs::remove_file(spare);
         }
-        Ok(report)
+        let paths: Vec<PathBuf> = self.open_in.keys().map(|&s| self.path_of(s)).collect();
+        import_files(spool, &paths)
     }
 }
 
@@ -406,43 +534,44 @@ impl ImportReport {
     }
 }
 
-/// Imports one segment file into SQLite (once: the segment's name is recorded in the
-/// same transaction), then deletes it.
-fn import_file(spool: &mut Spool, path: &Path) -> Result<ImportReport, SpoolError> {
-    let data = match std::fs::read(path) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ImportReport::default()),
-        Err(e) => return Err(io_err(e)),
-    };
-    let parsed = parse(&data);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let imported = spool.adopt_segment(&name, &parsed.open)?;
-    let _ = std::fs::remove_file(path);
-    if let Some(dir) = path.parent() {
+/// Imports the segment files of one process into SQLite (once: their names are
+/// recorded in the same transaction), then deletes them.
+fn import_files(spool: &mut Spool, paths: &[PathBuf]) -> Result<ImportReport, SpoolError> {
+    let mut names = Vec::new();
+    let mut data = Vec::new();
+    for path in paths {
+        match std::fs::read(path) {
+            Ok(d) => {
+                names.push(
+                    path.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                );
+                data.push(d);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+    if names.is_empty() {
+        return Ok(ImportReport::default());
+    }
+    let parsed = parse(data.iter().map(Vec::as_slice));
+    let imported = spool.adopt_segments(&names, &parsed.open)?;
+    for path in paths {
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(dir) = paths[0].parent() {
         let _ = sync_dir(dir);
     }
-    let mut corrupt: Vec<String> = parsed
-        .corrupt
-        .into_iter()
-        .map(|c| format!("{name}: {c}"))
-        .collect();
-    if parsed.torn > 0 {
-        corrupt.push(format!(
-            "{name}: {} byte(s) of an incomplete last record (a write cut short; never acknowledged); dropped",
-            parsed.torn
-        ));
-    }
     Ok(ImportReport {
-        segments: 1,
-        tasks: if imported {
-            parsed.open.len() as u64
-        } else {
-            0
-        },
-        corrupt,
+        segments: names.len() as u64,
+        tasks: imported,
+        corrupt: parsed
+            .corrupt
+            .into_iter()
+            .map(|c| format!("of {}: {c}", names.join(", ")))
+            .collect(),
     })
 }
 
@@ -454,21 +583,21 @@ pub fn import_dead(spool_dir: &Path, me: &str) -> Result<ImportReport, SpoolErro
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(report);
     };
-    let mut dead: Vec<PathBuf> = entries
-        .flatten()
-        .filter(|e| {
-            parse_segment_name(&e.file_name().to_string_lossy())
-                .is_some_and(|(owner, _)| owner != me && !owner_alive(&owner))
-        })
-        .map(|e| e.path())
-        .collect();
+    let mut dead: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for e in entries.flatten() {
+        if let Some((owner, _)) = parse_segment_name(&e.file_name().to_string_lossy()) {
+            if owner != me && !owner_alive(&owner) {
+                dead.entry(owner).or_default().push(e.path());
+            }
+        }
+    }
     if dead.is_empty() {
         return Ok(report);
     }
-    dead.sort();
     let mut spool = Spool::open(spool_dir)?;
-    for path in dead {
-        report.add(import_file(&mut spool, &path)?);
+    for mut paths in dead.into_values() {
+        paths.sort();
+        report.add(import_files(&mut spool, &paths)?);
     }
     Ok(report)
 }
@@ -476,6 +605,8 @@ pub fn import_dead(spool_dir: &Path, me: &str) -> Result<ImportReport, SpoolErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SALT: u32 = 0x1234_5678;
 
     fn task(id: u64) -> JournalTask {
         JournalTask {
@@ -487,51 +618,66 @@ mod tests {
     }
 
     fn encode(tasks: &[JournalTask]) -> Vec<u8> {
-        let mut b = FILE_MAGIC.to_vec();
+        let mut b = file_header(SALT).to_vec();
         for t in tasks {
-            encode_task(&mut b, t.id, t.run_at, &t.name, &t.payload);
+            encode_task(&mut b, SALT, t.id, t.run_at, &t.name, &t.payload);
         }
         b
     }
 
-    #[test]
-    fn records_round_trip_and_done_closes_tasks() {
-        let mut b = encode(&[task(1), task(2), task(3)]);
-        encode_done(&mut b, &[2, 99]);
-        let p = parse(&b);
-        assert_eq!(p.open, vec![task(1), task(3)]);
-        assert_eq!((p.done, p.torn), (1, 0));
-        assert!(p.corrupt.is_empty());
+    fn one(data: &[u8]) -> Parsed {
+        parse([data])
     }
 
     #[test]
-    fn a_torn_tail_is_dropped_and_damage_is_skipped() {
+    fn records_round_trip_and_done_closes_tasks_across_segments() {
+        let mut a = encode(&[task(1), task(2), task(3)]);
+        encode_done(&mut a, SALT, &[2, 99]);
+        a.extend_from_slice(&[0u8; 4096]);
+        let p = one(&a);
+        assert_eq!(p.open, vec![task(1), task(3)]);
+        assert_eq!(p.done, 1);
+        assert!(p.corrupt.is_empty(), "{:?}", p.corrupt);
+        // A later segment (another salt) closes a task of the first.
+        let mut b = file_header(7).to_vec();
+        encode_done(&mut b, 7, &[3]);
+        let p = parse([&a[..], &b[..]]);
+        assert_eq!(p.open, vec![task(1)]);
+    }
+
+    #[test]
+    fn a_cut_write_ends_the_log_and_damage_is_skipped() {
         let whole = encode(&[task(1), task(2), task(3)]);
-        // Cut inside the last record: the first two survive.
-        let cut = &whole[..whole.len() - 3];
-        let p = parse(cut);
+        // Cut inside the last record, then zeros: the first two survive, silently.
+        let mut cut = whole[..whole.len() - 3].to_vec();
+        cut.extend_from_slice(&[0u8; 64]);
+        let p = one(&cut);
         assert_eq!(p.open, vec![task(1), task(2)]);
-        assert!(p.torn > 0 && p.corrupt.is_empty());
-        // A flipped payload byte in the middle record: it is skipped, the rest read.
+        assert!(p.corrupt.is_empty());
+        // A flipped payload byte in the middle record: it is reported and skipped.
         let mut bad = whole.clone();
         let at = bad
             .windows(9)
             .position(|w| w == b"payload 2")
             .expect("payload");
         bad[at] ^= 0xff;
-        let p = parse(&bad);
+        let p = one(&bad);
         assert_eq!(p.open, vec![task(1), task(3)]);
         assert_eq!(p.corrupt.len(), 1, "{:?}", p.corrupt);
-        // A damaged length: resynchronised at the next record.
-        let mut bad = whole;
-        let second = FILE_MAGIC.len() + HEADER + 1 + 8 + 8 + 2 + 1 + "payload 1".len();
-        bad[second + 4] = 0xff;
+        // A damaged length: found again at the next record.
+        let mut bad = whole.clone();
+        let second = FILE_HEADER + HEADER + 1 + 8 + 8 + 2 + 1 + "payload 1".len();
         bad[second + 7] = 0x7f;
-        let p = parse(&bad);
+        let p = one(&bad);
         assert_eq!(p.open, vec![task(1), task(3)]);
         assert_eq!(p.corrupt.len(), 1, "{:?}", p.corrupt);
+        // Records of an earlier use of the file (another salt) are not read.
+        let mut reused = file_header(SALT ^ 1).to_vec();
+        reused.extend_from_slice(&whole[FILE_HEADER..]);
+        let p = one(&reused);
+        assert!(p.open.is_empty() && p.corrupt.is_empty());
         // Garbage is reported, not a crash.
-        let p = parse(&[0x5a; 100]);
+        let p = one(&[0x5a; 100]);
         assert!(p.open.is_empty() && !p.corrupt.is_empty());
     }
 
@@ -541,5 +687,41 @@ mod tests {
         let name = segment_name(owner, 7);
         assert_eq!(parse_segment_name(&name), Some((owner.to_string(), 7)));
         assert_eq!(parse_segment_name("spool.db"), None);
+    }
+
+    #[test]
+    fn a_journal_rotates_reuses_segments_and_moves_what_is_left_into_sqlite() {
+        let dir = std::env::temp_dir().join(format!("forklift-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut spool = Spool::open(&dir).unwrap();
+        let owner = "boot/1/2";
+        let mut j = Journal::open(&dir, owner).unwrap();
+        let big = vec![b'x'; 60_000];
+        let mut id = 0;
+        let mut first_open = None;
+        // Enough tasks to fill several segments; all but one finish.
+        while j.seq < 3 {
+            id += 1;
+            j.append(&[(id, 0, "t", &big[..])]).unwrap();
+            if id == 1 {
+                first_open = Some(id);
+            } else {
+                j.finished(id);
+            }
+        }
+        let files = |d: &Path| std::fs::read_dir(d.join(DIR)).unwrap().count();
+        // Segment 0 holds the open task, so it and every later one stay.
+        assert_eq!(files(&dir), 4);
+        j.finished(first_open.unwrap());
+        j.flush().unwrap();
+        // Now all closed segments go: one kept as a spare, the others deleted.
+        assert_eq!(files(&dir), 2);
+        id += 1;
+        j.append(&[(id, 0, "t", b"left")]).unwrap();
+        let report = j.close_into(&mut spool).unwrap();
+        assert_eq!(report.tasks, 1);
+        assert_eq!(files(&dir), 0);
+        assert_eq!(spool.pending().unwrap(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -331,28 +331,33 @@ impl Spool {
         Ok(seq as u64 + 1)
     }
 
-    /// Inserts the unfinished tasks of journal segment `segment` as ordinary spool rows,
-    /// unless that segment was imported before. Returns whether it was imported now.
-    pub fn adopt_segment(
+    /// Inserts the unfinished tasks of one process's journal segments `segments` as
+    /// ordinary spool rows, unless those segments were imported before. Returns how
+    /// many tasks it inserted.
+    pub fn adopt_segments(
         &mut self,
-        segment: &str,
+        segments: &[String],
         tasks: &[super::journal::JournalTask],
-    ) -> Result<bool, SpoolError> {
+    ) -> Result<u64, SpoolError> {
         let now = now_ms();
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let fresh = tx.execute(
-            "INSERT OR IGNORE INTO imported (segment, at) VALUES (?1, ?2)",
-            params![segment, now],
-        )? == 1;
-        if fresh {
+        let mut seen_before = false;
+        for seg in segments {
+            seen_before |= tx.execute(
+                "INSERT OR IGNORE INTO imported (segment, at) VALUES (?1, ?2)",
+                params![seg, now],
+            )? == 0;
+        }
+        let mut n = 0;
+        if !seen_before {
             let mut st = tx.prepare_cached(
                 "INSERT OR IGNORE INTO tasks (id, name, payload, len, sum, run_at, created)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for t in tasks {
-                st.execute(params![
+                n += st.execute(params![
                     t.id as i64,
                     t.name,
                     &t.payload[..],
@@ -360,7 +365,7 @@ impl Spool {
                     checksum(t.name.as_bytes(), &t.payload),
                     t.run_at,
                     now,
-                ])?;
+                ])? as u64;
             }
         }
         // Forget imports older than a week: their files are long gone.
@@ -369,7 +374,7 @@ impl Spool {
             [now - 7 * 24 * 3600 * 1000],
         )?;
         tx.commit()?;
-        Ok(fresh)
+        Ok(n)
     }
 
     /// Records the outcome of a task that ran from a journal and failed: a retry at
@@ -845,7 +850,7 @@ impl SpoolEngine {
         };
         let stop_at = stop.clone();
         let join = std::thread::Builder::new()
-            .name("forklift-spool-writer".into())
+            .name("spool-writer".into())
             .spawn(move || writer.run(rx, stop_at))
             .map_err(SubmitError::Unavailable)?;
         g.writer = Some(WriterHandle {
@@ -868,7 +873,7 @@ impl SpoolEngine {
         let spool = Spool::open(&self.cfg.spool_dir)?;
         spool.relax_sync()?;
         let exec = Arc::new(Executor::new(
-            "forklift-spool-exec",
+            "spool-exec",
             self.cfg.workers,
             self.registry.clone(),
             self.counters.clone(),
@@ -893,7 +898,7 @@ impl SpoolEngine {
             max_in_flight: feed.max_in_flight,
         };
         let join = std::thread::Builder::new()
-            .name("forklift-spool-runner".into())
+            .name("spool-runner".into())
             .spawn(move || runner.run())?;
         g.runner = Some(RunnerHandle { tx, join, feed });
         g.exec = Some(exec);
@@ -1126,16 +1131,16 @@ impl Writer {
                 }
             }
         }
-        let mut buf = Vec::with_capacity(subs.iter().map(|s| s.payload.len() + 64).sum());
-        let mut ids = Vec::with_capacity(subs.len());
-        for s in &subs {
-            let id = self.ids.start;
-            self.ids.start += 1;
-            journal::encode_task(&mut buf, id, s.run_at, &s.name, &s.payload);
-            ids.push(id);
-        }
         let journal = self.journal.as_mut().expect("opened above");
-        if let Err(e) = journal.append(&buf, &ids) {
+        let first = self.ids.start;
+        self.ids.start += subs.len() as u64;
+        let ids: Vec<u64> = (first..self.ids.start).collect();
+        let records: Vec<(u64, i64, &str, &[u8])> = subs
+            .iter()
+            .zip(&ids)
+            .map(|(s, &id)| (id, s.run_at, s.name.as_str(), &s.payload[..]))
+            .collect();
+        if let Err(e) = journal.append(&records) {
             let msg = format!("spool journal write failed: {e}");
             eprintln!("forklift: {msg}");
             for s in subs {
