@@ -19,8 +19,9 @@
 //!   per-process outbound HTTP client (own runtime thread, pooled connections, DNS cache,
 //!   timeouts, bounded calls in flight), `builtin:fanout` and `compare fanout`.
 //! - [`offload`]: the offload engine: handlers hand slow work off (`Offload::submit`)
-//!   to a strategy (inline, loop, thread, pool, durable spool), tasks registered by
-//!   name, counters, draining, the spool CLI, `builtin:slowlog` and `compare offload`.
+//!   to a strategy (inline, loop, thread, pool, durable spool: a per-process journal
+//!   file in front of SQLite), tasks registered by name, counters, draining, the spool
+//!   CLI, `builtin:slowlog` and `compare offload`.
 //! - [`python`] (feature `python`): embedded CPython serving WSGI apps (PEP 3333), the
 //!   `forklift` Python module, fork and thread integration. The only module using pyo3.
 //! - [`cli`]: the command line and uWSGI-style ini files, validated into a

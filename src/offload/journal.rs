@@ -575,6 +575,26 @@ fn import_files(spool: &mut Spool, paths: &[PathBuf]) -> Result<ImportReport, Sp
     })
 }
 
+/// Counts the unfinished tasks in every journal in `spool_dir` (a process's files are
+/// read together).
+pub fn count_open(spool_dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(spool_dir.join(DIR)) else {
+        return 0;
+    };
+    let mut by_owner: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    for e in entries.flatten() {
+        if let Some((owner, _)) = parse_segment_name(&e.file_name().to_string_lossy()) {
+            if let Ok(d) = std::fs::read(e.path()) {
+                by_owner.entry(owner).or_default().push(d);
+            }
+        }
+    }
+    by_owner
+        .values()
+        .map(|files| parse(files.iter().map(Vec::as_slice)).open.len() as u64)
+        .sum()
+}
+
 /// Imports the journals of processes that are gone (not `me`) in `spool_dir`, through
 /// a connection of its own with full sync (the files are deleted after).
 pub fn import_dead(spool_dir: &Path, me: &str) -> Result<ImportReport, SpoolError> {
@@ -718,6 +738,8 @@ mod tests {
         assert_eq!(files(&dir), 2);
         id += 1;
         j.append(&[(id, 0, "t", b"left")]).unwrap();
+        j.flush().unwrap();
+        assert_eq!(count_open(&dir), 1);
         let report = j.close_into(&mut spool).unwrap();
         assert_eq!(report.tasks, 1);
         assert_eq!(files(&dir), 0);

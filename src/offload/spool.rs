@@ -1,11 +1,13 @@
-//! `spool`: durable tasks in an embedded SQLite database (WAL mode, `synchronous=FULL`)
-//! in `--spool-dir`. A submission is committed (the WAL fsynced) before `submit`
-//! returns; one writer thread per process batches concurrent submissions into one
-//! transaction (group commit). A runner claims due tasks under a lease naming its
-//! process, runs them, and deletes them when done; a task whose runner died is claimed
-//! again (at least once). Failures are retried with exponential backoff, then moved to
-//! the dead-letter table, which the `forklift spool` command lists and retries.
-//! See docs/OFFLOAD.md for why SQLite.
+//! `spool`: durable tasks in `--spool-dir`. A submission is on disk (fsynced) before
+//! `submit` returns; one writer thread per process batches concurrent submissions into
+//! one sync (group commit). Tasks due soon go to the process's journal
+//! ([`super::journal`]) and run in that process from memory; the rest go to an embedded
+//! SQLite database (WAL mode, `synchronous=FULL`): long delays, retries, the
+//! dead-letter area (which the `forklift spool` command lists and retries), and the
+//! journals of processes that died, imported by any runner. A runner claims due rows
+//! under a lease naming its process, runs them, and deletes them when done; a task
+//! whose process died is run again (at least once). Failures are retried with
+//! exponential backoff, then dead-lettered. See docs/OFFLOAD.md for the design.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -106,8 +108,11 @@ pub struct SpoolStats {
     pub running: u64,
     /// In the dead-letter area.
     pub dead: u64,
-    /// Completed since the spool was created.
+    /// Completed since the spool was created (journal tasks are added every 2 s).
     pub completed: u64,
+    /// Not finished, in the journals of running processes (they run them; not counted
+    /// in `pending`).
+    pub journal: u64,
 }
 
 /// A task in the dead-letter area.
@@ -546,6 +551,7 @@ impl Spool {
             running: one("SELECT count(*) FROM tasks WHERE owner IS NOT NULL")?,
             dead: one("SELECT count(*) FROM dead")?,
             completed: one("SELECT value FROM meta WHERE key = 'completed'")?,
+            journal: self.path.parent().map_or(0, super::journal::count_open),
         })
     }
 

@@ -21,7 +21,7 @@ pub struct SpoolArgs {
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum SpoolCmd {
-    /// Counts: pending, running, dead, completed.
+    /// Counts: pending, running, dead, completed, and unfinished in live journals.
     Stats,
     /// Lists dead-lettered tasks.
     List {
@@ -51,8 +51,8 @@ pub fn run_spool_cmd(args: &SpoolArgs, out: &mut dyn Write) -> Result<(), SpoolE
             } else {
                 writeln!(
                     out,
-                    "pending {}  running {}  dead {}  completed {}",
-                    s.pending, s.running, s.dead, s.completed
+                    "pending {}  running {}  dead {}  completed {}  in journals {}",
+                    s.pending, s.running, s.dead, s.completed, s.journal
                 )
                 .map_err(io)?;
             }
