@@ -116,6 +116,12 @@ impl Executor {
         })
     }
 
+    /// Stops the runtime: tasks waiting (a delay, a timer) are dropped without running;
+    /// blocking tasks still running get up to `timeout` to end, then are left behind.
+    pub fn shutdown(self, timeout: Duration) {
+        self.rt.shutdown_timeout(timeout);
+    }
+
     pub fn handle(&self) -> &tokio::runtime::Handle {
         self.rt.handle()
     }

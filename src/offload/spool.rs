@@ -1005,6 +1005,12 @@ impl Engine for SpoolEngine {
                 report.drained += rep.drained;
             }
         }
+        // What did not finish is in SQLite now: tasks still waiting in the executor
+        // (a delay) must not run here too.
+        let exec = self.local().exec.take();
+        if let Some(Ok(exec)) = exec.map(Arc::try_unwrap) {
+            exec.shutdown(Duration::from_millis(100));
+        }
         report.left_in_spool = Spool::open(&self.cfg.spool_dir)
             .and_then(|s| s.pending())
             .unwrap_or(0);

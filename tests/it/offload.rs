@@ -438,6 +438,37 @@ fn pool_shutdown_drains_and_reports_dropped() {
 }
 
 #[test]
+fn spool_resumes_what_a_graceful_stop_left_on_the_next_start() {
+    let dir = tmpdir("resume");
+    let spool_dir = dir.join("spool");
+    let seen = Seen::default();
+    let off = Offload::new(config(Strategy::Spool, &dir), registry(&seen)).unwrap();
+    // Due now (runs before the stop), in 1.5 s (journal, in memory), and in 10 minutes
+    // (past the journal's limit: SQLite).
+    off.submit(Task::new("record", "now")).unwrap();
+    off.submit(Task::new("record", "soon").after(Duration::from_millis(1500)))
+        .unwrap();
+    off.submit(Task::new("record", "later").after(Duration::from_secs(600)))
+        .unwrap();
+    seen.wait_for(1);
+    let report = off.shutdown(Duration::from_millis(100));
+    assert_eq!(report.left_in_spool, 2, "{report:?}");
+    let stats = Spool::open(&spool_dir).unwrap().stats().unwrap();
+    assert_eq!((stats.pending, stats.journal), (2, 0), "{stats:?}");
+    assert_eq!(seen.payloads(), vec![Bytes::from_static(b"now")]);
+    // The next start runs the journal's task at its time; the other stays pending.
+    let off = Offload::new(config(Strategy::Spool, &dir), registry(&seen)).unwrap();
+    off.start().unwrap();
+    seen.wait_for(2);
+    assert_eq!(
+        seen.payloads(),
+        vec![Bytes::from_static(b"now"), Bytes::from_static(b"soon")]
+    );
+    off.shutdown(Duration::from_secs(5));
+    assert_eq!(Spool::open(&spool_dir).unwrap().stats().unwrap().pending, 1);
+}
+
+#[test]
 fn spool_retries_then_dead_letters_then_retries_from_cli() {
     let dir = tmpdir("dead");
     let seen = Seen::default();
