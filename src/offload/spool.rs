@@ -974,7 +974,12 @@ impl Engine for SpoolEngine {
     /// several workers share the spool; a killed worker's tasks are reclaimed by the
     /// others). A pre-fork master runs none: `start_in_master` is a no-op.
     fn start(&self) -> Result<(), OffloadError> {
-        self.start_runner()
+        self.start_runner()?;
+        // The writer too, so the first request does not wait for its start.
+        self.writer().map(|_| ()).map_err(|e| match e {
+            SubmitError::Spool(s) => OffloadError::Spool(s),
+            other => OffloadError::Io(std::io::Error::other(other.to_string())),
+        })
     }
 
     fn shutdown(&self, timeout: Duration) -> DrainReport {
@@ -1028,6 +1033,13 @@ impl Writer {
         rx: crossbeam_channel::Receiver<Submission>,
         stop: Arc<Mutex<Option<Instant>>>,
     ) -> WriterReport {
+        // The journal's file (zero-filled ahead) and a block of ids are ready before
+        // the first submission.
+        if self.open_journal() {
+            if let Ok(first) = self.spool.reserve_ids(ID_BLOCK) {
+                self.ids = first..first + ID_BLOCK;
+            }
+        }
         loop {
             // While journal tasks run, wake up to record their outcomes.
             let wait = if self.journal_open() > 0 {
@@ -1076,6 +1088,23 @@ impl Writer {
         WriterReport { drained }
     }
 
+    /// Opens the journal if it is not open yet; false if it cannot be (tasks then go
+    /// to SQLite only).
+    fn open_journal(&mut self) -> bool {
+        if self.journal.is_none() && !self.no_journal {
+            match Journal::open(&self.dir, &self.owner) {
+                Ok(j) => self.journal = Some(j),
+                Err(e) => {
+                    eprintln!(
+                        "forklift: spool journal unavailable ({e}); tasks go to the database only"
+                    );
+                    self.no_journal = true;
+                }
+            }
+        }
+        self.journal.is_some()
+    }
+
     fn journal_open(&self) -> usize {
         self.journal.as_ref().map_or(0, Journal::open_tasks)
     }
@@ -1122,17 +1151,8 @@ impl Writer {
     /// Writes tasks to the journal and syncs it, acknowledges them, and starts them.
     /// Gives the submissions back if the journal cannot be used (they go to SQLite).
     fn commit_journal(&mut self, subs: Vec<Submission>, now: i64) -> Result<(), Vec<Submission>> {
-        if self.journal.is_none() {
-            match Journal::open(&self.dir, &self.owner) {
-                Ok(j) => self.journal = Some(j),
-                Err(e) => {
-                    eprintln!(
-                        "forklift: spool journal unavailable ({e}); tasks go to the database only"
-                    );
-                    self.no_journal = true;
-                    return Err(subs);
-                }
-            }
+        if !self.open_journal() {
+            return Err(subs);
         }
         if (self.ids.end - self.ids.start) < subs.len() as u64 {
             match self.spool.reserve_ids(ID_BLOCK.max(subs.len() as u64)) {
