@@ -1027,6 +1027,18 @@ impl Engine for SpoolEngine {
     }
 }
 
+/// Logs why a group of submissions could not be written and answers each with it.
+fn refuse_all(subs: Vec<Submission>, msg: &str) {
+    eprintln!("forklift: {msg}");
+    for s in subs {
+        let _ = s
+            .ack
+            .send(Err(SubmitError::Unavailable(std::io::Error::other(
+                msg.to_string(),
+            ))));
+    }
+}
+
 impl Writer {
     fn run(
         mut self,
@@ -1173,15 +1185,7 @@ impl Writer {
             .map(|(s, &id)| (id, s.run_at, s.name.as_str(), &s.payload[..]))
             .collect();
         if let Err(e) = journal.append(&records) {
-            let msg = format!("spool journal write failed: {e}");
-            eprintln!("forklift: {msg}");
-            for s in subs {
-                let _ = s
-                    .ack
-                    .send(Err(SubmitError::Unavailable(std::io::Error::other(
-                        msg.clone(),
-                    ))));
-            }
+            refuse_all(subs, &format!("spool journal write failed: {e}"));
             return Ok(());
         }
         self.flushed_at = Instant::now();
@@ -1239,17 +1243,7 @@ impl Writer {
                     }
                 }
             }
-            Err(e) => {
-                let msg = e.to_string();
-                eprintln!("forklift: spool write failed: {msg}");
-                for s in subs {
-                    let _ = s
-                        .ack
-                        .send(Err(SubmitError::Unavailable(std::io::Error::other(
-                            msg.clone(),
-                        ))));
-                }
-            }
+            Err(e) => refuse_all(subs, &format!("spool write failed: {e}")),
         }
     }
 
