@@ -575,42 +575,43 @@ fn import_files(spool: &mut Spool, paths: &[PathBuf]) -> Result<ImportReport, Sp
     })
 }
 
-/// Counts the unfinished tasks in every journal in `spool_dir` (a process's files are
-/// read together).
-pub fn count_open(spool_dir: &Path) -> u64 {
+/// The segment files in `spool_dir`'s journal directory whose owner `keep` accepts,
+/// by owner (a process's files are read together: a `done` record may be in a later
+/// file than its task).
+fn segments_by_owner(
+    spool_dir: &Path,
+    keep: impl Fn(&str) -> bool,
+) -> BTreeMap<String, Vec<PathBuf>> {
+    let mut by_owner: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir(spool_dir.join(DIR)) else {
-        return 0;
+        return by_owner;
     };
-    let mut by_owner: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
     for e in entries.flatten() {
         if let Some((owner, _)) = parse_segment_name(&e.file_name().to_string_lossy()) {
-            if let Ok(d) = std::fs::read(e.path()) {
-                by_owner.entry(owner).or_default().push(d);
+            if keep(&owner) {
+                by_owner.entry(owner).or_default().push(e.path());
             }
         }
     }
     by_owner
+}
+
+/// Counts the unfinished tasks in every journal in `spool_dir`.
+pub fn count_open(spool_dir: &Path) -> u64 {
+    segments_by_owner(spool_dir, |_| true)
         .values()
-        .map(|files| parse(files.iter().map(Vec::as_slice)).open.len() as u64)
+        .map(|paths| {
+            let files: Vec<Vec<u8>> = paths.iter().filter_map(|p| std::fs::read(p).ok()).collect();
+            parse(files.iter().map(Vec::as_slice)).open.len() as u64
+        })
         .sum()
 }
 
 /// Imports the journals of processes that are gone (not `me`) in `spool_dir`, through
 /// a connection of its own with full sync (the files are deleted after).
 pub fn import_dead(spool_dir: &Path, me: &str) -> Result<ImportReport, SpoolError> {
-    let dir = spool_dir.join(DIR);
     let mut report = ImportReport::default();
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(report);
-    };
-    let mut dead: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    for e in entries.flatten() {
-        if let Some((owner, _)) = parse_segment_name(&e.file_name().to_string_lossy()) {
-            if owner != me && !owner_alive(&owner) {
-                dead.entry(owner).or_default().push(e.path());
-            }
-        }
-    }
+    let dead = segments_by_owner(spool_dir, |owner| owner != me && !owner_alive(owner));
     if dead.is_empty() {
         return Ok(report);
     }

@@ -1048,9 +1048,7 @@ impl Writer {
         // The journal's file (zero-filled ahead) and a block of ids are ready before
         // the first submission.
         if self.open_journal() {
-            if let Ok(first) = self.spool.reserve_ids(ID_BLOCK) {
-                self.ids = first..first + ID_BLOCK;
-            }
+            let _ = self.ensure_ids(1);
         }
         loop {
             // While journal tasks run, wake up to record their outcomes.
@@ -1117,6 +1115,16 @@ impl Writer {
         self.journal.is_some()
     }
 
+    /// Makes sure at least `n` reserved ids are left, reserving a new block if not.
+    fn ensure_ids(&mut self, n: u64) -> Result<(), SpoolError> {
+        if self.ids.end - self.ids.start < n {
+            let k = ID_BLOCK.max(n);
+            let first = self.spool.reserve_ids(k)?;
+            self.ids = first..first + k;
+        }
+        Ok(())
+    }
+
     fn journal_open(&self) -> usize {
         self.journal.as_ref().map_or(0, Journal::open_tasks)
     }
@@ -1166,14 +1174,9 @@ impl Writer {
         if !self.open_journal() {
             return Err(subs);
         }
-        if (self.ids.end - self.ids.start) < subs.len() as u64 {
-            match self.spool.reserve_ids(ID_BLOCK.max(subs.len() as u64)) {
-                Ok(first) => self.ids = first..first + ID_BLOCK.max(subs.len() as u64),
-                Err(e) => {
-                    eprintln!("forklift: spool could not reserve task ids: {e}");
-                    return Err(subs);
-                }
-            }
+        if let Err(e) = self.ensure_ids(subs.len() as u64) {
+            eprintln!("forklift: spool could not reserve task ids: {e}");
+            return Err(subs);
         }
         let journal = self.journal.as_mut().expect("opened above");
         let first = self.ids.start;
