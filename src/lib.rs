@@ -20,12 +20,13 @@
 //!   timeouts, bounded calls in flight), `builtin:fanout` and `compare fanout`.
 //! - [`offload`]: the offload engine: handlers hand slow work off (`Offload::submit`)
 //!   to a strategy (inline, loop, thread, pool, durable spool: a per-process journal
-//!   file in front of SQLite), tasks registered by name, counters, draining, the spool
-//!   CLI, `builtin:slowlog` and `compare offload`.
+//!   file in front of SQLite), tasks registered by name, counters, draining,
+//!   `builtin:slowlog` and `compare offload`.
 //! - [`python`] (feature `python`): embedded CPython serving WSGI apps (PEP 3333), the
 //!   `forklift` Python module, fork and thread integration. The only module using pyo3.
-//! - [`cli`]: the command line and uWSGI-style ini files, validated into a
-//!   `ServerConfig`; the binary's `main` only calls [`cli::main`].
+//! - [`cli`]: the command line (`serve` options validated into a `ServerConfig`),
+//!   uWSGI-style ini files (`ini`) and the spool inspection command (`spool`); the
+//!   binary's `main` only calls [`cli::main`].
 //! - [`mod@bench`]: the load generator (`forklift bench`, `hammer`, `compare models`) and the
 //!   reusable comparison table / SVG / HTML report.
 

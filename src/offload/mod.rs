@@ -32,7 +32,6 @@ mod registry;
 mod slots;
 mod slowlog;
 pub mod spool;
-mod spool_cli;
 mod thread;
 
 pub use config::{OffloadArgs, OffloadConfig, Strategy};
@@ -40,7 +39,6 @@ pub use counters::{CounterSnapshot, Counters};
 pub use registry::{AsyncTaskFn, Registry, TaskFn};
 pub use slowlog::{count_records, done_file, SlowLog, SLOWLOG_TASK};
 pub use spool::{DeadTask, Spool, SpoolError, SpoolStats};
-pub use spool_cli::{run_spool_cmd, SpoolArgs, SpoolCmd};
 
 use std::fmt;
 use std::io;

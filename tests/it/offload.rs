@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use forklift::app::{CallContext, Handler, Reply, Request, Version};
+use forklift::cli::{run_spool_cmd, SpoolArgs, SpoolCmd};
 use forklift::offload::{
-    run_spool_cmd, Offload, OffloadArgs, OffloadConfig, Registry, SlowLog, Spool, SpoolArgs,
-    SpoolCmd, Strategy, SubmitError, Task, TaskError,
+    Offload, OffloadArgs, OffloadConfig, Registry, SlowLog, Spool, Strategy, SubmitError, Task,
+    TaskError,
 };
 
 mod support {

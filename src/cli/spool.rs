@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use super::spool::{Spool, SpoolError};
+use crate::offload::{Spool, SpoolError};
 
 /// Arguments of `forklift spool`.
 #[derive(Debug, Clone, clap::Args)]
