@@ -41,6 +41,16 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
     }
 }
 
+/// The message a panic carried (`panic!("…")` payloads are `&str` or `String`), for
+/// the log line that reports it.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -78,20 +78,18 @@ pub fn wait_readable(
 
 /// The accept loop of the blocking models: accepts on a non-blocking listener, waits
 /// for readiness (or shutdown) with `poll`, and hands each connection, switched back to
-/// blocking mode, to `on_conn`. Returns when shutdown triggers or `on_conn` says stop.
+/// blocking mode, to `on_conn`. Returns when shutdown triggers.
 pub fn blocking_loop(
     listener: &std::net::TcpListener,
     shutdown: &crate::rt::Shutdown,
-    mut on_conn: impl FnMut(TcpStream) -> bool,
+    mut on_conn: impl FnMut(TcpStream),
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     while !shutdown.is_triggered() {
         match listener.accept() {
             Ok((stream, _)) => {
                 stream.set_nonblocking(false)?;
-                if !on_conn(stream) {
-                    break;
-                }
+                on_conn(stream);
             }
             Err(e) => match classify(&e) {
                 AcceptError::WouldBlock => {
@@ -107,9 +105,7 @@ pub fn blocking_loop(
     // waiting for an answer; serve those, then stop.
     while let Ok((stream, _)) = listener.accept() {
         stream.set_nonblocking(false)?;
-        if !on_conn(stream) {
-            break;
-        }
+        on_conn(stream);
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The blocking connection driver shared by `linear` and `threads`: one thread owns a
-//! connection, reads with a short timeout (so it notices shutdown and the idle limit),
-//! writes with `write_all`, and parks while the app's reply is pending.
+//! connection, reads with a timeout no longer than a tick or the connection's deadline
+//! (so it notices shutdown and the time limits), writes with `write_all`, and parks
+//! while the app's reply is pending. What the connection does is [`Conn`]'s decision.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown as NetShutdown, TcpStream};
@@ -35,7 +36,8 @@ impl Wake for Unpark {
 pub struct Session {
     pub stream: TcpStream,
     pub conn: Conn,
-    last_input: Instant,
+    /// The read timeout the socket has now (shortened near a deadline).
+    read_timeout: Duration,
     /// The wait for a new connection's first request is done.
     waited_first: bool,
 }
@@ -49,14 +51,24 @@ impl Session {
         Session {
             stream,
             conn,
-            last_input: Instant::now(),
+            read_timeout: TICK,
             waited_first: false,
         }
     }
 
-    /// When input last arrived (for the keep-alive timeout while parked).
-    pub fn last_input(&self) -> Instant {
-        self.last_input
+    /// Blocks in `read` no longer than until the connection's deadline (and at most a
+    /// tick, to notice shutdown). Changes the socket's timeout only near a deadline.
+    fn bound_read(&mut self, env: &Env) {
+        let left = self
+            .conn
+            .deadline(env)
+            .map_or(TICK, |d| d.saturating_duration_since(Instant::now()));
+        let want = left.clamp(Duration::from_millis(1), TICK);
+        if (want < TICK || self.read_timeout < TICK)
+            && self.stream.set_read_timeout(Some(want)).is_ok()
+        {
+            self.read_timeout = want;
+        }
     }
 }
 
@@ -75,8 +87,8 @@ pub enum Idle<'a> {
 /// would allocate each time.)
 #[allow(clippy::large_enum_variant)]
 pub enum Outcome {
-    /// The connection is closed; this many requests were answered on it.
-    Closed(u64),
+    /// The connection is closed.
+    Closed,
     /// The connection is idle and handed back to the caller.
     Parked(Session),
 }
@@ -94,20 +106,15 @@ pub fn serve(mut s: Session, env: &Env, idle: Idle<'_>) -> Outcome {
         match s.conn.poll(env, &call, &mut cx, prefer_close) {
             Step::Flush => {
                 if s.stream.write_all(&s.conn.outbuf).is_err() {
-                    return Outcome::Closed(s.conn.served);
+                    return Outcome::Closed;
                 }
                 s.conn.outbuf.clear();
             }
             Step::Pending => thread::park(),
-            Step::Close => {
-                let _ = s.stream.write_all(&s.conn.outbuf);
-                if s.conn.error_close {
-                    linger_close(&mut s.stream);
-                } else {
-                    let _ = s.stream.shutdown(NetShutdown::Write);
-                }
-                return Outcome::Closed(s.conn.served);
+            Step::ShutdownWrite => {
+                let _ = s.stream.shutdown(NetShutdown::Write);
             }
+            Step::Close => return Outcome::Closed,
             Step::Read => {
                 let mut parkable = matches!(idle, Idle::Park(_)) && s.conn.is_idle();
                 if parkable && s.conn.served == 0 && !s.waited_first {
@@ -129,33 +136,23 @@ pub fn serve(mut s: Session, env: &Env, idle: Idle<'_>) -> Outcome {
                         Err(e) => Err(io::Error::from(e)),
                     }
                 } else {
+                    s.bound_read(env);
                     s.stream.read(&mut scratch)
                 };
                 match r {
-                    Ok(0) => {
-                        s.conn.read_closed();
-                        if s.conn.mid_request() || s.conn.is_idle() {
-                            return Outcome::Closed(s.conn.served);
-                        }
-                    }
+                    Ok(0) => s.conn.read_closed(),
                     Ok(n) => {
                         s.conn.inbuf.extend_from_slice(&scratch[..n]);
-                        s.last_input = Instant::now();
+                        s.conn.received(Instant::now());
                     }
                     Err(e) if is_timeout(&e) => {
-                        let idle = s.conn.is_idle();
-                        if idle && (env.shutdown.is_triggered() || prefer_close()) {
-                            return Outcome::Closed(s.conn.served);
+                        if env.shutdown.is_triggered() || prefer_close() {
+                            s.conn.close_if_idle();
                         }
-                        if s.last_input.elapsed() >= env.config.timeouts.http {
-                            if idle {
-                                return Outcome::Closed(s.conn.served);
-                            }
-                            s.conn.timeout();
-                        }
+                        s.conn.expire(env, Instant::now());
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => return Outcome::Closed(s.conn.served),
+                    Err(_) => return Outcome::Closed,
                 }
             }
         }
@@ -178,20 +175,4 @@ fn is_timeout(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
     )
-}
-
-/// Closes after an error response or `Connection: close`: shut down the write side,
-/// then drain briefly what the client was still sending, so the kernel does not answer
-/// unread input with a RST that destroys the response in flight.
-pub fn linger_close(stream: &mut TcpStream) {
-    let _ = stream.shutdown(NetShutdown::Write);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
-    let mut sink = [0u8; 4096];
-    let deadline = Instant::now() + Duration::from_millis(500);
-    while Instant::now() < deadline {
-        match stream.read(&mut sink) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
 }

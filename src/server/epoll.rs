@@ -55,14 +55,15 @@ struct Entry {
     stream: TcpStream,
     conn: Conn,
     waker: Waker,
-    last_input: Instant,
     /// Output is waiting for a writable edge.
     blocked_write: bool,
-    /// Set when a peer closed its sending side.
-    read_eof: bool,
     /// The socket may have unread input (a readable edge came, or no read has seen it
     /// drained yet). Saves a read that would only say EAGAIN.
     readable: bool,
+    /// The peer closed its sending side (the event said so). Its end of stream must
+    /// still be read even after a short read drained the data before it: no further
+    /// edge comes for it.
+    peer_closed: bool,
 }
 
 struct Loop {
@@ -79,7 +80,6 @@ struct Loop {
     /// Accept is paused because the app is saturated (see `Handler::saturated`); new
     /// clients wait in the backlog, where another worker process may take them.
     app_full: bool,
-    served: u64,
     scratch: Vec<u8>,
 }
 
@@ -114,7 +114,6 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
         accepting: true,
         accept_paused_until: None,
         app_full: false,
-        served: 0,
         scratch: vec![0; SCRATCH],
     };
     lp.run()
@@ -158,6 +157,9 @@ impl Loop {
                             }
                             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                                 e.readable = true;
+                            }
+                            if ev.is_read_closed() || ev.is_error() {
+                                e.peer_closed = true;
                             }
                         }
                         self.drive(slot);
@@ -257,10 +259,9 @@ impl Loop {
             stream,
             conn: Conn::new(Some(peer), local),
             waker,
-            last_input: Instant::now(),
             blocked_write: false,
-            read_eof: false,
             readable: true,
+            peer_closed: false,
         });
         self.open += 1;
         // Data often arrives with the connection: try at once instead of waiting for
@@ -293,41 +294,25 @@ impl Loop {
                     Err(_) => break true,
                 },
                 Step::Pending => break false,
-                Step::Close => {
-                    match write_out(&mut e.stream, &mut e.conn) {
-                        Ok(true) => {
-                            let _ = e.stream.shutdown(std::net::Shutdown::Write);
-                            break true;
-                        }
-                        // Finish the write when the socket drains; `closing` is set
-                        // so the next poll returns Close again.
-                        Ok(false) => {
-                            e.blocked_write = true;
-                            break false;
-                        }
-                        Err(_) => break true,
-                    }
+                Step::ShutdownWrite => {
+                    let _ = e.stream.shutdown(std::net::Shutdown::Write);
                 }
+                Step::Close => break true,
                 Step::Read => {
-                    if e.read_eof {
-                        break true;
-                    }
-                    if !e.readable {
+                    if !e.readable && !e.peer_closed {
                         break false;
                     }
                     match read_in(&mut e.stream, &mut e.conn, scratch) {
                         Ok(ReadOutcome::Data { drained }) => {
-                            e.last_input = Instant::now();
+                            e.conn.received(Instant::now());
                             e.readable = !drained;
                         }
                         Ok(ReadOutcome::WouldBlock) => {
                             e.readable = false;
+                            e.peer_closed = false;
                             break false;
                         }
-                        Ok(ReadOutcome::Eof) => {
-                            e.read_eof = true;
-                            e.conn.read_closed();
-                        }
+                        Ok(ReadOutcome::Eof) => e.conn.read_closed(),
                         Err(_) => break true,
                     }
                 }
@@ -336,46 +321,26 @@ impl Loop {
         if close {
             self.close(slot);
         }
-        if self
-            .env
-            .config
-            .max_requests
-            .is_some_and(|max| self.served >= max)
-        {
-            self.env.shutdown.trigger();
-        }
     }
 
     fn close(&mut self, slot: usize) {
         if let Some(mut e) = self.conns.get_mut(slot).and_then(Option::take) {
-            self.served += e.conn.served;
             let _ = self.poll.registry().deregister(&mut e.stream);
             self.free.push(slot);
             self.open -= 1;
         }
     }
 
-    /// Enforces the keep-alive and request timeouts.
+    /// Applies the connections' time limits (keep-alive, request, lingering).
     fn sweep(&mut self, now: Instant) {
-        let limit = self.env.config.timeouts.http;
-        let (mut idle, mut slow) = (Vec::new(), Vec::new());
-        for (slot, e) in self.conns.iter_mut().enumerate() {
-            let Some(e) = e else { continue };
-            if now.duration_since(e.last_input) < limit {
-                continue;
-            }
-            if e.conn.is_idle() {
-                idle.push(slot);
-            } else if e.conn.mid_request() {
-                e.conn.timeout();
-                e.last_input = now;
-                slow.push(slot);
-            }
-        }
-        for slot in idle {
-            self.close(slot);
-        }
-        for slot in slow {
+        let env = &self.env;
+        let due: Vec<usize> = self
+            .conns
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(slot, e)| e.as_mut()?.conn.expire(env, now).then_some(slot))
+            .collect();
+        for slot in due {
             self.drive(slot);
         }
     }
@@ -384,12 +349,12 @@ impl Loop {
     fn close_idle(&mut self) {
         let idle: Vec<usize> = self
             .conns
-            .iter()
+            .iter_mut()
             .enumerate()
-            .filter_map(|(i, e)| e.as_ref().filter(|e| e.conn.is_idle()).map(|_| i))
+            .filter_map(|(i, e)| e.as_mut()?.conn.close_if_idle().then_some(i))
             .collect();
         for slot in idle {
-            self.close(slot);
+            self.drive(slot);
         }
     }
 }

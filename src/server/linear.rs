@@ -9,16 +9,10 @@ use std::time::Duration;
 use super::{accept, blocking, Env, ServerError};
 
 pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
-    let mut served = 0u64;
     let others_waiting = || accept::wait_readable(&listener, &env.shutdown, Some(Duration::ZERO));
     accept::blocking_loop(&listener, &env.shutdown, |stream| {
         let session = blocking::Session::new(stream, &env);
-        if let blocking::Outcome::Closed(n) =
-            blocking::serve(session, &env, blocking::Idle::Hold(&others_waiting))
-        {
-            served += n;
-        }
-        env.config.max_requests.is_none_or(|max| served < max)
+        blocking::serve(session, &env, blocking::Idle::Hold(&others_waiting));
     })?;
     Ok(())
 }

@@ -17,6 +17,7 @@ mod threads;
 mod tokio_model;
 
 use std::net::TcpListener;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 pub use config::{Model, ServerConfig, Timeouts};
@@ -34,9 +35,29 @@ pub struct Env {
     pub shutdown: Shutdown,
     /// Set with `--harakiri`: kills this worker when a request overruns.
     pub harakiri: Option<std::sync::Arc<harakiri::Watchdog>>,
+    /// Requests this worker has answered, over all its connections (`--max-requests`).
+    pub requests: AtomicU64,
 }
 
 impl Env {
+    /// What the connections of a worker serving `app` share.
+    pub fn new(
+        app: App,
+        config: ServerConfig,
+        log: Log,
+        shutdown: Shutdown,
+        harakiri: Option<Arc<harakiri::Watchdog>>,
+    ) -> Env {
+        Env {
+            app,
+            config,
+            log,
+            shutdown,
+            harakiri,
+            requests: AtomicU64::new(0),
+        }
+    }
+
     /// Whether a response should close its connection rather than keep it alive because
     /// this worker is `saturated`. Only with several processes: a keep-alive client is
     /// pinned to the process that accepted it, and behind a busy one it would wait while
@@ -84,13 +105,7 @@ pub fn run_worker(
     if let Some(dog) = &harakiri {
         dog.start(log.clone())?;
     }
-    let env = Arc::new(Env {
-        app,
-        config,
-        log,
-        shutdown,
-        harakiri,
-    });
+    let env = Arc::new(Env::new(app, config, log, shutdown, harakiri));
     let result = match env.config.model {
         Model::Linear => linear::run(listener, env.clone()),
         Model::Threads => threads::run(listener, env.clone()),

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,14 +59,13 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
             let _ = p.waker.wake();
         });
     }
-    let served = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::with_capacity(threads);
     for i in 0..threads {
-        let (rx, env, served, parking) = (rx.clone(), env.clone(), served.clone(), parking.clone());
+        let (rx, env, parking) = (rx.clone(), env.clone(), parking.clone());
         handles.push(
             std::thread::Builder::new()
                 .name(format!("forklift-worker-{i}"))
-                .spawn(move || worker(rx, &env, &served, &parking))?,
+                .spawn(move || worker(rx, &env, &parking))?,
         );
     }
     drop(rx);
@@ -79,7 +78,6 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
         free: Vec::new(),
         overflow: VecDeque::new(),
         env: env.clone(),
-        served,
     };
     let result = acceptor.run();
     // Stop: no new connections; the threads finish what is queued and in flight.
@@ -96,20 +94,16 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
     result
 }
 
-fn worker(rx: Receiver<Session>, env: &Env, served: &AtomicU64, parking: &Parking) {
+fn worker(rx: Receiver<Session>, env: &Env, parking: &Parking) {
     loop {
         let next = rx.recv();
         parking.idle.fetch_sub(1, Ordering::AcqRel);
         let Ok(session) = next else { break };
         let busy = || env.prefer_close(parking.idle.load(Ordering::Acquire) == 0);
         match blocking::serve(session, env, Idle::Park(&busy)) {
-            Outcome::Closed(n) => {
-                served.fetch_add(n, Ordering::Relaxed);
-            }
+            Outcome::Closed => {}
             // Stopping: an idle connection is simply closed.
-            Outcome::Parked(session) if env.shutdown.is_triggered() => {
-                served.fetch_add(session.conn.served, Ordering::Relaxed);
-            }
+            Outcome::Parked(_) if env.shutdown.is_triggered() => {}
             Outcome::Parked(session) => {
                 let mut r = parking.returned.lock().unwrap_or_else(|p| p.into_inner());
                 let first = r.is_empty();
@@ -139,7 +133,6 @@ struct Acceptor {
     /// connection, so bounded by the connections open).
     overflow: VecDeque<Session>,
     env: Arc<Env>,
-    served: Arc<AtomicU64>,
 }
 
 impl Acceptor {
@@ -160,15 +153,6 @@ impl Acceptor {
                 let _ = self.accept_ready();
                 self.flush_overflow(true);
                 return Ok(());
-            }
-            if self
-                .env
-                .config
-                .max_requests
-                .is_some_and(|m| self.served.load(Ordering::Relaxed) >= m)
-            {
-                self.env.shutdown.trigger();
-                continue;
             }
             let timeout = if self.overflow.is_empty() {
                 next_sweep.saturating_duration_since(Instant::now())
@@ -297,18 +281,17 @@ impl Acceptor {
         }
     }
 
-    /// Closes parked connections idle past the keep-alive timeout.
+    /// Closes parked connections whose keep-alive time is up.
     fn sweep(&mut self) {
-        let limit = self.env.config.timeouts.http;
+        let now = Instant::now();
         for slot in 0..self.parked.len() {
             let expired = self.parked[slot]
-                .as_ref()
-                .is_some_and(|s| s.last_input().elapsed() >= limit);
+                .as_mut()
+                .is_some_and(|s| s.conn.expire(&self.env, now));
             if expired {
                 if let Some(s) = self.parked[slot].take() {
                     let fd = s.stream.as_raw_fd();
                     let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-                    self.served.fetch_add(s.conn.served, Ordering::Relaxed);
                     self.free.push(slot);
                 }
             }

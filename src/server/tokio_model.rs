@@ -118,12 +118,12 @@ async fn serve_conn(mut stream: TcpStream, env: &Env, cores: &Semaphore) -> io::
     let call = CallContext { may_block: false };
     let busy = || env.prefer_close(env.app.saturated());
     let mut permit = None;
-    let limit = env.config.timeouts.http;
     // One timer and one shutdown waiter per connection, not per read: the timer is
-    // pushed back lazily, only when it fires before the connection went quiet.
-    let mut last_input = Instant::now();
-    let deadline = tokio::time::sleep(limit);
-    tokio::pin!(deadline);
+    // moved only when the connection's deadline comes sooner than it (lingering), and
+    // otherwise pushed back lazily when it fires early.
+    let mut timer_at = conn.deadline(env).unwrap_or_else(Instant::now);
+    let timer = tokio::time::sleep_until(timer_at.into());
+    tokio::pin!(timer);
     let shutdown = env.shutdown.wait();
     tokio::pin!(shutdown);
     loop {
@@ -140,11 +140,10 @@ async fn serve_conn(mut stream: TcpStream, env: &Env, cores: &Semaphore) -> io::
                 stream.write_all(&conn.outbuf).await?;
                 conn.outbuf.clear();
             }
-            Step::Close => {
-                stream.write_all(&conn.outbuf).await?;
+            Step::ShutdownWrite => {
                 let _ = stream.shutdown().await;
-                return Ok(());
             }
+            Step::Close => return Ok(()),
             Step::Pending => unreachable!("pending is awaited above"),
             Step::Read => {
                 let idle = conn.is_idle();
@@ -152,29 +151,31 @@ async fn serve_conn(mut stream: TcpStream, env: &Env, cores: &Semaphore) -> io::
                     // Between requests: give the permit back and honour shutdown.
                     permit = None;
                     if env.shutdown.is_triggered() {
-                        return Ok(());
+                        conn.close_if_idle();
+                        continue;
+                    }
+                }
+                if let Some(d) = conn.deadline(env) {
+                    if d < timer_at {
+                        timer_at = d;
+                        timer.as_mut().reset(d.into());
                     }
                 }
                 tokio::select! {
                     r = read_some(&stream, &mut conn) => match r? {
-                        0 => {
-                            conn.read_closed();
-                            return Ok(());
-                        }
-                        _ => last_input = Instant::now(),
+                        0 => conn.read_closed(),
+                        _ => conn.received(Instant::now()),
                     },
-                    () = &mut deadline => {
-                        if last_input.elapsed() < limit {
-                            deadline.as_mut().reset((last_input + limit).into());
-                        } else if conn.is_idle() {
-                            return Ok(());
-                        } else {
-                            conn.timeout();
-                            last_input = Instant::now();
-                            deadline.as_mut().reset((last_input + limit).into());
+                    () = &mut timer => {
+                        let now = Instant::now();
+                        if !conn.expire(env, now) {
+                            timer_at = conn.deadline(env).unwrap_or(now + env.config.timeouts.http);
+                            timer.as_mut().reset(timer_at.into());
                         }
                     }
-                    () = &mut shutdown, if idle => return Ok(()),
+                    () = &mut shutdown, if idle => {
+                        conn.close_if_idle();
+                    }
                 }
             }
         }

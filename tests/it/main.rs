@@ -8,5 +8,6 @@ mod docs;
 mod fanout;
 mod master;
 mod offload;
+mod policy;
 #[cfg(feature = "python")]
 mod python;

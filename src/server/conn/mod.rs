@@ -1,20 +1,29 @@
 //! One HTTP connection as a sans-IO state machine, driven by every model.
 //!
-//! A driver owns the socket. It appends what it reads to [`Conn::inbuf`], calls
-//! [`Conn::poll`], and does what the returned [`Step`] asks: write out
-//! [`Conn::outbuf`], read more, wait for a wake-up, or close. The connection decodes
-//! pipelined requests in order, calls the app, polls deferred replies and body streams
-//! with the driver's waker, frames the body, and coalesces small responses into one
-//! write. Keeping this in one place is what makes the models behave identically on the
-//! wire.
+//! A driver owns the socket. It appends what it reads to [`Conn::inbuf`] (and calls
+//! [`Conn::received`]), calls [`Conn::poll`], and does what the returned [`Step`] asks:
+//! write out [`Conn::outbuf`], read more, wait for a wake-up, shut down its sending
+//! side, or close. Between steps it waits at most until [`Conn::deadline`], and then
+//! calls [`Conn::expire`].
+//!
+//! Everything a connection may do is decided here, once for every model: pipelined
+//! requests decoded in order, the app called (a panic answered with 500), deferred
+//! replies and body streams polled with the driver's waker, small responses coalesced
+//! into one write, the worker's request count for `--max-requests`, the keep-alive and
+//! request timeouts, and how the connection ends: closed at once, or, after an error
+//! response while the client may still be sending, with its sending side shut down and
+//! input drained for a moment (lingering), so the client reads the response rather
+//! than a reset.
 
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_util::Stream;
@@ -22,6 +31,7 @@ use futures_util::Stream;
 use super::Env;
 use crate::app::{Body, BodyStream, BoxFuture, CallContext, Reply, Response, Version};
 use crate::http::{self, BodyEncoder, Decoded, Decoder, Framing, HttpError, RequestMeta};
+use crate::rt::panic_message;
 
 /// Flush the output buffer once it holds this much (and stop pulling body chunks).
 const HIGH_WATER: usize = 64 * 1024;
@@ -29,17 +39,23 @@ const HIGH_WATER: usize = 64 * 1024;
 const BIG_BUFFER: usize = 64 * 1024;
 /// How much to read from a file body at a time.
 const FILE_CHUNK: usize = 64 * 1024;
+/// How long a connection that ends with an error response keeps draining input after
+/// shutting down its sending side, so the client reads the response before a reset.
+pub const LINGER: Duration = Duration::from_millis(500);
 
 /// What the driver should do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     /// Write all of `outbuf`, clear it, then poll again.
     Flush,
-    /// Read more bytes into `inbuf`, then poll again. `outbuf` is empty.
+    /// Read more bytes into `inbuf` (on end of stream call [`Conn::read_closed`]), then
+    /// poll again. `outbuf` is empty. Wait at most until [`Conn::deadline`].
     Read,
     /// Waiting for the app: poll again when the waker fires. `outbuf` is empty.
     Pending,
-    /// Write what is left in `outbuf`, then close the connection.
+    /// Shut down the sending side of the socket, then poll again. `outbuf` is empty.
+    ShutdownWrite,
+    /// Close the socket. `outbuf` is empty.
     Close,
 }
 
@@ -66,6 +82,17 @@ enum Source {
     File { file: File, offset: u64, left: u64 },
 }
 
+/// How the connection ends once `closing` is set and the output is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Close at once.
+    Close,
+    /// The client may still be sending: shut down the sending side first, then drain.
+    Linger,
+    /// Sending side shut down; draining input until the client closes or this instant.
+    Draining(Instant),
+}
+
 /// What the access log needs from a request, kept until its response is done.
 struct LogLine {
     method: String,
@@ -80,17 +107,21 @@ pub struct Conn {
     pub inbuf: BytesMut,
     pub outbuf: BytesMut,
     state: State,
-    /// Set once the connection must close after `outbuf` is flushed.
+    /// Set once the connection must end after the response in progress (if any).
     closing: bool,
+    /// How it ends (see [`Ending`]); decided when `closing` is set.
+    ending: Ending,
+    /// The client closed its sending side (a read returned 0).
+    read_eof: bool,
     peer: Option<SocketAddr>,
     local: Option<SocketAddr>,
+    /// When input last arrived (or the connection opened): the keep-alive and request
+    /// timeouts count from here.
+    last_input: Instant,
     /// Requests answered on this connection.
     pub served: u64,
     /// The request in progress, as the harakiri watchdog sees it.
     ticket: Option<super::harakiri::Ticket>,
-    /// The connection closes because of a refused request: the client may still be
-    /// sending, so the driver should drain before closing (see `linger_close`).
-    pub error_close: bool,
 }
 
 impl Conn {
@@ -102,43 +133,122 @@ impl Conn {
             outbuf: BytesMut::new(),
             state: State::Idle,
             closing: false,
+            ending: Ending::Close,
+            read_eof: false,
             peer,
             local,
+            last_input: Instant::now(),
             served: 0,
             ticket: None,
-            error_close: false,
         }
     }
 
-    /// True when nothing is in progress: no partial request, no response being made.
-    /// An idle connection may be closed (keep-alive timeout, shutdown) without losing
-    /// anything.
+    /// True when nothing is in progress: no partial request, no response being made,
+    /// and the connection is not ending. An idle connection may be closed (keep-alive
+    /// timeout, shutdown, a saturated worker) without losing anything.
     pub fn is_idle(&self) -> bool {
         matches!(self.state, State::Idle)
+            && !self.closing
             && self.inbuf.is_empty()
             && self.outbuf.is_empty()
             && !self.decoder.in_body()
     }
 
     /// True while a request has started arriving but is not complete.
-    pub fn mid_request(&self) -> bool {
+    fn mid_request(&self) -> bool {
         matches!(self.state, State::Idle) && (!self.inbuf.is_empty() || self.decoder.in_body())
     }
 
-    /// The client stopped sending (read returned 0). Whatever was mid-request is
-    /// dropped; a response in progress can still be written.
-    pub fn read_closed(&mut self) {
-        self.closing = true;
+    /// Input arrived at `now` (the driver appended it to `inbuf`).
+    pub fn received(&mut self, now: Instant) {
+        self.last_input = now;
     }
 
-    /// Answers a request that took too long to arrive with 408 and closes.
-    pub fn timeout(&mut self) {
-        if matches!(self.state, State::Idle) {
+    /// The client stopped sending (a read returned 0). A partial request is dropped; a
+    /// response in progress is still written, then the connection closes.
+    pub fn read_closed(&mut self) {
+        self.read_eof = true;
+        self.end(false);
+    }
+
+    /// Ends an idle connection (the worker is stopping, or wants its thread back).
+    /// Returns false, and changes nothing, when the connection is not idle.
+    pub fn close_if_idle(&mut self) -> bool {
+        let idle = self.is_idle();
+        if idle {
+            self.end(false);
+        }
+        idle
+    }
+
+    /// When the connection next needs attention if no I/O happens: the end of the
+    /// keep-alive wait or of the time a request may take to arrive, or the end of
+    /// lingering. `None` while the app is making a response (harakiri bounds that).
+    pub fn deadline(&self, env: &Env) -> Option<Instant> {
+        match (&self.state, self.ending) {
+            (_, Ending::Draining(until)) => Some(until),
+            (State::Idle, _) => Some(self.last_input + env.config.timeouts.http),
+            _ => None,
+        }
+    }
+
+    /// Applies the time limits at `now`: an idle connection past the keep-alive timeout
+    /// is closed; a request that has not arrived in time is answered with 408; lingering
+    /// ends. Returns true when something changed (poll again).
+    pub fn expire(&mut self, env: &Env, now: Instant) -> bool {
+        if self.deadline(env).is_none_or(|d| now < d) {
+            return false;
+        }
+        if matches!(self.ending, Ending::Draining(_)) || self.closing {
+            // Lingering is over, or the client has not read the last response within
+            // the timeout: give up on it.
+            self.outbuf.clear();
+            self.read_eof = true;
+            self.closing = true;
+        } else if self.mid_request() {
             self.inbuf.clear();
             http::encode_error(&mut self.outbuf, &HttpError::Timeout, Version::Http11);
+            self.end(true);
+        } else {
+            self.end(false);
         }
-        self.closing = true;
-        self.error_close = true;
+        true
+    }
+
+    /// Marks the connection as ending after the response in progress; `error` when it
+    /// ends on a refused request, so the client may still be sending.
+    fn end(&mut self, error: bool) {
+        if !self.closing {
+            self.closing = true;
+            self.ending = Ending::Close;
+        }
+        if error && self.ending == Ending::Close {
+            self.ending = Ending::Linger;
+        }
+    }
+
+    /// The step of a connection that is ending, once its output is written.
+    fn ending_step(&mut self) -> Step {
+        if !self.outbuf.is_empty() {
+            return Step::Flush;
+        }
+        if self.read_eof {
+            return Step::Close;
+        }
+        match self.ending {
+            Ending::Close if self.inbuf.is_empty() && !self.decoder.in_body() => Step::Close,
+            // Unread input (pipelined requests, a body) would make the kernel answer
+            // with a reset that can destroy the last response: linger instead.
+            Ending::Close | Ending::Linger => {
+                self.ending = Ending::Draining(Instant::now() + LINGER);
+                self.inbuf.clear();
+                Step::ShutdownWrite
+            }
+            Ending::Draining(_) => {
+                self.inbuf.clear();
+                Step::Read
+            }
+        }
     }
 
     /// Advances as far as possible without I/O. `prefer_close` is asked, when a response
@@ -158,7 +268,7 @@ impl Conn {
             match &mut self.state {
                 State::Idle => {
                     if self.closing {
-                        return Step::Close;
+                        return self.ending_step();
                     }
                     match self.decoder.decode(&mut self.inbuf, &env.config.limits) {
                         Ok(Decoded::NeedMore) => return self.wait_step(Step::Read),
@@ -185,7 +295,9 @@ impl Conn {
                                 version: meta.version,
                                 start: Instant::now(),
                             });
-                            match env.app.call(req, call) {
+                            let reply = catch_unwind(AssertUnwindSafe(|| env.app.call(req, call)))
+                                .unwrap_or_else(|p| Reply::Ready(self.panicked(env, &*p)));
+                            match reply {
                                 Reply::Ready(resp) => {
                                     self.start(env, resp, meta, log, prefer_close)
                                 }
@@ -197,33 +309,42 @@ impl Conn {
                             http::encode_error(&mut self.outbuf, &e, version);
                             env.log.protocol_error(self.peer, &e);
                             self.inbuf.clear();
-                            self.closing = true;
-                            self.error_close = true;
+                            self.end(true);
                         }
                     }
                 }
-                State::Waiting { fut, .. } => match fut.as_mut().poll(cx) {
-                    Poll::Ready(resp) => {
-                        let State::Waiting { meta, log, .. } =
-                            std::mem::replace(&mut self.state, State::Idle)
-                        else {
-                            unreachable!()
-                        };
-                        self.start(env, resp, meta, log, prefer_close);
-                    }
-                    Poll::Pending => return self.wait_step(Step::Pending),
-                },
+                State::Waiting { fut, .. } => {
+                    let polled = catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)));
+                    let resp = match polled {
+                        Ok(Poll::Ready(resp)) => resp,
+                        Ok(Poll::Pending) => return self.wait_step(Step::Pending),
+                        Err(p) => self.panicked(env, &*p),
+                    };
+                    let State::Waiting { meta, log, .. } =
+                        std::mem::replace(&mut self.state, State::Idle)
+                    else {
+                        unreachable!()
+                    };
+                    self.start(env, resp, meta, log, prefer_close);
+                }
                 State::Streaming { source, enc, .. } => {
                     let next = match source {
-                        Source::Stream(s) => match Pin::new(s).poll_next(cx) {
-                            Poll::Pending => return self.wait_step(Step::Pending),
-                            Poll::Ready(None) => Ok(None),
-                            Poll::Ready(Some(Ok(chunk))) => {
-                                enc.push(&mut self.outbuf, &chunk);
-                                Ok(Some(()))
+                        Source::Stream(s) => {
+                            match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut *s).poll_next(cx)))
+                            {
+                                Ok(Poll::Pending) => return self.wait_step(Step::Pending),
+                                Ok(Poll::Ready(None)) => Ok(None),
+                                Ok(Poll::Ready(Some(Ok(chunk)))) => {
+                                    enc.push(&mut self.outbuf, &chunk);
+                                    Ok(Some(()))
+                                }
+                                Ok(Poll::Ready(Some(Err(e)))) => Err(e),
+                                Err(p) => Err(io::Error::other(format!(
+                                    "panicked: {}",
+                                    panic_message(&*p)
+                                ))),
                             }
-                            Poll::Ready(Some(Err(e))) => Err(e),
-                        },
+                        }
                         Source::File { file, offset, left } => {
                             read_file_chunk(file, offset, left, enc, &mut self.outbuf)
                         }
@@ -236,12 +357,21 @@ impl Conn {
                             // the client learns it from the connection closing.
                             env.log.app_error(&format!("response body failed: {e}"));
                             self.end_streaming(env, false);
-                            self.closing = true;
+                            self.end(false);
                         }
                     }
                 }
             }
         }
+    }
+
+    /// The response for a handler (or its future) that panicked: 500, and the
+    /// connection closes after it. The worker and its other connections go on.
+    fn panicked(&mut self, env: &Env, panic: &(dyn std::any::Any + Send)) -> Response {
+        env.log
+            .app_error(&format!("handler panicked: {}", panic_message(panic)));
+        self.end(false);
+        Response::text(500, "Internal Server Error\n")
     }
 
     fn wait_step(&mut self, step: Step) -> Step {
@@ -258,6 +388,19 @@ impl Conn {
         step
     }
 
+    /// Counts a request against `--max-requests`; the one that reaches the limit starts
+    /// the worker's graceful stop (the master starts a fresh worker).
+    fn count_request(env: &Env) {
+        let n = env.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if env.config.max_requests == Some(n) {
+            env.log.line(&format!(
+                "forklift: worker {} served {n} requests (--max-requests); retiring",
+                std::process::id()
+            ));
+            env.shutdown.trigger();
+        }
+    }
+
     fn start(
         &mut self,
         env: &Env,
@@ -266,8 +409,9 @@ impl Conn {
         log: Option<LogLine>,
         prefer_close: &dyn Fn() -> bool,
     ) {
+        Self::count_request(env);
         let mut meta = meta;
-        if meta.keep_alive && (env.shutdown.is_triggered() || prefer_close()) {
+        if meta.keep_alive && (self.closing || env.shutdown.is_triggered() || prefer_close()) {
             meta.keep_alive = false;
             meta.echo_keep_alive = false;
         }
@@ -286,7 +430,7 @@ impl Conn {
                 }
             };
         if !keep_alive {
-            self.closing = true;
+            self.end(false);
         }
         let status = resp.status;
         let source = match resp.body {
@@ -353,7 +497,7 @@ impl Conn {
                     "response shorter than its Content-Length by {} bytes; closing",
                     short.missing
                 ));
-                self.closing = true;
+                self.end(false);
             }
         }
         self.served += 1;
@@ -402,3 +546,6 @@ fn read_file_chunk(
     *left -= n as u64;
     Ok(Some(()))
 }
+
+#[cfg(test)]
+mod tests;
