@@ -9,6 +9,9 @@ use forklift::bench::{
     bench, compare_models, hammer, run_config, BenchArgs, BenchConfig, CompareModelsArgs,
     HammerArgs,
 };
+use forklift::server::Model;
+
+use crate::support::for_each_model;
 
 mod support {
     //! Tiny HTTP/1.1 servers with scripted behaviour; each stops when dropped.
@@ -608,47 +611,48 @@ fn forklift_serve(model: &str) -> forklift::bench::models::ServerProcess {
     .unwrap()
 }
 
-#[test]
-fn against_forklift_serve() {
-    for model in ["epoll", "async", "threads", "linear"] {
-        let srv = forklift_serve(model);
-        let url = format!("http://{}/", srv.addr);
-        let r = bench(&args(&url, &["-n", "400", "-c", "4"])).unwrap();
+for_each_model! {
+    against_forklift_serve;
+}
+
+fn against_forklift_serve(model: Model) {
+    let srv = forklift_serve(model.name());
+    let url = format!("http://{}/", srv.addr);
+    let r = bench(&args(&url, &["-n", "400", "-c", "4"])).unwrap();
+    assert_eq!(
+        (r.complete_requests, r.failed_requests),
+        (400, 0),
+        "{model} keep-alive"
+    );
+    assert_eq!(r.document_length, 11, "{model}");
+    assert!(r.server_software.is_some(), "{model}");
+    let r = bench(&args(&url, &["-n", "100", "-c", "4", "--no-keepalive"])).unwrap();
+    assert_eq!(
+        (r.complete_requests, r.failed_requests),
+        (100, 0),
+        "{model} close"
+    );
+    assert_eq!(r.connections, 100, "{model}");
+    let r = bench(&args(&url, &["-n", "50", "-c", "2", "-m", "HEAD"])).unwrap();
+    assert_eq!(
+        (r.complete_requests, r.failed_requests),
+        (50, 0),
+        "{model} HEAD"
+    );
+    assert_eq!(r.html_transferred, 0, "{model} HEAD");
+    let r = bench(&args(&url, &["-n", "50", "-c", "2", "--rate", "500"])).unwrap();
+    assert_eq!(
+        (r.complete_requests, r.failed_requests),
+        (50, 0),
+        "{model} rate"
+    );
+    if model != Model::Linear {
+        let r = bench(&args(&url, &["-n", "400", "-c", "2", "--pipeline", "8"])).unwrap();
         assert_eq!(
             (r.complete_requests, r.failed_requests),
             (400, 0),
-            "{model} keep-alive"
+            "{model} pipeline"
         );
-        assert_eq!(r.document_length, 11, "{model}");
-        assert!(r.server_software.is_some(), "{model}");
-        let r = bench(&args(&url, &["-n", "100", "-c", "4", "--no-keepalive"])).unwrap();
-        assert_eq!(
-            (r.complete_requests, r.failed_requests),
-            (100, 0),
-            "{model} close"
-        );
-        assert_eq!(r.connections, 100, "{model}");
-        let r = bench(&args(&url, &["-n", "50", "-c", "2", "-m", "HEAD"])).unwrap();
-        assert_eq!(
-            (r.complete_requests, r.failed_requests),
-            (50, 0),
-            "{model} HEAD"
-        );
-        assert_eq!(r.html_transferred, 0, "{model} HEAD");
-        let r = bench(&args(&url, &["-n", "50", "-c", "2", "--rate", "500"])).unwrap();
-        assert_eq!(
-            (r.complete_requests, r.failed_requests),
-            (50, 0),
-            "{model} rate"
-        );
-        if model != "linear" {
-            let r = bench(&args(&url, &["-n", "400", "-c", "2", "--pipeline", "8"])).unwrap();
-            assert_eq!(
-                (r.complete_requests, r.failed_requests),
-                (400, 0),
-                "{model} pipeline"
-            );
-        }
     }
 }
 

@@ -4,12 +4,14 @@ use std::io::{BufReader, Read, Write};
 use std::sync::mpsc;
 use std::thread;
 
+use forklift::server::Model;
+
 use crate::support::*;
 
 /// One server configuration under test.
 #[derive(Clone, Copy, Debug)]
 pub struct Cfg {
-    pub model: &'static str,
+    pub model: Model,
     pub processes: u32,
 }
 
@@ -18,14 +20,14 @@ impl Cfg {
         let mut v = vec![
             "builtin:demo".to_string(),
             "--model".into(),
-            self.model.into(),
+            self.model.name().into(),
             "--processes".into(),
             self.processes.to_string(),
             "--limit-post".into(),
             "100000".into(),
             "--disable-logging".into(),
         ];
-        if self.model == "threads" {
+        if self.model == Model::Threads {
             v.extend(["--threads".into(), "4".into()]);
         }
         v
@@ -44,11 +46,12 @@ impl Cfg {
 
     /// One connection at a time per process: other clients wait for it.
     fn serializes(self) -> bool {
-        self.model == "linear" && self.processes == 1
+        self.model == Model::Linear && self.processes == 1
     }
 }
 
-pub fn get_head_post(cfg: Cfg) {
+pub fn get_head_post(model: Model, processes: u32) {
+    let cfg = Cfg { model, processes };
     let srv = cfg.start();
     let r = srv.get("/");
     assert_eq!(r.status, 200);
@@ -76,7 +79,8 @@ pub fn get_head_post(cfg: Cfg) {
     assert_eq!(r.header("content-type"), Some("text/x-test"));
 }
 
-pub fn keep_alive_http11(cfg: Cfg) {
+pub fn keep_alive_http11(model: Model, processes: u32) {
+    let cfg = Cfg { model, processes };
     let srv = cfg.start();
     let s = srv.connect();
     let mut w = s.try_clone().unwrap();
@@ -100,7 +104,8 @@ pub fn keep_alive_http11(cfg: Cfg) {
     assert!(is_closed(&mut rd));
 }
 
-pub fn keep_alive_http10(cfg: Cfg) {
+pub fn keep_alive_http10(model: Model, processes: u32) {
+    let cfg = Cfg { model, processes };
     let srv = cfg.start();
     // 1.0 asking for keep-alive: echoed, connection stays (as `ab -k` needs).
     let s = srv.connect();
@@ -140,7 +145,8 @@ pub fn keep_alive_http10(cfg: Cfg) {
     assert_eq!(raw.len() - body_start, 5000);
 }
 
-pub fn pipelining(cfg: Cfg) {
+pub fn pipelining(model: Model, processes: u32) {
+    let cfg = Cfg { model, processes };
     let srv = cfg.start();
     let mut s = srv.connect();
     let mut batch = Vec::new();
@@ -171,7 +177,8 @@ pub fn pipelining(cfg: Cfg) {
     assert!(is_closed(&mut rd));
 }
 
-pub fn chunked_request_body(cfg: Cfg) {
+pub fn chunked_request_body(model: Model, processes: u32) {
+    let cfg = Cfg { model, processes };
     let srv = cfg.start();
     let mut s = srv.connect();
     s.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
@@ -192,7 +199,8 @@ pub fn chunked_request_body(cfg: Cfg) {
     assert_eq!(r.text(), "Wikipedia in\r\n\r\nchunks.");
 }
 
-pub fn chunked_response_body(cfg: Cfg) {
+pub fn chunked_response_body(model: Model, processes: u32) {
+    let cfg = Cfg { model, processes };
     let srv = cfg.start();
     let r = srv.get("/file?bytes=300000&chunked=1");
     assert_eq!(r.status, 200);
@@ -204,7 +212,8 @@ pub fn chunked_response_body(cfg: Cfg) {
     assert_eq!(r.body.len(), 300000);
 }
 
-pub fn expect_continue(cfg: Cfg) {
+pub fn expect_continue(model: Model, processes: u32) {
+    let cfg = Cfg { model, processes };
     let srv = cfg.start();
     let s = srv.connect();
     let mut w = s.try_clone().unwrap();
@@ -241,7 +250,8 @@ fn status_and_closed(srv: &Server, raw: &[u8]) -> u16 {
     r.status
 }
 
-pub fn limits(cfg: Cfg) {
+pub fn limits(model: Model, processes: u32) {
+    let cfg = Cfg { model, processes };
     let srv = cfg.start();
     let long_uri = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "u".repeat(10_000));
     assert_eq!(status_and_closed(&srv, long_uri.as_bytes()), 414);
@@ -270,7 +280,8 @@ pub fn limits(cfg: Cfg) {
     assert_eq!(srv.get("/").status, 200);
 }
 
-pub fn smuggling(cfg: Cfg) {
+pub fn smuggling(model: Model, processes: u32) {
+    let cfg = Cfg { model, processes };
     let srv = cfg.start();
     let cases: [&[u8]; 5] = [
         b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -297,7 +308,8 @@ pub fn smuggling(cfg: Cfg) {
     assert_eq!(text.matches("HTTP/1.1").count(), 1, "{text}");
 }
 
-pub fn client_disconnects_mid_request(cfg: Cfg) {
+pub fn client_disconnects_mid_request(model: Model, processes: u32) {
+    let cfg = Cfg { model, processes };
     let srv = cfg.start();
     for raw in [
         &b"GET / HTTP/1.1\r\nHost: t\r\nX-Partial"[..],
@@ -327,7 +339,8 @@ pub fn client_disconnects_mid_request(cfg: Cfg) {
 
 /// Seed 004's 70 MB transfer: one client reads it slowly while others are served, and
 /// the server's memory stays bounded.
-pub fn slow_reader_70mb(cfg: Cfg) {
+pub fn slow_reader_70mb(model: Model, processes: u32) {
+    let cfg = Cfg { model, processes };
     const SIZE: usize = 70_000_000;
     let srv = cfg.start();
     let mut a = srv.connect();
@@ -395,7 +408,8 @@ pub fn slow_reader_70mb(cfg: Cfg) {
 
 /// A slow reply (`wait`) does not hold up other requests, except in linear×1 where
 /// serving one connection at a time is the model.
-pub fn slow_handler_does_not_block(cfg: Cfg) {
+pub fn slow_handler_does_not_block(model: Model, processes: u32) {
+    let cfg = Cfg { model, processes };
     if cfg.serializes() {
         return;
     }
@@ -413,7 +427,8 @@ pub fn slow_handler_does_not_block(cfg: Cfg) {
 }
 
 /// SIGTERM with requests in flight: they complete, and the exit code is 0.
-pub fn graceful_sigterm(cfg: Cfg) {
+pub fn graceful_sigterm(model: Model, processes: u32) {
+    let cfg = Cfg { model, processes };
     let mut srv = cfg.start();
     let mut clients = Vec::new();
     let n = if cfg.serializes() { 1 } else { 3 };
@@ -435,35 +450,41 @@ pub fn graceful_sigterm(cfg: Cfg) {
     assert_eq!(status.code(), Some(0), "exit code after SIGTERM");
 }
 
-macro_rules! conformance {
-    ($($module:ident => $model:literal, $procs:literal;)*) => {$(
-        mod $module {
-            use super::*;
-            const CFG: Cfg = Cfg { model: $model, processes: $procs };
-            #[test] fn get_head_post() { super::get_head_post(CFG) }
-            #[test] fn keep_alive_http11() { super::keep_alive_http11(CFG) }
-            #[test] fn keep_alive_http10() { super::keep_alive_http10(CFG) }
-            #[test] fn pipelining() { super::pipelining(CFG) }
-            #[test] fn chunked_request_body() { super::chunked_request_body(CFG) }
-            #[test] fn chunked_response_body() { super::chunked_response_body(CFG) }
-            #[test] fn expect_continue() { super::expect_continue(CFG) }
-            #[test] fn limits() { super::limits(CFG) }
-            #[test] fn smuggling() { super::smuggling(CFG) }
-            #[test] fn client_disconnects_mid_request() { super::client_disconnects_mid_request(CFG) }
-            #[test] fn slow_reader_70mb() { super::slow_reader_70mb(CFG) }
-            #[test] fn slow_handler_does_not_block() { super::slow_handler_does_not_block(CFG) }
-            #[test] fn graceful_sigterm() { super::graceful_sigterm(CFG) }
-        }
-    )*};
+// One test per body and model, one process: `conformance::pipelining::epoll`.
+for_each_model! {
+    get_head_post(1);
+    keep_alive_http11(1);
+    keep_alive_http10(1);
+    pipelining(1);
+    chunked_request_body(1);
+    chunked_response_body(1);
+    expect_continue(1);
+    limits(1);
+    smuggling(1);
+    client_disconnects_mid_request(1);
+    slow_reader_70mb(1);
+    slow_handler_does_not_block(1);
+    graceful_sigterm(1);
 }
 
-conformance! {
-    linear => "linear", 1;
-    threads => "threads", 1;
-    epoll => "epoll", 1;
-    async_ => "async", 1;
-    prefork_linear => "linear", 2;
-    prefork_threads => "threads", 2;
-    prefork_epoll => "epoll", 2;
-    prefork_async => "async", 2;
+/// The same tests with 2 worker processes behind the master:
+/// `conformance::prefork::pipelining::epoll`.
+mod prefork {
+    use super::*;
+
+    for_each_model! {
+        get_head_post(2);
+        keep_alive_http11(2);
+        keep_alive_http10(2);
+        pipelining(2);
+        chunked_request_body(2);
+        chunked_response_body(2);
+        expect_continue(2);
+        limits(2);
+        smuggling(2);
+        client_disconnects_mid_request(2);
+        slow_reader_70mb(2);
+        slow_handler_does_not_block(2);
+        graceful_sigterm(2);
+    }
 }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use forklift::fanout::{Client, ClientConfig, FetchError, FetchRequest};
 
-use crate::support::Server;
+use forklift::server::Model;
+
+use crate::support::{for_each_model, Server};
 
 fn wait_backend() -> Server {
     Server::start(&["builtin:wait", "--model", "async"])
@@ -322,9 +324,9 @@ fn callbacks_get_every_result() {
         .any(|r| matches!(r, Err(FetchError::UnsupportedScheme(_)))));
 }
 
-fn fanout_under(model: &str, extra: &[&str]) {
+fn fanout_under(model: Model, extra: &[&str]) {
     let backend = wait_backend();
-    let mut args = vec!["builtin:fanout", "--model", model];
+    let mut args = vec!["builtin:fanout", "--model", model.name()];
     args.extend_from_slice(extra);
     let app = Server::start(&args);
     let be = format!("http://{}", backend.addr);
@@ -372,24 +374,9 @@ fn fanout_under(model: &str, extra: &[&str]) {
     assert_eq!(resp.status, 400);
 }
 
-#[test]
-fn builtin_fanout_under_threads() {
-    fanout_under("threads", &[]);
-}
-
-#[test]
-fn builtin_fanout_under_epoll() {
-    fanout_under("epoll", &[]);
-}
-
-#[test]
-fn builtin_fanout_under_async() {
-    fanout_under("async", &[]);
-}
-
-#[test]
-fn builtin_fanout_in_forked_workers() {
-    fanout_under("epoll", &["--processes", "2"]);
+for_each_model! {
+    builtin_fanout_under => fanout_under(&[]);
+    builtin_fanout_in_forked_workers => fanout_under(&["--processes", "2"]);
 }
 
 #[test]
@@ -431,36 +418,37 @@ def application(env, start_response):
 "#;
 
 #[cfg(feature = "python")]
-#[test]
-fn python_apps_fetch_and_fetch_all() {
+for_each_model! {
+    python_apps_fetch_and_fetch_all(&["--threads", "2"]);
+    // Loaded in the master, then forked: each worker makes its own client.
+    python_apps_fetch_in_forked_workers => python_apps_fetch_and_fetch_all(&["--processes", "2"]);
+}
+
+#[cfg(feature = "python")]
+fn python_apps_fetch_and_fetch_all(model: Model, extra: &[&str]) {
     let backend = wait_backend();
-    let dir = std::env::temp_dir().join(format!("forklift-fanout-py-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "forklift-fanout-py-{}-{model}{}",
+        std::process::id(),
+        extra.concat()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let source = PY_APP.replace("{backend}", &format!("http://{}", backend.addr));
     std::fs::write(dir.join("fanout_app.py"), source).unwrap();
-    let configs: [&[&str]; 4] = [
-        &["--model", "threads", "--threads", "2"],
-        &["--model", "epoll", "--threads", "2"],
-        &["--model", "async"],
-        // Loaded in the master, then forked: each worker makes its own client.
-        &["--model", "threads", "--processes", "2"],
-    ];
-    for args in configs {
-        let model = args.join(" ");
-        let mut full = vec!["--wsgi-file", "fanout_app.py"];
-        full.extend_from_slice(args);
-        let app = Server::start_in(&full, Some(&dir));
-        let r = app.get("/");
-        assert_eq!(
-            r.text(),
-            "200 waited 0.01|200 waited 0.02|200 waited 0.03",
-            "{model}"
-        );
-        let r = app.get("/?future");
-        assert_eq!(r.text(), "waited 0.01\n|waited 0.02\n", "{model}");
-        let r = app.get("/?errors");
-        assert_eq!(r.text(), "FetchTimeout|FetchError|Response|True", "{model}");
-    }
+    let mut args = vec!["--wsgi-file", "fanout_app.py", "--model", model.name()];
+    args.extend_from_slice(extra);
+    let app = Server::start_in(&args, Some(&dir));
+    let r = app.get("/");
+    assert_eq!(
+        r.text(),
+        "200 waited 0.01|200 waited 0.02|200 waited 0.03",
+        "{model}"
+    );
+    let r = app.get("/?future");
+    assert_eq!(r.text(), "waited 0.01\n|waited 0.02\n", "{model}");
+    let r = app.get("/?errors");
+    assert_eq!(r.text(), "FetchTimeout|FetchError|Response|True", "{model}");
+    drop(app);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

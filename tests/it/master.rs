@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use forklift::server::Model;
+
 use crate::support::*;
 
 fn load(
@@ -40,11 +42,11 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn sigkill_worker_under_load(model: &str) {
+fn sigkill_worker_under_load(model: Model) {
     let srv = Server::start(&[
         "builtin:hello",
         "--model",
-        model,
+        model.name(),
         "--processes",
         "2",
         "--disable-logging",
@@ -79,24 +81,8 @@ fn sigkill_worker_under_load(model: &str) {
     );
 }
 
-#[test]
-fn sigkill_worker_epoll() {
-    sigkill_worker_under_load("epoll");
-}
-
-#[test]
-fn sigkill_worker_linear() {
-    sigkill_worker_under_load("linear");
-}
-
-#[test]
-fn sigkill_worker_threads() {
-    sigkill_worker_under_load("threads");
-}
-
-#[test]
-fn sigkill_worker_async() {
-    sigkill_worker_under_load("async");
+for_each_model! {
+    sigkill_worker => sigkill_worker_under_load;
 }
 
 #[test]

@@ -156,6 +156,12 @@ mod support {
 
 use support::*;
 
+use crate::support::for_each_strategy;
+
+for_each_strategy! {
+    runs_every_task => runs_everything_submitted;
+}
+
 fn runs_everything_submitted(strategy: Strategy) {
     let dir = tmpdir(&format!("all-{strategy}"));
     let seen = Seen::default();
@@ -180,69 +186,53 @@ fn runs_everything_submitted(strategy: Strategy) {
     assert_eq!(c.submitted, 60, "{strategy}");
     // The loop worker runs in this process here, so it shares the counters.
     assert_eq!(c.completed, 60, "{strategy}");
-    assert!(matches!(
-        off.submit(Task::new("record", "late")),
-        Err(SubmitError::ShuttingDown) | Err(SubmitError::Unavailable(_)) | Ok(_)
-    ));
+    // After shutdown the engine refuses new tasks: `shutdown` has set the flag (thread,
+    // loop, spool) or closed the queue (pool) that `submit` checks first. `inline` has
+    // nothing to stop: its `submit` runs the task in the caller, after shutdown too.
+    let late = off.submit(Task::new("record", "late"));
+    let c = off.counters();
+    if strategy == Strategy::Inline {
+        assert!(late.is_ok(), "{strategy}: {late:?}");
+        assert_eq!((c.submitted, c.completed, c.rejected), (61, 61, 0));
+        assert!(seen.payloads().contains(&Bytes::from_static(b"late")));
+    } else {
+        assert!(
+            matches!(late, Err(SubmitError::ShuttingDown)),
+            "{strategy}: {late:?}"
+        );
+        assert_eq!((c.submitted, c.rejected), (60, 1), "{strategy}");
+        assert_eq!(seen.len(), 60, "{strategy}: nothing ran after shutdown");
+    }
+}
+
+for_each_strategy! {
+    a_panicking_task_fails_and_the_next_ones_run;
 }
 
 /// A task that panics is a failed task (counted, and under `spool` retried then
 /// dead-lettered), never a dead executor: the tasks after it still run.
-#[test]
-fn a_panicking_task_fails_and_the_next_ones_run() {
-    for strategy in [
-        Strategy::Pool,
-        Strategy::Loop,
-        Strategy::Spool,
-        Strategy::Thread,
-    ] {
-        let dir = tmpdir(&format!("panic-{strategy}"));
-        let seen = Seen::default();
-        let reg = registry(&seen);
-        reg.register_async("explode", |_| Box::pin(async { panic!("boom") }));
-        reg.register("explode_blocking", |_| panic!("bang"));
-        let mut cfg = config(strategy, &dir);
-        cfg.retries = 0;
-        let off = Offload::new(cfg, reg).unwrap();
-        off.submit(Task::new("explode", "x")).unwrap();
-        off.submit(Task::new("explode_blocking", "y")).unwrap();
-        for i in 0..10 {
-            off.submit(Task::new("record_async", format!("after-{i}")))
-                .unwrap();
-        }
-        seen.wait_for(10);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while off.counters().failed < 2 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(off.counters().failed, 2, "{strategy}");
-        off.shutdown(Duration::from_secs(10));
+fn a_panicking_task_fails_and_the_next_ones_run(strategy: Strategy) {
+    let dir = tmpdir(&format!("panic-{strategy}"));
+    let seen = Seen::default();
+    let reg = registry(&seen);
+    reg.register_async("explode", |_| Box::pin(async { panic!("boom") }));
+    reg.register("explode_blocking", |_| panic!("bang"));
+    let mut cfg = config(strategy, &dir);
+    cfg.retries = 0;
+    let off = Offload::new(cfg, reg).unwrap();
+    off.submit(Task::new("explode", "x")).unwrap();
+    off.submit(Task::new("explode_blocking", "y")).unwrap();
+    for i in 0..10 {
+        off.submit(Task::new("record_async", format!("after-{i}")))
+            .unwrap();
     }
-}
-
-#[test]
-fn inline_runs_every_task() {
-    runs_everything_submitted(Strategy::Inline);
-}
-
-#[test]
-fn thread_runs_every_task() {
-    runs_everything_submitted(Strategy::Thread);
-}
-
-#[test]
-fn pool_runs_every_task() {
-    runs_everything_submitted(Strategy::Pool);
-}
-
-#[test]
-fn loop_runs_every_task() {
-    runs_everything_submitted(Strategy::Loop);
-}
-
-#[test]
-fn spool_runs_every_task() {
-    runs_everything_submitted(Strategy::Spool);
+    seen.wait_for(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while off.counters().failed < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(off.counters().failed, 2, "{strategy}");
+    off.shutdown(Duration::from_secs(10));
 }
 
 #[test]
@@ -281,7 +271,21 @@ fn release(gate: &(Mutex<bool>, std::sync::Condvar)) {
     gate.1.notify_all();
 }
 
-fn full_queue_is_rejected(strategy: Strategy, queue: usize, tries: usize) {
+// Not `inline`: it has no queue (its `submit` runs the task in the caller).
+for_each_strategy! {
+    full_queue_is_rejected for [loop_, thread, pool, spool];
+}
+
+/// A bounded strategy refuses once full: the pool's queue and the thread cap (2), the
+/// spool's limit (3), the loop socket's buffer (1 task queued, but the kernel buffers
+/// many: up to 100 000 submissions).
+fn full_queue_is_rejected(strategy: Strategy) {
+    let (queue, tries) = match strategy {
+        Strategy::Pool | Strategy::Thread => (2, 10),
+        Strategy::Spool => (3, 10),
+        Strategy::Loop => (1, 100_000),
+        Strategy::Inline => unreachable!("inline has no queue"),
+    };
     let dir = tmpdir(&format!("full-{strategy}"));
     let (reg, gate) = blocking_registry();
     let args = OffloadArgs {
@@ -313,11 +317,6 @@ fn full_queue_is_rejected(strategy: Strategy, queue: usize, tries: usize) {
     assert!(off.counters().rejected >= 1);
     release(&gate);
     off.shutdown(Duration::from_secs(10));
-}
-
-#[test]
-fn pool_full_queue_is_rejected() {
-    full_queue_is_rejected(Strategy::Pool, 2, 10);
 }
 
 /// With one worker, async tasks still run at once: each waits until all of them have
@@ -363,45 +362,31 @@ fn pool_async_tasks_wait_without_holding_a_worker() {
     drop(dir);
 }
 
-#[test]
-fn thread_cap_is_rejected() {
-    full_queue_is_rejected(Strategy::Thread, 2, 10);
+for_each_strategy! {
+    delays_are_honoured;
 }
 
-#[test]
-fn loop_full_socket_is_rejected() {
-    full_queue_is_rejected(Strategy::Loop, 1, 100_000);
-}
-
-#[test]
-fn spool_full_is_rejected() {
-    full_queue_is_rejected(Strategy::Spool, 3, 10);
-}
-
-#[test]
-fn delays_are_honoured() {
-    for strategy in Strategy::ALL {
-        let dir = tmpdir(&format!("delay-{strategy}"));
-        let seen = Seen::default();
-        let off = Offload::new(config(strategy, &dir), registry(&seen)).unwrap();
-        let delay = Duration::from_millis(300);
-        let t0 = Instant::now();
-        off.submit(Task::new("record_async", "later").after(delay))
-            .unwrap();
-        off.submit(Task::new("record", "now")).unwrap();
-        seen.wait_for(2);
-        let ran = seen.0.lock().unwrap().clone();
-        let later = ran
-            .iter()
-            .find(|(p, _)| &p[..] == b"later")
-            .expect("delayed task ran");
-        assert!(
-            later.1 - t0 >= delay,
-            "{strategy}: ran after {:?}",
-            later.1 - t0
-        );
-        off.shutdown(Duration::from_secs(5));
-    }
+fn delays_are_honoured(strategy: Strategy) {
+    let dir = tmpdir(&format!("delay-{strategy}"));
+    let seen = Seen::default();
+    let off = Offload::new(config(strategy, &dir), registry(&seen)).unwrap();
+    let delay = Duration::from_millis(300);
+    let t0 = Instant::now();
+    off.submit(Task::new("record_async", "later").after(delay))
+        .unwrap();
+    off.submit(Task::new("record", "now")).unwrap();
+    seen.wait_for(2);
+    let ran = seen.0.lock().unwrap().clone();
+    let later = ran
+        .iter()
+        .find(|(p, _)| &p[..] == b"later")
+        .expect("delayed task ran");
+    assert!(
+        later.1 - t0 >= delay,
+        "{strategy}: ran after {:?}",
+        later.1 - t0
+    );
+    off.shutdown(Duration::from_secs(5));
 }
 
 #[test]
@@ -698,45 +683,39 @@ fn loop_host_serves_forked_workers() {
     assert_eq!(lines, expected);
 }
 
-#[test]
-fn slowlog_answers_at_once_and_logs_every_request() {
-    for strategy in [
-        Strategy::Inline,
-        Strategy::Pool,
-        Strategy::Loop,
-        Strategy::Spool,
-    ] {
-        let dir = tmpdir(&format!("slowlog-{strategy}"));
-        let cfg = config(strategy, &dir);
-        let log = cfg.slowlog_file.clone();
-        let off = Offload::new(cfg, Registry::new()).unwrap();
-        let app = SlowLog::new(off.clone());
-        for may_block in [true, false] {
-            for _ in 0..5 {
-                let reply = app.call(request(b"hello body"), &CallContext { may_block });
-                let resp = match reply {
-                    Reply::Ready(r) => r,
-                    Reply::Later(f) => forklift::rt::block_on(f),
-                };
-                assert_eq!(resp.status, 200, "{strategy}");
-                assert!(
-                    matches!(&resp.body, forklift::app::Body::Full(b) if &b[..] == b"Doobie Doo")
-                );
-            }
+for_each_strategy! {
+    slowlog_answers_at_once_and_logs_every_request;
+}
+
+fn slowlog_answers_at_once_and_logs_every_request(strategy: Strategy) {
+    let dir = tmpdir(&format!("slowlog-{strategy}"));
+    let cfg = config(strategy, &dir);
+    let log = cfg.slowlog_file.clone();
+    let off = Offload::new(cfg, Registry::new()).unwrap();
+    let app = SlowLog::new(off.clone());
+    for may_block in [true, false] {
+        for _ in 0..5 {
+            let reply = app.call(request(b"hello body"), &CallContext { may_block });
+            let resp = match reply {
+                Reply::Ready(r) => r,
+                Reply::Later(f) => forklift::rt::block_on(f),
+            };
+            assert_eq!(resp.status, 200, "{strategy}");
+            assert!(matches!(&resp.body, forklift::app::Body::Full(b) if &b[..] == b"Doobie Doo"));
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while forklift::offload::count_records(&log) < 10 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        app.shutdown();
-        let text = std::fs::read_to_string(&log).unwrap();
-        assert_eq!(text.lines().count(), 10, "{strategy}");
-        assert!(
-            text.contains("POST /log?x=1 HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\nhello body"),
-            "{text}"
-        );
-        assert_eq!(app.requests(), 10);
     }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while forklift::offload::count_records(&log) < 10 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    app.shutdown();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.lines().count(), 10, "{strategy}");
+    assert!(
+        text.contains("POST /log?x=1 HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\nhello body"),
+        "{text}"
+    );
+    assert_eq!(app.requests(), 10);
 }
 
 #[test]
@@ -796,10 +775,10 @@ fn http_get(port: u16, path: &str) -> String {
 
 /// builtin:slowlog behind the real pre-fork master (2 workers): every request is
 /// answered and, after SIGTERM, every task has run (the host drains when the master goes).
-fn slowlog_behind_master(strategy: &str) {
+fn slowlog_behind_master(strategy: Strategy) {
     let dir = tmpdir(&format!("master-{strategy}"));
     let mut server = child("serve-master", &dir)
-        .env("FORKLIFT_OFFLOAD_STRATEGY", strategy)
+        .env("FORKLIFT_OFFLOAD_STRATEGY", strategy.as_str())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -846,21 +825,8 @@ fn slowlog_behind_master(strategy: &str) {
     assert_eq!(text.lines().count(), 20);
 }
 
-#[test]
-fn slowlog_loop_behind_prefork_master() {
-    slowlog_behind_master("loop");
-}
-
-#[test]
-fn slowlog_spool_behind_prefork_master() {
-    slowlog_behind_master("spool");
-}
-
-#[test]
-fn slowlog_pool_thread_inline_behind_prefork_master() {
-    for strategy in ["pool", "thread", "inline"] {
-        slowlog_behind_master(strategy);
-    }
+for_each_strategy! {
+    slowlog_behind_prefork_master => slowlog_behind_master;
 }
 
 /// The Python glue: `@forklift.task` functions run through the engine, `task.spool()`

@@ -18,16 +18,17 @@ mod support {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/apps")
     }
 
-    /// A server running in this process on 127.0.0.1:0; stops when dropped.
-    pub struct Server {
+    /// A WSGI app served in this process on 127.0.0.1:0; stops when dropped. (The
+    /// `forklift` binary as a child process is [`crate::support::Server`].)
+    pub struct PyServer {
         pub addr: SocketAddr,
         shutdown: Shutdown,
         thread: Option<JoinHandle<()>>,
     }
 
-    impl Server {
-        pub fn start(file: &str, callable: &str, model: Model) -> Server {
-            Server::with_options(
+    impl PyServer {
+        pub fn start(file: &str, callable: &str, model: Model) -> PyServer {
+            PyServer::with_options(
                 PythonOptions {
                     wsgi_file: Some(apps_dir().join(file)),
                     callable: callable.into(),
@@ -37,7 +38,7 @@ mod support {
             )
         }
 
-        pub fn with_options(mut opts: PythonOptions, model: Model) -> Server {
+        pub fn with_options(mut opts: PythonOptions, model: Model) -> PyServer {
             opts.pool_threads = 2;
             opts.multithread = model != Model::Linear;
             let app = load_app(&opts).expect("the app loads");
@@ -55,7 +56,7 @@ mod support {
                 server::run_worker(listener, app, config, Log::stderr(false), sd)
                     .expect("server runs");
             });
-            Server {
+            PyServer {
                 addr,
                 shutdown,
                 thread: Some(thread),
@@ -99,7 +100,7 @@ mod support {
         }
     }
 
-    impl Drop for Server {
+    impl Drop for PyServer {
         fn drop(&mut self) {
             self.shutdown.trigger();
             if let Some(t) = self.thread.take() {
@@ -126,50 +127,33 @@ use std::time::Duration;
 
 use forklift::python::{load_app, PythonError, PythonOptions};
 use forklift::server::Model;
-use support::{Server, *};
+use support::*;
 
-/// Generates one test per model for each `fn(Model)` listed.
-macro_rules! every_model {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                use forklift::server::Model;
-                #[test]
-                fn linear() { super::$name(Model::Linear) }
-                #[test]
-                fn threads() { super::$name(Model::Threads) }
-                #[test]
-                fn epoll() { super::$name(Model::Epoll) }
-                #[test]
-                fn r#async() { super::$name(Model::Async) }
-            }
-        )*
-    };
+use crate::support::for_each_model;
+
+for_each_model! {
+    hello;
+    validator_accepts_everything;
+    environ_keys;
+    environ_headers_and_path;
+    input_patterns_content_length;
+    input_patterns_chunked;
+    streaming_generator;
+    write_callable;
+    exc_info_rules;
+    app_errors_give_500_and_worker_survives;
+    big_responses;
+    file_wrapper;
+    close_is_called;
+    close_on_client_disconnect;
+    content_length_is_honoured;
+    response_headers;
+    asyncio_in_a_request;
+    forklift_module;
 }
 
-every_model!(
-    hello,
-    validator_accepts_everything,
-    environ_keys,
-    environ_headers_and_path,
-    input_patterns_content_length,
-    input_patterns_chunked,
-    streaming_generator,
-    write_callable,
-    exc_info_rules,
-    app_errors_give_500_and_worker_survives,
-    big_responses,
-    file_wrapper,
-    close_is_called,
-    close_on_client_disconnect,
-    content_length_is_honoured,
-    response_headers,
-    asyncio_in_a_request,
-    forklift_module,
-);
-
 fn hello(m: Model) {
-    let s = Server::start("suite.py", "application", m);
+    let s = PyServer::start("suite.py", "application", m);
     let r = s.get("/hello");
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "Hello world");
@@ -187,7 +171,7 @@ fn hello(m: Model) {
 }
 
 fn validator_accepts_everything(m: Model) {
-    let s = Server::start("suite.py", "validated", m);
+    let s = PyServer::start("suite.py", "validated", m);
     for (path, want) in [
         ("/hello", "Hello world"),
         ("/stream?n=3", "chunk 0\nchunk 1\nchunk 2\n"),
@@ -211,7 +195,7 @@ fn environ_json(r: &Reply) -> serde_json::Value {
 }
 
 fn environ_keys(m: Model) {
-    let s = Server::start("suite.py", "application", m);
+    let s = PyServer::start("suite.py", "application", m);
     let e = environ_json(&s.get("/environ?a=1&b=%20"));
     assert_eq!(e["REQUEST_METHOD"], "GET");
     assert_eq!(e["SCRIPT_NAME"], "");
@@ -248,7 +232,7 @@ fn environ_keys(m: Model) {
 }
 
 fn environ_headers_and_path(m: Model) {
-    let s = Server::start("suite.py", "application", m);
+    let s = PyServer::start("suite.py", "application", m);
     let r = request(
         s.addr,
         "GET /env%69ron/%C3%A9%2F?x=%C3%A9 HTTP/1.1\r\nHost: h\r\nX-Multi: 1\r\nx-multi: 2\r\nCookie: a=1\r\nCookie: b=2\r\nUser-Agent: t\r\nX_Under: dropped\r\nConnection: close\r\n\r\n",
@@ -274,7 +258,7 @@ fn environ_headers_and_path(m: Model) {
     assert_eq!(r.body, "not found: /caf\u{c3}\u{a9}".as_bytes());
 }
 
-fn input_case(s: &Server, chunked: bool) {
+fn input_case(s: &PyServer, chunked: bool) {
     let body = b"line one\nline two\n\nlast";
     for (mode, want) in [
         ("read", r#"["line one\nline two\n\nlast"]"#),
@@ -301,11 +285,11 @@ fn input_case(s: &Server, chunked: bool) {
 }
 
 fn input_patterns_content_length(m: Model) {
-    input_case(&Server::start("suite.py", "application", m), false);
+    input_case(&PyServer::start("suite.py", "application", m), false);
 }
 
 fn input_patterns_chunked(m: Model) {
-    let s = Server::start("suite.py", "application", m);
+    let s = PyServer::start("suite.py", "application", m);
     input_case(&s, true);
     // A de-chunked body is presented with its length, as nginx forwards it.
     let e = environ_json(&s.post("/environ", b"0123456789", true));
@@ -314,7 +298,7 @@ fn input_patterns_chunked(m: Model) {
 }
 
 fn streaming_generator(m: Model) {
-    let s = Server::start("suite.py", "application", m);
+    let s = PyServer::start("suite.py", "application", m);
     let r = s.get("/stream?n=4");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("transfer-encoding"), Some("chunked"));
@@ -330,13 +314,13 @@ fn streaming_generator(m: Model) {
 }
 
 fn write_callable(m: Model) {
-    let s = Server::start("suite.py", "application", m);
+    let s = PyServer::start("suite.py", "application", m);
     assert_eq!(s.get("/write").text(), "written then returned");
     assert_eq!(s.get("/write-only").text(), "all written");
 }
 
 fn exc_info_rules(m: Model) {
-    let s = Server::start("suite.py", "application", m);
+    let s = PyServer::start("suite.py", "application", m);
     let r = s.get("/exc-info-replace");
     assert_eq!(r.status, 500);
     assert_eq!(r.reason, "Custom Error");
@@ -354,7 +338,7 @@ fn exc_info_rules(m: Model) {
 }
 
 fn app_errors_give_500_and_worker_survives(m: Model) {
-    let s = Server::start("suite.py", "application", m);
+    let s = PyServer::start("suite.py", "application", m);
     for path in [
         "/raise-before",
         "/sys-exit",
@@ -378,7 +362,7 @@ fn app_errors_give_500_and_worker_survives(m: Model) {
 }
 
 fn big_responses(m: Model) {
-    let s = Server::start("suite.py", "application", m);
+    let s = PyServer::start("suite.py", "application", m);
     let n = 16 << 20;
     let r = s.get("/big");
     assert_eq!(r.status, 200);
@@ -391,7 +375,7 @@ fn big_responses(m: Model) {
 }
 
 fn file_wrapper(m: Model) {
-    let s = Server::start("suite.py", "application", m);
+    let s = PyServer::start("suite.py", "application", m);
     let src = std::fs::read(apps_dir().join("suite.py")).unwrap();
     let r = s.get("/file");
     assert_eq!(r.status, 200);
@@ -407,13 +391,13 @@ fn file_wrapper(m: Model) {
 }
 
 fn close_is_called(m: Model) {
-    let s = Server::start("suite.py", "application", m);
+    let s = PyServer::start("suite.py", "application", m);
     assert_eq!(s.get("/closing").text(), "one two");
     assert_eq!(s.wait_for("/closed", "1"), "1");
 }
 
 fn close_on_client_disconnect(m: Model) {
-    let s = Server::start("suite.py", "application", m);
+    let s = PyServer::start("suite.py", "application", m);
     {
         let mut c = connect(s.addr);
         c.write_all(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -430,7 +414,7 @@ fn close_on_client_disconnect(m: Model) {
 }
 
 fn content_length_is_honoured(m: Model) {
-    let s = Server::start("suite.py", "application", m);
+    let s = PyServer::start("suite.py", "application", m);
     let r = s.get("/content-length-long");
     assert_eq!(r.header("content-length"), Some("4"));
     assert_eq!(r.text(), "long");
@@ -441,7 +425,7 @@ fn content_length_is_honoured(m: Model) {
 }
 
 fn response_headers(m: Model) {
-    let s = Server::start("suite.py", "application", m);
+    let s = PyServer::start("suite.py", "application", m);
     let r = s.get("/headers");
     let multi: Vec<&str> = r
         .headers
@@ -459,7 +443,7 @@ fn response_headers(m: Model) {
 }
 
 fn asyncio_in_a_request(m: Model) {
-    let s = Server::start("suite.py", "application", m);
+    let s = PyServer::start("suite.py", "application", m);
     // Several requests, so more than one serving thread is likely used.
     let handles: Vec<_> = (0..6)
         .map(|_| {
@@ -480,7 +464,7 @@ fn asyncio_in_a_request(m: Model) {
 }
 
 fn forklift_module(m: Model) {
-    let s = Server::start("suite.py", "application", m);
+    let s = PyServer::start("suite.py", "application", m);
     let r = s.get("/forklift");
     let text = r.text();
     assert!(
@@ -532,7 +516,7 @@ fn missing_callable_names_the_option() {
 
 #[test]
 fn module_with_callable_and_pythonpath() {
-    let s = Server::with_options(
+    let s = PyServer::with_options(
         PythonOptions {
             module: Some("mod_app:app".into()),
             pythonpath: vec![apps_dir().join("pkg")],
@@ -570,7 +554,7 @@ fn task_spool_goes_to_the_sink_and_tasks_are_announced() {
     if !crate::support::isolated("python::task_spool_goes_to_the_sink_and_tasks_are_announced") {
         return;
     }
-    let s = Server::start("suite.py", "application", Model::Threads);
+    let s = PyServer::start("suite.py", "application", Model::Threads);
     assert!(s
         .get("/spool")
         .text()
@@ -599,7 +583,7 @@ fn offload_queue_is_bounded_and_call_later_runs() {
     if !crate::support::isolated("python::offload_queue_is_bounded_and_call_later_runs") {
         return;
     }
-    let s = Server::start("suite.py", "application", Model::Epoll);
+    let s = PyServer::start("suite.py", "application", Model::Epoll);
     let r = s.get("/flood").text();
     let (n, full) = r.split_once(' ').unwrap();
     assert_eq!(full, "QueueFull", "{r}");
@@ -634,7 +618,7 @@ fn offload_queue_is_bounded_and_call_later_runs() {
 
 #[test]
 fn run_task_calls_a_registered_task() {
-    let _s = Server::start("suite.py", "application", Model::Linear);
+    let _s = PyServer::start("suite.py", "application", Model::Linear);
     let names = forklift::python::task_names();
     let name = names
         .iter()
@@ -655,25 +639,26 @@ fn run_task_calls_a_registered_task() {
 // ---------------------------------------------------------------------------
 // The seeds' apps.
 
-#[test]
-fn seed_002_apps_call_the_backend() {
+for_each_model! {
+    seed_002_apps_call_the_backend;
+}
+
+fn seed_002_apps_call_the_backend(m: Model) {
     // The backend of seed 002, served by forklift's built-in `wait` app.
     let backend = BuiltinServer::start();
     let q = format!("/?backend={}", backend.addr.port());
-    for m in Model::ALL {
-        let s = Server::start("seed002/app_sync.py", "application", m);
-        let r = s.get(&q);
-        assert_eq!(r.status, 200, "{m:?}: {}", r.text());
-        assert!(r.text().contains("with synchronous calls"), "{}", r.text());
-        let s = Server::start("seed002/app_asyncio.py", "application", m);
-        let r = s.get(&q);
-        assert_eq!(r.status, 200, "{m:?}: {}", r.text());
-        assert!(
-            r.text().contains("async calls using asyncio"),
-            "{}",
-            r.text()
-        );
-    }
+    let s = PyServer::start("seed002/app_sync.py", "application", m);
+    let r = s.get(&q);
+    assert_eq!(r.status, 200, "{m:?}: {}", r.text());
+    assert!(r.text().contains("with synchronous calls"), "{}", r.text());
+    let s = PyServer::start("seed002/app_asyncio.py", "application", m);
+    let r = s.get(&q);
+    assert_eq!(r.status, 200, "{m:?}: {}", r.text());
+    assert!(
+        r.text().contains("async calls using asyncio"),
+        "{}",
+        r.text()
+    );
 }
 
 /// `builtin:wait` on 127.0.0.1:0, in this process.
@@ -730,7 +715,7 @@ impl Drop for BuiltinServer {
 struct Spec {
     file: String,
     callable: Option<String>,
-    model: Option<&'static str>,
+    model: Option<Model>,
     processes: usize,
     lazy: bool,
     venv: Option<String>,
@@ -756,7 +741,7 @@ impl Spec {
             "--http".into(),
             "127.0.0.1:0".into(),
             "--model".into(),
-            self.model.unwrap_or("threads").into(),
+            self.model.unwrap_or(Model::Threads).name().into(),
             "--processes".into(),
             self.processes.to_string(),
             "--threads".into(),
@@ -893,20 +878,21 @@ impl Drop for Proc {
     }
 }
 
-#[test]
-fn seed_001_webapp_reads_numbers_under_every_model() {
-    for m in ["linear", "threads", "epoll", "async"] {
-        let p = Proc::start(&Spec {
-            model: Some(m),
-            chdir: Some("seed001".into()),
-            ..Spec::new("webapp.py")
-        });
-        let r = p.get("/");
-        assert_eq!(r.status, 200, "{m}");
-        assert_eq!(r.text(), "Hello World");
-        let out = p.wait_output("5:five");
-        assert!(out.contains("0:zero\n1:one\n"), "{m}: {out}");
-    }
+for_each_model! {
+    seed_001_webapp_reads_numbers;
+}
+
+fn seed_001_webapp_reads_numbers(m: Model) {
+    let p = Proc::start(&Spec {
+        model: Some(m),
+        chdir: Some("seed001".into()),
+        ..Spec::new("webapp.py")
+    });
+    let r = p.get("/");
+    assert_eq!(r.status, 200, "{m}");
+    assert_eq!(r.text(), "Hello World");
+    let out = p.wait_output("5:five");
+    assert!(out.contains("0:zero\n1:one\n"), "{m}: {out}");
 }
 
 #[test]
@@ -951,39 +937,37 @@ fn distinct_pids(p: &Proc, n: usize) -> std::collections::HashSet<String> {
     pids
 }
 
-#[test]
-fn preforked_workers_serve_python() {
-    for (model, lazy) in [
-        ("threads", false),
-        ("epoll", false),
-        ("linear", true),
-        ("async", true),
-    ] {
-        let p = Proc::start(&Spec {
-            model: Some(model),
-            processes: 2,
-            lazy,
-            env: vec![("FORKLIFT_TEST_ATEXIT".into(), "1".into())],
-            ..Spec::new("suite.py")
-        });
-        assert_eq!(p.get("/hello").text(), "Hello world");
-        let pids = distinct_pids(&p, 2);
-        assert_eq!(pids.len(), 2, "{model} lazy={lazy}: {pids:?}");
-        // Python threads, asyncio and the offload pool work in forked workers.
-        assert!(p.get("/asyncio").text().starts_with("asyncio ok"));
-        assert_eq!(p.get("/offload?tag=w").text(), "queued True");
-        let r = p.get("/big-stream?bytes=1000000");
-        assert_eq!(r.body.len(), 1_000_000);
-        let e: serde_json::Value = serde_json::from_slice(&p.get("/environ").body).unwrap();
-        assert_eq!(e["wsgi.multiprocess"], true);
-        // Each worker runs the app's atexit functions when it stops.
-        let out = p.stop();
-        for pid in &pids {
-            assert!(
-                out.contains(&format!("suite.py: atexit ran in {pid}\n")),
-                "{model}: {out}"
-            );
-        }
+// Loaded in the master then forked, and loaded in each worker (`--lazy-apps`).
+for_each_model! {
+    preforked_workers_serve_python(false);
+    preforked_lazy_workers_serve_python => preforked_workers_serve_python(true);
+}
+
+fn preforked_workers_serve_python(model: Model, lazy: bool) {
+    let p = Proc::start(&Spec {
+        model: Some(model),
+        processes: 2,
+        lazy,
+        env: vec![("FORKLIFT_TEST_ATEXIT".into(), "1".into())],
+        ..Spec::new("suite.py")
+    });
+    assert_eq!(p.get("/hello").text(), "Hello world");
+    let pids = distinct_pids(&p, 2);
+    assert_eq!(pids.len(), 2, "{model} lazy={lazy}: {pids:?}");
+    // Python threads, asyncio and the offload pool work in forked workers.
+    assert!(p.get("/asyncio").text().starts_with("asyncio ok"));
+    assert_eq!(p.get("/offload?tag=w").text(), "queued True");
+    let r = p.get("/big-stream?bytes=1000000");
+    assert_eq!(r.body.len(), 1_000_000);
+    let e: serde_json::Value = serde_json::from_slice(&p.get("/environ").body).unwrap();
+    assert_eq!(e["wsgi.multiprocess"], true);
+    // Each worker runs the app's atexit functions when it stops.
+    let out = p.stop();
+    for pid in &pids {
+        assert!(
+            out.contains(&format!("suite.py: atexit ran in {pid}\n")),
+            "{model}: {out}"
+        );
     }
 }
 
@@ -998,39 +982,40 @@ fn test_venv() -> Option<String> {
     }
 }
 
-#[test]
-fn flask_app_in_a_virtualenv() {
+for_each_model! {
+    flask_app_in_a_virtualenv;
+}
+
+fn flask_app_in_a_virtualenv(m: Model) {
     let Some(venv) = test_venv() else { return };
-    for m in ["threads", "epoll"] {
-        let p = Proc::start(&Spec {
-            model: Some(m),
-            venv: Some(venv.clone()),
-            ..Spec::new("flaskapp/flask_app.py")
-        });
-        let r = p.get("/");
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(r.text(), "flask index");
-        assert_eq!(p.get("/user/ada").text(), "hello ada");
-        assert_eq!(p.get("/missing").status, 404);
-        let r = request(
-            p.addr,
-            "POST /json HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n[1, 2, 3]",
-        );
-        assert_eq!(r.status, 200, "{}", r.text());
-        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-        assert_eq!(v, serde_json::json!({"got": [1, 2, 3], "n": 3}));
-        let r = request(
-            p.addr,
-            "POST /form HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nname=ada+\r\n6\r\nlovel%\r\n4\r\n61ce\r\n0\r\n\r\n",
-        );
-        assert_eq!(r.text(), "form name=ada lovelace");
-        assert_eq!(p.get("/stream").text(), "part 0\npart 1\npart 2\n");
-        let prefix = p.get("/prefix").text();
-        assert_eq!(
-            std::fs::canonicalize(&prefix).unwrap(),
-            std::fs::canonicalize(&venv).unwrap()
-        );
-    }
+    let p = Proc::start(&Spec {
+        model: Some(m),
+        venv: Some(venv.clone()),
+        ..Spec::new("flaskapp/flask_app.py")
+    });
+    let r = p.get("/");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "flask index");
+    assert_eq!(p.get("/user/ada").text(), "hello ada");
+    assert_eq!(p.get("/missing").status, 404);
+    let r = request(
+        p.addr,
+        "POST /json HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n[1, 2, 3]",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v, serde_json::json!({"got": [1, 2, 3], "n": 3}));
+    let r = request(
+        p.addr,
+        "POST /form HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nname=ada+\r\n6\r\nlovel%\r\n4\r\n61ce\r\n0\r\n\r\n",
+    );
+    assert_eq!(r.text(), "form name=ada lovelace");
+    assert_eq!(p.get("/stream").text(), "part 0\npart 1\npart 2\n");
+    let prefix = p.get("/prefix").text();
+    assert_eq!(
+        std::fs::canonicalize(&prefix).unwrap(),
+        std::fs::canonicalize(&venv).unwrap()
+    );
 }
 
 #[test]
@@ -1044,7 +1029,7 @@ fn seed_002_apps_with_requests_and_aiohttp_in_a_virtualenv() {
         // The seed's apps as written (requests, aiohttp, URL without a query knob): the
         // backend port comes from the environment (7001 when unset).
         let p = Proc::start(&Spec {
-            model: Some("threads"),
+            model: Some(Model::Threads),
             venv: Some(venv.clone()),
             env: vec![(
                 "FORKLIFT_TEST_BACKEND_PORT".into(),
@@ -1058,42 +1043,48 @@ fn seed_002_apps_with_requests_and_aiohttp_in_a_virtualenv() {
     }
 }
 
-#[test]
-fn app_threads_run_between_requests_and_survive_fork_of_a_busy_master() {
-    for (model, processes) in [("epoll", 2), ("threads", 2), ("linear", 1)] {
-        let p = Proc::start(&Spec {
-            model: Some(model),
-            processes,
-            ..Spec::new("threaded.py")
-        });
-        // The master forked while its spinner thread was running: workers must not
-        // hang on an interpreter lock that thread held.
-        for _ in 0..5 {
-            assert_eq!(p.get("/").text(), "ok", "{model}");
-        }
-        // A thread the app starts keeps running between requests (one connection at a
-        // time, so the same worker answers on linear/one process; with two processes,
-        // ask until a worker that started one reports progress).
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let mut progressed = false;
-        while !progressed && std::time::Instant::now() < deadline {
-            p.get("/start");
-            let a: u64 = p.get("/ticks").text().parse().unwrap();
-            std::thread::sleep(Duration::from_millis(50));
-            let b: u64 = p.get("/ticks").text().parse().unwrap();
-            progressed = b > a;
-        }
-        assert!(progressed, "{model}: the app's thread did not run");
-        // call_later works in workers forked from a master that used it.
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let mut done = false;
-        while !done && std::time::Instant::now() < deadline {
-            p.get("/later");
-            std::thread::sleep(Duration::from_millis(30));
-            done = p.get("/later-done").text() == "yes";
-        }
-        assert!(done, "{model}: call_later never ran in a worker");
+// With one process and with two (a worker that did not start the thread answers too).
+for_each_model! {
+    app_threads_run_between_requests_and_survive_fork_of_a_busy_master(2);
+    app_threads_in_one_process => app_threads_run_between_requests_and_survive_fork_of_a_busy_master(1);
+}
+
+fn app_threads_run_between_requests_and_survive_fork_of_a_busy_master(
+    model: Model,
+    processes: usize,
+) {
+    let p = Proc::start(&Spec {
+        model: Some(model),
+        processes,
+        ..Spec::new("threaded.py")
+    });
+    // The master forked while its spinner thread was running: workers must not
+    // hang on an interpreter lock that thread held.
+    for _ in 0..5 {
+        assert_eq!(p.get("/").text(), "ok", "{model}");
     }
+    // A thread the app starts keeps running between requests (one connection at a
+    // time, so the same worker answers on linear/one process; with two processes,
+    // ask until a worker that started one reports progress).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut progressed = false;
+    while !progressed && std::time::Instant::now() < deadline {
+        p.get("/start");
+        let a: u64 = p.get("/ticks").text().parse().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let b: u64 = p.get("/ticks").text().parse().unwrap();
+        progressed = b > a;
+    }
+    assert!(progressed, "{model}: the app's thread did not run");
+    // call_later works in workers forked from a master that used it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut done = false;
+    while !done && std::time::Instant::now() < deadline {
+        p.get("/later");
+        std::thread::sleep(Duration::from_millis(30));
+        done = p.get("/later-done").text() == "yes";
+    }
+    assert!(done, "{model}: call_later never ran in a worker");
 }
 
 #[test]
@@ -1177,8 +1168,11 @@ fn cli_module_with_pythonpath_and_chdir() {
     assert_eq!(r.text(), "from mod_app");
 }
 
-#[test]
-fn django_app_in_a_virtualenv() {
+for_each_model! {
+    django_app_in_a_virtualenv;
+}
+
+fn django_app_in_a_virtualenv(m: Model) {
     let Some(venv) = test_venv() else { return };
     let has_django = std::process::Command::new(format!("{venv}/bin/python"))
         .args(["-c", "import django"])
@@ -1188,37 +1182,35 @@ fn django_app_in_a_virtualenv() {
         eprintln!("note: no django in {venv}; skipping the Django test");
         return;
     }
-    for m in ["threads", "epoll"] {
-        let p = Proc::start(&Spec {
-            model: Some(m),
-            venv: Some(venv.clone()),
-            ..Spec::new("djangoapp/django_app.py")
-        });
-        assert_eq!(p.get("/").text(), "django index");
-        assert_eq!(p.get("/nope").status, 404);
-        for chunked in [false, true] {
-            let body = "name=ada";
-            let framing = if chunked {
-                format!(
-                    "Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
-                    body.len()
-                )
-            } else {
-                format!("Content-Length: {}\r\n\r\n{body}", body.len())
-            };
-            let r = request(
-                p.addr,
-                &format!("POST /form HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\n{framing}"),
-            );
-            assert_eq!(r.text(), "form name=ada", "{m} chunked={chunked}");
-        }
+    let p = Proc::start(&Spec {
+        model: Some(m),
+        venv: Some(venv.clone()),
+        ..Spec::new("djangoapp/django_app.py")
+    });
+    assert_eq!(p.get("/").text(), "django index");
+    assert_eq!(p.get("/nope").status, 404);
+    for chunked in [false, true] {
+        let body = "name=ada";
+        let framing = if chunked {
+            format!(
+                "Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                body.len()
+            )
+        } else {
+            format!("Content-Length: {}\r\n\r\n{body}", body.len())
+        };
         let r = request(
             p.addr,
-            "POST /json HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 6\r\n\r\n[1, 2]",
+            &format!("POST /form HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\n{framing}"),
         );
-        assert_eq!(r.text(), r#"{"got": [1, 2]}"#);
-        assert_eq!(p.get("/stream").text(), "part 0\npart 1\npart 2\n");
-        let src = std::fs::read(apps_dir().join("djangoapp/django_app.py")).unwrap();
-        assert_eq!(p.get("/file").body, src);
+        assert_eq!(r.text(), "form name=ada", "{m} chunked={chunked}");
     }
+    let r = request(
+        p.addr,
+        "POST /json HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 6\r\n\r\n[1, 2]",
+    );
+    assert_eq!(r.text(), r#"{"got": [1, 2]}"#);
+    assert_eq!(p.get("/stream").text(), "part 0\npart 1\npart 2\n");
+    let src = std::fs::read(apps_dir().join("djangoapp/django_app.py")).unwrap();
+    assert_eq!(p.get("/file").body, src);
 }

@@ -377,3 +377,102 @@ pub fn isolated(test: &str) -> bool {
     assert!(stdout.contains("1 passed"), "{test} did not run: {stdout}");
     false
 }
+
+/// Generates one `#[test]` per concurrency model for each test body listed: a module
+/// named after the test, holding `linear`, `threads`, `epoll` and `async_`, so
+/// `cargo test epoll` selects a model and a failure names it. A body is a function
+/// whose first parameter is the [`Model`](forklift::server::Model); further arguments
+/// (the app to load, options, a process count) follow its name; the module may be named
+/// apart from the body (`name => body(...)`), so one body serves several tests; and
+/// `for [...]` limits a test to some models:
+///
+/// ```ignore
+/// for_each_model! {
+///     hello;                                  // hello::epoll() calls hello(Model::Epoll)
+///     fanout_under(&[]);                      // fanout_under(Model::Epoll, &[])
+///     fanout_prefork => fanout_under(&["--processes", "2"]);
+///     pipelining(1) for [threads, epoll];     // only those two
+/// }
+/// ```
+///
+/// The generated modules `use super::*`, so arguments may name what the caller sees.
+macro_rules! for_each_model {
+    () => {};
+    ($name:ident => $body:ident $(($($arg:expr),* $(,)?))? $(for [$($only:ident),* $(,)?])? ; $($rest:tt)*) => {
+        $crate::support::for_each_model!(@entry $name, $body, [$($($arg),*)?], [$($($only),*)?]);
+        $crate::support::for_each_model!($($rest)*);
+    };
+    ($name:ident $(($($arg:expr),* $(,)?))? $(for [$($only:ident),* $(,)?])? ; $($rest:tt)*) => {
+        $crate::support::for_each_model!(@entry $name, $name, [$($($arg),*)?], [$($($only),*)?]);
+        $crate::support::for_each_model!($($rest)*);
+    };
+    (@entry $name:ident, $body:ident, $args:tt, []) => {
+        $crate::support::for_each_model!(@entry $name, $body, $args, [linear, threads, epoll, async_]);
+    };
+    (@entry $name:ident, $body:ident, $args:tt, [$($model:ident),+]) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                fn $model() {
+                    $crate::support::for_each_model!(@call $body, $model, $args)
+                }
+            )+
+        }
+    };
+    (@call $body:ident, $model:ident, [$($arg:expr),*]) => {
+        super::$body($crate::support::for_each_model!(@value $model) $(, $arg)*)
+    };
+    (@value linear) => { ::forklift::server::Model::Linear };
+    (@value threads) => { ::forklift::server::Model::Threads };
+    (@value epoll) => { ::forklift::server::Model::Epoll };
+    (@value async_) => { ::forklift::server::Model::Async };
+}
+pub(crate) use for_each_model;
+
+/// [`for_each_model!`] for the offload strategies: for each body listed, one `#[test]`
+/// per [`Strategy`](forklift::offload::Strategy), named `inline`, `loop_`, `thread`,
+/// `pool` and `spool`, in a module named after the test; the same forms:
+///
+/// ```ignore
+/// for_each_strategy! {
+///     runs_every_task;                        // runs_every_task::pool() calls runs_every_task(Strategy::Pool)
+///     full_queue_is_rejected for [thread, pool, loop_, spool];
+/// }
+/// ```
+macro_rules! for_each_strategy {
+    () => {};
+    ($name:ident => $body:ident $(($($arg:expr),* $(,)?))? $(for [$($only:ident),* $(,)?])? ; $($rest:tt)*) => {
+        $crate::support::for_each_strategy!(@entry $name, $body, [$($($arg),*)?], [$($($only),*)?]);
+        $crate::support::for_each_strategy!($($rest)*);
+    };
+    ($name:ident $(($($arg:expr),* $(,)?))? $(for [$($only:ident),* $(,)?])? ; $($rest:tt)*) => {
+        $crate::support::for_each_strategy!(@entry $name, $name, [$($($arg),*)?], [$($($only),*)?]);
+        $crate::support::for_each_strategy!($($rest)*);
+    };
+    (@entry $name:ident, $body:ident, $args:tt, []) => {
+        $crate::support::for_each_strategy!(@entry $name, $body, $args, [inline, loop_, thread, pool, spool]);
+    };
+    (@entry $name:ident, $body:ident, $args:tt, [$($strategy:ident),+]) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                fn $strategy() {
+                    $crate::support::for_each_strategy!(@call $body, $strategy, $args)
+                }
+            )+
+        }
+    };
+    (@call $body:ident, $strategy:ident, [$($arg:expr),*]) => {
+        super::$body($crate::support::for_each_strategy!(@value $strategy) $(, $arg)*)
+    };
+    (@value inline) => { ::forklift::offload::Strategy::Inline };
+    (@value loop_) => { ::forklift::offload::Strategy::Loop };
+    (@value thread) => { ::forklift::offload::Strategy::Thread };
+    (@value pool) => { ::forklift::offload::Strategy::Pool };
+    (@value spool) => { ::forklift::offload::Strategy::Spool };
+}
+pub(crate) use for_each_strategy;
