@@ -12,7 +12,7 @@ use forklift::app::{CallContext, Handler, Reply, Request, Response};
 use forklift::rt::Shutdown;
 use forklift::server::{run_worker, Log, Model, ServerConfig};
 
-use crate::support::{read_response, IO_GUARD};
+use crate::support::{for_each_model, read_response, IO_GUARD};
 
 /// `/panic` panics in the handler, `/later-panic` in the reply's future; anything
 /// else is answered "ok".
@@ -182,20 +182,8 @@ fn an_error_response_reaches_a_client_still_sending(model: Model) {
     assert_eq!(resp.status, 413, "{model}");
 }
 
-macro_rules! per_model {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            use forklift::server::Model;
-            #[test] fn linear() { super::$test(Model::Linear) }
-            #[test] fn threads() { super::$test(Model::Threads) }
-            #[test] fn epoll() { super::$test(Model::Epoll) }
-            #[test] fn async_() { super::$test(Model::Async) }
-        }
-    )*};
-}
-
-per_model! {
-    max_requests_retires_the_worker,
-    a_panicking_handler_costs_one_response,
-    an_error_response_reaches_a_client_still_sending,
+for_each_model! {
+    max_requests_retires_the_worker;
+    a_panicking_handler_costs_one_response;
+    an_error_response_reaches_a_client_still_sending;
 }
