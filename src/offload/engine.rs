@@ -1,5 +1,6 @@
-//! The interface every strategy implements: [`super::Offload`] holds one engine and
-//! forwards its calls to it.
+//! The interface every strategy implements.
+//!
+//! [`super::Offload`] holds one engine and forwards its calls to it.
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
-//! The engine's error types: a task's failure ([`TaskError`]), a rejected submission
-//! ([`SubmitError`]), a failure to start ([`OffloadError`]) and the spool's
-//! ([`SpoolError`]).
+//! The offload engine's error types.
+//!
+//! A task's failure ([`TaskError`]), a rejected submission ([`SubmitError`]), a failure
+//! to start ([`OffloadError`]) and the spool's ([`SpoolError`]).
 
 use std::fmt;
 use std::io;

@@ -12,9 +12,29 @@
 //! Nothing here starts a thread or opens a connection until it is needed, and every
 //! per-process resource is a [`crate::rt::fork::ForkLocal`] (a forked worker makes its
 //! own, never touching the master's, whose locks a master thread may hold), so an
-//! [`Offload`] built in a pre-fork master is safe to use in the workers. Call [`Offload::start_in_master`]
-//! before forking (for `loop` it forks the offload host process) and
-//! [`Offload::after_fork_in_worker`] in each worker; see docs/OFFLOAD.md.
+//! [`Offload`] built in a pre-fork master is safe to use in the workers. Call
+//! [`Offload::start_in_master`] before forking (for `loop` it forks the offload host
+//! process) and [`Offload::after_fork_in_worker`] in each worker; see docs/OFFLOAD.md.
+//!
+//! # Layout
+//! - this file: the engine API ([`Offload`]), which builds one strategy's engine and
+//!   forwards to it, and the process-wide engine ([`set_global`], [`global`]).
+//! - leaves shared by everything below: `task` ([`Task`], [`TaskPayload`], the limits,
+//!   [`DrainReport`]), `error` ([`SubmitError`], [`OffloadError`], [`TaskError`],
+//!   [`SpoolError`]), `engine` (the trait every strategy implements), `config`,
+//!   `counters`, `registry`.
+//! - shared machinery: `exec` (the task executor and `run_guarded`), `delayq` (delayed
+//!   tasks), `slots` (bounded counts), `host` (the `loop` host process).
+//! - `strategy/`: one file per strategy: `inline`, `loop_strategy` (`loop`), `thread`,
+//!   `pool`.
+//! - [`spool`]: the durable strategy (SQLite store, journal, recovery, writer, runner).
+//! - `python` (feature `python`): the engine as the Python module sees it.
+//! - `builtin:slowlog` lives with the other built-in apps in [`crate::app::slowlog`].
+//!
+//! Imports go one way: this file uses the strategies and the spool, they use the
+//! leaves and the machinery, and nothing imports this file except the modules that
+//! sit on top of the API (`python`, `compare`). `tests/it/layout.rs` checks that no two
+//! files import each other.
 
 pub mod compare;
 mod config;
@@ -32,6 +52,7 @@ pub mod spool;
 mod strategy;
 mod task;
 
+/// `builtin:slowlog`, the app the offload comparison serves and whose records it counts.
 pub use crate::app::slowlog;
 pub use crate::app::slowlog::{count_records, done_file, SlowLog, SLOWLOG_TASK};
 pub use config::{OffloadArgs, OffloadConfig, Strategy};

@@ -1,5 +1,7 @@
-//! What a task is: [`Task`] as a handler submits it, [`TaskPayload`] as a task function
-//! receives it, the limits every strategy enforces, and [`DrainReport`].
+//! The task types: what a handler submits and what a task function receives.
+//!
+//! [`Task`] as a handler submits it, [`TaskPayload`] as a task function receives it, the
+//! limits every strategy enforces, and [`DrainReport`].
 
 use std::fmt;
 use std::time::Duration;

@@ -1,3 +1,5 @@
+//! The spool's journal: the per-process file of the tasks that process runs.
+//!
 //! The spool's fast path: each process appends the tasks it accepts to its own journal,
 //! an append-only file of checksummed records in `SPOOL_DIR/journal/`, fsyncs it once
 //! per group of submissions, and runs those tasks itself from memory. A task that

@@ -12,7 +12,7 @@
 //! - this file: [`SpoolEngine`], the strategy: starts the writer and the runner in each
 //!   process, hands them submissions, drains them on shutdown.
 //! - `store`: the SQLite store ([`Spool`]): insert, claim, finish, reclaim, dead letters.
-//! - `journal`: the journal's file format and the per-process [`journal::Journal`].
+//! - `journal`: the journal's file format and the per-process `Journal`.
 //! - `recovery`: importing journals into SQLite (a dead process's, or one's own on stop).
 //! - `writer`: the writer thread (group commit to the journal or SQLite).
 //! - `runner`: the runner thread (claim, execute, record outcomes).

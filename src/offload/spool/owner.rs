@@ -1,5 +1,7 @@
-//! Lease owner tokens: who holds a claimed spool row or writes a journal, named so that
-//! a pid reused after a crash or a reboot is not mistaken for the old owner.
+//! Lease owner tokens: the name of a process in spool leases and journal files.
+//!
+//! A token holds the boot id, the pid and the process start time, so a pid reused after
+//! a crash or a reboot is not mistaken for the old owner.
 
 /// This process's lease owner name: boot id, pid and process start time, so a pid
 /// reused after a crash or a reboot is not mistaken for the old owner.

@@ -1,8 +1,9 @@
-//! Recovery: moves the unfinished tasks of journals into SQLite, where any runner
-//! claims them. A runner imports the journals of processes that are gone
-//! ([`import_dead`]); a stopping process moves its own ([`close_into`]). Each import
-//! records the segments' names in the same transaction as the tasks, so none is
-//! imported twice, then deletes the files.
+//! Recovery: imports the unfinished tasks of journals into SQLite.
+//!
+//! A runner imports the journals of processes that are gone ([`import_dead`]); a
+//! stopping process moves its own ([`close_into`]). Each import records the segments'
+//! names in the same transaction as the tasks, so none is imported twice, then deletes
+//! the files; any runner then claims the tasks.
 
 use std::path::{Path, PathBuf};
 

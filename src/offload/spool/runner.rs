@@ -1,7 +1,9 @@
-//! The spool's runner thread: claims due rows from SQLite, hands them to the executor,
-//! and records their outcomes in batches. One step per job: [`Runner::maintain`] frees
-//! what dead processes held, [`Runner::claim`] takes due tasks, [`Runner::receive`]
-//! handles what the writer and the executor sent, [`Runner::flush`] records outcomes.
+//! The spool's runner thread: claims due tasks, runs them, records their outcomes.
+//!
+//! It claims due rows from SQLite, hands them to the executor, and records their
+//! outcomes in batches. One step per job: [`Runner::maintain`] frees what dead
+//! processes held, [`Runner::claim`] takes due tasks, [`Runner::receive`] handles what
+//! the writer and the executor sent, [`Runner::flush`] records outcomes.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -64,7 +66,9 @@ pub struct Runner {
     tx: mpsc::Sender<RunnerMsg>,
     /// Where the writer, the executor and `shutdown` reach this runner.
     rx: mpsc::Receiver<RunnerMsg>,
+    /// The engine's configuration: the spool directory, the lease, retries.
     cfg: OffloadConfig,
+    /// This process's counters (redelivered, retried, dead).
     counters: Arc<Counters>,
     /// This process's owner token: the lease name on the rows it claims.
     owner: String,

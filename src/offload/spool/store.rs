@@ -1,7 +1,9 @@
-//! The spool's SQLite store: one connection ([`Spool`]) to `SPOOL_DIR/spool.db` (WAL
-//! mode, `synchronous=FULL`) holding tasks delayed for long, retries, the dead-letter
-//! area and the tasks imported from journals of processes that died. Runners claim due
-//! rows under a lease naming their process and delete them when done.
+//! The spool's SQLite store.
+//!
+//! One connection ([`Spool`]) to `SPOOL_DIR/spool.db` (WAL mode, `synchronous=FULL`)
+//! holding tasks delayed for long, retries, the dead-letter area and the tasks imported
+//! from journals of processes that died. Runners claim due rows under a lease naming
+//! their process and delete them when done.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -1,7 +1,9 @@
-//! The spool's writer thread, one per process: commits submissions in groups (one sync
-//! for many), to this process's journal (tasks due soon, which this process runs from
-//! memory) or to SQLite (the others, those due now claimed for the local runner in the
-//! same transaction), and records what became of the journal's tasks.
+//! The spool's writer thread, one per process: group commit of submissions.
+//!
+//! Commits submissions in groups (one sync for many), to this process's journal (tasks
+//! due soon, which this process runs from memory) or to SQLite (the others, those due
+//! now claimed for the local runner in the same transaction), and records what became
+//! of the journal's tasks.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,7 +67,9 @@ pub struct Writer {
     exec: Arc<Executor>,
     /// The local runner, given the tasks claimed as they are inserted.
     runner: Option<RunnerFeed>,
+    /// The engine's configuration: the spool's bound, retries.
     cfg: OffloadConfig,
+    /// This process's counters (retried, dead).
     counters: Arc<Counters>,
     /// Journal tasks that ran, waiting to be recorded.
     ran: Arc<Mutex<Vec<Ran>>>,

@@ -1,4 +1,5 @@
-//! `thread`: a thread per task (like Python's `threading.Thread` per job), at most `queue` alive.
+//! `thread`: a thread per task, at most `queue` alive (like Python's `threading.Thread`
+//! per job).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
