@@ -4,8 +4,8 @@
 //! # Layout
 //! - [`app`]: the native handler API (`Request`, `Response`, `Body`, `Handler`,
 //!   `AsyncHandler`, `Reply`) and the built-in apps
-//!   (`builtin:hello|echo|wait|file|demo|slowlog|fanout`; the last two live with
-//!   [`offload`] and [`fanout`]).
+//!   (`builtin:hello|echo|wait|file|demo|slowlog|fanout`; `slowlog`, whose writes go
+//!   through [`offload`], in `app::slowlog`; `fanout` lives with [`fanout`]).
 //! - [`http`]: the sans-IO HTTP/1.1 codec shared by every model: request decoding with
 //!   limits and smuggling defences, response framing, the status mapping of errors.
 //! - [`server`]: configuration, the listening socket, the connection state machine
@@ -19,9 +19,9 @@
 //!   per-process outbound HTTP client (own runtime thread, pooled connections, DNS cache,
 //!   timeouts, bounded calls in flight), `builtin:fanout` and `compare fanout`.
 //! - [`offload`]: the offload engine: handlers hand slow work off (`Offload::submit`)
-//!   to a strategy (inline, loop, thread, pool, durable spool: a per-process journal
-//!   file in front of SQLite), tasks registered by name, counters, draining,
-//!   `builtin:slowlog` and `compare offload`.
+//!   to a strategy (`strategy/`: inline, loop, thread, pool; `spool/`: the durable
+//!   spool, a per-process journal file in front of SQLite), tasks registered by name,
+//!   counters, draining, and `compare offload`.
 //! - [`python`] (feature `python`): embedded CPython serving WSGI apps (PEP 3333), the
 //!   `forklift` Python module, fork and thread integration. The only module using pyo3.
 //! - [`cli`]: the command line (`serve` options validated into a `ServerConfig`),

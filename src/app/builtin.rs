@@ -1,6 +1,6 @@
-//! Built-in apps, selected with `forklift serve builtin:NAME`: the seeds' fixed reply
-//! (`hello`), `echo`, the slow backend of seed 002 (`wait`), a bounded-memory streamer
-//! (`file`), and `demo`, which routes to all of them by path.
+//! Built-in apps, selected with `forklift serve builtin:NAME`: a fixed reply (`hello`),
+//! `echo`, a slow backend (`wait`), a bounded-memory streamer (`file`), and `demo`,
+//! which routes to all of them by path. `slowlog` lives in [`super::slowlog`].
 
 use std::fs::File;
 use std::io;
@@ -38,13 +38,13 @@ pub fn by_name(spec: &str) -> Result<App, String> {
             Arc::new(FileApp { path: Some(path) })
         }
         "demo" => Arc::new(Demo),
-        // Seed 000's make_log, on the process's offload engine (see `crate::offload`).
+        // A request logger whose writes run on the process's offload engine.
         "slowlog" => {
             let offload = crate::offload::global().cloned().ok_or_else(|| {
                 "builtin:slowlog needs the offload engine (start it with `forklift serve`)"
                     .to_string()
             })?;
-            Arc::new(crate::offload::SlowLog::new(offload))
+            Arc::new(super::slowlog::SlowLog::new(offload))
         }
         "fanout" => Arc::new(crate::fanout::FanoutApp),
         _ => {

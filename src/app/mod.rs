@@ -9,6 +9,7 @@
 //! connections.
 
 pub mod builtin;
+pub mod slowlog;
 
 use std::borrow::Cow;
 use std::fmt;

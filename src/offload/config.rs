@@ -4,17 +4,17 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::OffloadError;
+use super::error::OffloadError;
 
 /// Where a handler's slow work runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
-    /// Before the response (the blocking baseline, seed 000's sync.py).
+    /// Before the response (the blocking baseline).
     Inline,
-    /// Over a Unix socket to one event-loop worker shared by all processes (async_epoll.py).
+    /// Over a Unix socket to one event-loop worker shared by all processes.
     Loop,
-    /// A thread per task, capped (async_thread.py).
+    /// A thread per task, capped.
     Thread,
     /// A bounded queue served by N worker threads.
     Pool,

@@ -14,8 +14,10 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::registry::TaskKind;
-use super::{run_guarded, Counters, Registry, TaskError, TaskPayload};
+use super::counters::Counters;
+use super::error::TaskError;
+use super::registry::{self, Registry, TaskKind};
+use super::task::TaskPayload;
 
 pub struct Executor {
     rt: tokio::runtime::Runtime,
@@ -160,7 +162,7 @@ pub async fn run_one(registry: &Registry, p: &TaskPayload) -> Result<(), TaskErr
                 .await
             {
                 Ok(r) => r,
-                Err(panic) => Err(super::panicked(panic.as_ref())),
+                Err(panic) => Err(panicked(panic.as_ref())),
             }
         }
         Some(TaskKind::Blocking(_)) => {
@@ -171,6 +173,27 @@ pub async fn run_one(registry: &Registry, p: &TaskPayload) -> Result<(), TaskErr
                 Err(e) => Err(TaskError::new(format!("task failed to run: {e}"))),
             }
         }
-        None => Err(super::registry::unknown(&p.name)),
+        None => Err(registry::unknown(&p.name)),
     }
+}
+
+/// Runs a blocking task function catching panics, so a buggy task is a failure, not a
+/// dead worker thread.
+pub fn run_guarded(registry: &Registry, payload: &TaskPayload) -> Result<(), TaskError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        registry.run_blocking(payload)
+    })) {
+        Ok(r) => r,
+        Err(p) => Err(panicked(p.as_ref())),
+    }
+}
+
+/// The error of a task that panicked, with the panic's message.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> TaskError {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into());
+    TaskError::new(format!("task panicked: {msg}"))
 }

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::unistd::{fork, ForkResult};
 
-use super::{pid, DrainReport, OffloadConfig, OffloadError};
+use super::config::OffloadConfig;
+use super::error::OffloadError;
+use super::task::DrainReport;
 
 /// What a host runs: built in the host process, returns its shutdown function.
 pub type HostMain = Box<dyn FnOnce(Duration) -> DrainReport + Send>;
@@ -278,4 +280,9 @@ where
     // SAFETY: see `start_host`; exiting without destructors is deliberate (the master's
     // state was copied into this process and must not be torn down here).
     unsafe { libc::_exit(0) }
+}
+
+/// Current pid (the host's state compares against it to notice a fork).
+fn pid() -> u32 {
+    std::process::id()
 }

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, OnceLock, RwLock};
 
-use super::{TaskError, TaskPayload};
+use super::error::TaskError;
+use super::task::TaskPayload;
 use crate::app::BoxFuture;
 
 /// A blocking task function. Runs on a thread that may block (a pool worker, a task

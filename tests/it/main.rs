@@ -6,6 +6,7 @@ mod bench;
 mod conformance;
 mod docs;
 mod fanout;
+mod layout;
 mod master;
 mod offload;
 mod policy;

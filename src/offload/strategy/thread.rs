@@ -1,4 +1,5 @@
-//! `thread`: a thread per task (seed 000's async_thread.py), at most `queue` alive.
+//! `thread`: a thread per task, at most `queue` alive (like Python's `threading.Thread`
+//! per job).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -6,12 +7,14 @@ use std::time::{Duration, Instant};
 
 use crate::rt::fork::ForkLocal;
 
-use super::slots::Slots;
-
-use super::{
-    run_guarded, Counters, DrainReport, Engine, OffloadConfig, Registry, SubmitError, Task, TaskId,
-    TaskPayload,
-};
+use crate::offload::config::OffloadConfig;
+use crate::offload::counters::Counters;
+use crate::offload::engine::Engine;
+use crate::offload::error::SubmitError;
+use crate::offload::exec::run_guarded;
+use crate::offload::registry::Registry;
+use crate::offload::slots::Slots;
+use crate::offload::task::{DrainReport, Task, TaskId, TaskPayload};
 
 pub struct ThreadEngine {
     cap: usize,

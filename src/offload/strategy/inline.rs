@@ -4,11 +4,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::registry::TaskKind;
-use super::{
-    run_guarded, Counters, DrainReport, Engine, Registry, SubmitError, Task, TaskId, TaskPayload,
-};
 use crate::app::BoxFuture;
+use crate::offload::config::OffloadConfig;
+use crate::offload::counters::Counters;
+use crate::offload::engine::Engine;
+use crate::offload::error::SubmitError;
+use crate::offload::exec::run_guarded;
+use crate::offload::registry::{Registry, TaskKind};
+use crate::offload::task::{DrainReport, Task, TaskId, TaskPayload};
 
 pub struct InlineEngine {
     registry: Registry,
@@ -20,11 +23,7 @@ pub struct InlineEngine {
 }
 
 impl InlineEngine {
-    pub fn new(
-        cfg: &super::OffloadConfig,
-        registry: Registry,
-        counters: Arc<Counters>,
-    ) -> InlineEngine {
+    pub fn new(cfg: &OffloadConfig, registry: Registry, counters: Arc<Counters>) -> InlineEngine {
         InlineEngine {
             registry,
             counters,

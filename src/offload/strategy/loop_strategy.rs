@@ -1,5 +1,5 @@
 //! `loop`: handlers send each task as one message over a Unix `SOCK_SEQPACKET` socket to
-//! an event-loop worker (seed 000's async_epoll.py), which runs tasks concurrently:
+//! an event-loop worker (like a Python asyncio worker), which runs tasks concurrently:
 //! async tasks wait without holding a thread, blocking ones go to a bounded pool.
 //!
 //! The worker is a thread of this process (single-process servers), or the offload
@@ -22,12 +22,14 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::rt::fork::ForkLocal;
 
-use super::exec::{run_one, Executor};
-use super::host::Role;
-use super::{
-    Counters, DrainReport, Engine, OffloadConfig, OffloadError, Registry, SubmitError, Task,
-    TaskId, TaskPayload, MAX_NAME, MAX_PAYLOAD,
-};
+use crate::offload::config::OffloadConfig;
+use crate::offload::counters::{CounterSnapshot, Counters};
+use crate::offload::engine::Engine;
+use crate::offload::error::{OffloadError, SubmitError};
+use crate::offload::exec::{run_one, Executor};
+use crate::offload::host::Role;
+use crate::offload::registry::Registry;
+use crate::offload::task::{DrainReport, Task, TaskId, TaskPayload, MAX_NAME, MAX_PAYLOAD};
 
 const MAGIC: &[u8; 3] = b"FK1";
 /// A request for the worker's counters (answered with a JSON `CounterSnapshot`).
@@ -598,7 +600,7 @@ impl Engine for LoopEngine {
         self.role.host_pid()
     }
 
-    fn executor_counters(&self) -> Option<super::CounterSnapshot> {
+    fn executor_counters(&self) -> Option<CounterSnapshot> {
         let sock = Socket::new(Domain::UNIX, Type::SEQPACKET, None).ok()?;
         sock.connect(&SockAddr::unix(&self.cfg.socket).ok()?).ok()?;
         sock.set_read_timeout(Some(Duration::from_secs(1))).ok()?;

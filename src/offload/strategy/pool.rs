@@ -14,14 +14,15 @@ use std::time::{Duration, Instant};
 
 use crate::rt::fork::ForkLocal;
 
-use super::delayq::{DelayQueue, PushError};
-use super::exec::Executor;
-use super::registry::TaskKind;
-use super::slots::Slots;
-use super::{
-    run_guarded, Counters, DrainReport, Engine, OffloadConfig, Registry, SubmitError, Task, TaskId,
-    TaskPayload,
-};
+use crate::offload::config::OffloadConfig;
+use crate::offload::counters::Counters;
+use crate::offload::delayq::{DelayQueue, PushError};
+use crate::offload::engine::Engine;
+use crate::offload::error::{OffloadError, SubmitError};
+use crate::offload::exec::{run_guarded, Executor};
+use crate::offload::registry::{Registry, TaskKind};
+use crate::offload::slots::Slots;
+use crate::offload::task::{DrainReport, Task, TaskId, TaskPayload};
 
 pub struct PoolEngine {
     workers: usize,
@@ -196,10 +197,10 @@ impl Engine for PoolEngine {
         }
     }
 
-    fn start(&self) -> Result<(), super::OffloadError> {
+    fn start(&self) -> Result<(), OffloadError> {
         self.ensure_started()
             .map(|_| ())
-            .map_err(|e| super::OffloadError::Io(std::io::Error::other(e.to_string())))
+            .map_err(|e| OffloadError::Io(std::io::Error::other(e.to_string())))
     }
 
     fn shutdown(&self, timeout: Duration) -> DrainReport {

@@ -1,3 +1,5 @@
+//! The spool's journal: the per-process file of the tasks that process runs.
+//!
 //! The spool's fast path: each process appends the tasks it accepts to its own journal,
 //! an append-only file of checksummed records in `SPOOL_DIR/journal/`, fsyncs it once
 //! per group of submissions, and runs those tasks itself from memory. A task that
@@ -7,7 +9,7 @@
 //!
 //! # Files
 //! A journal file (segment) is named after its owner's token (boot id, pid, process
-//! start time, see [`super::spool::owner_token`]) and a sequence number. Segments are
+//! start time, see [`super::owner::owner_token`]) and a sequence number. Segments are
 //! filled with zeros ahead of the writes, a megabyte at a time: overwriting blocks that
 //! exist lets `fdatasync` flush just the data, where appending would also commit the
 //! file system's metadata (about 40% longer per sync on ext4 here). A process starts a
@@ -16,7 +18,7 @@
 //! the next segment, or deleted.
 //!
 //! The runner of any process imports the segments of a process that is gone into
-//! SQLite ([`import_dead`]): the tasks without a `done` record (in any of its segments)
+//! SQLite (`super::recovery`): the tasks without a `done` record (in any of its segments)
 //! become ordinary spool rows, in one transaction that also records the segments'
 //! names, so none is imported twice; then the files are deleted. A stopping process
 //! imports its own unfinished tasks the same way.
@@ -38,8 +40,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::spool::{owner_alive, Spool, SpoolError};
-use super::{MAX_NAME, MAX_PAYLOAD};
+use crate::offload::task::{MAX_NAME, MAX_PAYLOAD};
 
 /// The journal directory inside the spool directory.
 pub const DIR: &str = "journal";
@@ -263,14 +264,14 @@ fn segment_name(owner: &str, seq: u64) -> String {
 }
 
 /// The owner token and sequence number in a segment's file name.
-fn parse_segment_name(name: &str) -> Option<(String, u64)> {
+pub fn parse_segment_name(name: &str) -> Option<(String, u64)> {
     let stem = name.strip_suffix(".log")?;
     let (owner, seq) = stem.rsplit_once('.')?;
     Some((owner.replace('_', "/"), seq.parse().ok()?))
 }
 
 /// Syncs a directory, so a file created or deleted in it stays so after a crash.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -497,88 +498,22 @@ impl Journal {
         Ok(())
     }
 
-    /// Moves this journal's unfinished tasks into SQLite and deletes its segments (a
-    /// stopping process). Returns how many tasks moved.
-    pub fn close_into(mut self, spool: &mut Spool) -> Result<ImportReport, SpoolError> {
-        self.flush().map_err(io_err)?;
+    /// Stops writing (a stopping process): writes what is pending, deletes the spare
+    /// segment, and returns the segments still on disk, for `super::recovery` to
+    /// move their unfinished tasks into SQLite.
+    pub fn close(mut self) -> std::io::Result<Vec<PathBuf>> {
+        self.flush()?;
         if let Some(spare) = self.spare.take() {
             let _ = std::fs::remove_file(spare);
         }
-        let paths: Vec<PathBuf> = self.open_in.keys().map(|&s| self.path_of(s)).collect();
-        import_files(spool, &paths)
+        Ok(self.open_in.keys().map(|&s| self.path_of(s)).collect())
     }
-}
-
-fn io_err(e: std::io::Error) -> SpoolError {
-    SpoolError::Dir {
-        path: PathBuf::from(DIR),
-        source: e,
-    }
-}
-
-/// What importing journals did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ImportReport {
-    pub segments: u64,
-    /// Unfinished tasks moved into SQLite.
-    pub tasks: u64,
-    /// Damaged records skipped, with why.
-    pub corrupt: Vec<String>,
-}
-
-impl ImportReport {
-    fn add(&mut self, o: ImportReport) {
-        self.segments += o.segments;
-        self.tasks += o.tasks;
-        self.corrupt.extend(o.corrupt);
-    }
-}
-
-/// Imports the segment files of one process into SQLite (once: their names are
-/// recorded in the same transaction), then deletes them.
-fn import_files(spool: &mut Spool, paths: &[PathBuf]) -> Result<ImportReport, SpoolError> {
-    let mut names = Vec::new();
-    let mut data = Vec::new();
-    for path in paths {
-        match std::fs::read(path) {
-            Ok(d) => {
-                names.push(
-                    path.file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                );
-                data.push(d);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(e)),
-        }
-    }
-    if names.is_empty() {
-        return Ok(ImportReport::default());
-    }
-    let parsed = parse(data.iter().map(Vec::as_slice));
-    let imported = spool.adopt_segments(&names, &parsed.open)?;
-    for path in paths {
-        let _ = std::fs::remove_file(path);
-    }
-    if let Some(dir) = paths[0].parent() {
-        let _ = sync_dir(dir);
-    }
-    Ok(ImportReport {
-        segments: names.len() as u64,
-        tasks: imported,
-        corrupt: parsed
-            .corrupt
-            .into_iter()
-            .map(|c| format!("of {}: {c}", names.join(", ")))
-            .collect(),
-    })
 }
 
 /// The segment files in `spool_dir`'s journal directory whose owner `keep` accepts,
 /// by owner (a process's files are read together: a `done` record may be in a later
 /// file than its task).
-fn segments_by_owner(
+pub fn segments_by_owner(
     spool_dir: &Path,
     keep: impl Fn(&str) -> bool,
 ) -> BTreeMap<String, Vec<PathBuf>> {
@@ -605,22 +540,6 @@ pub fn count_open(spool_dir: &Path) -> u64 {
             parse(files.iter().map(Vec::as_slice)).open.len() as u64
         })
         .sum()
-}
-
-/// Imports the journals of processes that are gone (not `me`) in `spool_dir`, through
-/// a connection of its own with full sync (the files are deleted after).
-pub fn import_dead(spool_dir: &Path, me: &str) -> Result<ImportReport, SpoolError> {
-    let mut report = ImportReport::default();
-    let dead = segments_by_owner(spool_dir, |owner| owner != me && !owner_alive(owner));
-    if dead.is_empty() {
-        return Ok(report);
-    }
-    let mut spool = Spool::open(spool_dir)?;
-    for mut paths in dead.into_values() {
-        paths.sort();
-        report.add(import_files(&mut spool, &paths)?);
-    }
-    Ok(report)
 }
 
 #[cfg(test)]
@@ -711,10 +630,9 @@ mod tests {
     }
 
     #[test]
-    fn a_journal_rotates_reuses_segments_and_moves_what_is_left_into_sqlite() {
+    fn a_journal_rotates_and_reuses_segments() {
         let dir = std::env::temp_dir().join(format!("forklift-journal-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut spool = Spool::open(&dir).unwrap();
         let owner = "boot/1/2";
         let mut j = Journal::open(&dir, owner).unwrap();
         let big = vec![b'x'; 60_000];
@@ -741,10 +659,10 @@ mod tests {
         j.append(&[(id, 0, "t", b"left")]).unwrap();
         j.flush().unwrap();
         assert_eq!(count_open(&dir), 1);
-        let report = j.close_into(&mut spool).unwrap();
-        assert_eq!(report.tasks, 1);
-        assert_eq!(files(&dir), 0);
-        assert_eq!(spool.pending().unwrap(), 1);
+        // Closing deletes the spare and names the segment still holding a task.
+        let left = j.close().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(files(&dir), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

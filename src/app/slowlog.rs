@@ -1,8 +1,8 @@
-//! `builtin:slowlog`: seed 000's `make_log` as an app. Each request hands a task to the
-//! offload engine (appending the request's first 1024 bytes to a log file, then
-//! `--task-seconds` of waiting, then a line to `LOG.done` saying it finished) and is
-//! answered `Doobie Doo` at once, or after the work with `--offload inline`.
-//! `?delay=S` defers the task by S seconds (seed 001's `call_later(5, read)`).
+//! `builtin:slowlog`: a request logger whose writes are offloaded. Each request hands a
+//! task to the offload engine (appending the request's first 1024 bytes to a log file,
+//! then `--task-seconds` of waiting, then a line to `LOG.done` saying it finished) and
+//! is answered `Doobie Doo` at once, or after the work with `--offload inline`.
+//! `?delay=S` defers the task by S seconds (like asyncio's `call_later`).
 
 use std::fs::File;
 use std::io::Write;
@@ -14,17 +14,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{
+use super::{CallContext, Handler, Reply, Request, Response};
+use crate::offload::{
     Offload, OffloadConfig, Registry, Strategy, SubmitError, Task, TaskError, TaskPayload,
     MAX_DELAY,
 };
-use crate::app::{CallContext, Handler, Reply, Request, Response};
 use crate::rt::fork::ForkLocal;
 
 /// The registered name of slowlog's task.
 pub const SLOWLOG_TASK: &str = "slowlog";
 
-/// How much of each request is logged (the seed's `conn.recv(1024)`).
+/// How much of each request is logged (one 1024-byte read of the connection).
 const LOGGED_BYTES: usize = 1024;
 
 static BODY: &[u8] = b"Doobie Doo";
@@ -203,7 +203,7 @@ impl Handler for SlowLog {
     fn call(&self, req: Request, cx: &CallContext) -> Reply {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let mut task = Task::new(SLOWLOG_TASK, raw_prefix(&req));
-        // `?delay=S` defers the task (seed 001's `call_later(5, read)`).
+        // `?delay=S` defers the task (like asyncio's `call_later`).
         if let Some(d) = req.query_param("delay") {
             match d.parse::<f64>() {
                 Ok(s) if s.is_finite() && (0.0..=MAX_DELAY.as_secs_f64()).contains(&s) => {
