@@ -16,7 +16,6 @@
 //! before forking (for `loop` it forks the offload host process) and
 //! [`Offload::after_fork_in_worker`] in each worker; see docs/OFFLOAD.md.
 
-pub mod compare;
 mod config;
 mod counters;
 mod delayq;
