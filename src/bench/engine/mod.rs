@@ -8,8 +8,8 @@
 //! instead of silently slowing the generator down (coordinated omission).
 //!
 //! This file holds the run's configuration, the state its threads share and `run`, which
-//! starts the threads and merges their results; [`worker`] is one thread's loop and
-//! [`conn`] one connection's I/O and response accounting.
+//! starts the threads and merges their results; `worker` is one thread's loop and
+//! `conn` one connection's I/O and response accounting.
 
 mod conn;
 mod worker;
