@@ -17,18 +17,20 @@
 //!   forked child rebuilds instead of inheriting locked).
 //! - [`fanout`]: concurrent calls to backend services from any handler (seed 002): the
 //!   per-process outbound HTTP client (own runtime thread, pooled connections, DNS cache,
-//!   timeouts, bounded calls in flight), `builtin:fanout` and `compare fanout`.
+//!   timeouts, bounded calls in flight) and `builtin:fanout`.
 //! - [`offload`]: the offload engine: handlers hand slow work off (`Offload::submit`)
 //!   to a strategy (`strategy/`: inline, loop, thread, pool; `spool/`: the durable
 //!   spool, a per-process journal file in front of SQLite), tasks registered by name,
-//!   counters, draining, and `compare offload`.
+//!   counters and draining.
 //! - [`python`] (feature `python`): embedded CPython serving WSGI apps (PEP 3333), the
 //!   `forklift` Python module, fork and thread integration. The only module using pyo3.
 //! - [`cli`]: the command line (`serve` options validated into a `ServerConfig`),
 //!   uWSGI-style ini files (`ini`) and the spool inspection command (`spool`); the
 //!   binary's `main` only calls [`cli::main`].
-//! - [`mod@bench`]: the load generator (`forklift bench`, `hammer`, `compare models`) and the
-//!   reusable comparison table / SVG / HTML report.
+//! - [`mod@bench`]: the load generator (`forklift bench`, `hammer`), the reusable
+//!   comparison table / SVG / HTML report, and the benchmark tooling: `compare models`,
+//!   `compare offload`, `compare fanout` and the fan-out client's overhead harness
+//!   (`bench::compare`).
 
 pub mod app;
 pub mod bench;

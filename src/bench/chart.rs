@@ -1,6 +1,6 @@
 //! A reusable comparison: scenarios × one figure, forklift's beside the seed's, rendered
-//! as a text table, an SVG bar chart, and a self-contained HTML report. Used by
-//! `compare models`, and meant for `compare offload` / `compare fanout` too.
+//! as a text table, an SVG bar chart, and a self-contained HTML report. Used by every
+//! `compare` command.
 
 use std::fmt::Write as _;
 use std::io;
@@ -11,7 +11,7 @@ use serde::Serialize;
 /// A table of scenarios, each with the seed's figure and forklift's.
 #[derive(Debug, Clone, Serialize)]
 pub struct Comparison {
-    /// "Seed 003: concurrency models".
+    /// The heading: which seed's experiment and what it measures.
     pub title: String,
     /// How it was measured (the command, the load, the app).
     pub setting: String,

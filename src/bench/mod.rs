@@ -1,21 +1,24 @@
 //! forklift's load generator: `forklift bench` (ab's options and report, HTTP/1.1,
-//! multi-threaded, microsecond percentiles), `forklift hammer` (seed 002's hammer.py) and
-//! `forklift compare models` (seed 003's table, measured under every server model).
+//! multi-threaded, microsecond percentiles), `forklift hammer` (the fan-out seed's
+//! hammer.py) and the `forklift compare` experiments (a seed's table, measured).
 //!
 //! # Layout
 //! - [`url`]: target URL parsing and the request bytes built once per run.
 //! - [`parse`]: sans-IO HTTP/1.1 response parser (head, Content-Length, chunked, close).
 //! - [`stats`]: latency series (HdrHistogram, µs), error counts by kind, per-thread tallies.
-//! - [`engine`]: the client engine (std threads × mio loops, closed or open loop).
+//! - [`engine`]: the client engine (std threads × mio loops, closed or open loop):
+//!   configuration and `run` in `engine`, one thread's loop in `worker`, one
+//!   connection's I/O in `conn`.
 //! - [`report`]: ab's report layout and its JSON twin.
 //! - [`mod@hammer`]: `forklift hammer`.
 //! - [`chart`]: a reusable "scenarios × figure, beside the seed's" table → text, SVG, HTML.
-//! - [`models`]: `forklift compare models`: spawn the server under each model and measure.
+//! - [`compare`]: `forklift compare models|offload|fanout`: shared options and runner,
+//!   the `forklift serve` child processes, one module per experiment.
 
 pub mod chart;
+pub mod compare;
 pub mod engine;
 pub mod hammer;
-pub mod models;
 pub mod parse;
 pub mod report;
 pub mod stats;
@@ -30,9 +33,9 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+pub use compare::{compare_models, CompareModelsArgs, ModelsComparison};
 pub use engine::{EngineConfig, EngineResult, Shared};
 pub use hammer::{hammer, run_hammer, HammerArgs, HammerResult};
-pub use models::{compare_models, run_compare_models, CompareModelsArgs, ModelsComparison};
 pub use report::Report;
 
 /// Everything that can stop a run before it produces a report.
@@ -58,6 +61,13 @@ pub enum BenchError {
     Json(#[from] serde_json::Error),
     #[error("server {model}: {why}")]
     Server { model: String, why: String },
+    /// Every scenario of a `compare` command failed: no figure, so no chart.
+    #[error("compare {command}: nothing was measured, so no chart was written:\n{failures}")]
+    NothingMeasured {
+        command: &'static str,
+        /// One line per scenario: `  LABEL: why`.
+        failures: String,
+    },
 }
 
 /// `forklift bench URL`: ab's options where they exist, plus threads, rate, pipelining

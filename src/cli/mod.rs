@@ -52,11 +52,11 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum Compare {
     /// Seed 003: the server under each concurrency model.
-    Models(crate::bench::CompareModelsArgs),
+    Models(crate::bench::compare::CompareModelsArgs),
     /// Seed 000: builtin:slowlog's slow work under each offload strategy.
-    Offload(crate::offload::compare::CompareOffloadArgs),
+    Offload(crate::bench::compare::CompareOffloadArgs),
     /// Seed 002: fan-out to backend services, sequential vs concurrent.
-    Fanout(crate::fanout::compare::CompareFanoutArgs),
+    Fanout(crate::bench::compare::CompareFanoutArgs),
 }
 
 /// `forklift serve` options. Long names follow uWSGI's where uWSGI has the option.
@@ -245,13 +245,13 @@ pub fn main(args: Vec<OsString>, virtual_env: Option<PathBuf>) -> i32 {
         Command::Bench(a) => crate::bench::run_bench(&a).map_err(CliError::from),
         Command::Hammer(a) => crate::bench::run_hammer(&a).map_err(CliError::from),
         Command::Compare(Compare::Models(a)) => {
-            crate::bench::run_compare_models(&a).map_err(CliError::from)
+            crate::bench::compare::run(&a).map_err(CliError::from)
         }
         Command::Compare(Compare::Fanout(a)) => {
-            crate::fanout::compare::run_compare_fanout(&a).map_err(CliError::from)
+            crate::bench::compare::run(&a).map_err(CliError::from)
         }
         Command::Compare(Compare::Offload(a)) => {
-            crate::offload::compare::run_compare_offload(&a).map_err(CliError::from)
+            crate::bench::compare::run(&a).map_err(CliError::from)
         }
         Command::Spool(a) => run_spool_cmd(&a, &mut std::io::stdout())
             .map(|()| 0)

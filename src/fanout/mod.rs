@@ -60,11 +60,11 @@
 mod app;
 mod args;
 mod client;
-pub mod compare;
 pub mod dns;
-pub mod overhead;
 
 pub use app::FanoutApp;
+/// The app's call modes and limits, which `forklift compare fanout` drives it with.
+pub use app::{Mode, DEFAULT_DURATIONS, MAX_CALLS};
 pub use args::FanoutArgs;
 pub use client::{
     Client, ClientConfig, ClientStats, Fetch, FetchAll, FetchError, FetchRequest, FetchResponse,

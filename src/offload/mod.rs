@@ -36,7 +36,6 @@
 //! sit on top of the API (`python`, `compare`). `tests/it/layout.rs` checks that no two
 //! files import each other.
 
-pub mod compare;
 mod config;
 mod counters;
 mod delayq;

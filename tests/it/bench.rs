@@ -5,6 +5,9 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
+use clap::Parser;
+use forklift::bench::compare::models::model_specs;
+use forklift::bench::compare::ServerProcess;
 use forklift::bench::{
     bench, compare_models, hammer, run_config, BenchArgs, BenchConfig, CompareModelsArgs,
     HammerArgs,
@@ -553,10 +556,14 @@ fn compare_models_with_a_stand_in_binary() {
     let dir = std::env::temp_dir().join(format!("forklift-compare-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bin = fake_forklift(&dir);
-    let mut a = CompareModelsArgs::defaults();
-    a.requests = 30;
-    a.concurrency = 2;
-    a.out = dir.join("out");
+    let out = dir.join("out");
+    let a = CompareModelsArgs::parse_from([
+        "models".as_ref(),
+        "-n30".as_ref(),
+        "-c2".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
     let mc = compare_models(&a, &bin).unwrap();
     assert_eq!(mc.results.len(), 5);
     for r in &mc.results {
@@ -568,9 +575,9 @@ fn compare_models_with_a_stand_in_binary() {
     for l in ["linear", "prefork ×8", "thread pool ×8", "epoll", "async"] {
         assert!(text.contains(l), "{l} missing:\n{text}");
     }
-    mc.comparison.write_files(&a.out, "models").unwrap();
+    mc.comparison.write_files(&out, "models").unwrap();
     check_outputs(
-        &a.out,
+        &out,
         &["linear", "prefork ×8", "thread pool ×8", "epoll", "async"],
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -578,10 +585,8 @@ fn compare_models_with_a_stand_in_binary() {
 
 #[test]
 fn compare_models_reports_a_server_that_does_not_start() {
-    let mut a = CompareModelsArgs::defaults();
-    a.requests = 5;
-    a.models = vec!["linear".into()];
-    a.startup_timeout = 5.0;
+    let mut a =
+        CompareModelsArgs::parse_from(["models", "-n5", "--models=linear", "--startup-timeout=5"]);
     // `false` exits at once without a banner.
     let mc = compare_models(&a, std::path::Path::new("/bin/false")).unwrap();
     assert!(mc.results[0].report.is_none());
@@ -595,16 +600,80 @@ fn compare_models_reports_a_server_that_does_not_start() {
     assert!(compare_models(&a, std::path::Path::new("/bin/false")).is_err());
 }
 
+/// `forklift compare …` run as a command; (exit code, stdout, stderr).
+fn forklift_compare(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_forklift"))
+        .arg("compare")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn compare_with_no_server_started_names_the_failures_and_writes_no_chart() {
+    let dir = std::env::temp_dir().join(format!("forklift-compare-none-{}", std::process::id()));
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    // An app the server does not have: every server exits before listening.
+    let (code, stdout, stderr) = forklift_compare(&[
+        os("models"),
+        os("--app=builtin:nope"),
+        os("--models=linear,epoll"),
+        os("-n5"),
+        os("--out"),
+        dir.as_os_str(),
+    ]);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(!stdout.contains("wrote"), "{stdout}");
+    assert!(
+        stderr.contains("nothing was measured, so no chart was written"),
+        "{stderr}"
+    );
+    for l in [
+        "linear: server linear: exited before listening",
+        "epoll: server epoll",
+    ] {
+        assert!(stderr.contains(l), "{l} missing:\n{stderr}");
+    }
+    assert!(!dir.join("models.svg").exists());
+    // A binary that does not exist.
+    let (code, stdout, stderr) = forklift_compare(&[
+        os("offload"),
+        os("--strategies=none,loop"),
+        os("-n5"),
+        os("--forklift-bin=/nonexistent/forklift"),
+        os("--out"),
+        dir.as_os_str(),
+    ]);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(!stdout.contains("wrote"), "{stdout}");
+    assert!(
+        stderr.contains("no slow work: server none: cannot start /nonexistent/forklift"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("loop (async epoll): server loop"),
+        "{stderr}"
+    );
+    assert!(!dir.join("offload.svg").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The real server, spawned from the forklift binary under test.
-fn forklift_serve(model: &str) -> forklift::bench::models::ServerProcess {
-    let spec = forklift::bench::models::model_specs(2, 2)
+fn forklift_serve(model: &str) -> ServerProcess {
+    let spec = model_specs(2, 2)
         .into_iter()
         .find(|m| m.name == model)
         .unwrap();
-    forklift::bench::models::ServerProcess::spawn(
+    ServerProcess::spawn(
         std::path::Path::new(env!("CARGO_BIN_EXE_forklift")),
         "builtin:hello",
-        &spec,
+        &spec.name,
+        &spec.serve_args,
         &[],
         std::time::Duration::from_secs(30),
     )
@@ -659,12 +728,15 @@ fn against_forklift_serve(model: Model) {
 #[test]
 fn compare_models_against_forklift() {
     let dir = std::env::temp_dir().join(format!("forklift-compare-real-{}", std::process::id()));
-    let mut a = CompareModelsArgs::defaults();
-    a.requests = 200;
-    a.concurrency = 4;
-    a.processes = 2;
-    a.server_threads = 2;
-    a.out = dir.clone();
+    let a = CompareModelsArgs::parse_from([
+        "models".as_ref(),
+        "-n200".as_ref(),
+        "-c4".as_ref(),
+        "--processes=2".as_ref(),
+        "--server-threads=2".as_ref(),
+        "--out".as_ref(),
+        dir.as_os_str(),
+    ]);
     let mc = compare_models(&a, std::path::Path::new(env!("CARGO_BIN_EXE_forklift"))).unwrap();
     for r in &mc.results {
         let rep = r
@@ -674,7 +746,7 @@ fn compare_models_against_forklift() {
         assert_eq!(rep.complete_requests, 200, "{}", r.spec.name);
         assert_eq!(rep.failed_requests, 0, "{}", r.spec.name);
     }
-    mc.comparison.write_files(&a.out, "models").unwrap();
+    mc.comparison.write_files(&dir, "models").unwrap();
     check_outputs(
         &dir,
         &["linear", "prefork ×2", "thread pool ×2", "epoll", "async"],

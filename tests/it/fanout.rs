@@ -383,7 +383,7 @@ for_each_model! {
 fn client_overhead_measures_every_way() {
     let backend = Server::start(&["builtin:hello", "--model", "epoll"]);
     let url = format!("http://{}/", backend.addr);
-    let runs = forklift::fanout::overhead::client_overhead(&url, 50, 10).unwrap();
+    let runs = forklift::bench::compare::overhead::client_overhead(&url, 50, 10).unwrap();
     assert_eq!(runs.len(), 3);
     for r in &runs {
         assert_eq!(r.errors, 0, "{}", r.to_line());
@@ -454,18 +454,20 @@ fn python_apps_fetch_and_fetch_all(model: Model, extra: &[&str]) {
 
 #[test]
 fn compare_fanout_runs_a_small_experiment() {
-    use forklift::fanout::compare::{compare_fanout, CompareFanoutArgs};
+    use clap::Parser;
+    use forklift::bench::compare::{compare_fanout, CompareFanoutArgs};
     let out = std::env::temp_dir().join(format!("forklift-fanout-cmp-{}", std::process::id()));
-    let args = CompareFanoutArgs {
-        requests: vec![3],
-        concurrency: 2,
-        all_in_flight: 4,
-        durations: vec![0.01, 0.02],
-        only: vec!["async-1p".into(), "sync-4t".into(), "reference".into()],
-        overhead_calls: 20,
-        out: out.clone(),
-        ..CompareFanoutArgs::default()
-    };
+    let args = CompareFanoutArgs::parse_from([
+        "fanout".as_ref(),
+        "--requests=3".as_ref(),
+        "-c2".as_ref(),
+        "--all-in-flight=4".as_ref(),
+        "--durations=0.01,0.02".as_ref(),
+        "--only=async-1p,sync-4t,reference".as_ref(),
+        "--overhead-calls=20".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
     let fc = compare_fanout(&args, std::path::Path::new(crate::support::BIN)).unwrap();
     // async-1p: one request, 3 hammered, 4 all in flight; sync-4t: one, 3; reference: like
     // async-1p.

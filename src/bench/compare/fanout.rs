@@ -1,33 +1,36 @@
-//! `forklift compare fanout`: seed 002's experiment. Starts `builtin:wait` as the backend,
-//! serves `builtin:fanout` under the seed's configurations (sequential calls under
-//! threads and processes, concurrent calls under threads and async), measures one request
-//! and `hammer` runs of 20, 100 and 200 requests, and prints seed 002's table with
-//! forklift's figures beside it, plus the client's overhead per call; SVG/HTML/JSON files
-//! are written too.
+//! `forklift compare fanout`: the fan-out experiment. Starts `builtin:wait` as the
+//! backend, serves `builtin:fanout` under the seed's configurations (sequential calls
+//! under threads and processes, concurrent calls under threads and async), measures one
+//! request and `hammer` runs of 20, 100 and 200 requests, and prints the seed's table
+//! with forklift's figures beside it, plus the client's overhead per call; SVG/HTML/JSON
+//! files are written too.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::app::{Mode, DEFAULT_DURATIONS};
+use super::args::{seed_default, CommonArgs};
 use super::overhead::{client_overhead, Overhead};
+use super::runner::{first_line, select, start_server, Experiment, Outcome, ScenarioOutcome};
 use crate::bench::chart::{Comparison, ComparisonRow};
-use crate::bench::models::{ModelSpec, ServerProcess};
 use crate::bench::{hammer, BenchError, HammerArgs, Report};
+use crate::fanout::{Mode, DEFAULT_DURATIONS, MAX_CALLS};
 
-/// seed 002's hammer.py keeps at most this many requests in flight.
+/// The most requests the seed's hammer.py keeps in flight.
 pub const SEED_CONCURRENCY: usize = 50;
 
 /// `forklift compare fanout [--requests 20,100,200] [-c 50] [--out DIR] ...`
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Parser)]
+#[command(mut_arg("concurrency", |a| {
+    seed_default(a, "50", "Requests in flight at once during hammer runs (seed 002: 50)")
+}))]
 pub struct CompareFanoutArgs {
     /// Hammer runs: this many requests each (after the single request)
     #[arg(long, value_delimiter = ',', default_values_t = [20u64, 100, 200])]
     pub requests: Vec<u64>,
-    /// Requests in flight at once during hammer runs (seed 002: 50)
-    #[arg(short = 'c', long, default_value_t = SEED_CONCURRENCY)]
-    pub concurrency: usize,
+    #[command(flatten)]
+    pub common: CommonArgs,
     /// Also hammer this many requests all in flight at once on one process (0: skip)
     #[arg(long, default_value_t = 200)]
     pub all_in_flight: u64,
@@ -45,32 +48,6 @@ pub struct CompareFanoutArgs {
     /// Calls made to measure the client's overhead per call (0: skip)
     #[arg(long, default_value_t = 5000)]
     pub overhead_calls: u64,
-    /// Directory for the SVG chart, HTML report and JSON
-    #[arg(long, default_value = "forklift-compare")]
-    pub out: PathBuf,
-    /// Seconds to wait for a server's banner
-    #[arg(long, default_value_t = 30.0)]
-    pub startup_timeout: f64,
-    /// The forklift binary to start (default: this executable)
-    #[arg(long, hide = true)]
-    pub forklift_bin: Option<PathBuf>,
-}
-
-impl Default for CompareFanoutArgs {
-    fn default() -> Self {
-        CompareFanoutArgs {
-            requests: vec![20, 100, 200],
-            concurrency: SEED_CONCURRENCY,
-            all_in_flight: 200,
-            durations: DEFAULT_DURATIONS.to_vec(),
-            full: false,
-            only: Vec::new(),
-            overhead_calls: 5000,
-            out: PathBuf::from("forklift-compare"),
-            startup_timeout: 30.0,
-            forklift_bin: None,
-        }
-    }
 }
 
 /// Requests hammered, by default, at configurations that hold a thread per request
@@ -82,7 +59,7 @@ pub const SHORT_RUN: u64 = 20;
 pub struct Scenario {
     /// Short name (`--only` selects by it).
     pub name: &'static str,
-    /// Short row label for the chart (seed 002's row it answers, in a few words).
+    /// Short row label for the chart (the seed's row it answers, in a few words).
     pub short: &'static str,
     /// What the seed ran and what forklift runs for it.
     pub label: &'static str,
@@ -111,7 +88,7 @@ fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
 
-/// Seed 002's configurations (figures from real uWSGI on this kind of machine, see
+/// The seed's configurations (figures from real uWSGI on this kind of machine, see
 /// BENCHMARKING.md, and the seed's slides for gevent's 100 and 200), then forklift's own.
 pub fn scenarios() -> Vec<Scenario> {
     use Mode::{Concurrent, Sequential};
@@ -268,32 +245,14 @@ pub fn compare_fanout(
     bin: &Path,
 ) -> Result<FanoutComparison, BenchError> {
     validate(args)?;
-    let startup = Duration::from_secs_f64(args.startup_timeout);
-    let all = scenarios();
-    let chosen: Vec<Scenario> = if args.only.is_empty() {
-        all
-    } else {
-        let mut v = Vec::new();
-        for name in &args.only {
-            match all.iter().find(|s| s.name == name.trim()) {
-                Some(s) => v.push(s.clone()),
-                None => {
-                    let names: Vec<&str> = all.iter().map(|s| s.name).collect();
-                    return Err(BenchError::Usage(format!(
-                        "unknown scenario {name:?} (known: {})",
-                        names.join(", ")
-                    )));
-                }
-            }
-        }
-        v
-    };
-    let backend = ServerProcess::spawn(
+    let chosen = select(&scenarios(), &args.only, |s| s.name, "scenario")?;
+    let backend = start_server(
+        &args.common,
         bin,
         "builtin:wait",
-        &spec("backend", &["--model", "async"]),
+        "backend",
+        &self::args(&["--model", "async"]),
         &[],
-        startup,
     )?;
     let durations = args
         .durations
@@ -307,15 +266,13 @@ pub fn compare_fanout(
         eprintln!("compare fanout: {} ...", sc.name);
         let server = match sc.mode {
             None => None,
-            Some(_) => match ServerProcess::spawn(
+            Some(_) => match start_server(
+                &args.common,
                 bin,
                 "builtin:fanout",
-                &spec(
-                    sc.name,
-                    &sc.serve_args.iter().map(String::as_str).collect::<Vec<_>>(),
-                ),
+                sc.name,
+                &sc.serve_args,
                 &[],
-                startup,
             ) {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -353,18 +310,18 @@ pub fn compare_fanout(
             .requests
             .iter()
             .filter(|&&n| args.full || !sc.holds_a_thread() || n <= SHORT_RUN)
-            .map(|&n| (n, args.concurrency))
+            .map(|&n| (n, args.common.concurrency))
             .collect();
         if sc.all_in_flight && args.all_in_flight > 0 {
             loads.push((args.all_in_flight, args.all_in_flight as usize));
         }
         for (n, c) in loads {
-            let load = if c == args.concurrency {
+            let load = if c == args.common.concurrency {
                 format!("{n} req")
             } else {
                 format!("{n} req c{c}")
             };
-            let seed = if c == args.concurrency {
+            let seed = if c == args.common.concurrency {
                 sc.seed_runs
                     .iter()
                     .find(|(sn, _)| *sn == n)
@@ -393,12 +350,13 @@ pub fn compare_fanout(
     drop(backend);
     let overhead = if args.overhead_calls > 0 {
         eprintln!("compare fanout: client overhead ...");
-        let hello = ServerProcess::spawn(
+        let hello = start_server(
+            &args.common,
             bin,
             "builtin:hello",
-            &spec("hello", &["--model", "epoll"]),
+            "hello",
+            &self::args(&["--model", "epoll"]),
             &[],
-            startup,
         )?;
         client_overhead(&format!("http://{}/", hello.addr), args.overhead_calls, 100)
             .map_err(BenchError::Io)?
@@ -414,35 +372,19 @@ pub fn compare_fanout(
 }
 
 fn validate(args: &CompareFanoutArgs) -> Result<(), BenchError> {
-    if args.concurrency == 0 || args.requests.contains(&0) {
-        return Err(BenchError::Usage(
-            "--requests and --concurrency must be at least 1".into(),
-        ));
+    args.common.validate()?;
+    if args.requests.contains(&0) {
+        return Err(BenchError::Usage("--requests must be at least 1".into()));
     }
     if args.durations.is_empty()
-        || args.durations.len() > super::app::MAX_CALLS
+        || args.durations.len() > MAX_CALLS
         || args.durations.iter().any(|d| !(d.is_finite() && *d >= 0.0))
     {
         return Err(BenchError::Usage(format!(
-            "--durations: 1 to {} non-negative numbers of seconds",
-            super::app::MAX_CALLS
+            "--durations: 1 to {MAX_CALLS} non-negative numbers of seconds"
         )));
     }
-    if !(args.startup_timeout.is_finite() && args.startup_timeout > 0.0) {
-        return Err(BenchError::Usage(
-            "--startup-timeout must be positive".into(),
-        ));
-    }
     Ok(())
-}
-
-fn spec(name: &str, serve_args: &[&str]) -> ModelSpec {
-    ModelSpec {
-        name: name.into(),
-        label: name.into(),
-        seed_seconds: None,
-        serve_args: args(serve_args),
-    }
 }
 
 fn failed(sc: &Scenario, load: &str, seed: Option<f64>, error: String) -> Measurement {
@@ -500,7 +442,7 @@ fn one_request(addr: SocketAddr, path: &str) -> Result<f64, String> {
         .unwrap_or(wall))
 }
 
-/// Seed 002's table with forklift's figures, and the overhead lines as notes.
+/// The seed's table with forklift's figures, and the overhead lines as notes.
 pub fn table(args: &CompareFanoutArgs, ms: &[Measurement], overhead: &[Overhead]) -> Comparison {
     let rows = ms
         .iter()
@@ -514,10 +456,7 @@ pub fn table(args: &CompareFanoutArgs, ms: &[Measurement], overhead: &[Overhead]
                 m.failed.to_string(),
                 m.non_2xx.to_string(),
             ],
-            note: m
-                .error
-                .as_ref()
-                .map(|e| e.lines().next().unwrap_or("").to_owned()),
+            note: m.error.as_deref().map(|e| first_line(e).to_owned()),
         })
         .collect();
     let durations = args
@@ -558,7 +497,7 @@ pub fn table(args: &CompareFanoutArgs, ms: &[Measurement], overhead: &[Overhead]
              builtin:wait --model async`; one request (the app's own figure), then `forklift \
              hammer` of N requests (\"N req\") with at most {} in flight, or C (\"cC\"); seed: \
              hammer.py against uWSGI apps",
-            args.concurrency
+            args.common.concurrency
         ),
         metric: "time".into(),
         unit: "s".into(),
@@ -574,29 +513,54 @@ pub fn table(args: &CompareFanoutArgs, ms: &[Measurement], overhead: &[Overhead]
     }
 }
 
-/// The whole `forklift compare fanout` command: measures, prints the table, writes
-/// `OUT/fanout.{svg,html,json}`. Returns the exit code (1 when nothing was measured).
-pub fn run_compare_fanout(args: &CompareFanoutArgs) -> Result<i32, BenchError> {
-    let bin = match &args.forklift_bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe().map_err(BenchError::Io)?,
-    };
-    let fc = compare_fanout(args, &bin)?;
-    print!("{}", fc.comparison.to_text());
-    let files = fc
-        .comparison
-        .write_files(&args.out, "fanout")
-        .map_err(|e| BenchError::WriteFile(args.out.clone(), e))?;
-    for f in files {
-        println!("wrote {}", f.display());
+impl Experiment for CompareFanoutArgs {
+    const NAME: &'static str = "fanout";
+    type Measured = FanoutComparison;
+
+    fn common(&self) -> &CommonArgs {
+        &self.common
     }
-    let any = fc.measurements.iter().any(|m| m.seconds.is_some());
-    Ok(if any { 0 } else { 1 })
+
+    fn measure(&self, bin: &Path) -> Result<FanoutComparison, BenchError> {
+        compare_fanout(self, bin)
+    }
+
+    /// One row per scenario and load.
+    fn outcome(&self, fc: &FanoutComparison) -> Outcome {
+        Outcome {
+            comparison: fc.comparison.clone(),
+            scenarios: fc
+                .measurements
+                .iter()
+                .map(|m| ScenarioOutcome {
+                    label: format!("{} · {}", m.scenario, m.load),
+                    measured: m.seconds.is_some(),
+                    error: m.error.clone(),
+                })
+                .collect(),
+            failed: false,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> CompareFanoutArgs {
+        CompareFanoutArgs::parse_from(std::iter::once(&"fanout").chain(args))
+    }
+
+    #[test]
+    fn defaults_come_from_the_command_line() {
+        let a = parse(&[]);
+        assert_eq!(a.requests, [20, 100, 200]);
+        assert_eq!(a.common.concurrency, SEED_CONCURRENCY);
+        assert_eq!(a.durations, DEFAULT_DURATIONS);
+        assert_eq!((a.all_in_flight, a.overhead_calls), (200, 5000));
+        assert_eq!(a.common.startup_timeout, 30.0);
+    }
 
     #[test]
     fn scenario_names_are_unique_and_seed_rows_present() {
@@ -621,7 +585,7 @@ mod tests {
             non_2xx: 0,
             error: None,
         };
-        let t = table(&CompareFanoutArgs::default(), &[m], &[]);
+        let t = table(&parse(&[]), &[m], &[]);
         assert_eq!(t.rows.len(), 1);
         assert_eq!(t.rows[0].extra.len(), t.extra_columns.len());
         let text = t.to_text();
@@ -633,19 +597,13 @@ mod tests {
 
     #[test]
     fn bad_arguments_are_usage_errors() {
+        let mut no_durations = parse(&[]);
+        no_durations.durations.clear();
         let bad = [
-            CompareFanoutArgs {
-                concurrency: 0,
-                ..Default::default()
-            },
-            CompareFanoutArgs {
-                durations: vec![],
-                ..Default::default()
-            },
-            CompareFanoutArgs {
-                durations: vec![-1.0],
-                ..Default::default()
-            },
+            parse(&["-c", "0"]),
+            parse(&["--requests", "3,0"]),
+            parse(&["--durations=-1"]),
+            no_durations,
         ];
         for a in bad {
             assert!(matches!(validate(&a), Err(BenchError::Usage(_))));

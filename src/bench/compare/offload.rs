@@ -1,27 +1,32 @@
-//! `forklift compare offload`: seed 000's experiment. `forklift serve builtin:slowlog`
-//! is started under each offload strategy, loaded like `ab -n 100 -c 10`, and seed
-//! 000's table is printed with forklift's figures beside it, plus how long until every
-//! task had run and how many were lost (counted in slowlog's log file), and an SVG/HTML
-//! chart like `compare models`.
+//! `forklift compare offload`: the non-blocking request handling experiment.
+//! `forklift serve builtin:slowlog` is started under each offload strategy, loaded like
+//! `ab -n 100 -c 10`, and the seed's table is printed with forklift's figures beside it,
+//! plus how long until every task had run and how many were lost (counted in slowlog's
+//! log file), and an SVG/HTML chart like `compare models`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::args::{seed_default, CommonArgs, LoadArgs};
+use super::runner::{first_line, select, start_server, Experiment, Outcome, ScenarioOutcome};
+use super::server::ServerProcess;
 use crate::bench::chart::{fmt_figure, Comparison, ComparisonRow};
-use crate::bench::models::{ModelSpec, ServerProcess};
-use crate::bench::{run_config, BenchConfig, BenchError, Report};
-
-use super::slowlog::{count_records, done_file};
+use crate::bench::{run_config, BenchError, Report};
+use crate::offload::{count_records, done_file};
 
 /// `forklift compare offload [-n N] [-c C] [--task-seconds S] [--strategies …]`
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    mut_arg("requests", |a| seed_default(a, "1000", "Requests per strategy (seed 000: ab -n 100)")),
+    mut_arg("concurrency", |a| seed_default(a, "10", "Requests in flight at once (seed 000: -c 10)")),
+    mut_arg("keepalive", |a| a.help("Keep connections alive (seed 000's ab used a connection per request)")),
+    mut_arg("out", |a| a.help("Directory for the SVG chart, HTML report, JSON, and the servers' work files")),
+)]
 pub struct CompareOffloadArgs {
-    /// Requests per strategy (seed 000: ab -n 100)
-    #[arg(short = 'n', long, default_value_t = 1000)]
-    pub requests: u64,
-    /// Requests in flight at once (seed 000: -c 10)
-    #[arg(short = 'c', long, default_value_t = 10)]
-    pub concurrency: usize,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    pub common: CommonArgs,
     /// Seconds of slow work per request (seed 000: time.sleep(1))
     #[arg(long, default_value_t = 1.0)]
     pub task_seconds: f64,
@@ -49,27 +54,9 @@ pub struct CompareOffloadArgs {
     /// once, so the strategy is measured rather than its bound]
     #[arg(long)]
     pub offload_queue: Option<usize>,
-    /// Extra argument for every `forklift serve` (repeatable, e.g. --serve-arg=--threads=8)
-    #[arg(long = "serve-arg", allow_hyphen_values = true)]
-    pub serve_args: Vec<String>,
-    /// Keep connections alive (seed 000's ab used a connection per request)
-    #[arg(short = 'k', long)]
-    pub keepalive: bool,
     /// Seconds to wait, after the load, for every task to have run
     #[arg(long, default_value_t = 300.0)]
     pub finish_timeout: f64,
-    /// Directory for the SVG chart, HTML report, JSON, and the servers' work files
-    #[arg(long, default_value = "forklift-compare")]
-    pub out: PathBuf,
-    /// Load generator threads (default: CPU count)
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Seconds to wait for a server's banner
-    #[arg(long, default_value_t = 30.0)]
-    pub startup_timeout: f64,
-    /// The forklift binary to start (default: this executable)
-    #[arg(long, hide = true)]
-    pub forklift_bin: Option<PathBuf>,
 }
 
 impl CompareOffloadArgs {
@@ -78,32 +65,9 @@ impl CompareOffloadArgs {
     /// least the server's default.
     pub fn queue(&self) -> usize {
         self.offload_queue.unwrap_or_else(|| {
-            let run = (self.rounds.max(1) as u64 + 1) * self.requests;
+            let run = (self.rounds.max(1) as u64 + 1) * self.load.requests;
             (2 * run).clamp(4096, 1_000_000) as usize
         })
-    }
-
-    /// The defaults, as `forklift compare offload` with no options.
-    pub fn defaults() -> CompareOffloadArgs {
-        CompareOffloadArgs {
-            requests: 1000,
-            concurrency: 10,
-            task_seconds: 1.0,
-            inline_requests: None,
-            rounds: 9,
-            strategies: Vec::new(),
-            model: "epoll".into(),
-            processes: 1,
-            offload_workers: 100,
-            offload_queue: None,
-            serve_args: Vec::new(),
-            keepalive: false,
-            finish_timeout: 300.0,
-            out: PathBuf::from("forklift-compare"),
-            threads: None,
-            startup_timeout: 30.0,
-            forklift_bin: None,
-        }
     }
 }
 
@@ -114,7 +78,7 @@ pub struct Scenario {
     pub name: &'static str,
     /// Row label, as in the seed's table.
     pub label: &'static str,
-    /// Seed 000's req/s, where it measured this.
+    /// The seed's req/s, where it measured this.
     pub seed_rps: Option<f64>,
     /// `--offload` value.
     pub strategy: &'static str,
@@ -122,7 +86,7 @@ pub struct Scenario {
     pub slow: bool,
 }
 
-/// Seed 000's columns, then the strategies it did not have.
+/// The seed's columns, then the strategies it did not have.
 pub const SCENARIOS: [Scenario; 6] = [
     Scenario {
         name: "none",
@@ -199,35 +163,19 @@ pub fn compare_offload(
     args: &CompareOffloadArgs,
     bin: &Path,
 ) -> Result<Vec<OffloadResult>, BenchError> {
-    if args.requests == 0 || args.concurrency == 0 {
-        return Err(BenchError::Usage("-n and -c must be at least 1".into()));
-    }
-    let positive = |v: f64| v.is_finite() && v > 0.0;
-    let valid = positive(args.startup_timeout)
-        && positive(args.finish_timeout)
+    args.load.validate()?;
+    args.common.validate()?;
+    let valid = args.finish_timeout.is_finite()
+        && args.finish_timeout > 0.0
         && args.task_seconds.is_finite()
         && args.task_seconds >= 0.0;
     if !valid {
         return Err(BenchError::Usage(
-            "--task-seconds, --finish-timeout and --startup-timeout must be positive".into(),
+            "--task-seconds and --finish-timeout must be positive".into(),
         ));
     }
-    let mut chosen = Vec::new();
-    if args.strategies.is_empty() {
-        chosen.extend(SCENARIOS.iter().cloned());
-    } else {
-        for s in &args.strategies {
-            match SCENARIOS.iter().find(|x| x.name == s.trim()) {
-                Some(x) => chosen.push(x.clone()),
-                None => {
-                    return Err(BenchError::Usage(format!(
-                        "unknown scenario {s:?} (known: none, inline, loop, thread, pool, spool)"
-                    )))
-                }
-            }
-        }
-    }
-    let work = args.out.join("offload-work");
+    let chosen = select(&SCENARIOS, &args.strategies, |s| s.name, "scenario")?;
+    let work = args.common.out.join("offload-work");
     // Every server runs from the start, and the rounds take turns (round 1 of each
     // scenario, then round 2 of each, ...): a slow spell of the machine then hits all
     // scenarios alike instead of one. Each round waits for its tasks to finish before
@@ -268,10 +216,10 @@ impl Running {
         let inline = sc.strategy == "inline" && sc.slow;
         let requests = if inline {
             args.inline_requests
-                .unwrap_or(10 * args.concurrency as u64)
-                .min(args.requests)
+                .unwrap_or(10 * args.common.concurrency as u64)
+                .min(args.load.requests)
         } else {
-            args.requests
+            args.load.requests
         };
         let dir = work.join(sc.name);
         let log = dir.join("slowlog.log");
@@ -328,14 +276,14 @@ impl Running {
             s("--offload-socket"),
             socket.display().to_string(),
         ];
-        let spec = ModelSpec {
-            name: sc.name.to_string(),
-            label: sc.label.to_string(),
-            seed_seconds: None,
-            serve_args,
-        };
-        let startup = Duration::from_secs_f64(args.startup_timeout);
-        match ServerProcess::spawn(bin, "builtin:slowlog", &spec, &args.serve_args, startup) {
+        match start_server(
+            &args.common,
+            bin,
+            "builtin:slowlog",
+            sc.name,
+            &serve_args,
+            &args.load.serve_args,
+        ) {
             Ok(server) => {
                 run.url = format!("http://{}/", server.addr);
                 run.server = Some(server);
@@ -353,11 +301,9 @@ impl Running {
     /// Runs `n` requests and waits for their tasks; the report and the wait, or `None`
     /// after recording an error.
     fn load(&mut self, args: &CompareOffloadArgs, n: u64) -> Option<(Report, Option<f64>)> {
-        let mut cfg = BenchConfig::new(&self.url, n, args.concurrency);
-        cfg.keep_alive = args.keepalive;
-        if let Some(t) = args.threads {
-            cfg.threads = t;
-        }
+        let cfg = args
+            .load
+            .bench_config(&self.url, n, args.common.concurrency);
         let report = match run_config(&cfg) {
             Ok(r) => r,
             Err(e) => {
@@ -437,7 +383,7 @@ impl Running {
     }
 }
 
-/// Seed 000's table with forklift's figures and the task columns.
+/// The seed's table with forklift's figures and the task columns.
 pub fn table(args: &CompareOffloadArgs, results: &[OffloadResult]) -> Comparison {
     let rows = results
         .iter()
@@ -463,10 +409,7 @@ pub fn table(args: &CompareOffloadArgs, results: &[OffloadResult]) -> Comparison
                 seed: r.scenario.seed_rps,
                 ours: r.report.as_ref().map(|rep| rep.requests_per_second),
                 extra,
-                note: r
-                    .error
-                    .as_ref()
-                    .map(|e| e.lines().next().unwrap_or("").to_string()),
+                note: r.error.as_deref().map(|e| first_line(e).to_string()),
             }
         })
         .collect();
@@ -491,7 +434,7 @@ pub fn table(args: &CompareOffloadArgs, results: &[OffloadResult]) -> Comparison
     {
         notes.push(format!(
             "inline ran {} requests (each waits for its task); every other row ran {}.",
-            r.requests, args.requests
+            r.requests, args.load.requests
         ));
     }
     let lost: u64 = results.iter().map(OffloadResult::lost).sum();
@@ -551,7 +494,7 @@ pub fn table(args: &CompareOffloadArgs, results: &[OffloadResult]) -> Comparison
             notes.push(format!("{}: {e}", r.scenario.label));
         }
     }
-    let mode = if args.keepalive {
+    let mode = if args.load.keepalive {
         "-k"
     } else {
         "--no-keepalive"
@@ -561,7 +504,7 @@ pub fn table(args: &CompareOffloadArgs, results: &[OffloadResult]) -> Comparison
         setting: format!(
             "forklift bench -n {} -c {} {mode} against `forklift serve builtin:slowlog --model {} \
              --processes {} --offload S --offload-queue {} --task-seconds {}` (seed: ab -n 100 -c 10 against Python scripts)",
-            args.requests, args.concurrency, args.model, args.processes, args.queue(), args.task_seconds
+            args.load.requests, args.common.concurrency, args.model, args.processes, args.queue(), args.task_seconds
         ),
         metric: "req/s".into(),
         unit: "req/s".into(),
@@ -592,31 +535,49 @@ fn rounds_range(rps: &[f64]) -> String {
     }
 }
 
-/// The whole `forklift compare offload` command: measures, prints the table, writes
-/// `OUT/offload.{svg,html,json}`. Exit code 1 when nothing could be measured or a task
-/// was lost.
-pub fn run_compare_offload(args: &CompareOffloadArgs) -> Result<i32, BenchError> {
-    let bin = match &args.forklift_bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe().map_err(BenchError::Io)?,
-    };
-    let results = compare_offload(args, &bin)?;
-    let comparison = table(args, &results);
-    print!("{}", comparison.to_text());
-    let files = comparison
-        .write_files(&args.out, "offload")
-        .map_err(|e| BenchError::WriteFile(args.out.clone(), e))?;
-    for f in files {
-        println!("wrote {}", f.display());
+impl Experiment for CompareOffloadArgs {
+    const NAME: &'static str = "offload";
+    type Measured = Vec<OffloadResult>;
+
+    fn common(&self) -> &CommonArgs {
+        &self.common
     }
-    let measured = results.iter().any(|r| r.report.is_some());
-    let lost = results.iter().any(|r| r.lost() > 0);
-    Ok(if measured && !lost { 0 } else { 1 })
+
+    fn measure(&self, bin: &Path) -> Result<Vec<OffloadResult>, BenchError> {
+        compare_offload(self, bin)
+    }
+
+    /// A lost task fails the run even when every scenario was measured.
+    fn outcome(&self, results: &Vec<OffloadResult>) -> Outcome {
+        Outcome {
+            comparison: table(self, results),
+            scenarios: results
+                .iter()
+                .map(|r| ScenarioOutcome {
+                    label: r.scenario.label.to_string(),
+                    measured: r.report.is_some(),
+                    error: r.error.clone(),
+                })
+                .collect(),
+            failed: results.iter().any(|r| r.lost() > 0),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn defaults_come_from_the_command_line() {
+        let a = CompareOffloadArgs::parse_from(["offload"]);
+        assert_eq!((a.load.requests, a.common.concurrency), (1000, 10));
+        assert_eq!((a.rounds, a.processes, a.offload_workers), (9, 1, 100));
+        assert_eq!(a.model, "epoll");
+        assert_eq!(a.common.out, PathBuf::from("forklift-compare"));
+        assert_eq!(a.queue(), 20_000);
+    }
 
     #[test]
     fn scenarios_have_unique_names_and_seed_figures() {
@@ -624,13 +585,12 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), 6);
         let seeded = SCENARIOS.iter().filter(|s| s.seed_rps.is_some()).count();
-        assert_eq!(seeded, 4, "seed 000 measured four columns");
+        assert_eq!(seeded, 4, "the seed measured four columns");
     }
 
     #[test]
     fn unknown_scenario_is_a_usage_error() {
-        let mut a = CompareOffloadArgs::defaults();
-        a.strategies = vec!["warp".into()];
+        let a = CompareOffloadArgs::parse_from(["offload", "--strategies", "warp"]);
         assert!(matches!(
             compare_offload(&a, Path::new("/nonexistent")),
             Err(BenchError::Usage(_))
@@ -639,14 +599,18 @@ mod tests {
 
     #[test]
     fn a_failed_server_is_a_row_with_a_note() {
-        let mut a = CompareOffloadArgs::defaults();
-        a.strategies = vec!["loop".into()];
-        a.startup_timeout = 2.0;
-        a.out = std::env::temp_dir().join(format!("forklift-cmp-unit-{}", std::process::id()));
+        let out = std::env::temp_dir().join(format!("forklift-cmp-unit-{}", std::process::id()));
+        let a = CompareOffloadArgs::parse_from([
+            "offload".as_ref(),
+            "--strategies=loop".as_ref(),
+            "--startup-timeout=2".as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ]);
         let results = compare_offload(&a, Path::new("/nonexistent/forklift")).unwrap();
         assert!(results[0].report.is_none() && results[0].error.is_some());
         let t = table(&a, &results).to_text();
         assert!(t.contains("loop (async epoll)"), "{t}");
-        let _ = std::fs::remove_dir_all(&a.out);
+        let _ = std::fs::remove_dir_all(&a.common.out);
     }
 }

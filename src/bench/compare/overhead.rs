@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use super::{Client, ClientConfig, FetchRequest};
+use crate::fanout::{Client, ClientConfig, FetchRequest};
 
 /// One way of making the calls, measured.
 #[derive(Debug, Clone)]
