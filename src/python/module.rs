@@ -137,7 +137,7 @@ pub fn run_task(name: &str, payload_json: &str) -> Result<(), TaskError> {
 }
 
 /// Adds the module's contents to `m`.
-pub(crate) fn populate(m: &Bound<'_, PyModule>) -> PyResult<()> {
+fn populate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("version", env!("CARGO_PKG_VERSION"))?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -151,8 +151,21 @@ pub(crate) fn populate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     Ok(())
 }
 
+/// The `forklift` module as the interpreter start takes it ([`interp::initialize`]).
+pub(crate) const EMBEDDED: interp::EmbeddedModule = interp::EmbeddedModule {
+    register: || pyo3::append_to_inittab!(forklift_module),
+    install,
+};
+
+/// The init function Python runs on the first `import forklift`.
+#[pymodule]
+#[pyo3(name = "forklift")]
+fn forklift_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    populate(m)
+}
+
 /// Puts the module in `sys.modules` (when the interpreter was started by someone else).
-pub(crate) fn install(py: Python<'_>) -> PyResult<()> {
+fn install(py: Python<'_>) -> PyResult<()> {
     let m = PyModule::new(py, "forklift")?;
     populate(&m)?;
     py.import("sys")?
