@@ -10,7 +10,8 @@
 //! - `pool` is the bounded pool of GIL threads used on event-loop models.
 //! - `module` is the `forklift` module apps can import (offload, tasks); `fanout` its
 //!   outbound-HTTP part.
-//! - `options` holds [`PythonOptions`] and [`PythonError`], which every other file uses.
+//! - `options` holds [`PythonOptions`] and [`PythonError`] (used by `call`, `interp` and
+//!   this file) and imports nothing of `python/`.
 //!
 //! The files import each other without cycles: this file uses its children; `call`,
 //! `module`, `fanout` and `pool` use `interp`; `interp` uses only `options` (the

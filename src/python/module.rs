@@ -321,7 +321,7 @@ impl Timer {
 }
 
 /// `forklift.call_later(delay, func, *args, **kwargs)`: like `offload`, after `delay`
-/// seconds (seed 001's `loop.call_later(5, read)`, without an event loop to run).
+/// seconds (as asyncio's `loop.call_later(5, read)`, without an event loop to run).
 /// Raises `forklift.QueueFull` when too many calls are waiting.
 #[pyfunction]
 #[pyo3(signature = (delay, func, *args, **kwargs))]
