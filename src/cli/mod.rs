@@ -5,8 +5,9 @@
 //! `--wsgi-file`, `--module`, `--callable`, `--master`, `--processes`, `--threads`,
 //! `--async`/`--gevent`, `--lazy-apps`, `--listen`, `--logto`, `--disable-logging`,
 //! `--enable-threads`, `--die-on-term`, `--harakiri`, `--max-requests`), and `--ini FILE`
-//! reads the `[uwsgi]` and `[forklift]` sections of an ini file, each key being the long
-//! option of the same name.
+//! reads the `[uwsgi]` and `[forklift]` sections of an ini file (or `--ini FILE:SECTION`
+//! that section), each key being the long option of the same name. A bad value that came
+//! from an ini file is reported with the file and line.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -20,12 +21,26 @@ use crate::server::{self, listen, Log, Model, ServerConfig, Timeouts};
 mod ini;
 mod spool;
 
-pub use ini::{expand_ini, parse_ini};
+pub use ini::{expand_ini, parse_ini, Ini, IniEntry, IniOption, IniSource};
 pub use spool::{run_spool_cmd, SpoolArgs, SpoolCmd};
+
+/// What `--help` says about ini files, at the top level and under `serve`.
+const INI_HELP: &str =
+    "Ini files: `forklift --ini FILE` runs `serve` with the options FILE sets, so a \
+uWSGI ini file runs as it is: the keys of its [uwsgi] section (and of [forklift], for \
+forklift's own options) are the long options of the same name, e.g. `processes = 4`. \
+`--ini FILE:SECTION` reads [SECTION] instead; options on the command line win.";
 
 /// forklift: an application server for WSGI apps and native handlers.
 #[derive(Debug, Parser)]
-#[command(name = "forklift", version, about, args_override_self = true)]
+#[command(
+    name = "forklift",
+    version,
+    about,
+    args_override_self = true,
+    override_usage = "forklift <COMMAND>\n       forklift --ini FILE[:SECTION] [SERVE OPTIONS]",
+    after_help = INI_HELP
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -35,11 +50,14 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)] // parsed once; boxing buys nothing
 pub enum Command {
     /// Serve an app: `builtin:NAME` (hello, echo, wait, file, demo, slowlog, fanout), or a
-    /// WSGI app given with --wsgi-file / --module.
+    /// WSGI app given with --wsgi-file / --module, or what an ini file says (`forklift
+    /// --ini FILE`).
+    #[command(after_help = INI_HELP)]
     Serve(ServeArgs),
     /// Load-test a URL: ab's options and report, HTTP/1.1, microsecond percentiles.
     Bench(crate::bench::BenchArgs),
-    /// Seed 002's hammer.py: N requests with at most C in flight, and the total time.
+    /// N requests with at most C in flight, and the total time (what a hammer.py-style
+    /// load script measures).
     Hammer(crate::bench::HammerArgs),
     /// Reproduce a seed's table with forklift's figures beside the seed's.
     #[command(subcommand)]
@@ -72,9 +90,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub fanout: crate::fanout::FanoutArgs,
 
-    /// Read options from the [uwsgi] and [forklift] sections of an ini file (command-line
-    /// options given after it win).
-    #[arg(long, value_name = "FILE")]
+    /// Read options from an ini file: the keys of its [uwsgi] and [forklift] sections, or
+    /// of [SECTION] with FILE:SECTION (command-line options win).
+    #[arg(long, value_name = "FILE[:SECTION]")]
     pub ini: Option<PathBuf>,
 
     /// Address to serve HTTP on: HOST:PORT or :PORT (all interfaces).
@@ -92,28 +110,28 @@ pub struct ServeArgs {
     pub model: Option<Model>,
 
     /// Worker processes sharing the socket (a master supervises them when > 1).
-    #[arg(long, short = 'p', value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, short = 'p', value_name = "N", value_parser = count::<1, 1024>)]
     pub processes: Option<u32>,
 
     /// Alias of --processes (uWSGI).
-    #[arg(long, value_name = "N", hide = true, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, value_name = "N", hide = true, value_parser = count::<1, 1024>)]
     pub workers: Option<u32>,
 
     /// Threads per worker: the pool of the threads model, the runtime threads of async,
     /// and the Python threads that run a WSGI app under epoll/async.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, value_name = "N", value_parser = count::<1, 4096>)]
     pub threads: Option<u32>,
 
     /// Requests one async worker works on at once.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, value_name = "N", value_parser = count::<1, 1_000_000>)]
     pub cores: Option<u32>,
 
     /// uWSGI's async mode: the async model with N cores.
-    #[arg(long = "async", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long = "async", value_name = "N", value_parser = count::<1, 1_000_000>)]
     pub async_cores: Option<u32>,
 
     /// uWSGI's gevent mode: the async model with N cores.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, value_name = "N", value_parser = count::<1, 1_000_000>)]
     pub gevent: Option<u32>,
 
     /// Run a master process even with one worker (respawn, graceful reload on SIGHUP).
@@ -203,11 +221,26 @@ pub struct ServeArgs {
     pub die_on_term: bool,
 }
 
+/// A whole number from `MIN` to `MAX`, for count options; the error says the range.
+fn count<const MIN: u32, const MAX: u32>(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if (u64::from(MIN)..=u64::from(MAX)).contains(&n) => Ok(n as u32),
+        _ => Err(format!("must be a whole number from {MIN} to {MAX}")),
+    }
+}
+
 /// An error the user can fix: printed as one line, exit code 1 (2 for usage errors).
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error("{0}")]
     Usage(String),
+    /// A bad value of `--option`; `problem` says what it must be.
+    #[error("--{option} {problem}, got {value}")]
+    Invalid {
+        option: &'static str,
+        value: String,
+        problem: String,
+    },
     #[error("{0}")]
     Listen(#[from] listen::ListenError),
     #[error("{0}")]
@@ -225,7 +258,7 @@ pub enum CliError {
 /// Runs the command line; returns the exit code. `virtual_env` is the value of
 /// `$VIRTUAL_ENV` (an activated virtualenv is used for WSGI apps).
 pub fn main(args: Vec<OsString>, virtual_env: Option<PathBuf>) -> i32 {
-    let args = match expand_ini(args) {
+    let (args, ini) = match expand_ini(args) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("forklift: {e}");
@@ -235,13 +268,17 @@ pub fn main(args: Vec<OsString>, virtual_env: Option<PathBuf>) -> i32 {
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
+            if let Some(line) = ini.as_ref().and_then(|i| i.locate_clap_error(&e)) {
+                eprintln!("forklift: {line}");
+                return 2;
+            }
             let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
             return code;
         }
     };
     let result = match cli.command {
-        Command::Serve(a) => serve(a, virtual_env),
+        Command::Serve(a) => serve(a, virtual_env).map_err(|e| in_ini(e, ini.as_ref())),
         Command::Bench(a) => crate::bench::run_bench(&a).map_err(CliError::from),
         Command::Hammer(a) => crate::bench::run_hammer(&a).map_err(CliError::from),
         Command::Compare(Compare::Models(a)) => {
@@ -262,11 +299,26 @@ pub fn main(args: Vec<OsString>, virtual_env: Option<PathBuf>) -> i32 {
         Err(e) => {
             eprintln!("forklift: {e}");
             match e {
-                CliError::Usage(_) | CliError::Bench(crate::bench::BenchError::Usage(_)) => 2,
+                CliError::Usage(_)
+                | CliError::Invalid { .. }
+                | CliError::Bench(crate::bench::BenchError::Usage(_)) => 2,
                 _ => 1,
             }
         }
     }
+}
+
+/// A bad value that `serve` took from an ini file, reported at the file's line.
+fn in_ini(e: CliError, ini: Option<&IniSource>) -> CliError {
+    if let CliError::Invalid {
+        option, problem, ..
+    } = &e
+    {
+        if let Some(opt) = ini.and_then(|i| i.line_of(option)) {
+            return CliError::Usage(opt.located(problem));
+        }
+    }
+    e
 }
 
 /// The settings `serve` derives from its arguments.
@@ -276,24 +328,35 @@ pub struct ServePlan {
     pub app_name: String,
 }
 
-fn secs(v: f64, name: &str) -> Result<Duration, CliError> {
+fn secs(v: f64, name: &'static str) -> Result<Duration, CliError> {
     if v.is_finite() && v > 0.0 && v < 1e9 {
         Ok(Duration::from_secs_f64(v))
     } else {
-        Err(CliError::Usage(format!(
-            "--{name} must be a positive number of seconds, got {v}"
-        )))
+        Err(CliError::Invalid {
+            option: name,
+            value: v.to_string(),
+            problem: "must be a positive number of seconds".into(),
+        })
     }
 }
 
 /// Validates `ServeArgs` into a configuration (no sockets opened).
 pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
-    let addr_text = a
-        .http
-        .clone()
-        .or_else(|| a.http_socket.clone())
-        .unwrap_or_else(|| "127.0.0.1:8080".to_string());
-    let addr = listen::parse_addr(&addr_text)?;
+    let (addr_option, addr_text) = match (&a.http, &a.http_socket) {
+        (Some(h), _) => ("http", h.clone()),
+        (None, Some(h)) => ("http-socket", h.clone()),
+        (None, None) => ("http", "127.0.0.1:8080".to_string()),
+    };
+    let addr = listen::parse_addr(&addr_text).map_err(|e| CliError::Invalid {
+        option: addr_option,
+        value: addr_text.clone(),
+        problem: match e {
+            listen::ListenError::Resolve(_, io) => {
+                format!("must be an address this host can resolve ({io})")
+            }
+            _ => "must be HOST:PORT or :PORT (e.g. :8080)".into(),
+        },
+    })?;
     let async_cores = a.async_cores.or(a.gevent);
     // A WSGI app runs, as under uWSGI, on the threads that read its requests (one unless
     // --threads says more); a native app on the readiness loop.
@@ -319,15 +382,18 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
         .map(|c| c as usize)
         .unwrap_or(defaults.cores);
     if a.listen <= 0 {
-        return Err(CliError::Usage(format!(
-            "--listen must be positive, got {}",
-            a.listen
-        )));
+        return Err(CliError::Invalid {
+            option: "listen",
+            value: a.listen.to_string(),
+            problem: "must be positive".into(),
+        });
     }
     if a.buffer_size < 1024 {
-        return Err(CliError::Usage(
-            "--buffer-size must be at least 1024 bytes".into(),
-        ));
+        return Err(CliError::Invalid {
+            option: "buffer-size",
+            value: a.buffer_size.to_string(),
+            problem: "must be at least 1024 bytes".into(),
+        });
     }
     let config = ServerConfig {
         model,

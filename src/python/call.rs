@@ -21,9 +21,9 @@ use pyo3::types::{PyBytes, PyDict, PyIterator, PyList, PyTuple};
 use crate::app::{Body, Reply, Request, Response};
 
 use super::interp::{self, with_gil};
+use super::options::{PythonError, PythonOptions};
 use super::pool::{Job, PoolSlot};
 use super::wsgi::{FileWrapper, StartResponse};
-use super::{PythonError, PythonOptions};
 
 /// Single body items at least this big are kept in Python's buffer instead of copied.
 const ZERO_COPY_MIN: usize = 64 * 1024;

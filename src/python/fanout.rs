@@ -1,5 +1,5 @@
 //! `forklift.fetch_all(...)` and `forklift.fetch(...)`: the fan-out client for Python
-//! apps (seed 002's "event loop on its own thread, futures back", built in). The GIL is
+//! apps: an event loop on its own thread that hands futures back, built in. The GIL is
 //! released while a batch runs; `fetch` resolves a `concurrent.futures.Future` from the
 //! client's callback pool.
 

@@ -13,7 +13,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyModule};
 
-use super::{PythonError, PythonOptions};
+use super::options::{PythonError, PythonOptions};
 
 /// The fork generation whose Python after-fork fix-up has been done.
 static FIXED_GEN: AtomicU64 = AtomicU64::new(0);
@@ -98,8 +98,20 @@ def summary(e):
     return traceback.format_exception_only(type(e), e)[-1].strip()
 "#;
 
-/// Starts the interpreter if needed and applies `opts` (chdir, sys.path, virtualenv).
-pub(crate) fn initialize(opts: &PythonOptions) -> Result<(), PythonError> {
+/// A module built into the binary, made importable when the interpreter starts. The
+/// caller supplies it, so this file does not depend on what the module holds.
+pub(crate) struct EmbeddedModule {
+    /// Adds the module to Python's init table (`pyo3::append_to_inittab!`). Called at
+    /// most once, before the interpreter starts.
+    pub register: fn(),
+    /// Builds the module and puts it in `sys.modules`. Called instead of `register`
+    /// when the interpreter was already running (an embedding test started it).
+    pub install: fn(Python<'_>) -> PyResult<()>,
+}
+
+/// Starts the interpreter if needed, with `module` importable, and applies `opts`
+/// (chdir, sys.path, virtualenv).
+pub(crate) fn initialize(opts: &PythonOptions, module: &EmbeddedModule) -> Result<(), PythonError> {
     if let Some(dir) = &opts.chdir {
         std::env::set_current_dir(dir).map_err(|e| PythonError::Chdir {
             path: dir.display().to_string(),
@@ -110,7 +122,7 @@ pub(crate) fn initialize(opts: &PythonOptions) -> Result<(), PythonError> {
         let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
         let first = !*started;
         if first {
-            start_interpreter().map_err(PythonError::Init)?;
+            start_interpreter(module).map_err(PythonError::Init)?;
             *started = true;
         }
         first
@@ -178,14 +190,14 @@ pub(crate) fn summary(py: Python<'_>, e: &PyErr) -> String {
     }
 }
 
-fn start_interpreter() -> Result<(), String> {
+fn start_interpreter(module: &EmbeddedModule) -> Result<(), String> {
     // SAFETY: Py_IsInitialized may be called at any time.
     if unsafe { ffi::Py_IsInitialized() } != 0 {
         // Someone (an embedding test, pyo3's auto-initialize) started it already: add
-        // our module to sys.modules instead of the init table.
-        Python::with_gil(super::module::install).map_err(|e| e.to_string())?;
+        // the module to sys.modules instead of the init table.
+        Python::with_gil(module.install).map_err(|e| e.to_string())?;
     } else {
-        pyo3::append_to_inittab!(forklift_module);
+        (module.register)();
         // SAFETY: the interpreter is not running (checked above, under the STARTED lock),
         // `config` is initialised by PyConfig_InitPythonConfig before any field is set,
         // the strings passed are NUL-terminated and outlive the calls, and the config is
@@ -234,12 +246,6 @@ fn start_interpreter() -> Result<(), String> {
         Ok(())
     })
     .map_err(|e| e.to_string())
-}
-
-#[pymodule]
-#[pyo3(name = "forklift")]
-fn forklift_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    super::module::populate(m)
 }
 
 fn status_message(st: ffi::PyStatus) -> String {

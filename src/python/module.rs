@@ -137,7 +137,7 @@ pub fn run_task(name: &str, payload_json: &str) -> Result<(), TaskError> {
 }
 
 /// Adds the module's contents to `m`.
-pub(crate) fn populate(m: &Bound<'_, PyModule>) -> PyResult<()> {
+fn populate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("version", env!("CARGO_PKG_VERSION"))?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -151,8 +151,21 @@ pub(crate) fn populate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     Ok(())
 }
 
+/// The `forklift` module as the interpreter start takes it ([`interp::initialize`]).
+pub(crate) const EMBEDDED: interp::EmbeddedModule = interp::EmbeddedModule {
+    register: || pyo3::append_to_inittab!(forklift_module),
+    install,
+};
+
+/// The init function Python runs on the first `import forklift`.
+#[pymodule]
+#[pyo3(name = "forklift")]
+fn forklift_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    populate(m)
+}
+
 /// Puts the module in `sys.modules` (when the interpreter was started by someone else).
-pub(crate) fn install(py: Python<'_>) -> PyResult<()> {
+fn install(py: Python<'_>) -> PyResult<()> {
     let m = PyModule::new(py, "forklift")?;
     populate(&m)?;
     py.import("sys")?
@@ -308,7 +321,7 @@ impl Timer {
 }
 
 /// `forklift.call_later(delay, func, *args, **kwargs)`: like `offload`, after `delay`
-/// seconds (seed 001's `loop.call_later(5, read)`, without an event loop to run).
+/// seconds (as asyncio's `loop.call_later(5, read)`, without an event loop to run).
 /// Raises `forklift.QueueFull` when too many calls are waiting.
 #[pyfunction]
 #[pyo3(signature = (delay, func, *args, **kwargs))]

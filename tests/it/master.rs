@@ -223,3 +223,24 @@ fn max_requests_recycles_workers() {
         srv.workers().first().is_some_and(|w| *w != first)
     });
 }
+
+#[test]
+fn sigterm_logs_a_final_stopped_line() {
+    let mut srv = Server::start(&[
+        "builtin:hello",
+        "--model",
+        "epoll",
+        "--processes",
+        "2",
+        "--disable-logging",
+    ]);
+    wait_for("two workers", || srv.workers().len() == 2);
+    assert_eq!(srv.terminate().code(), Some(0));
+    // The reader thread ends with the pipe, after the last line.
+    let log: Vec<String> = srv.log.iter().collect();
+    assert_eq!(
+        log.last().map(String::as_str),
+        Some("forklift: stopped (2 workers, exit 0)"),
+        "{log:?}"
+    );
+}

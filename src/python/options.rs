@@ -1,0 +1,103 @@
+//! What a WSGI app load is asked to do ([`PythonOptions`]), the checks that need no
+//! interpreter, and why a load failed ([`PythonError`]). A leaf: the other files of
+//! `python/` use it and it uses none of them.
+
+use std::path::PathBuf;
+
+/// Pool size used when [`PythonOptions::pool_threads`] is 0.
+pub const DEFAULT_POOL_THREADS: usize = 4;
+
+/// How to find and run a WSGI app.
+#[derive(Debug, Clone)]
+pub struct PythonOptions {
+    /// A Python file defining the callable (uWSGI's `--wsgi-file`).
+    pub wsgi_file: Option<PathBuf>,
+    /// A module to import, `pkg.mod` or `pkg.mod:callable` (uWSGI's `--module`).
+    pub module: Option<String>,
+    /// The name of the WSGI callable in the file or module.
+    pub callable: String,
+    /// Directories put in front of `sys.path`, in order.
+    pub pythonpath: Vec<PathBuf>,
+    /// Directory to change into before loading the app.
+    pub chdir: Option<PathBuf>,
+    /// A virtualenv whose site-packages the app uses (`--virtualenv`/`--home`, or an
+    /// active `VIRTUAL_ENV`, which the CLI layer passes here).
+    pub virtualenv: Option<PathBuf>,
+    /// GIL threads serving requests on event-loop models (0: [`DEFAULT_POOL_THREADS`]).
+    pub pool_threads: usize,
+    /// `wsgi.multithread`: true when requests may run concurrently in one process.
+    pub multithread: bool,
+    /// `wsgi.multiprocess`: true when several worker processes serve the app.
+    pub multiprocess: bool,
+}
+
+impl Default for PythonOptions {
+    fn default() -> Self {
+        PythonOptions {
+            wsgi_file: None,
+            module: None,
+            callable: "application".into(),
+            pythonpath: Vec::new(),
+            chdir: None,
+            virtualenv: None,
+            pool_threads: 0,
+            multithread: false,
+            multiprocess: false,
+        }
+    }
+}
+
+/// Why a Python app could not be loaded. Messages are one line, for the CLI to print
+/// before exiting with status 1.
+#[derive(Debug, thiserror::Error)]
+pub enum PythonError {
+    #[error("no Python app given (use --wsgi-file FILE or --module MODULE)")]
+    NoApp,
+    #[error("give either --wsgi-file or --module, not both")]
+    BothApps,
+    #[error("wsgi-file {0} not found")]
+    FileNotFound(String),
+    #[error("cannot change directory to {path}: {reason}")]
+    Chdir { path: String, reason: String },
+    #[error("virtualenv {path}: {reason}")]
+    Virtualenv { path: String, reason: String },
+    #[error("cannot start the Python interpreter: {0}")]
+    Init(String),
+    #[error("cannot import module '{module}': {reason}")]
+    Import { module: String, reason: String },
+    #[error("error while loading {what}: {reason}")]
+    Load { what: String, reason: String },
+    #[error("{what} has no callable '{callable}' (use --callable NAME)")]
+    NoCallable { what: String, callable: String },
+    #[error("'{callable}' in {what} is not callable")]
+    NotCallable { what: String, callable: String },
+}
+
+/// Checks what can be checked without starting Python (an app is named once, the
+/// wsgi-file and the virtualenv exist). For a master with `--lazy-apps`, which must not
+/// import the app itself.
+pub fn check_options(opts: &PythonOptions) -> Result<(), PythonError> {
+    match (&opts.wsgi_file, &opts.module) {
+        (None, None) => return Err(PythonError::NoApp),
+        (Some(_), Some(_)) => return Err(PythonError::BothApps),
+        _ => {}
+    }
+    if let Some(f) = &opts.wsgi_file {
+        let full = match &opts.chdir {
+            Some(dir) if f.is_relative() => dir.join(f),
+            _ => f.clone(),
+        };
+        if !full.is_file() {
+            return Err(PythonError::FileNotFound(f.display().to_string()));
+        }
+    }
+    if let Some(v) = &opts.virtualenv {
+        if !v.is_dir() {
+            return Err(PythonError::Virtualenv {
+                path: v.display().to_string(),
+                reason: "directory not found".into(),
+            });
+        }
+    }
+    Ok(())
+}
