@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Issue 2's benchmark: builtin:hello under each model, one worker pinned to CPU 1,
-# wrk -t1 -c50 pinned to CPU 0, nginx (1 worker, return 200 "Hello world") measured in
-# the same run; then seed 003's `ab -n 100000 -c 8` (Connection: close) per model.
-# Needs: apt-get install -y nginx-light wrk apache2-utils; a release build.
+# builtin:hello under each model, one worker pinned to CPU 1, `wrk -t1 -c50` pinned to
+# CPU 0, nginx (1 worker, return 200 "Hello world") measured before and after in the
+# same run; then `ab -n 100000 -c 8` (a connection per request) per model and nginx.
+# Needs: apt-get install -y nginx-light wrk apache2-utils; cargo build --release.
+# Loopback only; every run is bounded.
 set -u
-BIN=${BIN:-target/release/forklift}
+cd "$(dirname "$0")/.."
+BIN=${BIN:-$PWD/target/release/forklift}
 DUR=${DUR:-5}
 PORT=${PORT:-18091}
 NGINX_PORT=${NGINX_PORT:-18090}

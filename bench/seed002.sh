@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Seed 002's table for WSGI apps started from the seed's own ini files: one request, then
-# `forklift hammer --nb_requests 20` (at most 50 in flight, as hammer.py), against
-# `forklift serve builtin:wait` on port 7001. Needs a release build and a venv with
-# requests and aiohttp (scripts/test makes .venv).
+# The fan-out scenario for WSGI apps (tests/apps/seed002: each request calls a slow
+# backend four times, 0.125/0.25/0.375/0.5 s, one after another or with asyncio),
+# started from uWSGI ini files: one request, then `forklift hammer --nb_requests 20`
+# (at most 50 in flight), against `forklift serve builtin:wait` on port 7001 as the
+# backend. Needs cargo build --release and a venv with requests and aiohttp
+# (scripts/test makes .venv). Loopback only; about a minute in all.
 set -u
 cd "$(dirname "$0")/.."
 BIN=${BIN:-$PWD/target/release/forklift}

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Issue 5's benchmark: the same hello-world WSGI app under forklift (each model, one
+# The same hello-world WSGI app (examples/hello.py) under forklift (each model, one
 # process) and under Granian, uWSGI and gunicorn (one worker each), server pinned to
-# CPU 1, `wrk -t1 -c50 -d5s` pinned to CPU 0. Needs a release build and a venv with
-# the reference servers: python3 -m venv /tmp/ref && /tmp/ref/bin/pip install granian uwsgi gunicorn
+# CPU 1, `wrk -t1 -c50 -d5s` pinned to CPU 0, two rounds.
+# Needs: apt-get install -y wrk; cargo build --release; a throwaway venv with the
+# reference servers, given as REF (its bin directory):
+#   python3 -m venv /tmp/ref && /tmp/ref/bin/pip install granian uwsgi gunicorn
+#   REF=/tmp/ref/bin bench/wsgi.sh
+# Loopback only; every run is bounded.
 set -u
 cd "$(dirname "$0")/.."
 BIN=${BIN:-$PWD/target/release/forklift}
-REF=${REF:-/work/venv-bench/bin}
+REF=${REF:?set REF to the bin directory of a venv with granian, uwsgi and gunicorn}
 DUR=${DUR:-5}
 PORT=${PORT:-18097}
 app=$(mktemp -d)
