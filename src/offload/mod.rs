@@ -52,8 +52,6 @@ mod strategy;
 mod task;
 
 /// `builtin:slowlog`, the app the offload comparison serves and whose records it counts.
-pub use crate::app::slowlog;
-pub use crate::app::slowlog::{count_records, done_file, SlowLog, SLOWLOG_TASK};
 pub use config::{OffloadArgs, OffloadConfig, Strategy};
 pub use counters::{CounterSnapshot, Counters};
 pub use error::{OffloadError, SpoolError, SubmitError, TaskError};

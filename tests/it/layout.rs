@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 /// The directories checked, relative to the crate root, recursively. `src/python`
 /// joins this list once its `interp.rs` ↔ `module.rs` cycle is gone.
-const CHECKED: &[&str] = &["src/offload"];
+const CHECKED: &[&str] = &["src/offload", "src/python"];
 
 /// A file's module path from the crate root: `src/offload/spool/mod.rs` is
 /// `offload::spool`, `src/offload/spool/store.rs` is `offload::spool::store`.

@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use forklift::app::slowlog::SlowLog;
 use forklift::app::{CallContext, Handler, Reply, Request, Version};
 use forklift::cli::{run_spool_cmd, SpoolArgs, SpoolCmd};
 use forklift::offload::{
-    Offload, OffloadArgs, OffloadConfig, Registry, SlowLog, Spool, Strategy, SubmitError, Task,
-    TaskError,
+    Offload, OffloadArgs, OffloadConfig, Registry, Spool, Strategy, SubmitError, Task, TaskError,
 };
 
 mod support {
@@ -705,7 +705,7 @@ fn slowlog_answers_at_once_and_logs_every_request(strategy: Strategy) {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while forklift::offload::count_records(&log) < 10 && Instant::now() < deadline {
+    while forklift::app::slowlog::count_records(&log) < 10 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     app.shutdown();
@@ -812,7 +812,7 @@ fn slowlog_behind_master(strategy: Strategy) {
     // The host may still be finishing its drain after the master exits.
     let log = dir.join("slow.log");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while forklift::offload::count_records(&log) < 20 && Instant::now() < deadline {
+    while forklift::app::slowlog::count_records(&log) < 20 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let text = std::fs::read_to_string(&log).unwrap();
@@ -919,7 +919,7 @@ def application(environ, start_response):
 fn slowlog_defers_with_delay_and_refuses_a_bad_one() {
     let dir = tmpdir("slowlog-delay");
     let cfg = config(Strategy::Pool, &dir);
-    let done = forklift::offload::done_file(&cfg.slowlog_file);
+    let done = forklift::app::slowlog::done_file(&cfg.slowlog_file);
     let app = SlowLog::new(Offload::new(cfg, Registry::new()).unwrap());
     let call = |target: &'static str| {
         let mut req = request(b"");
@@ -934,7 +934,7 @@ fn slowlog_defers_with_delay_and_refuses_a_bad_one() {
     let t0 = Instant::now();
     assert_eq!(call("/?delay=0.3"), 200);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while forklift::offload::count_records(&done) < 1 && Instant::now() < deadline {
+    while forklift::app::slowlog::count_records(&done) < 1 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use super::args::{seed_default, CommonArgs, LoadArgs};
 use super::runner::{first_line, select, start_server, Experiment, Outcome, ScenarioOutcome};
 use super::server::ServerProcess;
+use crate::app::slowlog::{count_records, done_file};
 use crate::bench::chart::{fmt_figure, Comparison, ComparisonRow};
 use crate::bench::{run_config, BenchError, Report};
-use crate::offload::{count_records, done_file};
 
 /// `forklift compare offload [-n N] [-c C] [--task-seconds S] [--strategies …]`
 #[derive(Debug, Clone, clap::Parser)]
