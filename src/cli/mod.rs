@@ -146,10 +146,28 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub shutdown_timeout: f64,
 
-    /// Seconds an idle keep-alive connection is kept, and a client may take to send a
-    /// request (408 after).
-    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    /// Seconds an idle keep-alive connection is kept between requests.
+    #[arg(
+        long,
+        visible_alias = "keepalive-timeout",
+        value_name = "SECONDS",
+        default_value_t = 60.0
+    )]
     pub http_timeout: f64,
+
+    /// Seconds a client has to send a whole request head, from its first byte (and a
+    /// new connection to start its first request); 408 after. Sending slowly does not
+    /// stretch it.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    pub header_timeout: f64,
+
+    /// Seconds a request body may go without a byte arriving; 408 after.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub body_timeout: f64,
+
+    /// Seconds a response may wait for a client that does not read; closed after.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub send_timeout: f64,
 
     /// Kill (and replace) a worker whose request runs longer than SECONDS; implies
     /// --master.
@@ -411,7 +429,10 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
             ..crate::http::Limits::default()
         },
         timeouts: Timeouts {
-            http: secs(a.http_timeout, "http-timeout")?,
+            keepalive: secs(a.http_timeout, "http-timeout")?,
+            header: secs(a.header_timeout, "header-timeout")?,
+            body: secs(a.body_timeout, "body-timeout")?,
+            send: secs(a.send_timeout, "send-timeout")?,
             shutdown: secs(a.shutdown_timeout, "shutdown-timeout")?,
         },
         max_requests: a.max_requests,

@@ -43,6 +43,38 @@ pub fn classify(e: &io::Error) -> AcceptError {
     }
 }
 
+/// Counts a worker's open connections: one guard per connection, released on drop.
+pub struct OpenGuard(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenGuard {
+    pub fn new(count: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> OpenGuard {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        OpenGuard(count.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The answer to a connection beyond `--max-connections`: a complete response that
+/// needs no request (and no app), sent once without waiting, then the connection is
+/// closed. The client learns to come back rather than waiting in the backlog.
+pub const SHED_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\nContent-Length: 39\r\nConnection: close\r\n\r\nserver busy: too many open connections\n";
+
+/// Sheds a just-accepted connection: [`SHED_RESPONSE`], without blocking, then close.
+pub fn shed(fd: std::os::fd::RawFd) {
+    use nix::sys::socket::{send, shutdown, MsgFlags, Shutdown};
+    let _ = send(
+        fd,
+        SHED_RESPONSE,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+    );
+    let _ = shutdown(fd, Shutdown::Write);
+}
+
 /// How long to pause accepting after [`AcceptError::Backoff`].
 pub const BACKOFF: Duration = Duration::from_millis(50);
 

@@ -38,24 +38,91 @@ pub struct Session {
     pub conn: Conn,
     /// The read timeout the socket has now (shortened near a deadline).
     read_timeout: Duration,
-    /// The wait for a new connection's first request is done.
-    waited_first: bool,
+    /// Counts the open connections of the worker while this session lives.
+    _open: Option<super::accept::OpenGuard>,
 }
 
 impl Session {
     pub fn new(stream: TcpStream, env: &Env) -> Session {
         accept::tune(&stream);
         let _ = stream.set_read_timeout(Some(TICK));
-        let _ = stream.set_write_timeout(Some(env.config.timeouts.http));
+        // A write blocks at most this long without progress.
+        let _ = stream.set_write_timeout(Some(env.config.timeouts.send));
         let conn = Conn::new(stream.peer_addr().ok(), stream.local_addr().ok());
         Session {
             stream,
             conn,
             read_timeout: TICK,
-            waited_first: false,
+            _open: None,
         }
     }
 
+    /// Counts this session among the worker's open connections until it is dropped.
+    pub fn counted(mut self, guard: super::accept::OpenGuard) -> Session {
+        self._open = Some(guard);
+        self
+    }
+
+    /// Advances a gated connection without blocking, on the thread that watches idle
+    /// and arriving connections: reads what has arrived, answers what needs no app
+    /// (100-continue, refusals, timeouts), and lingers. Returns [`Pump::Ready`] once a
+    /// request has arrived whole (or output is left for a blocking write).
+    pub fn pump(&mut self, env: &Env, scratch: &mut [u8]) -> Pump {
+        use nix::sys::socket::{recv, send, MsgFlags};
+        let mut cx = Context::from_waker(Waker::noop());
+        let call = CallContext { may_block: true };
+        self.conn.set_gate(true);
+        let fd = self.stream.as_raw_fd();
+        loop {
+            match self.conn.poll(env, &call, &mut cx, &|| false) {
+                Step::Admit | Step::Pending => return Pump::Ready,
+                Step::Flush => {
+                    match send(
+                        fd,
+                        &self.conn.outbuf,
+                        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+                    ) {
+                        Ok(n) if n == self.conn.outbuf.len() => self.conn.outbuf.clear(),
+                        Ok(n) => {
+                            let _ = self.conn.outbuf.split_to(n);
+                            return Pump::Ready;
+                        }
+                        Err(nix::Error::EAGAIN) => return Pump::Ready,
+                        Err(nix::Error::EINTR) => {}
+                        Err(_) => return Pump::Close,
+                    }
+                }
+                Step::ShutdownWrite => {
+                    let _ = self.stream.shutdown(NetShutdown::Write);
+                }
+                Step::Close => return Pump::Close,
+                Step::Read => match recv(fd, scratch, MsgFlags::MSG_DONTWAIT) {
+                    Ok(0) => self.conn.read_closed(),
+                    Ok(n) => {
+                        self.conn.inbuf.extend_from_slice(&scratch[..n]);
+                        self.conn.received(Instant::now());
+                    }
+                    Err(nix::Error::EAGAIN) => return Pump::Wait,
+                    Err(nix::Error::EINTR) => {}
+                    Err(_) => return Pump::Close,
+                },
+            }
+        }
+    }
+}
+
+/// What [`Session::pump`] leaves the connection as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pump {
+    /// Waiting for input (or for lingering to end): watch it for readability.
+    Wait,
+    /// A request arrived whole, or output waits: hand it to a thread.
+    Ready,
+    /// Done: drop it.
+    Close,
+}
+
+impl Session {
     /// Blocks in `read` no longer than until the connection's deadline (and at most a
     /// tick, to notice shutdown). Changes the socket's timeout only near a deadline.
     fn bound_read(&mut self, env: &Env) {
@@ -102,8 +169,11 @@ pub fn serve(mut s: Session, env: &Env, idle: Idle<'_>) -> Outcome {
     let prefer_close: &dyn Fn() -> bool = match idle {
         Idle::Hold(f) | Idle::Park(f) => f,
     };
+    // A session reaches a thread to run its requests: the thread admits them.
+    s.conn.set_gate(false);
     loop {
         match s.conn.poll(env, &call, &mut cx, prefer_close) {
+            Step::Admit => s.conn.set_gate(false),
             Step::Flush => {
                 if s.stream.write_all(&s.conn.outbuf).is_err() {
                     return Outcome::Closed;
@@ -116,14 +186,7 @@ pub fn serve(mut s: Session, env: &Env, idle: Idle<'_>) -> Outcome {
             }
             Step::Close => return Outcome::Closed,
             Step::Read => {
-                let mut parkable = matches!(idle, Idle::Park(_)) && s.conn.is_idle();
-                if parkable && s.conn.served == 0 && !s.waited_first {
-                    // A new connection's first request is normally on its way: wait a
-                    // moment for it rather than park. Parked, it would be queued in
-                    // this process when it arrives, even if another process is idle.
-                    s.waited_first = true;
-                    parkable = !readable_within(&s.stream, FIRST_REQUEST_WAIT);
-                }
+                let parkable = matches!(idle, Idle::Park(_)) && s.conn.is_idle();
                 let r = if parkable {
                     // The next request may already be here; otherwise let go.
                     match nix::sys::socket::recv(
@@ -157,17 +220,6 @@ pub fn serve(mut s: Session, env: &Env, idle: Idle<'_>) -> Outcome {
             }
         }
     }
-}
-
-/// How long a thread waits for a new connection's first request before parking it.
-const FIRST_REQUEST_WAIT: Duration = Duration::from_millis(100);
-
-fn readable_within(stream: &TcpStream, wait: Duration) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
-    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
-    let t = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
-    matches!(poll(&mut fds, t), Ok(n) if n > 0)
 }
 
 fn is_timeout(e: &io::Error) -> bool {

@@ -54,12 +54,22 @@ impl FromStr for Model {
     }
 }
 
-/// Time limits.
+/// Time limits on what a client sends and takes, and on a graceful stop. Each one is a
+/// deadline the connection keeps (see `conn::Conn::deadline`), so a client cannot
+/// stretch it by sending a byte now and then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
-    /// How long an idle keep-alive connection is kept, and how long a client may take to
-    /// send a request (408 after).
-    pub http: Duration,
+    /// An idle keep-alive connection is closed after this long without a request.
+    pub keepalive: Duration,
+    /// A request head must arrive whole within this of its first byte (and a new
+    /// connection's first request begin within this of opening); 408 after.
+    pub header: Duration,
+    /// While a request body arrives, each read must come within this of the last; 408
+    /// after.
+    pub body: Duration,
+    /// While output waits for a client that does not read, the client must take some of
+    /// it within this; the connection is closed after.
+    pub send: Duration,
     /// How long a graceful stop waits for in-flight requests.
     pub shutdown: Duration,
 }
@@ -67,7 +77,10 @@ pub struct Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
-            http: Duration::from_secs(60),
+            keepalive: Duration::from_secs(60),
+            header: Duration::from_secs(10),
+            body: Duration::from_secs(60),
+            send: Duration::from_secs(60),
             shutdown: Duration::from_secs(30),
         }
     }

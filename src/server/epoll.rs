@@ -75,7 +75,7 @@ struct Loop {
     queue: Arc<WakeQueue>,
     env: Arc<Env>,
     accepting: bool,
-    /// Accept is paused (too many connections, or out of descriptors).
+    /// Accept is paused (out of descriptors or memory).
     accept_paused_until: Option<Instant>,
     /// Accept is paused because the app is saturated (see `Handler::saturated`); new
     /// clients wait in the backlog, where another worker process may take them.
@@ -208,13 +208,15 @@ impl Loop {
                 self.app_full = true;
                 return Ok(());
             }
-            if self.open >= self.env.config.max_connections {
-                // Resumed when a connection closes (see `close`).
-                self.accept_paused_until = Some(Instant::now() + SWEEP);
-                return Ok(());
-            }
             match self.listener.accept() {
-                Ok((stream, peer)) => self.add(stream, peer)?,
+                Ok((stream, peer)) => {
+                    if self.open >= self.env.config.max_connections && !self.make_room() {
+                        use std::os::fd::AsRawFd;
+                        accept::shed(stream.as_raw_fd());
+                        continue;
+                    }
+                    self.add(stream, peer)?
+                }
                 Err(e) => match accept::classify(&e) {
                     AcceptError::WouldBlock => return Ok(()),
                     AcceptError::Retry => {}
@@ -270,6 +272,33 @@ impl Loop {
         Ok(())
     }
 
+    /// At `--max-connections`: closes the idle keep-alive connections that have waited
+    /// longest (an eighth of them, at least one). False when none is idle.
+    fn make_room(&mut self) -> bool {
+        let env = &self.env;
+        let mut idle: Vec<(Instant, usize)> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, e)| {
+                let c = &e.as_ref()?.conn;
+                if !(c.is_idle() && c.served > 0) {
+                    return None;
+                }
+                Some((c.deadline(env)?, slot))
+            })
+            .collect();
+        if idle.is_empty() {
+            return false;
+        }
+        idle.sort_unstable();
+        let n = (idle.len() / 8).max(1);
+        for &(_, slot) in &idle[..n] {
+            self.close(slot);
+        }
+        true
+    }
+
     /// Advances one connection as far as it can go without blocking.
     fn drive(&mut self, slot: usize) {
         let env = self.env.clone();
@@ -286,13 +315,16 @@ impl Loop {
             }
             match e.conn.poll(&env, &call, &mut cx, &busy) {
                 Step::Flush => match write_out(&mut e.stream, &mut e.conn) {
-                    Ok(true) => {}
+                    Ok(true) => e.conn.write_done(),
                     Ok(false) => {
+                        e.conn.write_blocked(Instant::now());
                         e.blocked_write = true;
                         break false;
                     }
                     Err(_) => break true,
                 },
+                // This loop admits every request as it arrives.
+                Step::Admit => e.conn.set_gate(false),
                 Step::Pending => break false,
                 Step::ShutdownWrite => {
                     let _ = e.stream.shutdown(std::net::Shutdown::Write);

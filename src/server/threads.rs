@@ -2,11 +2,16 @@
 //! feeds connections into a bounded queue served by N threads, each running requests
 //! with blocking I/O (and, for WSGI, Python on the same thread).
 //!
-//! Keep-alive does not pin a thread: a connection idle between requests is parked with
-//! the acceptor, which watches parked connections with epoll (mio) next to the
-//! listener and queues one again when its next request arrives. So 4 threads serve 50
-//! keep-alive clients without closing anybody. When the queue is full the acceptor
-//! stops accepting and new clients wait in the kernel's backlog.
+//! A thread is given a connection only once a whole request has arrived. Until then
+//! the acceptor holds it, next to the listener in one epoll set (mio): it reads what
+//! arrives without blocking, answers what needs no app (100-continue, refusals,
+//! timeouts) and lingers after errors. So a slow client costs its buffers and a timer,
+//! never a thread; and keep-alive does not pin a thread either: a connection idle
+//! between requests comes back to the acceptor, and 4 threads serve 50 keep-alive
+//! clients without closing anybody. New connections are accepted while a thread is
+//! free to run their requests (otherwise they wait in the kernel's backlog, where
+//! another worker process may take them), up to `--max-connections`, beyond which they
+//! are answered 503 after the oldest idle connections are let go.
 
 use std::collections::VecDeque;
 use std::net::TcpListener;
@@ -19,8 +24,9 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
+use super::accept::OpenGuard;
 use super::accept::{self, AcceptError};
-use super::blocking::{self, Idle, Outcome, Session};
+use super::blocking::{self, Idle, Outcome, Pump, Session};
 use super::{Env, ServerError};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -74,10 +80,13 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
         listener,
         tx,
         parking,
-        parked: Vec::new(),
+        waiting: Vec::new(),
         free: Vec::new(),
         overflow: VecDeque::new(),
         env: env.clone(),
+        open: Arc::new(AtomicUsize::new(0)),
+        scratch: vec![0; 64 * 1024],
+        listening: true,
     };
     let result = acceptor.run();
     // Stop: no new connections; the threads finish what is queued and in flight.
@@ -126,14 +135,25 @@ struct Acceptor {
     listener: TcpListener,
     tx: Sender<Session>,
     parking: Arc<Parking>,
-    /// Idle keep-alive connections, by token.
-    parked: Vec<Option<Session>>,
+    /// Connections the acceptor holds, by token: arriving requests, idle keep-alive
+    /// connections, and connections lingering after an error.
+    waiting: Vec<Option<Session>>,
     free: Vec<usize>,
     /// Ready connections the full queue could not take yet (at most one per
     /// connection, so bounded by the connections open).
     overflow: VecDeque<Session>,
     env: Arc<Env>,
+    /// Open connections of this worker (each session holds a guard).
+    open: Arc<AtomicUsize>,
+    /// Read buffer for [`Session::pump`]; a held connection keeps only its unparsed bytes.
+    scratch: Vec<u8>,
+    /// The listener is in the epoll set.
+    listening: bool,
 }
+
+/// How long a graceful stop waits for the first request of connections accepted just
+/// before it.
+const STOP_GRACE: Duration = Duration::from_millis(500);
 
 impl Acceptor {
     fn run(&mut self) -> Result<(), ServerError> {
@@ -146,18 +166,28 @@ impl Acceptor {
         // The listener is edge-triggered: remember that clients may still be waiting
         // in the backlog when accepting stopped early.
         let mut backlog = true;
+        let mut stop: Option<(Instant, Instant)> = None;
         loop {
             if self.env.shutdown.is_triggered() {
-                // Serve what the backlog already holds, then stop; parked connections
-                // are idle and simply closed.
-                let _ = self.accept_ready();
-                self.flush_overflow(true);
-                return Ok(());
+                let now = Instant::now();
+                let (grace, deadline) = *stop.get_or_insert_with(|| {
+                    // Serve what the backlog already holds, then stop listening.
+                    self.accept_ready(true);
+                    self.stop_listening();
+                    (now + STOP_GRACE, now + self.env.config.timeouts.shutdown)
+                });
+                // Idle connections are let go; ones accepted just now get a moment for
+                // their first request.
+                self.close_idle(|s| now >= grace || s.conn.served > 0);
+                if self.held() == 0 || now >= deadline {
+                    self.flush_overflow(true);
+                    return Ok(());
+                }
             }
-            let timeout = if self.overflow.is_empty() {
-                next_sweep.saturating_duration_since(Instant::now())
+            let timeout = if !self.overflow.is_empty() || stop.is_some() {
+                Duration::from_millis(10)
             } else {
-                Duration::from_millis(1)
+                next_sweep.saturating_duration_since(Instant::now())
             };
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
@@ -169,14 +199,14 @@ impl Acceptor {
                 match ev.token() {
                     LISTENER => backlog = true,
                     WAKER => {}
-                    Token(slot) => self.unpark(slot),
+                    Token(slot) => self.advance(slot),
                 }
             }
             self.adopt_returned()?;
             // Accept only while the threads keep up; otherwise leave clients in the
             // backlog (the listener stays readable, so this is retried each turn).
-            if backlog && self.overflow.is_empty() {
-                backlog = self.accept_ready();
+            if backlog && self.overflow.is_empty() && self.listening {
+                backlog = self.accept_ready(false);
             }
             if Instant::now() >= next_sweep {
                 next_sweep = Instant::now() + SWEEP;
@@ -185,11 +215,25 @@ impl Acceptor {
         }
     }
 
-    /// Accepts while a thread is free to serve the connection, until the backlog is
-    /// empty. Returns whether clients may still be waiting in the backlog.
-    fn accept_ready(&mut self) -> bool {
-        while self.overflow.is_empty() {
-            if self.parking.idle.load(Ordering::Acquire) <= self.tx.len() {
+    /// Connections still held by the acceptor or waiting for a thread.
+    fn held(&self) -> usize {
+        self.waiting.len() - self.free.len() + self.overflow.len()
+    }
+
+    fn stop_listening(&mut self) {
+        if self.listening {
+            self.listening = false;
+            let fd = self.listener.as_raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        }
+    }
+
+    /// Accepts while a thread is free to serve the connection (or, when `all`, every
+    /// connection waiting), until the backlog is empty. Returns whether clients may
+    /// still be waiting in the backlog.
+    fn accept_ready(&mut self, all: bool) -> bool {
+        while self.overflow.is_empty() || all {
+            if !all && self.parking.idle.load(Ordering::Acquire) <= self.tx.len() {
                 self.parking.backlog_waiting.store(true, Ordering::Release);
                 // A thread may have gone idle just before the flag was set.
                 if self.parking.idle.load(Ordering::Acquire) <= self.tx.len() {
@@ -198,11 +242,18 @@ impl Acceptor {
             }
             match self.listener.accept() {
                 Ok((stream, _)) => {
+                    if self.open.load(Ordering::Relaxed) >= self.env.config.max_connections
+                        && !self.make_room()
+                    {
+                        super::accept::shed(stream.as_raw_fd());
+                        continue;
+                    }
                     if stream.set_nonblocking(false).is_err() {
                         continue;
                     }
-                    let session = Session::new(stream, &self.env);
-                    self.queue(session);
+                    let session =
+                        Session::new(stream, &self.env).counted(OpenGuard::new(&self.open));
+                    self.hold(session);
                 }
                 Err(e) => match accept::classify(&e) {
                     AcceptError::WouldBlock => return false,
@@ -218,6 +269,32 @@ impl Acceptor {
                     }
                 },
             }
+        }
+        true
+    }
+
+    /// At `--max-connections`: lets go of the idle keep-alive connections that have
+    /// waited longest (an eighth of them, at least one). False when none is idle.
+    fn make_room(&mut self) -> bool {
+        let mut idle: Vec<(Instant, usize)> = self
+            .waiting
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, s)| {
+                let s = s.as_ref()?;
+                if !(s.conn.is_idle() && s.conn.served > 0) {
+                    return None;
+                }
+                Some((s.conn.deadline(&self.env)?, slot))
+            })
+            .collect();
+        if idle.is_empty() {
+            return false;
+        }
+        idle.sort_unstable();
+        let n = (idle.len() / 8).max(1);
+        for &(_, slot) in &idle[..n] {
+            self.release(slot);
         }
         true
     }
@@ -245,7 +322,31 @@ impl Acceptor {
         }
     }
 
-    /// Starts watching connections the threads handed back.
+    /// Holds a connection until its next request arrives whole: watches it for input,
+    /// then advances it with what has already arrived.
+    fn hold(&mut self, session: Session) {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.waiting.push(None);
+                self.waiting.len() - 1
+            }
+        };
+        let fd = session.stream.as_raw_fd();
+        if self
+            .poll
+            .registry()
+            .register(&mut SourceFd(&fd), Token(slot), Interest::READABLE)
+            .is_err()
+        {
+            self.free.push(slot);
+            return;
+        }
+        self.waiting[slot] = Some(session);
+        self.advance(slot);
+    }
+
+    /// Takes connections the threads handed back (idle between requests).
     fn adopt_returned(&mut self) -> Result<(), ServerError> {
         let returned = std::mem::take(
             &mut *self
@@ -255,45 +356,63 @@ impl Acceptor {
                 .unwrap_or_else(|p| p.into_inner()),
         );
         for session in returned {
-            let slot = match self.free.pop() {
-                Some(s) => s,
-                None => {
-                    self.parked.push(None);
-                    self.parked.len() - 1
-                }
-            };
-            let fd = session.stream.as_raw_fd();
-            self.poll
-                .registry()
-                .register(&mut SourceFd(&fd), Token(slot), Interest::READABLE)?;
-            self.parked[slot] = Some(session);
+            self.hold(session);
         }
         Ok(())
     }
 
-    /// A parked connection has input (or closed): back to the threads.
-    fn unpark(&mut self, slot: usize) {
-        if let Some(session) = self.parked.get_mut(slot).and_then(Option::take) {
-            let fd = session.stream.as_raw_fd();
-            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-            self.free.push(slot);
-            self.queue(session);
+    /// Advances a held connection with what has arrived: to a thread once a request is
+    /// whole, dropped once it is done.
+    fn advance(&mut self, slot: usize) {
+        let Some(session) = self.waiting.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        match session.pump(&self.env, &mut self.scratch) {
+            Pump::Wait => {}
+            Pump::Ready => {
+                if let Some(session) = self.take(slot) {
+                    self.queue(session);
+                }
+            }
+            Pump::Close => self.release(slot),
         }
     }
 
-    /// Closes parked connections whose keep-alive time is up.
+    /// Stops watching a held connection and returns it.
+    fn take(&mut self, slot: usize) -> Option<Session> {
+        let session = self.waiting.get_mut(slot).and_then(Option::take)?;
+        let fd = session.stream.as_raw_fd();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        self.free.push(slot);
+        Some(session)
+    }
+
+    /// Closes a held connection.
+    fn release(&mut self, slot: usize) {
+        drop(self.take(slot));
+    }
+
+    /// Closes the idle connections that `which` picks.
+    fn close_idle(&mut self, which: impl Fn(&Session) -> bool) {
+        for slot in 0..self.waiting.len() {
+            let idle = self.waiting[slot]
+                .as_ref()
+                .is_some_and(|s| s.conn.is_idle() && which(s));
+            if idle {
+                self.release(slot);
+            }
+        }
+    }
+
+    /// Applies the time limits of held connections (keep-alive, header, lingering).
     fn sweep(&mut self) {
         let now = Instant::now();
-        for slot in 0..self.parked.len() {
-            let expired = self.parked[slot]
+        for slot in 0..self.waiting.len() {
+            let due = self.waiting[slot]
                 .as_mut()
                 .is_some_and(|s| s.conn.expire(&self.env, now));
-            if expired {
-                if let Some(s) = self.parked[slot].take() {
-                    let fd = s.stream.as_raw_fd();
-                    let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-                    self.free.push(slot);
-                }
+            if due {
+                self.advance(slot);
             }
         }
     }

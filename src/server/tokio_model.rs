@@ -6,13 +6,15 @@
 use std::future::poll_fn;
 use std::io;
 use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 
 use super::accept::{self, AcceptError};
 use super::conn::{Conn, Step};
@@ -50,17 +52,62 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
     result
 }
 
+/// What every connection task of the worker shares.
+struct Shared {
+    env: Arc<Env>,
+    /// Requests in the app at once (`--cores`).
+    cores: Semaphore,
+    /// Makes room at `--max-connections`: the acceptor raises it, and idle keep-alive
+    /// connections that have waited long enough close themselves.
+    pressure: Pressure,
+}
+
+/// Pressure on the connection limit. Each raise halves the idle time that makes a
+/// keep-alive connection give way (from the keep-alive timeout down to none), so the
+/// connections idle longest go first; a connection admitted normally lowers it again.
+struct Pressure {
+    notify: tokio::sync::Notify,
+    level: AtomicU32,
+}
+
+impl Pressure {
+    fn raise(&self) {
+        let _ = self
+            .level
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| {
+                (l < 16).then_some(l + 1)
+            });
+        self.notify.notify_waiters();
+    }
+
+    fn ease(&self) {
+        if self.level.load(Ordering::Relaxed) != 0 {
+            self.level.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a connection idle since `since` should give way now.
+    fn gives_way(&self, since: Instant, keepalive: Duration) -> bool {
+        let level = self.level.load(Ordering::Relaxed);
+        level > 0 && since.elapsed() >= keepalive / (1 << level.min(16))
+    }
+}
+
 async fn serve(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let cores = Arc::new(Semaphore::new(env.config.cores.max(1)));
+    let shared = Arc::new(Shared {
+        cores: Semaphore::new(env.config.cores.max(1)),
+        pressure: Pressure {
+            notify: tokio::sync::Notify::new(),
+            level: AtomicU32::new(0),
+        },
+        env: env.clone(),
+    });
     let conns = Arc::new(Semaphore::new(env.config.max_connections.max(1)));
-    // One clone per open connection: the count tells when all of them have finished.
-    let tracker = Arc::new(());
+    // Every connection task holds a sender; when the last one is dropped, `recv`
+    // returns: all connections have finished.
+    let (finished_tx, mut finished) = mpsc::channel::<()>(1);
     loop {
-        let permit = tokio::select! {
-            p = conns.clone().acquire_owned() => p.expect("semaphore open"),
-            _ = env.shutdown.wait() => break,
-        };
         // A saturated app (every Python thread busy) leaves new clients in the backlog,
         // where another worker process may take them.
         while env.app.saturated() && !env.shutdown.is_triggered() {
@@ -71,7 +118,16 @@ async fn serve(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> 
             _ = env.shutdown.wait() => break,
         };
         match accepted {
-            Ok((stream, _)) => spawn_conn(stream, &env, &cores, &tracker, Some(permit)),
+            Ok((stream, _)) => match conns.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    shared.pressure.ease();
+                    spawn_conn(stream, &shared, &finished_tx, Some(permit));
+                }
+                Err(_) => {
+                    accept::shed(stream.as_raw_fd());
+                    shared.pressure.raise();
+                }
+            },
             Err(e) => match accept::classify(&e) {
                 AcceptError::WouldBlock | AcceptError::Retry => {}
                 AcceptError::Backoff => tokio::time::sleep(accept::BACKOFF).await,
@@ -81,38 +137,34 @@ async fn serve(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> 
     }
     // Serve the connections already waiting in the backlog, then stop.
     while let Ok(Ok((stream, _))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
-        spawn_conn(stream, &env, &cores, &tracker, None);
+        spawn_conn(stream, &shared, &finished_tx, None);
     }
     drop(listener);
+    drop(finished_tx);
     // Graceful stop: wait (bounded) until every connection task has finished; idle
     // connections notice the shutdown themselves.
-    let all_done = async {
-        while Arc::strong_count(&tracker) > 1 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    let _ = tokio::time::timeout(env.config.timeouts.shutdown, all_done).await;
+    let _ = tokio::time::timeout(env.config.timeouts.shutdown, finished.recv()).await;
     Ok(())
 }
 
 /// Serves one accepted connection on its own task, holding its connection permit and a
-/// clone of the open-connections tracker until it ends.
+/// sender of the finished channel until it ends.
 fn spawn_conn(
     stream: TcpStream,
-    env: &Arc<Env>,
-    cores: &Arc<Semaphore>,
-    tracker: &Arc<()>,
+    shared: &Arc<Shared>,
+    finished: &mpsc::Sender<()>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
-    let (env, cores, guard) = (env.clone(), cores.clone(), tracker.clone());
+    let (shared, finished) = (shared.clone(), finished.clone());
     tokio::spawn(async move {
-        let _ = serve_conn(stream, &env, &cores).await;
+        let _ = serve_conn(stream, &shared).await;
         drop(permit);
-        drop(guard);
+        drop(finished);
     });
 }
 
-async fn serve_conn(mut stream: TcpStream, env: &Env, cores: &Semaphore) -> io::Result<()> {
+async fn serve_conn(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
+    let (env, cores) = (&*shared.env, &shared.cores);
     let _ = stream.set_nodelay(true);
     let mut conn = Conn::new(stream.peer_addr().ok(), stream.local_addr().ok());
     let call = CallContext { may_block: false };
@@ -126,18 +178,24 @@ async fn serve_conn(mut stream: TcpStream, env: &Env, cores: &Semaphore) -> io::
     tokio::pin!(timer);
     let shutdown = env.shutdown.wait();
     tokio::pin!(shutdown);
+    let mut pressure = std::pin::pin!(shared.pressure.notify.notified());
     loop {
-        if permit.is_none() && !conn.inbuf.is_empty() {
-            permit = Some(cores.acquire().await.expect("semaphore open"));
-        }
+        // A request takes one of the worker's `cores` only once it has arrived whole.
+        conn.set_gate(permit.is_none());
         let step = poll_fn(|cx| match conn.poll(env, &call, cx, &busy) {
             Step::Pending => Poll::Pending,
             s => Poll::Ready(s),
         })
         .await;
         match step {
+            Step::Admit => permit = Some(cores.acquire().await.expect("semaphore open")),
             Step::Flush => {
-                stream.write_all(&conn.outbuf).await?;
+                let send = env.config.timeouts.send;
+                match tokio::time::timeout(send, stream.write_all(&conn.outbuf)).await {
+                    Ok(r) => r?,
+                    // The client stopped reading.
+                    Err(_) => return Ok(()),
+                }
                 conn.outbuf.clear();
             }
             Step::ShutdownWrite => {
@@ -169,12 +227,20 @@ async fn serve_conn(mut stream: TcpStream, env: &Env, cores: &Semaphore) -> io::
                     () = &mut timer => {
                         let now = Instant::now();
                         if !conn.expire(env, now) {
-                            timer_at = conn.deadline(env).unwrap_or(now + env.config.timeouts.http);
+                            timer_at = conn.deadline(env).unwrap_or(now + env.config.timeouts.keepalive);
                             timer.as_mut().reset(timer_at.into());
                         }
                     }
                     () = &mut shutdown, if idle => {
                         conn.close_if_idle();
+                    }
+                    () = &mut pressure, if idle => {
+                        let keepalive = env.config.timeouts.keepalive;
+                        if !conn.idle_since().is_some_and(|t| shared.pressure.gives_way(t, keepalive)) {
+                            pressure.set(shared.pressure.notify.notified());
+                        } else {
+                            conn.close_if_idle();
+                        }
                     }
                 }
             }

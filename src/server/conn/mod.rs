@@ -29,7 +29,7 @@ use bytes::BytesMut;
 use futures_util::Stream;
 
 use super::Env;
-use crate::app::{Body, BodyStream, BoxFuture, CallContext, Reply, Response, Version};
+use crate::app::{Body, BodyStream, BoxFuture, CallContext, Reply, Request, Response, Version};
 use crate::http::{self, BodyEncoder, Decoded, Decoder, Framing, HttpError, RequestMeta};
 use crate::rt::panic_message;
 
@@ -53,6 +53,10 @@ pub enum Step {
     Read,
     /// Waiting for the app: poll again when the waker fires. `outbuf` is empty.
     Pending,
+    /// A request has arrived whole, and the connection is gated (see
+    /// [`Conn::set_gate`]): admit it (take a slot, hand it to a thread), open the gate,
+    /// then poll again to call the app. `outbuf` is empty.
+    Admit,
     /// Shut down the sending side of the socket, then poll again. `outbuf` is empty.
     ShutdownWrite,
     /// Close the socket. `outbuf` is empty.
@@ -62,6 +66,8 @@ pub enum Step {
 enum State {
     /// Between requests, or reading one.
     Idle,
+    /// A request arrived whole and waits to be admitted before the app is called.
+    Admitting { req: Request, meta: RequestMeta },
     /// The app returned a future; waiting for its response.
     Waiting {
         fut: BoxFuture<Response>,
@@ -115,9 +121,16 @@ pub struct Conn {
     read_eof: bool,
     peer: Option<SocketAddr>,
     local: Option<SocketAddr>,
-    /// When input last arrived (or the connection opened): the keep-alive and request
+    /// When input last arrived (or the connection opened): the keep-alive and body
     /// timeouts count from here.
     last_input: Instant,
+    /// When the first byte of the request head being read arrived: the header timeout
+    /// counts from here, however the rest trickles in.
+    head_started: Option<Instant>,
+    /// Since when the driver has been waiting to write output the client does not take.
+    write_blocked: Option<Instant>,
+    /// Requests wait in [`State::Admitting`] until the driver admits them.
+    gated: bool,
     /// Requests answered on this connection.
     pub served: u64,
     /// The request in progress, as the harakiri watchdog sees it.
@@ -138,6 +151,9 @@ impl Conn {
             peer,
             local,
             last_input: Instant::now(),
+            head_started: None,
+            write_blocked: None,
+            gated: false,
             served: 0,
             ticket: None,
         }
@@ -154,6 +170,12 @@ impl Conn {
             && !self.decoder.in_body()
     }
 
+    /// Since when an idle keep-alive connection (one that has answered a request) has
+    /// waited for its next request.
+    pub fn idle_since(&self) -> Option<Instant> {
+        (self.is_idle() && self.served > 0).then_some(self.last_input)
+    }
+
     /// True while a request has started arriving but is not complete.
     fn mid_request(&self) -> bool {
         matches!(self.state, State::Idle) && (!self.inbuf.is_empty() || self.decoder.in_body())
@@ -162,6 +184,27 @@ impl Conn {
     /// Input arrived at `now` (the driver appended it to `inbuf`).
     pub fn received(&mut self, now: Instant) {
         self.last_input = now;
+        if self.head_started.is_none() && !self.decoder.in_body() {
+            self.head_started = Some(now);
+        }
+    }
+
+    /// The driver could not write all of `outbuf` and waits for the socket to take more
+    /// (each call after progress restarts the send timeout).
+    pub fn write_blocked(&mut self, now: Instant) {
+        self.write_blocked = Some(now);
+    }
+
+    /// The driver wrote all it had.
+    pub fn write_done(&mut self) {
+        self.write_blocked = None;
+    }
+
+    /// Gates the app: while set, a request that has arrived whole waits for the driver
+    /// to admit it ([`Step::Admit`]), so a driver can bound the requests in the app, or
+    /// read a request on one thread and run it on another.
+    pub fn set_gate(&mut self, gated: bool) {
+        self.gated = gated;
     }
 
     /// The client stopped sending (a read returned 0). A partial request is dropped; a
@@ -181,15 +224,31 @@ impl Conn {
         idle
     }
 
-    /// When the connection next needs attention if no I/O happens: the end of the
-    /// keep-alive wait or of the time a request may take to arrive, or the end of
-    /// lingering. `None` while the app is making a response (harakiri bounds that).
+    /// When the connection next needs attention if no I/O happens: the end of
+    /// lingering; the send timeout while output waits; while reading, the header timeout
+    /// (from a head's first byte, or from opening for the first request), the body
+    /// timeout (from the last read), or the keep-alive timeout between requests. `None`
+    /// while the app is making a response (harakiri bounds that).
     pub fn deadline(&self, env: &Env) -> Option<Instant> {
-        match (&self.state, self.ending) {
-            (_, Ending::Draining(until)) => Some(until),
-            (State::Idle, _) => Some(self.last_input + env.config.timeouts.http),
-            _ => None,
+        let t = &env.config.timeouts;
+        if let Ending::Draining(until) = self.ending {
+            return Some(until);
         }
+        if let Some(since) = self.write_blocked {
+            return Some(since + t.send);
+        }
+        if !matches!(self.state, State::Idle) {
+            return None;
+        }
+        Some(if self.decoder.in_body() {
+            self.last_input + t.body
+        } else if !self.inbuf.is_empty() {
+            self.head_started.unwrap_or(self.last_input) + t.header
+        } else if self.served == 0 {
+            self.last_input + t.header
+        } else {
+            self.last_input + t.keepalive
+        })
     }
 
     /// Applies the time limits at `now`: an idle connection past the keep-alive timeout
@@ -199,9 +258,12 @@ impl Conn {
         if self.deadline(env).is_none_or(|d| now < d) {
             return false;
         }
-        if matches!(self.ending, Ending::Draining(_)) || self.closing {
-            // Lingering is over, or the client has not read the last response within
-            // the timeout: give up on it.
+        if matches!(self.ending, Ending::Draining(_))
+            || self.closing
+            || self.write_blocked.is_some()
+        {
+            // Lingering is over, or the client has not taken the output in time: give
+            // up on it.
             self.outbuf.clear();
             self.read_eof = true;
             self.closing = true;
@@ -277,32 +339,13 @@ impl Conn {
                                 .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                             return Step::Flush;
                         }
-                        Ok(Decoded::Request(mut req, meta)) => {
-                            req.peer = self.peer;
-                            req.local = self.local;
-                            if let Some(dog) = &env.harakiri {
-                                self.ticket = Some(dog.begin(|| {
-                                    format!(
-                                        "{} {}",
-                                        req.method(),
-                                        String::from_utf8_lossy(&req.target)
-                                    )
-                                }));
+                        Ok(Decoded::Request(req, meta)) => {
+                            self.head_started = None;
+                            if self.gated {
+                                self.state = State::Admitting { req, meta };
+                                return Step::Admit;
                             }
-                            let log = env.log.enabled().then(|| LogLine {
-                                method: req.method().to_owned(),
-                                target: String::from_utf8_lossy(&req.target).into_owned(),
-                                version: meta.version,
-                                start: Instant::now(),
-                            });
-                            let reply = catch_unwind(AssertUnwindSafe(|| env.app.call(req, call)))
-                                .unwrap_or_else(|p| Reply::Ready(self.panicked(env, &*p)));
-                            match reply {
-                                Reply::Ready(resp) => {
-                                    self.start(env, resp, meta, log, prefer_close)
-                                }
-                                Reply::Later(fut) => self.state = State::Waiting { fut, meta, log },
-                            }
+                            self.dispatch(env, call, req, meta, prefer_close);
                         }
                         Err(e) => {
                             let version = Version::Http11;
@@ -312,6 +355,15 @@ impl Conn {
                             self.end(true);
                         }
                     }
+                }
+                State::Admitting { .. } if self.gated => return Step::Admit,
+                State::Admitting { .. } => {
+                    let State::Admitting { req, meta } =
+                        std::mem::replace(&mut self.state, State::Idle)
+                    else {
+                        unreachable!()
+                    };
+                    self.dispatch(env, call, req, meta, prefer_close);
                 }
                 State::Waiting { fut, .. } => {
                     let polled = catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)));
@@ -362,6 +414,37 @@ impl Conn {
                     }
                 }
             }
+        }
+    }
+
+    /// Calls the app with a request that arrived whole; a panic is answered with 500.
+    fn dispatch(
+        &mut self,
+        env: &Env,
+        call: &CallContext,
+        mut req: Request,
+        meta: RequestMeta,
+        prefer_close: &dyn Fn() -> bool,
+    ) {
+        req.peer = self.peer;
+        req.local = self.local;
+        if let Some(dog) = &env.harakiri {
+            self.ticket =
+                Some(dog.begin(|| {
+                    format!("{} {}", req.method(), String::from_utf8_lossy(&req.target))
+                }));
+        }
+        let log = env.log.enabled().then(|| LogLine {
+            method: req.method().to_owned(),
+            target: String::from_utf8_lossy(&req.target).into_owned(),
+            version: meta.version,
+            start: Instant::now(),
+        });
+        let reply = catch_unwind(AssertUnwindSafe(|| env.app.call(req, call)))
+            .unwrap_or_else(|p| Reply::Ready(self.panicked(env, &*p)));
+        match reply {
+            Reply::Ready(resp) => self.start(env, resp, meta, log, prefer_close),
+            Reply::Later(fut) => self.state = State::Waiting { fut, meta, log },
         }
     }
 

@@ -49,6 +49,8 @@ struct Seen {
     writes: usize,
     shut_write: bool,
     closed: bool,
+    /// Requests the driver had to admit (the connection was gated).
+    admitted: usize,
 }
 
 impl Seen {
@@ -74,6 +76,10 @@ fn run(conn: &mut Conn, env: &Env, input: &[u8], eof: bool) -> Seen {
                 seen.out.extend_from_slice(&conn.outbuf);
                 seen.writes += 1;
                 conn.outbuf.clear();
+            }
+            Step::Admit => {
+                seen.admitted += 1;
+                conn.set_gate(false);
             }
             Step::Read if eof && !eof_sent => {
                 eof_sent = true;
@@ -294,22 +300,45 @@ fn prefer_close_turns_keep_alive_off() {
 #[test]
 fn time_limits_close_idle_connections_and_answer_slow_requests() {
     let env = env();
-    let limit = env.config.timeouts.http;
-    // Idle between requests: closed without a word.
+    let t = env.config.timeouts;
+    // A new connection must start its request within the header timeout, else it is
+    // closed without a word.
     let mut c = new_conn();
-    let start = Instant::now();
-    assert!(!c.expire(&env, start));
-    assert!(c.expire(&env, start + limit + Duration::from_millis(10)));
+    let opened = c.deadline(&env).unwrap() - t.header;
+    assert!(!c.expire(&env, opened + t.header - Duration::from_millis(1)));
+    assert!(c.expire(&env, opened + t.header));
     let seen = run(&mut c, &env, b"", false);
     assert!(seen.closed && seen.out.is_empty());
-    // Part of a request, then nothing: 408, then lingering.
+    // Between requests the keep-alive timeout applies.
     let mut c = new_conn();
-    run(&mut c, &env, b"GET / HTTP/1.1\r\nHo", false);
-    let at = c.deadline(&env).unwrap();
-    assert!(c.expire(&env, at));
+    run(&mut c, &env, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false);
+    let idle_until = c.deadline(&env).unwrap();
+    assert!(idle_until > Instant::now() + t.keepalive - Duration::from_secs(1));
+    // A head sent a byte at a time is not given more time by each byte: 408.
+    let mut c = new_conn();
+    run(&mut c, &env, b"G", false);
+    let head_until = c.deadline(&env).unwrap();
+    for b in b"ET / HTTP/1.1\r\nHo" {
+        std::thread::sleep(Duration::from_millis(1));
+        run(&mut c, &env, &[*b], false);
+    }
+    assert_eq!(c.deadline(&env), Some(head_until));
+    assert!(c.expire(&env, head_until));
     let seen = run(&mut c, &env, b"", false);
     assert!(seen.text().starts_with("HTTP/1.1 408 "), "{}", seen.text());
     assert!(seen.shut_write);
+    // A body: each read restarts the body timeout.
+    let mut c = new_conn();
+    run(
+        &mut c,
+        &env,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+        false,
+    );
+    let body_until = c.deadline(&env).unwrap();
+    std::thread::sleep(Duration::from_millis(2));
+    run(&mut c, &env, b"de", false);
+    assert!(c.deadline(&env).unwrap() > body_until);
     // While the app works there is no deadline (harakiri bounds that).
     let mut c = new_conn();
     let seen = run(
@@ -320,6 +349,42 @@ fn time_limits_close_idle_connections_and_answer_slow_requests() {
     );
     assert!(seen.out.is_empty() && !seen.closed);
     assert_eq!(c.deadline(&env), None);
+}
+
+#[test]
+fn a_client_that_does_not_read_is_let_go_after_the_send_timeout() {
+    let env = env();
+    let mut c = new_conn();
+    c.inbuf
+        .extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let call = CallContext { may_block: true };
+    assert_eq!(c.poll(&env, &call, &mut cx, &|| false), Step::Flush);
+    let since = Instant::now();
+    c.write_blocked(since);
+    assert_eq!(c.deadline(&env), Some(since + env.config.timeouts.send));
+    assert!(c.expire(&env, since + env.config.timeouts.send));
+    assert_eq!(c.poll(&env, &call, &mut cx, &|| false), Step::Close);
+}
+
+#[test]
+fn a_gated_connection_waits_to_be_admitted() {
+    let env = env();
+    let mut c = new_conn();
+    c.set_gate(true);
+    // A partial request is read without asking.
+    let seen = run(
+        &mut c,
+        &env,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab",
+        false,
+    );
+    assert_eq!(seen.admitted, 0);
+    assert!(seen.out.is_empty());
+    // The whole request is admitted once, then answered.
+    let seen = run(&mut c, &env, b"cd", false);
+    assert_eq!(seen.admitted, 1);
+    assert!(seen.text().ends_with("\r\n\r\nabcd"), "{}", seen.text());
 }
 
 #[test]
