@@ -15,7 +15,7 @@
 //! - [`rt`]: runtime pieces shared by every model: `block_on`, the process-wide timer
 //!   (`sleep`), the `Shutdown` signal, and `fork::ForkLocal` (per-process state that a
 //!   forked child rebuilds instead of inheriting locked).
-//! - [`fanout`]: concurrent calls to backend services from any handler (seed 002): the
+//! - [`fanout`]: concurrent calls to backend services from any handler: the
 //!   per-process outbound HTTP client (own runtime thread, pooled connections, DNS cache,
 //!   timeouts, bounded calls in flight) and `builtin:fanout`.
 //! - [`offload`]: the offload engine: handlers hand slow work off (`Offload::submit`)

@@ -1,6 +1,6 @@
-//! A reusable comparison: scenarios × one figure, forklift's beside the seed's, rendered
-//! as a text table, an SVG bar chart, and a self-contained HTML report. Used by every
-//! `compare` command.
+//! A reusable comparison: scenarios × one figure, forklift's beside the published one,
+//! rendered as a text table, an SVG bar chart, and a self-contained HTML report. Used by
+//! every `compare` command.
 
 use std::fmt::Write as _;
 use std::io;
@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-/// A table of scenarios, each with the seed's figure and forklift's.
+/// A table of scenarios, each with the reference figure and forklift's.
 #[derive(Debug, Clone, Serialize)]
 pub struct Comparison {
-    /// The heading: which seed's experiment and what it measures.
+    /// The heading: which published experiment and what it measures.
     pub title: String,
     /// How it was measured (the command, the load, the app).
     pub setting: String,
@@ -32,7 +32,7 @@ pub struct Comparison {
 #[derive(Debug, Clone, Serialize)]
 pub struct ComparisonRow {
     pub scenario: String,
-    /// The seed's figure (none when the seed did not measure this scenario).
+    /// The reference figure (none when the published figures lack this scenario).
     pub seed: Option<f64>,
     /// forklift's figure (none when the run failed).
     pub ours: Option<f64>,
@@ -43,7 +43,7 @@ pub struct ComparisonRow {
 }
 
 impl ComparisonRow {
-    /// How many times better forklift is than the seed (>1 = better).
+    /// How many times better forklift is than the reference figure (>1 = better).
     pub fn gain(&self, higher_is_better: bool) -> Option<f64> {
         let (s, o) = (self.seed?, self.ours?);
         if s <= 0.0 || o <= 0.0 {
@@ -150,7 +150,8 @@ impl Comparison {
         o
     }
 
-    /// A grouped horizontal bar chart: per scenario the seed's bar (grey) and forklift's.
+    /// A grouped horizontal bar chart: per scenario the reference figure's bar (grey) and
+    /// forklift's.
     pub fn to_svg(&self) -> String {
         const W: f64 = 860.0;
         const LABEL_W: f64 = 170.0;

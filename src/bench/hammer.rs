@@ -1,4 +1,4 @@
-//! `forklift hammer`: the fan-out seed's hammer.py — N requests with at most C in flight, then
+//! `forklift hammer`: the fan-out demo's hammer.py — N requests with at most C in flight, then
 //! "We did N requests in X.XXX" and a one-line latency summary.
 
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! forklift's load generator: `forklift bench` (ab's options and report, HTTP/1.1,
-//! multi-threaded, microsecond percentiles), `forklift hammer` (the fan-out seed's
-//! hammer.py) and the `forklift compare` experiments (a seed's table, measured).
+//! multi-threaded, microsecond percentiles), `forklift hammer` (the fan-out demo's
+//! hammer.py) and the `forklift compare` experiments (a published table, measured).
 //!
 //! # Layout
 //! - [`url`]: target URL parsing and the request bytes built once per run.
@@ -11,7 +11,8 @@
 //!   connection's I/O in `conn`.
 //! - [`report`]: ab's report layout and its JSON twin.
 //! - [`mod@hammer`]: `forklift hammer`.
-//! - [`chart`]: a reusable "scenarios × figure, beside the seed's" table → text, SVG, HTML.
+//! - [`chart`]: a reusable "scenarios × figure, beside the published one" table → text, SVG,
+//!   HTML.
 //! - [`compare`]: `forklift compare models|offload|fanout`: shared options and runner,
 //!   the `forklift serve` child processes, one module per experiment.
 

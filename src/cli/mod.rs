@@ -66,7 +66,7 @@ pub enum Command {
     Spool(SpoolArgs),
 }
 
-/// `forklift compare …`: one experiment per seed.
+/// `forklift compare …`: one reproduced experiment per subcommand.
 #[derive(Debug, Subcommand)]
 pub enum Compare {
     /// Seed 003: the server under each concurrency model.

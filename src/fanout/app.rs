@@ -1,4 +1,4 @@
-//! `builtin:fanout`: seed 002's demo app, natively. Each request calls
+//! `builtin:fanout`: the fan-out demo app, natively. Each request calls
 //! `BACKEND/?duration=D` for every `D` — all at once (`mode=concurrent`, the default) or
 //! one after another (`mode=sequential`) — and answers how long that took.
 
@@ -9,9 +9,9 @@ use bytes::Bytes;
 use super::{client, FetchError, FetchRequest, FetchResponse};
 use crate::app::{CallContext, Handler, Reply, Request, Response};
 
-/// Seed 002's backend address.
+/// The demo backend's address.
 pub const DEFAULT_BACKEND: &str = "http://127.0.0.1:7001";
-/// Seed 002's four calls: `i/8` seconds for `i` in 1..=4.
+/// The demo's four backend calls: `i/8` seconds for `i` in 1..=4.
 pub const DEFAULT_DURATIONS: &[f64] = &[0.125, 0.25, 0.375, 0.5];
 /// Most backend calls one request may ask for.
 pub const MAX_CALLS: usize = 64;
@@ -142,7 +142,7 @@ impl Handler for FanoutApp {
     }
 }
 
-/// Makes the calls of `plan` and builds the answer: 200 with seed 002's sentence, or 502
+/// Makes the calls of `plan` and builds the answer: 200 with the demo's sentence, or 502
 /// naming every call that failed.
 pub async fn run(plan: Plan) -> Response {
     let start = Instant::now();

@@ -22,7 +22,7 @@ use tokio::sync::{oneshot, Semaphore};
 use super::dns::{CachingResolver, ResolveError};
 use crate::rt;
 
-/// Tuning of a [`Client`]; the defaults suit seed 002's scenario on one process (800
+/// Tuning of a [`Client`]; the defaults suit the fan-out demo on one process (800
 /// concurrent backend calls for 200 concurrent requests).
 #[derive(Debug, Clone)]
 pub struct ClientConfig {

@@ -1,4 +1,4 @@
-//! Fan-out: concurrent calls from any handler to backend services (seed 002), so a
+//! Fan-out: concurrent calls from any handler to backend services, so a
 //! request that needs N backend calls costs the slowest call, not the sum.
 //!
 //! Each worker process owns one [`Client`] ([`client()`]): a tokio runtime on its own
@@ -7,7 +7,7 @@
 //! keep-alive HTTP/1.1 connections per host, a DNS cache with a TTL (one lookup per host
 //! per TTL, no thread per lookup), per-call and overall timeouts and a bounded number of
 //! calls in flight and pending. This is the "event loop on its own thread that hands back
-//! futures" of seed 002 (Crochet, Fido), built in.
+//! futures" (as in Crochet and Fido), built in.
 //!
 //! The futures it returns ([`Fetch`], [`FetchAll`]) do not depend on any executor: wait
 //! for them with [`crate::rt::block_on`] on a blocking model, return them inside
@@ -55,7 +55,7 @@
 //! }
 //! ```
 //!
-//! The built-in app `builtin:fanout` ([`FanoutApp`]) is seed 002's demo app, natively.
+//! The built-in app `builtin:fanout` ([`FanoutApp`]) is the fan-out demo app, natively.
 
 mod app;
 mod args;

@@ -1,4 +1,4 @@
-//! The `epoll` model (seeds 003 and 004): one readiness loop per worker over
+//! The `epoll` model (an event-loop server): one readiness loop per worker over
 //! non-blocking sockets, with mio. Reads and writes go as far as the kernel lets them
 //! (partial writes resume on the next writable edge); pipelined requests are answered
 //! in order with coalesced writes; a reply the app defers wakes the loop through a

@@ -1,6 +1,6 @@
-//! The `linear` model (seed 003's first server): one thread accepts a connection, serves
-//! it to the end, then takes the next. Keep-alive is offered only while nobody else is
-//! waiting in the backlog, so one client cannot starve the rest.
+//! The `linear` model (the simplest server, one connection at a time): one thread
+//! accepts a connection, serves it to the end, then takes the next. Keep-alive is offered
+//! only while nobody else is waiting in the backlog, so one client cannot starve the rest.
 
 use std::net::TcpListener;
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The `threads` model (seed 003's thread pool, uWSGI's `threads = N`): an acceptor
+//! The `threads` model (a thread pool, as uWSGI's `threads = N`): an acceptor
 //! feeds connections into a bounded queue served by N threads, each running requests
 //! with blocking I/O (and, for WSGI, Python on the same thread).
 //!

@@ -1,4 +1,4 @@
-//! The `async` model (seed 001's async "cores", seed 002's `gevent = 50`): a tokio
+//! The `async` model (uWSGI's async "cores" and its `gevent = 50`): a tokio
 //! runtime per worker, a task per connection, and a semaphore of `cores` permits that
 //! caps the requests one worker works on at once. The connection logic is the shared
 //! [`Conn`] state machine, polled from the task.

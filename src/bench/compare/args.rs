@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use crate::bench::{BenchConfig, BenchError};
 
 /// Options of every `compare` command. `--concurrency` has no default here: each command
-/// gives its seed's with [`seed_default`] (in a `#[command(mut_arg(...))]`).
+/// gives the reference experiment's with [`seed_default`] (in a `#[command(mut_arg(...))]`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
     /// Requests in flight at once

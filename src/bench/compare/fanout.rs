@@ -1,7 +1,7 @@
 //! `forklift compare fanout`: the fan-out experiment. Starts `builtin:wait` as the
-//! backend, serves `builtin:fanout` under the seed's configurations (sequential calls
+//! backend, serves `builtin:fanout` under the published configurations (sequential calls
 //! under threads and processes, concurrent calls under threads and async), measures one
-//! request and `hammer` runs of 20, 100 and 200 requests, and prints the seed's table
+//! request and `hammer` runs of 20, 100 and 200 requests, and prints the reference table
 //! with forklift's figures beside it, plus the client's overhead per call; SVG/HTML/JSON
 //! files are written too.
 
@@ -17,7 +17,7 @@ use crate::bench::chart::{Comparison, ComparisonRow};
 use crate::bench::{hammer, BenchError, HammerArgs, Report};
 use crate::fanout::{Mode, DEFAULT_DURATIONS, MAX_CALLS};
 
-/// The most requests the seed's hammer.py keeps in flight.
+/// The most requests the published experiment's hammer.py keeps in flight.
 pub const SEED_CONCURRENCY: usize = 50;
 
 /// `forklift compare fanout [--requests 20,100,200] [-c 50] [--out DIR] ...`
@@ -51,7 +51,7 @@ pub struct CompareFanoutArgs {
 }
 
 /// Requests hammered, by default, at configurations that hold a thread per request
-/// (the seed measured them with 20 only; bigger runs take minutes there).
+/// (the published figures have 20 only; bigger runs take minutes there).
 pub const SHORT_RUN: u64 = 20;
 
 /// One server configuration of the experiment.
@@ -59,16 +59,16 @@ pub const SHORT_RUN: u64 = 20;
 pub struct Scenario {
     /// Short name (`--only` selects by it).
     pub name: &'static str,
-    /// Short row label for the chart (the seed's row it answers, in a few words).
+    /// Short row label for the chart (the reference table's row it answers, in a few words).
     pub short: &'static str,
-    /// What the seed ran and what forklift runs for it.
+    /// What the published experiment ran and what forklift runs for it.
     pub label: &'static str,
     /// How `builtin:fanout` makes its calls; `None` for the reference (the backend
     /// hammered directly with the slowest call).
     pub mode: Option<Mode>,
     /// Arguments after `serve builtin:fanout --http 127.0.0.1:0`.
     pub serve_args: Vec<String>,
-    /// The seed's figures: one request, then (requests, seconds) of its hammer runs.
+    /// The published figures: one request, then (requests, seconds) of its hammer runs.
     pub seed_one: Option<f64>,
     pub seed_runs: &'static [(u64, f64)],
     /// Whether the all-in-flight run applies (one-process concurrent configurations).
@@ -88,8 +88,9 @@ fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
 
-/// The seed's configurations (figures from real uWSGI on this kind of machine, see
-/// BENCHMARKING.md, and the seed's slides for gevent's 100 and 200), then forklift's own.
+/// The published configurations (figures from real uWSGI on this kind of machine, see
+/// BENCHMARKING.md, and the published slides for gevent's 100 and 200), then forklift's
+/// own.
 pub fn scenarios() -> Vec<Scenario> {
     use Mode::{Concurrent, Sequential};
     let s = |name, short, label, mode, serve: &[&str], one, runs, all| Scenario {
@@ -415,7 +416,7 @@ fn hammer_once(url: &str, n: u64, c: usize) -> Result<Report, BenchError> {
 }
 
 /// One GET on a fresh connection. The figure is the app's own "This call lasted X
-/// seconds" when it says so (that is what the seed printed), else the wall time.
+/// seconds" when it says so (the published figures are that line), else the wall time.
 fn one_request(addr: SocketAddr, path: &str) -> Result<f64, String> {
     let start = Instant::now();
     let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
@@ -442,7 +443,7 @@ fn one_request(addr: SocketAddr, path: &str) -> Result<f64, String> {
         .unwrap_or(wall))
 }
 
-/// The seed's table with forklift's figures, and the overhead lines as notes.
+/// The reference table with forklift's figures, and the overhead lines as notes.
 pub fn table(args: &CompareFanoutArgs, ms: &[Measurement], overhead: &[Overhead]) -> Comparison {
     let rows = ms
         .iter()

@@ -1,6 +1,6 @@
-//! `forklift compare …`: each command reproduces one seed's experiment against
-//! `forklift serve` child processes and prints its table with forklift's figures beside
-//! the seed's, plus an SVG chart, an HTML report and JSON.
+//! `forklift compare …`: each command reproduces one published experiment against
+//! `forklift serve` child processes and prints its reference table with forklift's
+//! figures beside the published ones, plus an SVG chart, an HTML report and JSON.
 //!
 //! # Layout
 //! - [`args`]: the options every command shares ([`CommonArgs`]) and those of the

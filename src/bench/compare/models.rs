@@ -1,7 +1,7 @@
 //! `forklift compare models`: starts `forklift serve` under each concurrency model as a
-//! child process, loads it as the seed's experiment did (`ab -n 100000 -c 8`, a
-//! connection per request), and prints the seed's table with forklift's figures beside
-//! it, plus SVG/HTML files.
+//! child process, loads it as the published experiment did (`ab -n 100000 -c 8`, a
+//! connection per request), and prints the reference table with forklift's figures
+//! beside it, plus SVG/HTML files.
 
 use std::path::Path;
 
@@ -10,7 +10,7 @@ use super::runner::{first_line, select, start_server, Experiment, Outcome, Scena
 use crate::bench::chart::{fmt_figure, Comparison, ComparisonRow};
 use crate::bench::{run_config, BenchError, Report};
 
-/// Requests in each run of the seed's experiment (its figures are times for this many).
+/// Requests in each run of the published experiment (its figures are times for this many).
 pub const SEED_REQUESTS: u64 = 100_000;
 
 /// `forklift compare models [--app APP] [--requests N] [--concurrency C] [--out DIR]`
@@ -45,15 +45,15 @@ pub struct CompareModelsArgs {
 pub struct ModelSpec {
     /// Short name (`--models` selects by it).
     pub name: String,
-    /// Row label, as in the seed's table.
+    /// Row label, as in the reference table.
     pub label: String,
-    /// The seed's time for [`SEED_REQUESTS`] requests, when it measured this model.
+    /// The published time for [`SEED_REQUESTS`] requests, when it measured this model.
     pub seed_seconds: Option<f64>,
     /// Arguments after `serve APP --http 127.0.0.1:0`.
     pub serve_args: Vec<String>,
 }
 
-/// The models of the seed's table (and async, which it did not have).
+/// The models of the reference table (and async, which it did not have).
 pub fn model_specs(processes: usize, threads: usize) -> Vec<ModelSpec> {
     let spec = |name: &str, label: String, seed: Option<f64>, args: &[String]| ModelSpec {
         name: name.into(),
@@ -160,7 +160,7 @@ pub fn compare_models(
     })
 }
 
-/// The seed's table with forklift's figures.
+/// The reference table with forklift's figures.
 pub fn table(args: &CompareModelsArgs, results: &[ModelResult]) -> Comparison {
     let n = args.load.requests;
     let scale = n as f64 / SEED_REQUESTS as f64;

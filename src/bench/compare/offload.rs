@@ -1,6 +1,6 @@
 //! `forklift compare offload`: the non-blocking request handling experiment.
 //! `forklift serve builtin:slowlog` is started under each offload strategy, loaded like
-//! `ab -n 100 -c 10`, and the seed's table is printed with forklift's figures beside it,
+//! `ab -n 100 -c 10`, and the reference table is printed with forklift's figures beside it,
 //! plus how long until every task had run and how many were lost (counted in slowlog's
 //! log file), and an SVG/HTML chart like `compare models`.
 
@@ -76,9 +76,9 @@ impl CompareOffloadArgs {
 pub struct Scenario {
     /// Short name (`--strategies` selects by it).
     pub name: &'static str,
-    /// Row label, as in the seed's table.
+    /// Row label, as in the reference table.
     pub label: &'static str,
-    /// The seed's req/s, where it measured this.
+    /// The published req/s, where the reference table has this column.
     pub seed_rps: Option<f64>,
     /// `--offload` value.
     pub strategy: &'static str,
@@ -86,7 +86,7 @@ pub struct Scenario {
     pub slow: bool,
 }
 
-/// The seed's columns, then the strategies it did not have.
+/// The reference table's columns, then the strategies it did not have.
 pub const SCENARIOS: [Scenario; 6] = [
     Scenario {
         name: "none",
@@ -383,7 +383,7 @@ impl Running {
     }
 }
 
-/// The seed's table with forklift's figures and the task columns.
+/// The reference table with forklift's figures and the task columns.
 pub fn table(args: &CompareOffloadArgs, results: &[OffloadResult]) -> Comparison {
     let rows = results
         .iter()
