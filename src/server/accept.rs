@@ -60,19 +60,14 @@ impl Drop for OpenGuard {
 }
 
 /// The answer to a connection beyond `--max-connections`: a complete response that
-/// needs no request (and no app), sent once without waiting, then the connection is
-/// closed. The client learns to come back rather than waiting in the backlog.
+/// needs no request (and no app); the connection then lingers briefly and closes (see
+/// `Conn::shed`). The client learns to come back rather than waiting in the backlog.
 pub const SHED_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\nContent-Length: 39\r\nConnection: close\r\n\r\nserver busy: too many open connections\n";
 
-/// Sheds a just-accepted connection: [`SHED_RESPONSE`], without blocking, then close.
-pub fn shed(fd: std::os::fd::RawFd) {
-    use nix::sys::socket::{send, shutdown, MsgFlags, Shutdown};
-    let _ = send(
-        fd,
-        SHED_RESPONSE,
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-    );
-    let _ = shutdown(fd, Shutdown::Write);
+/// How many connections beyond `max` a worker may hold while answering them 503;
+/// past that, new connections are closed at once.
+pub fn shed_budget(max: usize) -> usize {
+    (max / 8).max(16)
 }
 
 /// How long to pause accepting after [`AcceptError::Backoff`].

@@ -3,7 +3,7 @@
 //! (so it notices shutdown and the time limits), writes with `write_all`, and parks
 //! while the app's reply is pending. What the connection does is [`Conn`]'s decision.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{Shutdown as NetShutdown, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -43,11 +43,9 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(stream: TcpStream, env: &Env) -> Session {
+    pub fn new(stream: TcpStream) -> Session {
         accept::tune(&stream);
         let _ = stream.set_read_timeout(Some(TICK));
-        // A write blocks at most this long without progress.
-        let _ = stream.set_write_timeout(Some(env.config.timeouts.send));
         let conn = Conn::new(stream.peer_addr().ok(), stream.local_addr().ok());
         Session {
             stream,
@@ -175,7 +173,7 @@ pub fn serve(mut s: Session, env: &Env, idle: Idle<'_>) -> Outcome {
         match s.conn.poll(env, &call, &mut cx, prefer_close) {
             Step::Admit => s.conn.set_gate(false),
             Step::Flush => {
-                if s.stream.write_all(&s.conn.outbuf).is_err() {
+                if send_all(&s.stream, &s.conn.outbuf, env.config.timeouts.send).is_err() {
                     return Outcome::Closed;
                 }
                 s.conn.outbuf.clear();
@@ -220,6 +218,35 @@ pub fn serve(mut s: Session, env: &Env, idle: Idle<'_>) -> Outcome {
             }
         }
     }
+}
+
+/// Writes all of `buf`, waiting for the socket to take more at most `timeout` each time
+/// it is full (a client that stops reading is let go then).
+fn send_all(stream: &TcpStream, mut buf: &[u8], timeout: Duration) -> io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::socket::{send, MsgFlags};
+    use std::os::fd::AsFd;
+    while !buf.is_empty() {
+        match send(
+            stream.as_raw_fd(),
+            buf,
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        ) {
+            Ok(n) => buf = &buf[n..],
+            Err(nix::Error::EAGAIN) => {
+                let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLOUT)];
+                let t = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+                match poll(&mut fds, t) {
+                    Ok(0) => return Err(io::ErrorKind::TimedOut.into()),
+                    Ok(_) | Err(nix::Error::EINTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 fn is_timeout(e: &io::Error) -> bool {

@@ -210,12 +210,13 @@ impl Loop {
             }
             match self.listener.accept() {
                 Ok((stream, peer)) => {
-                    if self.open >= self.env.config.max_connections && !self.make_room() {
-                        use std::os::fd::AsRawFd;
-                        accept::shed(stream.as_raw_fd());
+                    let max = self.env.config.max_connections;
+                    let shed = self.open >= max && !self.make_room();
+                    if shed && self.open >= max + accept::shed_budget(max) {
+                        // Even answering is too much: close at once.
                         continue;
                     }
-                    self.add(stream, peer)?
+                    self.add(stream, peer, shed)?
                 }
                 Err(e) => match accept::classify(&e) {
                     AcceptError::WouldBlock => return Ok(()),
@@ -231,10 +232,12 @@ impl Loop {
         Ok(())
     }
 
+    /// Takes a new connection into the loop; `shed` answers it 503 at once.
     fn add(
         &mut self,
         mut stream: TcpStream,
         peer: std::net::SocketAddr,
+        shed: bool,
     ) -> Result<(), ServerError> {
         let _ = stream.set_nodelay(true);
         let slot = match self.free.pop() {
@@ -257,9 +260,13 @@ impl Loop {
             slot,
             queue: self.queue.clone(),
         }));
+        let mut conn = Conn::new(Some(peer), local);
+        if shed {
+            conn.shed();
+        }
         self.conns[slot] = Some(Entry {
             stream,
-            conn: Conn::new(Some(peer), local),
+            conn,
             waker,
             blocked_write: false,
             readable: true,

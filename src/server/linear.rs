@@ -11,7 +11,7 @@ use super::{accept, blocking, Env, ServerError};
 pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
     let others_waiting = || accept::wait_readable(&listener, &env.shutdown, Some(Duration::ZERO));
     accept::blocking_loop(&listener, &env.shutdown, |stream| {
-        let session = blocking::Session::new(stream, &env);
+        let session = blocking::Session::new(stream);
         blocking::serve(session, &env, blocking::Idle::Hold(&others_waiting));
     })?;
     Ok(())

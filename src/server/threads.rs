@@ -242,17 +242,20 @@ impl Acceptor {
             }
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if self.open.load(Ordering::Relaxed) >= self.env.config.max_connections
-                        && !self.make_room()
-                    {
-                        super::accept::shed(stream.as_raw_fd());
+                    let max = self.env.config.max_connections;
+                    let open = self.open.load(Ordering::Relaxed);
+                    let shed = open >= max && !self.make_room();
+                    if shed && open >= max + accept::shed_budget(max) {
+                        // Even answering is too much: close at once.
                         continue;
                     }
                     if stream.set_nonblocking(false).is_err() {
                         continue;
                     }
-                    let session =
-                        Session::new(stream, &self.env).counted(OpenGuard::new(&self.open));
+                    let mut session = Session::new(stream).counted(OpenGuard::new(&self.open));
+                    if shed {
+                        session.conn.shed();
+                    }
                     self.hold(session);
                 }
                 Err(e) => match accept::classify(&e) {

@@ -6,7 +6,6 @@
 use std::future::poll_fn;
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -103,7 +102,10 @@ async fn serve(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> 
         },
         env: env.clone(),
     });
-    let conns = Arc::new(Semaphore::new(env.config.max_connections.max(1)));
+    let max = env.config.max_connections.max(1);
+    let conns = Arc::new(Semaphore::new(max));
+    // Connections answered 503 while they linger.
+    let shedding = Arc::new(Semaphore::new(accept::shed_budget(max)));
     // Every connection task holds a sender; when the last one is dropped, `recv`
     // returns: all connections have finished.
     let (finished_tx, mut finished) = mpsc::channel::<()>(1);
@@ -121,11 +123,14 @@ async fn serve(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> 
             Ok((stream, _)) => match conns.clone().try_acquire_owned() {
                 Ok(permit) => {
                     shared.pressure.ease();
-                    spawn_conn(stream, &shared, &finished_tx, Some(permit));
+                    spawn_conn(stream, &shared, &finished_tx, Some(permit), false);
                 }
                 Err(_) => {
-                    accept::shed(stream.as_raw_fd());
                     shared.pressure.raise();
+                    // Answered 503 while there is room for that, else closed at once.
+                    if let Ok(permit) = shedding.clone().try_acquire_owned() {
+                        spawn_conn(stream, &shared, &finished_tx, Some(permit), true);
+                    }
                 }
             },
             Err(e) => match accept::classify(&e) {
@@ -137,7 +142,7 @@ async fn serve(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> 
     }
     // Serve the connections already waiting in the backlog, then stop.
     while let Ok(Ok((stream, _))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
-        spawn_conn(stream, &shared, &finished_tx, None);
+        spawn_conn(stream, &shared, &finished_tx, None, false);
     }
     drop(listener);
     drop(finished_tx);
@@ -154,19 +159,23 @@ fn spawn_conn(
     shared: &Arc<Shared>,
     finished: &mpsc::Sender<()>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    shed: bool,
 ) {
     let (shared, finished) = (shared.clone(), finished.clone());
     tokio::spawn(async move {
-        let _ = serve_conn(stream, &shared).await;
+        let _ = serve_conn(stream, &shared, shed).await;
         drop(permit);
         drop(finished);
     });
 }
 
-async fn serve_conn(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
+async fn serve_conn(mut stream: TcpStream, shared: &Shared, shed: bool) -> io::Result<()> {
     let (env, cores) = (&*shared.env, &shared.cores);
     let _ = stream.set_nodelay(true);
     let mut conn = Conn::new(stream.peer_addr().ok(), stream.local_addr().ok());
+    if shed {
+        conn.shed();
+    }
     let call = CallContext { may_block: false };
     let busy = || env.prefer_close(env.app.saturated());
     let mut permit = None;

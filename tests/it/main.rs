@@ -7,6 +7,7 @@ mod cli;
 mod conformance;
 mod docs;
 mod fanout;
+mod hardening;
 mod layout;
 mod master;
 mod offload;

@@ -214,6 +214,13 @@ impl Conn {
         self.end(false);
     }
 
+    /// Answers a connection the worker has no room for with 503 and `Retry-After`, before
+    /// reading anything, then lingers and closes.
+    pub fn shed(&mut self) {
+        self.outbuf.extend_from_slice(super::accept::SHED_RESPONSE);
+        self.end(true);
+    }
+
     /// Ends an idle connection (the worker is stopping, or wants its thread back).
     /// Returns false, and changes nothing, when the connection is not idle.
     pub fn close_if_idle(&mut self) -> bool {
