@@ -70,6 +70,17 @@ pub fn shed_budget(max: usize) -> usize {
     (max / 8).max(16)
 }
 
+/// At `--max-connections`: the idle keep-alive connections to close to make room, by
+/// slot — the eighth that has waited longest, at least one (none when none is idle).
+pub fn longest_idle<'a>(conns: impl Iterator<Item = (usize, &'a super::conn::Conn)>) -> Vec<usize> {
+    let mut idle: Vec<(std::time::Instant, usize)> = conns
+        .filter_map(|(slot, c)| Some((c.idle_since()?, slot)))
+        .collect();
+    idle.sort_unstable();
+    idle.truncate((idle.len() / 8).max(1));
+    idle.into_iter().map(|(_, slot)| slot).collect()
+}
+
 /// How long to pause accepting after [`AcceptError::Backoff`].
 pub const BACKOFF: Duration = Duration::from_millis(50);
 

@@ -282,28 +282,16 @@ impl Loop {
     /// At `--max-connections`: closes the idle keep-alive connections that have waited
     /// longest (an eighth of them, at least one). False when none is idle.
     fn make_room(&mut self) -> bool {
-        let env = &self.env;
-        let mut idle: Vec<(Instant, usize)> = self
-            .conns
-            .iter()
-            .enumerate()
-            .filter_map(|(slot, e)| {
-                let c = &e.as_ref()?.conn;
-                if !(c.is_idle() && c.served > 0) {
-                    return None;
-                }
-                Some((c.deadline(env)?, slot))
-            })
-            .collect();
-        if idle.is_empty() {
-            return false;
-        }
-        idle.sort_unstable();
-        let n = (idle.len() / 8).max(1);
-        for &(_, slot) in &idle[..n] {
+        let slots = accept::longest_idle(
+            self.conns
+                .iter()
+                .enumerate()
+                .filter_map(|(slot, e)| Some((slot, &e.as_ref()?.conn))),
+        );
+        for &slot in &slots {
             self.close(slot);
         }
-        true
+        !slots.is_empty()
     }
 
     /// Advances one connection as far as it can go without blocking.

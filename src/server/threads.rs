@@ -279,27 +279,16 @@ impl Acceptor {
     /// At `--max-connections`: lets go of the idle keep-alive connections that have
     /// waited longest (an eighth of them, at least one). False when none is idle.
     fn make_room(&mut self) -> bool {
-        let mut idle: Vec<(Instant, usize)> = self
-            .waiting
-            .iter()
-            .enumerate()
-            .filter_map(|(slot, s)| {
-                let s = s.as_ref()?;
-                if !(s.conn.is_idle() && s.conn.served > 0) {
-                    return None;
-                }
-                Some((s.conn.deadline(&self.env)?, slot))
-            })
-            .collect();
-        if idle.is_empty() {
-            return false;
-        }
-        idle.sort_unstable();
-        let n = (idle.len() / 8).max(1);
-        for &(_, slot) in &idle[..n] {
+        let slots = accept::longest_idle(
+            self.waiting
+                .iter()
+                .enumerate()
+                .filter_map(|(slot, s)| Some((slot, &s.as_ref()?.conn))),
+        );
+        for &slot in &slots {
             self.release(slot);
         }
-        true
+        !slots.is_empty()
     }
 
     fn queue(&mut self, session: Session) {
