@@ -8,7 +8,7 @@ pub mod date;
 pub mod request;
 pub mod response;
 
-pub use request::{Decoded, Decoder, RequestMeta};
+pub use request::{ChunkedDecoder, Decoded, Decoder, RequestMeta};
 pub use response::{encode_error, encode_head, BodyEncoder, Framing, ShortBody};
 
 /// Protocol limits. Requests beyond them get a 4xx and the connection closes.
@@ -56,6 +56,8 @@ pub enum HttpError {
     BadChunk(&'static str),
     #[error("unsupported transfer coding")]
     UnsupportedTransferCoding,
+    #[error("method not implemented")]
+    MethodNotImplemented,
     #[error("unsupported Expect header")]
     ExpectationFailed,
     #[error("request timed out")]
@@ -73,7 +75,7 @@ impl HttpError {
             HttpError::UriTooLong => 414,
             HttpError::HeadTooLarge | HttpError::TooManyHeaders => 431,
             HttpError::BodyTooLarge => 413,
-            HttpError::UnsupportedTransferCoding => 501,
+            HttpError::UnsupportedTransferCoding | HttpError::MethodNotImplemented => 501,
             HttpError::ExpectationFailed => 417,
             HttpError::Timeout => 408,
             HttpError::BadAppHeader(_) => 500,

@@ -366,3 +366,90 @@ fn error_response_closes() {
     assert!(s.starts_with("HTTP/1.1 414 URI Too Long\r\n"));
     assert!(s.contains("Connection: close\r\n"));
 }
+
+#[test]
+fn strict_fields_and_targets() {
+    let cases: &[(&[u8], u16)] = &[
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x07b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x7fb\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX : y\r\n\r\n", 400),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Type: a\r\ncontent-type: b\r\n\r\n",
+            400,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent_Length: 5\r\n\r\n",
+            400,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nTransfer_Encoding: chunked\r\n\r\n",
+            400,
+        ),
+        (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET x.y:443 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET a/b HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"CONNECT x.y HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"CONNECT x.y:443 HTTP/1.1\r\nHost: x\r\n\r\n", 501),
+        (b"GET / HTTP/111\r\nHost: x\r\n\r\n", 400),
+        (b"GET / HTTP/0.99\r\nHost: x\r\n\r\n", 400),
+        (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nHost: y\r\n\r\n",
+            400,
+        ),
+    ];
+    for (input, status) in cases {
+        assert_eq!(
+            status_of(input),
+            *status,
+            "{}",
+            String::from_utf8_lossy(input)
+        );
+    }
+    let (r, _) = one(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(&r.target[..], b"*");
+    let (r, _) = one(b"GET http://h:8/p?q HTTP/1.1\r\nHost: h\r\nX-L: caf\xe9\r\n\r\n");
+    assert_eq!(&r.target[..], b"http://h:8/p?q");
+    assert_eq!(r.header("x-l"), Some(&b"caf\xe9"[..]));
+}
+
+#[test]
+fn version_answer_does_not_depend_on_reads() {
+    // `HTTP/2` could still become `HTTP/2.0` (505) or `HTTP/2x` (400): wait for the line.
+    let mut dec = Decoder::new();
+    let mut buf = BytesMut::from(&b"GET / HTTP/2"[..]);
+    assert!(matches!(
+        dec.decode(&mut buf, &Limits::default()),
+        Ok(Decoded::NeedMore)
+    ));
+    buf.extend_from_slice(b".0\r\n\r\n");
+    assert_eq!(
+        dec.decode(&mut buf, &Limits::default())
+            .unwrap_err()
+            .status(),
+        505
+    );
+}
+
+#[test]
+fn long_request_line_is_414_even_past_the_head_limit() {
+    let limits = Limits {
+        max_uri: 4096,
+        max_head: 4096,
+        ..Limits::default()
+    };
+    let line = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(4100));
+    for input in [&line[..], &line[..4110]] {
+        let mut buf = BytesMut::from(input.as_bytes());
+        let err = Decoder::new().decode(&mut buf, &limits).unwrap_err();
+        assert_eq!(err.status(), 414);
+    }
+}
+
+#[test]
+fn empty_lines_before_a_request_are_bounded() {
+    let (r, _) = one(b"\r\n\r\nGET /x HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.path(), "/x");
+    let endless = "\r\n".repeat(40_000);
+    assert_eq!(status_of(endless.as_bytes()), 431);
+}

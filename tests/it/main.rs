@@ -14,3 +14,4 @@ mod offload;
 mod policy;
 #[cfg(feature = "python")]
 mod python;
+mod vectors;

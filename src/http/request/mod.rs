@@ -1,0 +1,174 @@
+//! Request decoding: a sans-IO state machine over a byte buffer. Feed it whatever bytes
+//! arrived; it answers "need more", "send 100 Continue", a complete [`Request`], or an
+//! [`HttpError`] that says which status to answer with before closing. [`head`] parses
+//! and checks the request head, [`target`] the request-target form, [`chunked`] the
+//! chunked body and its trailers, [`field`] the rules they share.
+
+mod chunked;
+mod field;
+mod head;
+mod target;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::{HttpError, Limits};
+use crate::app::{Header, Request, Version};
+pub use chunked::ChunkedDecoder;
+pub use head::RequestMeta;
+use head::{parse_head, Head};
+
+/// What [`Decoder::decode`] found in the buffer.
+#[derive(Debug)]
+pub enum Decoded {
+    /// A whole request (head and de-chunked body), consumed from the buffer.
+    Request(Request, RequestMeta),
+    /// The head asked for `Expect: 100-continue` and the body has not started: answer
+    /// `100 Continue`, then keep reading. Reported once per request.
+    Continue,
+    /// Not enough bytes yet.
+    NeedMore,
+}
+
+#[derive(Debug)]
+enum BodyState {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+}
+
+#[derive(Debug)]
+struct Pending {
+    head: PartialRequest,
+    body: BytesMut,
+    state: BodyState,
+    continue_sent: bool,
+}
+
+#[derive(Debug)]
+struct PartialRequest {
+    method: Bytes,
+    target: Bytes,
+    headers: Vec<Header>,
+    meta: RequestMeta,
+    expect_continue: bool,
+}
+
+/// The request decoder for one connection. It keeps the state of a body that arrives in
+/// several reads; the head is re-parsed from the start until it is complete (httparse is
+/// fast and heads are small).
+#[derive(Debug, Default)]
+pub struct Decoder {
+    pending: Option<Pending>,
+}
+
+impl Decoder {
+    pub fn new() -> Decoder {
+        Decoder::default()
+    }
+
+    /// True while a request's head has been read but its body has not.
+    pub fn in_body(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Consumes bytes from `buf` and reports what they amount to.
+    pub fn decode(&mut self, buf: &mut BytesMut, limits: &Limits) -> Result<Decoded, HttpError> {
+        if self.pending.is_none() {
+            let Some((head, len)) = parse_head(buf, limits)? else {
+                return Ok(Decoded::NeedMore);
+            };
+            let head_bytes = buf.split_to(len).freeze();
+            let state = body_state(&head, limits)?;
+            let partial = PartialRequest::new(head, &head_bytes);
+            if let BodyState::Length(0) = state {
+                return Ok(Decoded::Request(partial.finish(Bytes::new()), partial.meta));
+            }
+            let capacity = match state {
+                BodyState::Length(n) => n.min(1 << 20) as usize,
+                BodyState::Chunked(_) => 0,
+            };
+            self.pending = Some(Pending {
+                head: partial,
+                body: BytesMut::with_capacity(capacity),
+                state,
+                continue_sent: false,
+            });
+        }
+        let pending = self.pending.as_mut().expect("pending request");
+        match read_body(pending, buf, limits)? {
+            true => {
+                let p = self.pending.take().expect("pending request");
+                let meta = p.head.meta;
+                Ok(Decoded::Request(p.head.finish(p.body.freeze()), meta))
+            }
+            false => {
+                if pending.head.expect_continue && !pending.continue_sent && buf.is_empty() {
+                    pending.continue_sent = true;
+                    if pending.body.is_empty() {
+                        return Ok(Decoded::Continue);
+                    }
+                }
+                Ok(Decoded::NeedMore)
+            }
+        }
+    }
+}
+
+impl PartialRequest {
+    /// The request parts of `head`, sharing `bytes` (the head's bytes).
+    fn new(head: Head, bytes: &Bytes) -> PartialRequest {
+        let s = |(a, b): (usize, usize)| bytes.slice(a..b);
+        let headers = head
+            .headers
+            .iter()
+            .map(|&(n, v)| Header {
+                name: s(n),
+                value: s(v),
+            })
+            .collect();
+        PartialRequest {
+            method: s(head.method),
+            target: s(head.target),
+            headers,
+            meta: head.meta,
+            expect_continue: head.expect_continue && head.version == Version::Http11,
+        }
+    }
+
+    fn finish(&self, body: Bytes) -> Request {
+        Request {
+            method: self.method.clone(),
+            target: self.target.clone(),
+            version: self.meta.version,
+            headers: self.headers.clone(),
+            body,
+            peer: None,
+            local: None,
+        }
+    }
+}
+
+fn body_state(head: &Head, limits: &Limits) -> Result<BodyState, HttpError> {
+    if head.chunked {
+        return Ok(BodyState::Chunked(ChunkedDecoder::new()));
+    }
+    let n = head.content_length.unwrap_or(0);
+    if n > limits.max_body {
+        return Err(HttpError::BodyTooLarge);
+    }
+    Ok(BodyState::Length(n))
+}
+
+/// Moves body bytes from `buf` into the pending request. Returns true when the body is
+/// complete.
+fn read_body(p: &mut Pending, buf: &mut BytesMut, limits: &Limits) -> Result<bool, HttpError> {
+    match &mut p.state {
+        BodyState::Length(left) => {
+            let take = (*left).min(buf.len() as u64) as usize;
+            p.body.extend_from_slice(&buf[..take]);
+            buf.advance(take);
+            *left -= take as u64;
+            Ok(*left == 0)
+        }
+        BodyState::Chunked(dec) => dec.decode(buf, &mut p.body, limits.max_body),
+    }
+}
