@@ -24,6 +24,9 @@
 //!   counters and draining.
 //! - [`python`] (feature `python`): embedded CPython serving WSGI apps (PEP 3333), the
 //!   `forklift` Python module, fork and thread integration. The only module using pyo3.
+//! - [`ops`]: what a running server reports: uWSGI's stats document (`--stats`), the
+//!   Prometheus metrics and the live dashboard (`--metrics`), served by a thread of the
+//!   master from a shared-memory scoreboard that workers write without locks.
 //! - [`cli`]: the command line (`serve` options validated into a `ServerConfig`),
 //!   uWSGI-style ini files (`ini`) and the spool inspection command (`spool`); the
 //!   binary's `main` only calls [`cli::main`].
@@ -38,6 +41,7 @@ pub mod cli;
 pub mod fanout;
 pub mod http;
 pub mod offload;
+pub mod ops;
 #[cfg(feature = "python")]
 pub mod python;
 pub mod rt;

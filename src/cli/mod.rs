@@ -19,9 +19,11 @@ use crate::app::{builtin, App};
 use crate::server::{self, listen, Log, Model, ServerConfig, Timeouts};
 
 mod ini;
+mod ops;
 mod spool;
 
 pub use ini::{expand_ini, parse_ini, Ini, IniEntry, IniOption, IniSource};
+pub use ops::OpsArgs;
 pub use spool::{run_spool_cmd, SpoolArgs, SpoolCmd};
 
 /// What `--help` says about ini files, at the top level and under `serve`.
@@ -89,6 +91,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub fanout: crate::fanout::FanoutArgs,
+
+    #[command(flatten)]
+    pub ops: OpsArgs,
 
     /// Read options from an ini file: the keys of its [uwsgi] and [forklift] sections, or
     /// of [SECTION] with FILE:SECTION (command-line options win).
@@ -271,6 +276,8 @@ pub enum CliError {
     Master(#[from] server::master::MasterError),
     #[error("{0}")]
     Bench(#[from] crate::bench::BenchError),
+    #[error("{0}")]
+    Ops(#[from] crate::ops::OpsError),
 }
 
 /// Runs the command line; returns the exit code. `virtual_env` is the value of
@@ -416,7 +423,11 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
     let config = ServerConfig {
         model,
         processes,
-        master: a.master || processes > 1 || a.harakiri.is_some() || a.max_requests.is_some(),
+        master: a.master
+            || processes > 1
+            || a.harakiri.is_some()
+            || a.max_requests.is_some()
+            || a.ops.needs_master(),
         threads,
         cores,
         queue: a.queue.max(1),
@@ -553,11 +564,13 @@ fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
             .map_err(|e| CliError::App(format!("cannot chdir to {}: {e}", dir.display())))?;
     }
     let access = !a.disable_logging;
+    let recycling = a.ops.recycling()?;
+    let log_format = a.ops.log_format()?;
     if let Some(path) = &a.logto {
-        redirect_output(path)
+        server::log::redirect_output(path)
             .map_err(|e| CliError::App(format!("cannot open log file {}: {e}", path.display())))?;
     }
-    let log = Log::stderr(access);
+    let log = Log::stderr(access).with_format(log_format);
     // Load (and so validate) the app before opening the socket or forking, so a bad app
     // is a one-line error and exit code 1.
     let virtual_env = virtual_env.filter(|p| !p.as_os_str().is_empty());
@@ -578,6 +591,12 @@ fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
     } else {
         Some(load_app(&a, &config, virtual_env.as_ref())?)
     };
+    // Bound before the HTTP socket: a busy stats or metrics address stops the start.
+    let endpoints = crate::ops::Endpoints::bind(
+        a.ops.stats.as_deref(),
+        a.ops.stats_http,
+        a.ops.metrics.as_deref(),
+    )?;
     let listener = listen::bind(plan.addr, config.backlog)?;
     let local = listener.local_addr()?;
     log.line(&format!(
@@ -590,6 +609,9 @@ fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
         config.cores,
         std::process::id()
     ));
+    for line in endpoints.describe() {
+        log.line(&line);
+    }
     if config.master {
         let source = if lazy {
             let a2 = a.clone();
@@ -600,7 +622,15 @@ fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
         } else {
             server::master::AppSource::Preloaded(app.expect("loaded unless lazy"))
         };
-        return Ok(server::master::run(listener, source, config, log)?);
+        let options = server::master::MasterOptions {
+            endpoints,
+            recycling,
+            logto: a.logto.clone(),
+            log_reopen: a.ops.log_reopen,
+        };
+        return Ok(server::master::run_with(
+            listener, source, config, log, options,
+        )?);
     }
     let shutdown = crate::rt::Shutdown::new();
     let _signals = server::signals::watch(&shutdown, false)?;
@@ -609,28 +639,28 @@ fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
     if let Err(e) = offload.start() {
         log.line(&format!("forklift: offload: {e}"));
     }
+    if let Some(path) = &a.logto {
+        server::log::watch_reopen(path.clone(), a.ops.reopen_on_hup(a.logto.as_ref()))?;
+    }
+    let card = if endpoints.is_empty() {
+        None
+    } else {
+        let roster =
+            std::sync::Arc::new(crate::ops::Roster::new(1, crate::ops::cores_of(&config))?);
+        let card = roster.spawning(1);
+        roster.started(1, card, std::process::id());
+        endpoints.serve(roster, &listener, config.model)?;
+        card
+    };
     let drain = offload.config().drain_timeout;
-    server::run_worker(listener, app, config, log.clone(), shutdown)?;
+    let log = log.for_worker(1);
+    server::run_worker_with(listener, app, config, log.clone(), shutdown, card)?;
     let report = offload.shutdown(drain);
     if report.dropped > 0 || report.left_in_spool > 0 {
         log.line(&format!("forklift: {report}"));
     }
     log.line("forklift: stopped");
     Ok(0)
-}
-
-/// `--logto FILE`: like uWSGI, stdout and stderr themselves go to the file (appending),
-/// so the app's prints and tracebacks land next to the access log.
-fn redirect_output(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    for target in [1, 2] {
-        nix::unistd::dup2(file.as_raw_fd(), target).map_err(std::io::Error::from)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

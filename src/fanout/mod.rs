@@ -108,6 +108,14 @@ pub fn configure(config: ClientConfig) -> Result<(), FanoutError> {
     Ok(())
 }
 
+/// The fan-out client of this process if it has started (for the metrics, which must
+/// not start one).
+pub fn started_client() -> Option<&'static Client> {
+    let pid = std::process::id();
+    let slot = CLIENT.lock().unwrap_or_else(|p| p.into_inner());
+    slot.as_ref().filter(|s| s.pid == pid).map(|s| s.client)
+}
+
 /// The fan-out client of this process, started on first use. A client inherited across
 /// `fork` is abandoned (its thread is gone) and a new one started in the child.
 pub fn client() -> &'static Client {

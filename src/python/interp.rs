@@ -282,7 +282,12 @@ fn attach() {
 /// Runs `f` with the GIL, attaching this thread first if needed.
 pub(crate) fn with_gil<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
     attach();
-    Python::with_gil(f)
+    // The wait for the GIL, for the stats (`forklift_gil_wait_seconds_total`).
+    let asked = std::time::Instant::now();
+    Python::with_gil(|py| {
+        crate::ops::gil_waited(asked.elapsed());
+        f(py)
+    })
 }
 
 /// Gives this thread its own asyncio event loop once the app has imported asyncio (so
@@ -408,6 +413,7 @@ pub(crate) fn run_atexit() {
 /// `SystemExit` raised by an app does not exit the worker, and the exception is not kept
 /// alive in `sys.last_value`.
 pub(crate) fn log_exception(py: Python<'_>, e: &PyErr) {
+    crate::ops::exception();
     let res = py.import("traceback").and_then(|tb| {
         tb.call_method1(
             "print_exception",

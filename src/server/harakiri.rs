@@ -75,6 +75,7 @@ impl Watchdog {
                         dog.limit.as_secs_f64(),
                         std::process::id()
                     ));
+                    crate::ops::harakiri_fired();
                     let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
                 }
             })?;

@@ -14,10 +14,18 @@
 //! taken in `before_fork` and re-initialised in the child, glibc's allocator has its
 //! own fork handlers, and the state a worker uses from then on is per process
 //! (`rt::fork::ForkLocal`), built fresh on first use in the child.
+//!
+//! With `--stats`/`--metrics` the master also runs the stats thread (started after its
+//! signals are blocked, so they still reach only the signalfd) over a scoreboard the
+//! workers write to (`crate::ops`); a forked worker never touches that thread's state.
+//! The master recycles workers gracefully past `--max-worker-lifetime` or
+//! `--reload-on-rss`, and reopens `--logto` on SIGUSR1 (passing it on to the workers).
 
 use std::collections::HashSet;
 use std::net::TcpListener;
 use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -26,8 +34,9 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use super::{run_worker, Log, ServerConfig};
+use super::{run_worker_with, Log, ServerConfig};
 use crate::app::App;
+use crate::ops::{Endpoints, Recycle, Recycling, Roster, Scorecard};
 use crate::rt::Shutdown;
 
 /// A worker younger than this when it dies counts as a failed start (backoff grows).
@@ -40,6 +49,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub enum MasterError {
     #[error("master: {0}")]
     Sys(#[from] nix::Error),
+    #[error("master: {0}")]
+    Io(std::io::Error),
 }
 
 /// How a worker process gets its app: forked from the master's copy, or loaded in the
@@ -47,6 +58,18 @@ pub enum MasterError {
 pub enum AppSource {
     Preloaded(App),
     Lazy(Box<dyn Fn() -> Result<App, String>>),
+}
+
+/// What the master does besides supervising: serve the stats, recycle workers, reopen
+/// the log file.
+#[derive(Default)]
+pub struct MasterOptions {
+    /// `--stats` / `--metrics` listeners, already bound.
+    pub endpoints: Endpoints,
+    pub recycling: Recycling,
+    /// `--logto FILE`, reopened on SIGUSR1 (and SIGHUP with `log_reopen`).
+    pub logto: Option<PathBuf>,
+    pub log_reopen: bool,
 }
 
 /// One worker position: the process in it, and when to start one again.
@@ -85,6 +108,13 @@ struct Master {
     stop_deadline: Option<Instant>,
     /// Workers killed with SIGKILL when the stop deadline passed (0 until then).
     killed: usize,
+    /// The workers' scoreboard and totals, with `--stats`/`--metrics`/`--reload-on-rss`.
+    roster: Option<Arc<Roster>>,
+    recycling: Recycling,
+    logto: Option<PathBuf>,
+    log_reopen: bool,
+    /// Descriptors of the master's own (stats) listeners, closed in each worker.
+    own_fds: Vec<i32>,
 }
 
 /// Runs the master until a stop signal; returns the process exit code.
@@ -94,7 +124,18 @@ pub fn run(
     config: ServerConfig,
     log: Log,
 ) -> Result<i32, MasterError> {
-    Master::new(listener, source, config, log)?.run()
+    run_with(listener, source, config, log, MasterOptions::default())
+}
+
+/// [`run`] with stats, recycling limits and a log file to reopen.
+pub fn run_with(
+    listener: TcpListener,
+    source: AppSource,
+    config: ServerConfig,
+    log: Log,
+    options: MasterOptions,
+) -> Result<i32, MasterError> {
+    Master::new(listener, source, config, log, options)?.run()
 }
 
 impl Master {
@@ -106,6 +147,7 @@ impl Master {
         source: AppSource,
         config: ServerConfig,
         log: Log,
+        options: MasterOptions,
     ) -> Result<Master, MasterError> {
         let mut mask = SigSet::empty();
         for s in [
@@ -114,6 +156,7 @@ impl Master {
             Signal::SIGQUIT,
             Signal::SIGHUP,
             Signal::SIGCHLD,
+            Signal::SIGUSR1,
         ] {
             mask.add(s);
         }
@@ -124,6 +167,20 @@ impl Master {
             Some(&mut worker_mask),
         )?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+        let own_fds = options.endpoints.raw_fds();
+        let roster = if options.endpoints.is_empty() && options.recycling.reload_on_rss.is_none() {
+            None
+        } else {
+            let roster = Roster::new(config.processes, crate::ops::cores_of(&config))
+                .map_err(MasterError::Io)?;
+            let roster = Arc::new(roster);
+            // After the signals are blocked: the thread inherits the mask.
+            options
+                .endpoints
+                .serve(roster.clone(), &listener, config.model)
+                .map_err(MasterError::Io)?;
+            Some(roster)
+        };
 
         if let AppSource::Preloaded(app) = &source {
             app.before_fork();
@@ -154,6 +211,11 @@ impl Master {
             retiring: HashSet::new(),
             stop_deadline: None,
             killed: 0,
+            roster,
+            recycling: options.recycling,
+            logto: options.logto,
+            log_reopen: options.log_reopen,
+            own_fds,
         })
     }
 
@@ -163,6 +225,7 @@ impl Master {
         loop {
             let now = Instant::now();
             if self.stop_deadline.is_none() {
+                self.recycle_due(now);
                 self.spawn_due(now);
                 self.maintain_offload();
             }
@@ -185,20 +248,32 @@ impl Master {
             }
             slot.respawn_at = None;
             slot.started = now;
-            match spawn(
-                i,
-                &self.listener,
-                &self.source,
-                &self.config,
-                &self.log,
-                &self.worker_mask,
-            ) {
+            let card = self.roster.as_ref().and_then(|r| r.spawning(i + 1));
+            let worker = Worker {
+                index: i,
+                listener: &self.listener,
+                source: &self.source,
+                config: &self.config,
+                log: &self.log,
+                old_mask: &self.worker_mask,
+                card,
+                close: &self.own_fds,
+                logto: self.logto.as_deref(),
+                max_requests_delta: self.recycling.max_requests_delta,
+            };
+            match spawn(&worker) {
                 Ok(pid) => {
+                    if let Some(r) = &self.roster {
+                        r.started(i + 1, card, pid.as_raw() as u32);
+                    }
                     slot.pid = Some(pid);
                     self.log
                         .line(&format!("forklift: worker {} started (pid {pid})", i + 1));
                 }
                 Err(e) => {
+                    if let Some(c) = card {
+                        c.clear();
+                    }
                     self.log
                         .line(&format!("forklift: cannot fork worker {}: {e}", i + 1));
                     slot.failures += 1;
@@ -261,9 +336,14 @@ impl Master {
     /// due or the stop deadline passes (at most a second, so a dead offload host is
     /// noticed).
     fn next_wakeup(&self, now: Instant) -> Duration {
+        let lifetime_ends = self.slots.iter().filter_map(|s| {
+            let life = self.recycling.max_worker_lifetime?;
+            s.pid.map(|_| s.started + life)
+        });
         self.slots
             .iter()
             .filter_map(|s| s.respawn_at)
+            .chain(lifetime_ends)
             .chain(self.stop_deadline)
             .min()
             .map(|t| t.saturating_duration_since(now))
@@ -290,13 +370,20 @@ impl Master {
             let sig = Signal::try_from(info.ssi_signo as i32).ok();
             match sig {
                 Some(Signal::SIGCHLD) => {}
+                Some(Signal::SIGUSR1) => self.reopen_log(true),
                 Some(Signal::SIGHUP) if self.stop_deadline.is_none() => {
+                    if self.log_reopen {
+                        self.reopen_log(false);
+                    }
                     self.log
                         .line("forklift: SIGHUP: replacing workers gracefully");
                     for slot in self.slots.iter_mut() {
                         if let Some(pid) = slot.pid.take() {
                             let _ = kill(pid, Signal::SIGTERM);
                             self.retiring.insert(pid);
+                            if let Some(r) = &self.roster {
+                                r.retiring(pid.as_raw() as u32, Recycle::Reload);
+                            }
                         }
                         slot.failures = 0;
                         slot.respawn_at = Some(Instant::now());
@@ -317,18 +404,94 @@ impl Master {
         }
     }
 
+    /// Recycling: replaces, gracefully, each worker past `--max-worker-lifetime` or
+    /// over `--reload-on-rss` (once it has served a request: a worker that starts above
+    /// the limit would otherwise be replaced forever).
+    fn recycle_due(&mut self, now: Instant) {
+        let r = self.recycling;
+        if r.max_worker_lifetime.is_none() && r.reload_on_rss.is_none() {
+            return;
+        }
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(pid) = slot.pid else { continue };
+            let raw = pid.as_raw() as u32;
+            let why = if r
+                .max_worker_lifetime
+                .is_some_and(|life| now.duration_since(slot.started) >= life)
+            {
+                Some((Recycle::Lifetime, "--max-worker-lifetime".to_string()))
+            } else {
+                r.reload_on_rss.and_then(|limit| {
+                    let served = self
+                        .roster
+                        .as_ref()
+                        .is_some_and(|ro| ro.requests_of(raw) > 0);
+                    let (rss, _) = crate::ops::memory_of(raw)?;
+                    (served && rss > limit).then(|| {
+                        (
+                            Recycle::Rss,
+                            format!("--reload-on-rss ({} MB resident)", rss / (1024 * 1024)),
+                        )
+                    })
+                })
+            };
+            let Some((why, text)) = why else { continue };
+            self.log.line(&format!(
+                "forklift: worker {} (pid {pid}) recycled: {text}",
+                i + 1
+            ));
+            let _ = kill(pid, Signal::SIGTERM);
+            self.retiring.insert(pid);
+            if let Some(ro) = &self.roster {
+                ro.retiring(raw, why);
+            }
+            slot.pid = None;
+            slot.failures = 0;
+            slot.respawn_at = Some(now);
+        }
+    }
+
+    /// Reopens `--logto` (after a rotation moved it) and, for SIGUSR1, asks every
+    /// worker to do the same.
+    fn reopen_log(&self, workers: bool) {
+        let Some(path) = &self.logto else { return };
+        if let Err(e) = super::log::redirect_output(path) {
+            self.log
+                .line(&format!("forklift: cannot reopen {}: {e}", path.display()));
+            return;
+        }
+        if workers {
+            for pid in self.alive() {
+                let _ = kill(pid, Signal::SIGUSR1);
+            }
+        }
+    }
+
     /// Reap: collects every exited child. A retiring worker is forgotten; a worker that
     /// died while serving is respawned, at once after a long life, else after a backoff
     /// that grows with each quick death. Nothing is respawned once stopping.
     fn reap(&mut self) {
         loop {
-            let (pid, status_text) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, format!("exited with code {code}")),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, format!("was killed by {sig}")),
+            let (pid, status_text, clean) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => {
+                    (pid, format!("exited with code {code}"), code == 0)
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    (pid, format!("was killed by {sig}"), false)
+                }
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => continue,
             };
-            if self.retiring.remove(&pid) {
+            let retired = self.retiring.remove(&pid);
+            if let Some(r) = &self.roster {
+                // A worker that left by itself, cleanly, retired after --max-requests.
+                let recycled = !retired
+                    && clean
+                    && self.stop_deadline.is_none()
+                    && self.config.max_requests.is_some();
+                r.exited(pid.as_raw() as u32, recycled);
+            }
+            if retired {
                 continue;
             }
             let Some((i, slot)) = self
@@ -343,7 +506,10 @@ impl Master {
             if self.stop_deadline.is_some() {
                 continue;
             }
-            if slot.started.elapsed() < QUICK_DEATH {
+            // A worker retiring after --max-requests is not a failed start, however
+            // soon it got there.
+            let retired_by_count = clean && self.config.max_requests.is_some();
+            if slot.started.elapsed() < QUICK_DEATH && !retired_by_count {
                 slot.failures += 1;
             } else {
                 slot.failures = 0;
@@ -370,41 +536,58 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_millis(ms).min(MAX_BACKOFF)
 }
 
-fn spawn(
+/// What a forked worker needs from the master.
+struct Worker<'a> {
     index: usize,
-    listener: &TcpListener,
-    source: &AppSource,
-    config: &ServerConfig,
-    log: &Log,
-    old_mask: &SigSet,
-) -> Result<Pid, nix::Error> {
+    listener: &'a TcpListener,
+    source: &'a AppSource,
+    config: &'a ServerConfig,
+    log: &'a Log,
+    old_mask: &'a SigSet,
+    /// Its card on the stats scoreboard.
+    card: Option<&'static Scorecard>,
+    /// The master's own descriptors, closed in the worker.
+    close: &'a [i32],
+    logto: Option<&'a std::path::Path>,
+    max_requests_delta: u64,
+}
+
+fn spawn(worker: &Worker<'_>) -> Result<Pid, nix::Error> {
     // SAFETY: the master's own loop runs no runtime (it waits for signals on a
     // signalfd). Other threads it may have (a preloaded app's Python threads, offload
-    // executors a module used at import) are accounted for: Python's locks are taken
-    // in `before_fork` and re-initialised in the child, glibc's allocator has its own
-    // fork handlers, and the state a worker uses from then on is per process
-    // (`rt::fork::ForkLocal`), never a lock a master thread may hold.
+    // executors a module used at import, the stats thread) are accounted for: Python's
+    // locks are taken in `before_fork` and re-initialised in the child, glibc's
+    // allocator has its own fork handlers, and the state a worker uses from then on is
+    // per process (`rt::fork::ForkLocal`) or its own scoreboard card (atomics only),
+    // never a lock a master thread may hold.
     match unsafe { fork() }? {
         ForkResult::Parent { child } => Ok(child),
         ForkResult::Child => {
-            let code = worker_main(index, listener, source, config, log, old_mask);
+            let code = worker_main(worker);
             std::process::exit(code);
         }
     }
 }
 
-fn worker_main(
-    index: usize,
-    listener: &TcpListener,
-    source: &AppSource,
-    config: &ServerConfig,
-    log: &Log,
-    old_mask: &SigSet,
-) -> i32 {
+fn worker_main(w: &Worker<'_>) -> i32 {
+    let index = w.index;
     // Die with the master rather than serve on as an orphan.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
-    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
-    let app = match source {
+    for &fd in w.close {
+        let _ = nix::unistd::close(fd);
+    }
+    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(w.old_mask), None);
+    if let Some(path) = w.logto {
+        // The master passes SIGUSR1 on to reopen the log file.
+        let _ = super::log::watch_reopen(path.to_path_buf(), false);
+    }
+    let log = &w.log.clone().for_worker(index + 1);
+    let mut config = w.config.clone();
+    // --max-requests-delta: workers retire at staggered counts.
+    config.max_requests = config
+        .max_requests
+        .map(|m| m + index as u64 * w.max_requests_delta);
+    let app = match w.source {
         AppSource::Preloaded(app) => {
             app.after_fork();
             app.clone()
@@ -432,14 +615,14 @@ fn worker_main(
         ));
         return 1;
     }
-    let listener = match listener.try_clone() {
+    let listener = match w.listener.try_clone() {
         Ok(l) => l,
         Err(e) => {
             log.line(&format!("forklift: worker {}: {e}", index + 1));
             return 1;
         }
     };
-    let code = match run_worker(listener, app, config.clone(), log.clone(), shutdown) {
+    let code = match run_worker_with(listener, app, config, log.clone(), shutdown, w.card) {
         Ok(()) => 0,
         Err(e) => {
             log.line(&format!("forklift: worker {}: {e}", index + 1));

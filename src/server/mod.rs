@@ -37,6 +37,8 @@ pub struct Env {
     pub harakiri: Option<std::sync::Arc<harakiri::Watchdog>>,
     /// Requests this worker has answered, over all its connections (`--max-requests`).
     pub requests: AtomicU64,
+    /// This worker process's card on the stats scoreboard (`--stats`, `--metrics`).
+    pub ops: Option<&'static crate::ops::Scorecard>,
 }
 
 impl Env {
@@ -55,6 +57,7 @@ impl Env {
             shutdown,
             harakiri,
             requests: AtomicU64::new(0),
+            ops: None,
         }
     }
 
@@ -101,11 +104,29 @@ pub fn run_worker(
     log: Log,
     shutdown: Shutdown,
 ) -> Result<(), ServerError> {
+    run_worker_with(listener, app, config, log, shutdown, None)
+}
+
+/// [`run_worker`] for a worker process that counts on `card` of the stats scoreboard.
+pub fn run_worker_with(
+    listener: TcpListener,
+    app: App,
+    config: ServerConfig,
+    log: Log,
+    shutdown: Shutdown,
+    card: Option<&'static crate::ops::Scorecard>,
+) -> Result<(), ServerError> {
     let harakiri = config.harakiri.map(harakiri::Watchdog::new);
     if let Some(dog) = &harakiri {
         dog.start(log.clone())?;
     }
-    let env = Arc::new(Env::new(app, config, log, shutdown, harakiri));
+    if let Some(card) = card {
+        crate::ops::set_card(card);
+        crate::ops::start_publisher(card, shutdown.clone())?;
+    }
+    let mut env = Env::new(app, config, log, shutdown, harakiri);
+    env.ops = card;
+    let env = Arc::new(env);
     let result = match env.config.model {
         Model::Linear => linear::run(listener, env.clone()),
         Model::Threads => threads::run(listener, env.clone()),
@@ -113,5 +134,8 @@ pub fn run_worker(
         Model::Async => tokio_model::run(listener, env.clone()),
     };
     env.app.shutdown();
+    if let Some(card) = card {
+        crate::ops::publish(card, &env.shutdown);
+    }
     result
 }

@@ -11,6 +11,7 @@ mod hardening;
 mod layout;
 mod master;
 mod offload;
+mod ops;
 mod policy;
 #[cfg(feature = "python")]
 mod python;

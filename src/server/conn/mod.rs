@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures_util::Stream;
 
+use super::log::LogLine;
 use super::Env;
 use crate::app::{Body, BodyStream, BoxFuture, CallContext, Reply, Request, Response, Version};
 use crate::http::{self, BodyEncoder, Decoded, Decoder, Framing, HttpError, RequestMeta};
@@ -99,14 +100,6 @@ enum Ending {
     Draining(Instant),
 }
 
-/// What the access log needs from a request, kept until its response is done.
-struct LogLine {
-    method: String,
-    target: String,
-    version: Version,
-    start: Instant,
-}
-
 /// The per-connection state.
 pub struct Conn {
     decoder: Decoder,
@@ -135,6 +128,10 @@ pub struct Conn {
     pub served: u64,
     /// The request in progress, as the harakiri watchdog sees it.
     ticket: Option<super::harakiri::Ticket>,
+    /// The request in progress, as the stats scoreboard counts it.
+    ops: Option<crate::ops::Ticket>,
+    /// Counts this connection open on the scoreboard while it lives.
+    _open: crate::ops::ConnGuard,
 }
 
 impl Conn {
@@ -156,6 +153,8 @@ impl Conn {
             gated: false,
             served: 0,
             ticket: None,
+            ops: None,
+            _open: crate::ops::conn_guard(),
         }
     }
 
@@ -435,18 +434,14 @@ impl Conn {
     ) {
         req.peer = self.peer;
         req.local = self.local;
+        self.ops = env.ops.map(|card| card.begin());
         if let Some(dog) = &env.harakiri {
             self.ticket =
                 Some(dog.begin(|| {
                     format!("{} {}", req.method(), String::from_utf8_lossy(&req.target))
                 }));
         }
-        let log = env.log.enabled().then(|| LogLine {
-            method: req.method().to_owned(),
-            target: String::from_utf8_lossy(&req.target).into_owned(),
-            version: meta.version,
-            start: Instant::now(),
-        });
+        let log = env.log.capture(&req, meta.version);
         let reply = catch_unwind(AssertUnwindSafe(|| env.app.call(req, call)))
             .unwrap_or_else(|p| Reply::Ready(self.panicked(env, &*p)));
         match reply {
@@ -592,23 +587,11 @@ impl Conn {
         }
         self.served += 1;
         self.ticket = None;
-        env.log.request(
-            self.peer,
-            log.as_ref().map(LogLine::view),
-            status,
-            enc.written,
-        );
-    }
-}
-
-impl LogLine {
-    fn view(&self) -> super::log::RequestView<'_> {
-        super::log::RequestView {
-            method: &self.method,
-            target: &self.target,
-            version: self.version,
-            start: self.start,
+        if let Some(t) = self.ops.take() {
+            t.done(status, enc.written);
         }
+        env.log
+            .request(self.peer, log.as_ref(), status, enc.written);
     }
 }
 
