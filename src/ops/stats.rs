@@ -102,6 +102,10 @@ pub fn document(server: &Info, snap: &Snapshot) -> Value {
         "workers": workers,
         "forklift": {
             "model": server.model_name(),
+            // The server's clock, so rates do not depend on the reader's timers.
+            "now_ms": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             "buckets_us": BUCKETS_US,
             "histogram": hist,
             "in_flight": in_flight,

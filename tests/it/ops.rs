@@ -34,6 +34,11 @@ impl Ops {
     /// `forklift serve ARGS`; `--stats`/`--metrics` given as `127.0.0.1:0` are read back
     /// from the start-up lines.
     fn start(args: &[&str]) -> Ops {
+        Ops::start_expecting(args, args.contains(&"--stats"), args.contains(&"--metrics"))
+    }
+
+    /// [`Ops::start`] for options that come from elsewhere (an ini file).
+    fn start_expecting(args: &[&str], want_stats: bool, want_metrics: bool) -> Ops {
         let srv = Server::start(args);
         let mut ops = Ops {
             srv,
@@ -41,8 +46,6 @@ impl Ops {
             metrics: None,
             lines: Vec::new(),
         };
-        let want_stats = args.contains(&"--stats");
-        let want_metrics = args.contains(&"--metrics");
         while (want_stats && ops.stats.is_none()) || (want_metrics && ops.metrics.is_none()) {
             let line = ops.next_line();
             if let Some(rest) = line.strip_prefix("forklift: stats on ") {
@@ -553,7 +556,7 @@ fn dashboard_shows_live_numbers_in_chromium() {
             "--no-sandbox",
             "--disable-gpu",
             "--disable-dev-shm-usage",
-            "--virtual-time-budget=3500",
+            "--virtual-time-budget=120000",
             "--dump-dom",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
@@ -881,5 +884,57 @@ fn wsgi_metrics_count_gil_waits_and_exceptions() {
         value("forklift_requests_total{worker=\"1\",status=\"5xx\"}"),
         1.0
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn harakiri_kills_and_respawns_are_counted() {
+    let ops = Ops::start(&[
+        "builtin:wait",
+        "--harakiri",
+        "1",
+        "--stats",
+        "127.0.0.1:0",
+        "--disable-logging",
+    ]);
+    wait_for("a worker", || ops.srv.workers().len() == 1);
+    let first = ops.srv.workers()[0];
+    // A request that runs past --harakiri: the worker is killed, the client gets EOF.
+    let mut s = ops.srv.connect();
+    s.write_all(b"GET /?duration=5 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    wait_for("the replacement", || {
+        let w = ops.srv.workers();
+        w.len() == 1 && w[0] != first
+    });
+    wait_for("the counts", || {
+        let doc = ops.stats_doc();
+        let w = &doc["workers"][0];
+        w["harakiri_count"] == 1 && w["respawn_count"] == 1 && w["pid"] != first
+    });
+}
+
+#[test]
+fn an_ini_file_sets_the_stats_and_metrics_addresses() {
+    let dir = std::env::temp_dir().join(format!("forklift-ops-ini-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ini = dir.join("app.ini");
+    std::fs::write(
+        &ini,
+        "[uwsgi]\nstats = 127.0.0.1:0\nstats-http = true\nmetrics = 127.0.0.1:0\nprocesses = 2\nmax-requests = 100\nmax-requests-delta = 10\n",
+    )
+    .unwrap();
+    let ops = Ops::start_expecting(
+        &["builtin:hello", "--ini", ini.to_str().unwrap()],
+        true,
+        true,
+    );
+    send(&ops.srv, "/", 4);
+    let r = http_get(ops.stats.as_deref().unwrap(), "/");
+    let doc: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(doc["workers"].as_array().unwrap().len(), 2);
+    assert_eq!(ops.metrics_get("/metrics").status, 200);
     let _ = std::fs::remove_dir_all(&dir);
 }
