@@ -302,7 +302,19 @@ impl Log {
             let peer = peer
                 .map(|p| p.ip().to_string())
                 .unwrap_or_else(|| "-".into());
-            self.line(&format!("{peer} bad request: {err} -> {}", err.status()));
+            if self.format.shape == Shape::Json {
+                let line = serde_json::json!({
+                    "time": unix_secs(),
+                    "addr": peer,
+                    "error": err.to_string(),
+                    "status": err.status(),
+                    "pid": std::process::id(),
+                    "wid": self.wid,
+                });
+                self.line(&line.to_string());
+            } else {
+                self.line(&format!("{peer} bad request: {err} -> {}", err.status()));
+            }
         }
     }
 
