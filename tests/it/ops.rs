@@ -938,3 +938,91 @@ fn an_ini_file_sets_the_stats_and_metrics_addresses() {
     assert_eq!(ops.metrics_get("/metrics").status, 200);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn offload_and_fanout_counters_equal_the_work_sent() {
+    let dir = std::env::temp_dir().join(format!("forklift-ops-offload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let slowlog = dir.join("slow.log");
+    let ops = Ops::start(&[
+        "builtin:slowlog",
+        "--processes",
+        "2",
+        "--offload",
+        "pool",
+        "--task-seconds",
+        "0",
+        "--slowlog-file",
+        slowlog.to_str().unwrap(),
+        "--metrics",
+        "127.0.0.1:0",
+        "--disable-logging",
+    ]);
+    send(&ops.srv, "/", 12);
+    let value = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    // Workers publish these every 200 ms.
+    wait_for("the offload counters", || {
+        let text = ops.metrics_get("/metrics").text();
+        value(&text, "forklift_offload_submitted_total") == 12
+            && value(&text, "forklift_offload_done_total") == 12
+    });
+    let text = ops.metrics_get("/metrics").text();
+    assert_eq!(value(&text, "forklift_offload_failed_total"), 0);
+    assert_eq!(value(&text, "forklift_offload_pending"), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let backend = Server::start(&["builtin:wait", "--model", "async"]);
+    let ops = Ops::start(&[
+        "builtin:fanout",
+        "--metrics",
+        "127.0.0.1:0",
+        "--disable-logging",
+    ]);
+    for _ in 0..3 {
+        let r = ops.srv.get(&format!(
+            "/?backend=http://{}&durations=0,0.01",
+            backend.addr
+        ));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = ops.srv.get("/?backend=http://127.0.0.1:1&durations=0");
+    assert_ne!(r.status, 200);
+    wait_for("the fan-out counters", || {
+        let text = ops.metrics_get("/metrics").text();
+        value(&text, "forklift_fanout_calls_total") == 7
+            && value(&text, "forklift_fanout_errors_total") == 1
+    });
+    let text = ops.metrics_get("/metrics").text();
+    let opened = value(&text, "forklift_fanout_connections_opened_total");
+    assert!((1..=7).contains(&opened), "{text}");
+    assert_eq!(value(&text, "forklift_fanout_calls_pending"), 0);
+}
+
+#[test]
+fn log_reopen_reopens_the_file_on_a_reload() {
+    let dir = std::env::temp_dir().join(format!("forklift-ops-hup-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("access.log");
+    let srv = start_logging_to(&file, &["builtin:hello", "--master", "--log-reopen"]);
+    wait_for("a worker", || srv.workers().len() == 1);
+    let first = srv.workers()[0];
+    send(&srv, "/before", 2);
+    std::fs::rename(&file, dir.join("access.log.1")).unwrap();
+    signal(srv.pid(), libc::SIGHUP);
+    wait_for("the new worker", || {
+        let w = srv.workers();
+        w.len() == 1 && w[0] != first
+    });
+    send(&srv, "/after", 2);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.matches("GET /after").count(), 2, "{text}");
+    assert!(text.contains("SIGHUP"), "{text}");
+    drop(srv);
+    let _ = std::fs::remove_dir_all(&dir);
+}
