@@ -168,6 +168,8 @@ pub struct ClientStats {
     pub errors: u64,
     /// TCP connections opened (fewer than `calls` when keep-alive works).
     pub connections: u64,
+    /// TCP connections open now: in use, or idle in the pool.
+    pub open: u64,
     /// DNS lookups that reached the system resolver.
     pub dns_lookups: u64,
     /// Calls accepted and not finished right now.
@@ -183,6 +185,7 @@ struct Inner {
     calls: AtomicU64,
     errors: AtomicU64,
     connections: Arc<AtomicU64>,
+    open: Arc<AtomicU64>,
 }
 
 struct Runtime {
@@ -208,6 +211,7 @@ impl Client {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
         let connections = Arc::new(AtomicU64::new(0));
+        let open = Arc::new(AtomicU64::new(0));
         let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout)
@@ -215,6 +219,7 @@ impl Client {
             .build(Counting {
                 inner: connector,
                 opened: connections.clone(),
+                open: open.clone(),
             });
         let inner = Arc::new(Inner {
             in_flight: Semaphore::new(config.max_in_flight.max(1)),
@@ -225,6 +230,7 @@ impl Client {
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             connections,
+            open,
         });
         Client {
             inner,
@@ -242,6 +248,7 @@ impl Client {
             calls: i.calls.load(Ordering::Relaxed),
             errors: i.errors.load(Ordering::Relaxed),
             connections: i.connections.load(Ordering::Relaxed),
+            open: i.open.load(Ordering::Relaxed),
             dns_lookups: i.resolver.lookups(),
             pending: i.pending.load(Ordering::Relaxed),
         }
@@ -627,19 +634,66 @@ impl<T> Future for Pending<T> {
     }
 }
 
-/// The connector: hyper-util's, counting the connections it opens.
+/// The connector: hyper-util's, counting the connections it opens and those open.
 #[derive(Clone)]
 struct Counting {
     inner: HttpConnector<CachingResolver>,
     opened: Arc<AtomicU64>,
+    open: Arc<AtomicU64>,
 }
 
-type ConnectFuture = Pin<
-    Box<dyn Future<Output = Result<TokioIo<TcpStream>, Box<dyn StdError + Send + Sync>>> + Send>,
->;
+/// A connection of the client, counted open until dropped (closed by either side, or
+/// evicted from the pool).
+struct Tracked {
+    tcp: TcpStream,
+    open: Arc<AtomicU64>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl tokio::io::AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+impl hyper_util::client::legacy::connect::Connection for Tracked {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        self.tcp.connected()
+    }
+}
+
+type ConnectFuture =
+    Pin<Box<dyn Future<Output = Result<TokioIo<Tracked>, Box<dyn StdError + Send + Sync>>> + Send>>;
 
 impl tower_service::Service<http::Uri> for Counting {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<Tracked>;
     type Error = Box<dyn StdError + Send + Sync>;
     type Future = ConnectFuture;
 
@@ -650,10 +704,12 @@ impl tower_service::Service<http::Uri> for Counting {
     fn call(&mut self, uri: http::Uri) -> ConnectFuture {
         let connecting = tower_service::Service::call(&mut self.inner, uri);
         let opened = self.opened.clone();
+        let open = self.open.clone();
         Box::pin(async move {
-            let io = connecting.await?;
+            let tcp = connecting.await?.into_inner();
             opened.fetch_add(1, Ordering::Relaxed);
-            Ok(io)
+            open.fetch_add(1, Ordering::Relaxed);
+            Ok(TokioIo::new(Tracked { tcp, open }))
         })
     }
 }

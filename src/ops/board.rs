@@ -69,6 +69,8 @@ pub struct Scorecard {
     /// Offload tasks accepted and not started, and fan-out calls pending, as published.
     pub offload_pending: AtomicU64,
     pub fanout_pending: AtomicU64,
+    /// The fan-out client's connections open (in use or pooled), as published.
+    pub fanout_open: AtomicU64,
     /// One bit per core (request slot) with a request in it.
     pub cores_busy: AtomicU64,
     pub cum: [AtomicU64; cum::COUNT],
@@ -131,6 +133,7 @@ impl Scorecard {
             &self.connections,
             &self.offload_pending,
             &self.fanout_pending,
+            &self.fanout_open,
             &self.cores_busy,
         ] {
             a.store(0, Ordering::Relaxed);

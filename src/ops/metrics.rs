@@ -263,6 +263,12 @@ pub fn render(server: &Info, snap: &Snapshot) -> String {
         );
     }
     o.single(
+        "forklift_fanout_connections_open",
+        "gauge",
+        "Connections of the fan-out client open now, in use or pooled.",
+        snap.workers.iter().map(|w| w.fanout_open).sum::<u64>(),
+    );
+    o.single(
         "forklift_fanout_calls_pending",
         "gauge",
         "Fan-out calls accepted and not finished.",

@@ -286,5 +286,6 @@ pub fn publish(card: &Scorecard, shutdown: &Shutdown) {
         card.set(cum::FANOUT_CONNECTIONS, s.connections);
         card.fanout_pending
             .store(s.pending as u64, Ordering::Relaxed);
+        card.fanout_open.store(s.open, Ordering::Relaxed);
     }
 }

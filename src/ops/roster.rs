@@ -83,6 +83,7 @@ pub struct WorkerView {
     pub cores_busy: u64,
     pub offload_pending: u64,
     pub fanout_pending: u64,
+    pub fanout_open: u64,
     pub starts: u64,
     pub exits: u64,
     pub recycles: [u64; 4],
@@ -239,6 +240,7 @@ impl Roster {
             view.connections += card.connections.load(Ordering::Relaxed);
             view.offload_pending += card.offload_pending.load(Ordering::Relaxed);
             view.fanout_pending += card.fanout_pending.load(Ordering::Relaxed);
+            view.fanout_open += card.fanout_open.load(Ordering::Relaxed);
             if view
                 .pid
                 .is_some_and(|p| u64::from(p) == card.pid.load(Ordering::Relaxed))

@@ -124,6 +124,7 @@ pub fn document(server: &Info, snap: &Snapshot) -> Value {
                 "errors": snap.total(cum::FANOUT_ERRORS),
                 "connections": snap.total(cum::FANOUT_CONNECTIONS),
                 "pending": snap.workers.iter().map(|w| w.fanout_pending).sum::<u64>(),
+                "open": snap.workers.iter().map(|w| w.fanout_open).sum::<u64>(),
             },
         },
     })

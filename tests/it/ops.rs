@@ -1000,6 +1000,9 @@ fn offload_and_fanout_counters_equal_the_work_sent() {
     let text = ops.metrics_get("/metrics").text();
     let opened = value(&text, "forklift_fanout_connections_opened_total");
     assert!((1..=7).contains(&opened), "{text}");
+    // The backend keeps its connections alive: they wait in the pool.
+    let open = value(&text, "forklift_fanout_connections_open");
+    assert!((1..=opened).contains(&open), "{text}");
     assert_eq!(value(&text, "forklift_fanout_calls_pending"), 0);
 }
 
