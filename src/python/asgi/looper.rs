@@ -159,7 +159,7 @@ fn run(
             state: setup.state.clone_ref(py),
             scopes: Scopes::new(py)?,
             run: rt.getattr("run")?.unbind(),
-            create_task: lp.getattr("create_task")?.unbind(),
+            create_task: lp.getattr("start_task")?.unbind(),
             stop: lp.getattr("stop")?.unbind(),
             batch: Vec::new(),
         },
@@ -226,6 +226,7 @@ struct Intake {
     scopes: Scopes,
     /// `runtime.run(app, scope, cycle)`.
     run: Py<PyAny>,
+    /// The loop's `start_task`: a task whose first step runs at once.
     create_task: Py<PyAny>,
     stop: Py<PyAny>,
     /// Reused buffer for the taken messages.

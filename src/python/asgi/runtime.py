@@ -12,6 +12,36 @@ def log(msg):
     print("forklift: " + msg, file=sys.stderr, flush=True)
 
 
+def _eager(base):
+    """`base` (a loop class) with `start_task(coro)`: a real asyncio Task whose first
+    step runs at once, inside the call (what Python 3.12 calls an eager task), so a
+    request that completes without waiting costs no extra loop turn. The Task asks its
+    loop to schedule its first step with `call_soon`; that one call runs the step."""
+
+    class EagerLoop(base):
+        _forklift_eager = False
+
+        def call_soon(self, callback, *args, context=None):
+            if self._forklift_eager:
+                self._forklift_eager = False
+                if context is None:
+                    callback(*args)
+                else:
+                    context.run(callback, *args)
+                return None
+            return super().call_soon(callback, *args, context=context)
+
+        def start_task(self, coro):
+            self._forklift_eager = True
+            try:
+                return asyncio.Task(coro, loop=self)
+            finally:
+                self._forklift_eager = False
+
+    EagerLoop.__name__ = EagerLoop.__qualname__ = "Forklift" + base.__name__
+    return EagerLoop
+
+
 def new_loop(kind):
     """A new event loop: uvloop's when `kind` allows it and it is installed."""
     if kind in ("auto", "uvloop"):
@@ -21,8 +51,8 @@ def new_loop(kind):
             if kind == "uvloop":
                 raise RuntimeError("--loop uvloop: uvloop is not installed (pip install uvloop)")
         else:
-            return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
+            return _eager(uvloop.Loop)()
+    return _eager(asyncio.SelectorEventLoop)()
 
 
 def _positional(fn):
