@@ -22,7 +22,8 @@
 //!   to a strategy (`strategy/`: inline, loop, thread, pool; `spool/`: the durable
 //!   spool, a per-process journal file in front of SQLite), tasks registered by name,
 //!   counters and draining.
-//! - [`python`] (feature `python`): embedded CPython serving WSGI apps (PEP 3333), the
+//! - [`python`] (feature `python`): embedded CPython serving WSGI apps (PEP 3333) and
+//!   ASGI 3 apps (`python::asgi`: asyncio event loops fed in batches, lifespan), the
 //!   `forklift` Python module, fork and thread integration. The only module using pyo3.
 //! - [`cli`]: the command line (`serve` options validated into a `ServerConfig`),
 //!   uWSGI-style ini files (`ini`) and the spool inspection command (`spool`); the

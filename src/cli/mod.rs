@@ -218,6 +218,24 @@ pub struct ServeArgs {
     #[arg(long, value_name = "NAME", default_value = "application")]
     pub callable: String,
 
+    /// An ASGI 3 app: the module (`pkg.mod:app`) defining it; the same as --module
+    /// with --interface asgi.
+    #[arg(long, value_name = "MODULE:APP")]
+    pub asgi: Option<String>,
+
+    /// The protocol of the app given with --module / --wsgi-file: wsgi or asgi.
+    #[arg(long, value_name = "IFACE", value_parser = ["wsgi", "asgi"])]
+    pub interface: Option<String>,
+
+    /// ASGI: run the lifespan protocol: auto (unless the app does not support it),
+    /// on, off.
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub lifespan: String,
+
+    /// ASGI: the event loop: auto (uvloop when installed), asyncio, uvloop.
+    #[arg(long = "loop", value_name = "LOOP", default_value = "auto", value_parser = ["auto", "asyncio", "uvloop"])]
+    pub event_loop: String,
+
     /// WSGI: directories added to sys.path (repeatable).
     #[arg(long, value_name = "DIR")]
     pub pythonpath: Vec<PathBuf>,
@@ -378,10 +396,13 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
     let async_cores = a.async_cores.or(a.gevent);
     // A WSGI app runs, as under uWSGI, on the threads that read its requests (one unless
     // --threads says more); a native app on the readiness loop.
-    let wsgi = a.wsgi_file.is_some() || a.module.is_some();
+    let asgi = is_asgi(a);
+    let wsgi = !asgi && (a.wsgi_file.is_some() || a.module.is_some());
+    // An ASGI app runs on its event loops: the server's own loop feeds them best.
     let model = match (a.model, async_cores, a.threads) {
         (Some(m), _, _) => m,
         (None, Some(_), _) => Model::Async,
+        _ if asgi => Model::Epoll,
         (None, None, Some(t)) if t > 1 => Model::Threads,
         _ if wsgi => Model::Threads,
         _ => Model::Epoll,
@@ -439,13 +460,27 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
         harakiri: a.harakiri.map(|h| secs(h, "harakiri")).transpose()?,
         server_header: true,
     };
-    let app_name = match (&a.app, &a.wsgi_file, &a.module) {
+    if a.asgi.is_some() && a.interface.as_deref() == Some("wsgi") {
+        return Err(CliError::Usage(
+            "--asgi names an ASGI app; it cannot go with --interface wsgi".into(),
+        ));
+    }
+    let module = a.asgi.as_ref().or(a.module.as_ref());
+    let several_modules = a.asgi.is_some() && a.module.is_some();
+    let app_name = match (&a.app, &a.wsgi_file, module) {
+        _ if several_modules => {
+            return Err(CliError::Usage(
+                "give one app: --asgi or --module, not both".into(),
+            ))
+        }
         (Some(app), None, None) => app.clone(),
+        (None, Some(f), None) if asgi => format!("asgi file {}", f.display()),
         (None, Some(f), None) => format!("wsgi-file {}", f.display()),
+        (None, None, Some(m)) if asgi => format!("asgi {m}"),
         (None, None, Some(m)) => format!("module {m}"),
         (None, None, None) => {
             return Err(CliError::Usage(
-                "no app given: name one (e.g. `forklift serve builtin:hello`) or use --wsgi-file FILE / --module MOD".into(),
+                "no app given: name one (e.g. `forklift serve builtin:hello`) or use --wsgi-file FILE / --module MOD / --asgi MOD:APP".into(),
             ))
         }
         _ => {
@@ -461,16 +496,22 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
     })
 }
 
-/// How the WSGI app on the command line is to be found and run.
+/// True when the Python app is an ASGI one (`--asgi`, or `--interface asgi`).
+fn is_asgi(a: &ServeArgs) -> bool {
+    a.asgi.is_some() || a.interface.as_deref() == Some("asgi")
+}
+
+/// How the Python app on the command line is to be found and run.
 #[cfg(feature = "python")]
 fn python_options(
     a: &ServeArgs,
     config: &ServerConfig,
     virtual_env: Option<&PathBuf>,
 ) -> crate::python::PythonOptions {
+    use crate::python::{Interface, Lifespan, LoopKind};
     crate::python::PythonOptions {
         wsgi_file: a.wsgi_file.clone(),
-        module: a.module.clone(),
+        module: a.asgi.clone().or_else(|| a.module.clone()),
         callable: a.callable.clone(),
         pythonpath: a.pythonpath.clone(),
         // `serve` has already changed directory.
@@ -483,6 +524,25 @@ fn python_options(
             Model::Async => config.threads > 1 || config.cores > 1,
         },
         multiprocess: config.processes > 1,
+        interface: if is_asgi(a) {
+            Interface::Asgi
+        } else {
+            Interface::Wsgi
+        },
+        lifespan: match a.lifespan.as_str() {
+            "on" => Lifespan::On,
+            "off" => Lifespan::Off,
+            _ => Lifespan::Auto,
+        },
+        event_loop: match a.event_loop.as_str() {
+            "asyncio" => LoopKind::Asyncio,
+            "uvloop" => LoopKind::Uvloop,
+            _ => LoopKind::Auto,
+        },
+        // Without a master this process serves what it loads; with one, each worker
+        // starts its loops after fork.
+        serve_here: !config.master,
+        shutdown_timeout: config.timeouts.shutdown,
     }
 }
 

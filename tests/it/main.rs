@@ -2,6 +2,8 @@
 
 mod support;
 
+#[cfg(feature = "python")]
+mod asgi;
 mod bench;
 mod cli;
 mod conformance;
