@@ -362,6 +362,8 @@ pub struct ServePlan {
     pub config: ServerConfig,
     pub addr: std::net::SocketAddr,
     pub app_name: String,
+    /// Why this model runs (for the banner).
+    pub model_reason: &'static str,
 }
 
 fn secs(v: f64, name: &'static str) -> Result<Duration, CliError> {
@@ -399,13 +401,15 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
     let asgi = is_asgi(a);
     let wsgi = !asgi && (a.wsgi_file.is_some() || a.module.is_some());
     // An ASGI app runs on its event loops: the server's own loop feeds them best.
-    let model = match (a.model, async_cores, a.threads) {
-        (Some(m), _, _) => m,
-        (None, Some(_), _) => Model::Async,
-        _ if asgi => Model::Epoll,
-        (None, None, Some(t)) if t > 1 => Model::Threads,
-        _ if wsgi => Model::Threads,
-        _ => Model::Epoll,
+    // A Python app runs on the readiness loop, which reads and parses requests and
+    // hands whole ones to its `--threads` Python threads: no slow client holds a Python
+    // thread, and a process takes only the clients it has idle threads for.
+    let (model, model_reason) = match (a.model, async_cores, a.threads) {
+        (Some(m), _, _) => (m, "--model"),
+        (None, Some(_), _) => (Model::Async, "--async/--gevent"),
+        _ if asgi || wsgi => (Model::Epoll, "the default for Python apps"),
+        (None, None, Some(t)) if t > 1 => (Model::Threads, "--threads with a native app"),
+        _ => (Model::Epoll, "the default for native apps"),
     };
     let processes = a.processes.or(a.workers).unwrap_or(1) as usize;
     let defaults = ServerConfig::default();
@@ -493,6 +497,7 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
         config,
         addr,
         app_name,
+        model_reason,
     })
 }
 
@@ -641,10 +646,11 @@ fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
     let listener = listen::bind(plan.addr, config.backlog)?;
     let local = listener.local_addr()?;
     log.line(&format!(
-        "forklift {} listening on http://{local} (app={}, model={}, processes={}, threads={}, cores={}, pid={})",
+        "forklift {} listening on http://{local} (app={}, model={} [{}], processes={}, threads={}, cores={}, pid={})",
         env!("CARGO_PKG_VERSION"),
         plan.app_name,
         config.model,
+        plan.model_reason,
         config.processes,
         config.threads,
         config.cores,
@@ -707,6 +713,24 @@ mod tests {
 
     #[test]
     fn model_inference() {
+        // A Python app runs on the readiness loop with `--threads` Python threads,
+        // whatever `--threads` says.
+        for threads in ["1", "4"] {
+            let p = plan(&parse(&[
+                "forklift",
+                "serve",
+                "--wsgi-file",
+                "app.py",
+                "--threads",
+                threads,
+            ]))
+            .unwrap();
+            assert_eq!(
+                (p.config.model, p.model_reason),
+                (Model::Epoll, "the default for Python apps")
+            );
+            assert_eq!(p.config.threads.to_string(), threads);
+        }
         assert_eq!(
             plan(&parse(&["forklift", "serve", "builtin:hello"]))
                 .unwrap()

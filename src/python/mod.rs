@@ -100,6 +100,10 @@ impl Handler for WsgiApp {
         true
     }
 
+    fn idle_threads(&self) -> Option<usize> {
+        Some(self.pool.idle())
+    }
+
     fn batch_begin(&self) {
         pool::begin_batch();
     }
