@@ -9,9 +9,11 @@
 //! - [`http`]: the sans-IO HTTP/1.1 codec shared by every model: request decoding with
 //!   limits and smuggling defences, response framing, the status mapping of errors.
 //! - [`server`]: configuration, the listening socket, the connection state machine
-//!   (`conn`) and the blocking driver (`blocking`), one module per concurrency model
-//!   (`linear`, `threads`, `epoll`, `tokio_model` for `async`), the pre-fork `master`,
-//!   `harakiri`, signals and the access log.
+//!   (`conn`: every connection rule — time limits, lingering, `--max-requests`, panics,
+//!   admission) and the blocking driver (`blocking`), one module per concurrency model
+//!   that only moves bytes and waits (`linear`, `threads`, `epoll`, `tokio_model` for
+//!   `async`), accepting and shedding (`accept`), the pre-fork `master`, `harakiri`,
+//!   signals and the access log.
 //! - [`rt`]: runtime pieces shared by every model: `block_on`, the process-wide timer
 //!   (`sleep`), the `Shutdown` signal, and `fork::ForkLocal` (per-process state that a
 //!   forked child rebuilds instead of inheriting locked).
