@@ -13,3 +13,4 @@ mod offload;
 mod policy;
 #[cfg(feature = "python")]
 mod python;
+mod redis;
