@@ -38,7 +38,7 @@ pub struct CompareOffloadArgs {
     /// runs one round)
     #[arg(long, default_value_t = 9)]
     pub rounds: usize,
-    /// Only these scenarios (comma-separated: none,inline,loop,thread,pool,spool)
+    /// Only these scenarios (comma-separated: none,inline,loop,thread,pool,spool,redis)
     #[arg(long, value_delimiter = ',')]
     pub strategies: Vec<String>,
     /// Server model (`forklift serve --model`)
@@ -87,7 +87,7 @@ pub struct Scenario {
 }
 
 /// The seed's columns, then the strategies it did not have.
-pub const SCENARIOS: [Scenario; 6] = [
+pub const SCENARIOS: [Scenario; 7] = [
     Scenario {
         name: "none",
         label: "no slow work",
@@ -130,7 +130,88 @@ pub const SCENARIOS: [Scenario; 6] = [
         strategy: "spool",
         slow: true,
     },
+    Scenario {
+        name: "redis",
+        label: "redis (durable, shared)",
+        seed_rps: None,
+        strategy: "redis",
+        slow: true,
+    },
 ];
+
+/// Tasks the `redis` scenario's server runs at once (`--offload-workers`, at most
+/// 1024): slowlog's task waits without a thread, and a round's tasks (`-n`, 1000 by
+/// default) then all wait at once, as under the other strategies.
+const REDIS_TASKS_AT_ONCE: usize = 1024;
+
+/// The `redis-server` of the `redis` scenario: its own port and directory, with
+/// `appendonly yes` and `appendfsync always` (an acknowledged task is on disk), stopped
+/// when dropped.
+struct RedisServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl RedisServer {
+    fn start(dir: &Path, startup: Duration) -> Result<RedisServer, String> {
+        let bin = std::env::var_os("PATH")
+            .and_then(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("redis-server"))
+                    .find(|f| f.is_file())
+            })
+            .unwrap_or_else(|| PathBuf::from("/usr/bin/redis-server"));
+        if !bin.is_file() {
+            return Err("redis-server not found on PATH: install it to measure `redis`".into());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port for redis-server: {e}"))?
+            .port();
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let child = std::process::Command::new(bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start redis-server: {e}"))?;
+        let server = RedisServer {
+            child,
+            url: format!("redis://127.0.0.1:{port}/0"),
+        };
+        let deadline = Instant::now() + startup;
+        loop {
+            let ping = redis::Client::open(server.url.as_str())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            match ping {
+                Ok(_) => return Ok(server),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(format!("redis-server did not answer: {e}"))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 /// One scenario's outcome.
 #[derive(Debug, Clone)]
@@ -209,6 +290,8 @@ struct Running {
     /// The slowest round's wait for its tasks (`None` once one timed out).
     slowest: Option<f64>,
     finish: Duration,
+    /// The `redis` scenario's server, stopped after the forklift server.
+    redis: Option<RedisServer>,
 }
 
 impl Running {
@@ -248,6 +331,7 @@ impl Running {
             reports: Vec::new(),
             slowest: Some(0.0),
             finish: Duration::from_secs_f64(args.finish_timeout),
+            redis: None,
         };
         let _ = std::fs::remove_dir_all(&dir);
         if let Err(e) = std::fs::create_dir_all(&dir) {
@@ -256,7 +340,7 @@ impl Running {
         }
         let task_seconds = if sc.slow { args.task_seconds } else { 0.0 };
         let s = |v: &str| v.to_string();
-        let serve_args = vec![
+        let mut serve_args = vec![
             s("--model"),
             args.model.clone(),
             s("--processes"),
@@ -276,6 +360,21 @@ impl Running {
             s("--offload-socket"),
             socket.display().to_string(),
         ];
+        if sc.strategy == "redis" {
+            let startup = Duration::from_secs_f64(args.common.startup_timeout);
+            match RedisServer::start(&dir.join("redis"), startup) {
+                Ok(r) => {
+                    serve_args.extend([s("--redis-url"), r.url.clone()]);
+                    let workers = args.offload_workers.max(REDIS_TASKS_AT_ONCE);
+                    serve_args.extend([s("--offload-workers"), workers.to_string()]);
+                    run.redis = Some(r);
+                }
+                Err(e) => {
+                    run.result.error = Some(e);
+                    return run;
+                }
+            }
+        }
         match start_server(
             &args.common,
             bin,
@@ -379,6 +478,7 @@ impl Running {
         let mut lock = self.socket.into_os_string();
         lock.push(".lock");
         let _ = std::fs::remove_file(lock);
+        drop(self.redis);
         result
     }
 }
@@ -583,7 +683,7 @@ mod tests {
     fn scenarios_have_unique_names_and_seed_figures() {
         let mut names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
         names.dedup();
-        assert_eq!(names.len(), 6);
+        assert_eq!(names.len(), 7);
         let seeded = SCENARIOS.iter().filter(|s| s.seed_rps.is_some()).count();
         assert_eq!(seeded, 4, "the seed measured four columns");
     }
