@@ -681,3 +681,72 @@ fn unreachable_redis_is_a_one_line_error_and_redis_wait_waits() {
     signal(child.id() as i32, libc::SIGTERM);
     assert!(wait_exit(&mut child).success());
 }
+
+/// The Python API on Redis: a WSGI app's `task.spool()` (also with a delay) submits
+/// from `serve --no-run-tasks`, and `forklift worker --wsgi-file` runs the
+/// `@forklift.task` function; a task that raises is retried, then dead-lettered.
+#[cfg(feature = "python")]
+#[test]
+fn python_tasks_go_through_redis_to_a_python_worker() {
+    let dir = TmpDir::new("python");
+    let redis = Redis::start(&dir);
+    let out = dir.join("notes.txt");
+    let app = dir.join("app.py");
+    std::fs::write(
+        &app,
+        format!(
+            r#"
+import forklift
+
+OUT = {out:?}
+
+@forklift.task(name="note")
+def note(text):
+    with open(OUT, "a") as f:
+        f.write(text + "\n")
+
+@forklift.task(name="boom")
+def boom():
+    raise RuntimeError("kaboom")
+
+def application(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path == "/later":
+        body = note.spool_after(0.2, text="later")
+    elif path == "/boom":
+        body = boom.spool()
+    else:
+        body = note.spool(text="now")
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body.encode()]
+"#,
+            out = out.display().to_string()
+        ),
+    )
+    .unwrap();
+    let common = [
+        "--redis-url",
+        &redis.url(),
+        "--wsgi-file",
+        app.to_str().unwrap(),
+        "--task-retries",
+        "1",
+        "--task-backoff",
+        "0.05",
+    ];
+    let _worker = Worker::start(&common);
+    let mut sargs = vec!["--offload", "redis", "--no-run-tasks"];
+    sargs.extend(common);
+    let server = Server::start(&sargs);
+    let id: u64 = server.get("/later").text().parse().expect("a task id");
+    let id2: u64 = server.get("/").text().parse().expect("a task id");
+    assert_ne!(id, id2);
+    assert!(server.get("/boom").status == 200);
+    let notes = wait_lines(&out, 2);
+    assert_eq!(notes, vec!["now", "later"], "the delayed task ran second");
+    wait_until("boom dead-lettered", || {
+        spool_text(&redis, SpoolCmd::Stats).contains("dead 1")
+    });
+    let dead = spool_text(&redis, SpoolCmd::List { limit: 10 });
+    assert!(dead.contains("boom") && dead.contains("kaboom"), "{dead}");
+}
