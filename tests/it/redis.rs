@@ -750,3 +750,45 @@ def application(environ, start_response):
     let dead = spool_text(&redis, SpoolCmd::List { limit: 10 });
     assert!(dead.contains("boom") && dead.contains("kaboom"), "{dead}");
 }
+
+/// `--redis-url` may be the path of Redis's Unix socket.
+#[test]
+fn a_unix_socket_path_is_a_redis_url() {
+    let dir = TmpDir::new("unix");
+    let sock = dir.join("redis.sock");
+    let mut child = Command::new(redis_server_bin())
+        .args(["--port", "0", "--save", "", "--daemonize", "no"])
+        .arg("--unixsocket")
+        .arg(&sock)
+        .arg("--dir")
+        .arg(&*dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn redis-server");
+    wait_until("the socket", || sock.exists());
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let reg = Registry::new();
+    let r = ran.clone();
+    reg.register("record", move |p| {
+        r.lock().unwrap().push(p.data.clone());
+        Ok(())
+    });
+    let args = OffloadArgs {
+        offload: Strategy::Redis,
+        redis: RedisArgs {
+            redis_url: sock.display().to_string(),
+            redis_wait: Some(10.0),
+            ..RedisArgs::default()
+        },
+        ..OffloadArgs::default()
+    };
+    let off = Offload::new(OffloadConfig::from_args(&args).unwrap(), reg).unwrap();
+    off.start().unwrap();
+    off.submit(Task::new("record", "over the socket")).unwrap();
+    wait_until("ran", || ran.lock().unwrap().len() == 1);
+    off.shutdown(Duration::from_secs(5));
+    let _ = child.kill();
+    let _ = child.wait();
+}

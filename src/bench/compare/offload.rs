@@ -139,14 +139,80 @@ pub const SCENARIOS: [Scenario; 7] = [
     },
 ];
 
-/// Tasks the `redis` scenario's server runs at once (`--offload-workers`, at most
+/// Tasks the `redis` scenario's worker runs at once (`--offload-workers`, at most
 /// 1024): slowlog's task waits without a thread, and a round's tasks (`-n`, 1000 by
 /// default) then all wait at once, as under the other strategies.
 const REDIS_TASKS_AT_ONCE: usize = 1024;
 
-/// The `redis-server` of the `redis` scenario: its own port and directory, with
-/// `appendonly yes` and `appendfsync always` (an acknowledged task is on disk), stopped
-/// when dropped.
+/// The `redis` scenario's `forklift worker`, which runs the tasks the server (started
+/// with `--no-run-tasks`) submits; stopped (SIGTERM, then SIGKILL) when dropped.
+struct RedisWorker(std::process::Child);
+
+impl RedisWorker {
+    fn start(
+        bin: &Path,
+        url: &str,
+        log: &Path,
+        task_seconds: f64,
+        startup: Duration,
+    ) -> Result<RedisWorker, String> {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(bin)
+            .args(["worker", "builtin:slowlog", "--redis-url", url])
+            .args(["--task-seconds", &task_seconds.to_string()])
+            .args(["--offload-workers", &REDIS_TASKS_AT_ONCE.to_string()])
+            .arg("--slowlog-file")
+            .arg(log)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start forklift worker: {e}"))?;
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let worker = RedisWorker(child);
+        let deadline = Instant::now() + startup;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("running queue") => return Ok(worker),
+                Ok(_) => {}
+                Err(_) => return Err("forklift worker did not start".into()),
+            }
+        }
+    }
+}
+
+impl Drop for RedisWorker {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The `redis-server` of the `redis` scenario: its own port and directory, stopped
+/// when dropped. `appendonly yes` with Redis's default `appendfsync everysec`: an
+/// acknowledged task was written to the append-only file before the answer (it
+/// survives Redis being killed), and reaches the disk within a second (a machine crash
+/// may lose that second; `appendfsync always` closes it at the cost of a sync per
+/// event-loop turn, see docs/PERFORMANCE.md).
 struct RedisServer {
     child: std::process::Child,
     url: String,
@@ -290,8 +356,9 @@ struct Running {
     /// The slowest round's wait for its tasks (`None` once one timed out).
     slowest: Option<f64>,
     finish: Duration,
-    /// The `redis` scenario's server, stopped after the forklift server.
-    redis: Option<RedisServer>,
+    /// The `redis` scenario's worker and Redis, stopped after the forklift server
+    /// (in that order: fields drop first to last).
+    redis: Option<(RedisWorker, RedisServer)>,
 }
 
 impl Running {
@@ -362,12 +429,14 @@ impl Running {
         ];
         if sc.strategy == "redis" {
             let startup = Duration::from_secs_f64(args.common.startup_timeout);
-            match RedisServer::start(&dir.join("redis"), startup) {
-                Ok(r) => {
-                    serve_args.extend([s("--redis-url"), r.url.clone()]);
-                    let workers = args.offload_workers.max(REDIS_TASKS_AT_ONCE);
-                    serve_args.extend([s("--offload-workers"), workers.to_string()]);
-                    run.redis = Some(r);
+            let started = RedisServer::start(&dir.join("redis"), startup).and_then(|r| {
+                let w = RedisWorker::start(bin, &r.url, &log, task_seconds, startup)?;
+                Ok((w, r))
+            });
+            match started {
+                Ok((w, r)) => {
+                    serve_args.extend([s("--redis-url"), r.url.clone(), s("--no-run-tasks")]);
+                    run.redis = Some((w, r));
                 }
                 Err(e) => {
                     run.result.error = Some(e);
