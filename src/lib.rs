@@ -21,14 +21,15 @@
 //!   per-process outbound HTTP client (own runtime thread, pooled connections, DNS cache,
 //!   timeouts, bounded calls in flight) and `builtin:fanout`.
 //! - [`offload`]: the offload engine: handlers hand slow work off (`Offload::submit`)
-//!   to a strategy (`strategy/`: inline, loop, thread, pool; `spool/`: the durable
-//!   spool, a per-process journal file in front of SQLite), tasks registered by name,
-//!   counters and draining.
+//!   to a strategy (`strategy/`: inline, loop, thread, pool, and `redis/` on Redis
+//!   Streams; `spool/`: the durable spool, a per-process journal file in front of
+//!   SQLite), tasks registered by name, counters and draining.
 //! - [`python`] (feature `python`): embedded CPython serving WSGI apps (PEP 3333) and
 //!   ASGI 3 apps (`python::asgi`: asyncio event loops fed in batches, lifespan), the
 //!   `forklift` Python module, fork and thread integration. The only module using pyo3.
 //! - [`cli`]: the command line (`serve` options validated into a `ServerConfig`),
-//!   uWSGI-style ini files (`ini`) and the spool inspection command (`spool`); the
+//!   uWSGI-style ini files (`ini`), the spool and Redis queue inspection command
+//!   (`spool`) and `forklift worker` (`worker`, running a Redis queue's tasks); the
 //!   binary's `main` only calls [`cli::main`].
 //! - [`mod@bench`]: the load generator (`forklift bench`, `hammer`), the reusable
 //!   comparison table / SVG / HTML report, and the benchmark tooling: `compare models`,

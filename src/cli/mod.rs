@@ -20,9 +20,11 @@ use crate::server::{self, listen, Log, Model, ServerConfig, Timeouts};
 
 mod ini;
 mod spool;
+mod worker;
 
 pub use ini::{expand_ini, parse_ini, Ini, IniEntry, IniOption, IniSource};
-pub use spool::{run_spool_cmd, SpoolArgs, SpoolCmd};
+pub use spool::{run_spool_cli, run_spool_cmd, SpoolArgs, SpoolCli, SpoolCmd, SpoolCmdError};
+pub use worker::{run_worker, WorkerArgs};
 
 /// What `--help` says about ini files, at the top level and under `serve`.
 const INI_HELP: &str =
@@ -62,8 +64,11 @@ pub enum Command {
     /// Reproduce a seed's table with forklift's figures beside the seed's.
     #[command(subcommand)]
     Compare(Compare),
-    /// Inspect the durable spool: stats, dead-lettered tasks, retry, purge.
-    Spool(SpoolArgs),
+    /// Inspect the durable spool (or, with --redis-url, a Redis queue): stats,
+    /// dead-lettered tasks, retry, purge.
+    Spool(SpoolCli),
+    /// Run an app's tasks from a Redis queue (--offload redis) without serving HTTP.
+    Worker(WorkerArgs),
 }
 
 /// `forklift compare …`: one reproduced experiment per subcommand.
@@ -326,9 +331,10 @@ pub fn main(args: Vec<OsString>, virtual_env: Option<PathBuf>) -> i32 {
         Command::Compare(Compare::Offload(a)) => {
             crate::bench::compare::run(&a).map_err(CliError::from)
         }
-        Command::Spool(a) => run_spool_cmd(&a, &mut std::io::stdout())
+        Command::Spool(a) => run_spool_cli(&a, &mut std::io::stdout())
             .map(|()| 0)
             .map_err(|e| CliError::App(e.to_string())),
+        Command::Worker(a) => run_worker(a, virtual_env),
     };
     match result {
         Ok(code) => code,

@@ -16,4 +16,5 @@ mod offload;
 mod policy;
 #[cfg(feature = "python")]
 mod python;
+mod redis;
 mod vectors;
