@@ -9,9 +9,11 @@
 //! - [`http`]: the sans-IO HTTP/1.1 codec shared by every model: request decoding with
 //!   limits and smuggling defences, response framing, the status mapping of errors.
 //! - [`server`]: configuration, the listening socket, the connection state machine
-//!   (`conn`) and the blocking driver (`blocking`), one module per concurrency model
-//!   (`linear`, `threads`, `epoll`, `tokio_model` for `async`), the pre-fork `master`,
-//!   `harakiri`, signals and the access log.
+//!   (`conn`: every connection rule — time limits, lingering, `--max-requests`, panics,
+//!   admission) and the blocking driver (`blocking`), one module per concurrency model
+//!   that only moves bytes and waits (`linear`, `threads`, `epoll`, `tokio_model` for
+//!   `async`), accepting and shedding (`accept`), the pre-fork `master`, `harakiri`,
+//!   signals and the access log.
 //! - [`rt`]: runtime pieces shared by every model: `block_on`, the process-wide timer
 //!   (`sleep`), the `Shutdown` signal, and `fork::ForkLocal` (per-process state that a
 //!   forked child rebuilds instead of inheriting locked).
@@ -19,16 +21,18 @@
 //!   per-process outbound HTTP client (own runtime thread, pooled connections, DNS cache,
 //!   timeouts, bounded calls in flight) and `builtin:fanout`.
 //! - [`offload`]: the offload engine: handlers hand slow work off (`Offload::submit`)
-//!   to a strategy (`strategy/`: inline, loop, thread, pool; `spool/`: the durable
-//!   spool, a per-process journal file in front of SQLite), tasks registered by name,
-//!   counters and draining.
-//! - [`python`] (feature `python`): embedded CPython serving WSGI apps (PEP 3333), the
+//!   to a strategy (`strategy/`: inline, loop, thread, pool, and `redis/` on Redis
+//!   Streams; `spool/`: the durable spool, a per-process journal file in front of
+//!   SQLite), tasks registered by name, counters and draining.
+//! - [`python`] (feature `python`): embedded CPython serving WSGI apps (PEP 3333) and
+//!   ASGI 3 apps (`python::asgi`: asyncio event loops fed in batches, lifespan), the
 //!   `forklift` Python module, fork and thread integration. The only module using pyo3.
 //! - [`ops`]: what a running server reports: uWSGI's stats document (`--stats`), the
 //!   Prometheus metrics and the live dashboard (`--metrics`), served by a thread of the
 //!   master from a shared-memory scoreboard that workers write without locks.
 //! - [`cli`]: the command line (`serve` options validated into a `ServerConfig`),
-//!   uWSGI-style ini files (`ini`) and the spool inspection command (`spool`); the
+//!   uWSGI-style ini files (`ini`), the spool and Redis queue inspection command
+//!   (`spool`) and `forklift worker` (`worker`, running a Redis queue's tasks); the
 //!   binary's `main` only calls [`cli::main`].
 //! - [`mod@bench`]: the load generator (`forklift bench`, `hammer`), the reusable
 //!   comparison table / SVG / HTML report, and the benchmark tooling: `compare models`,

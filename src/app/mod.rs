@@ -276,6 +276,14 @@ pub trait Handler: Send + Sync + 'static {
         false
     }
 
+    /// How many more requests the app can start now without queueing them (its idle
+    /// threads), when it has such a bound. With several worker processes, an event
+    /// loop accepts only as many new clients as this, so the kernel hands the rest to
+    /// processes with idle threads.
+    fn idle_threads(&self) -> Option<usize> {
+        None
+    }
+
     /// True when the app runs requests on threads of its own (a pool it hands work to),
     /// so an event loop serving it should defer to those threads when both want the CPU.
     fn hands_off(&self) -> bool {

@@ -193,7 +193,7 @@ fn raw_prefix(req: &Request) -> Bytes {
 fn answer(r: Result<u64, SubmitError>) -> Response {
     match r {
         Ok(_) => Response::text(200, Bytes::from_static(BODY)),
-        Err(e @ SubmitError::Full { .. }) => Response::text(503, format!("{e}\n"))
+        Err(e) if e.is_temporary() => Response::text(503, format!("{e}\n"))
             .with_header("Retry-After", Bytes::from_static(b"1")),
         Err(e) => Response::text(500, format!("offload failed: {e}\n")),
     }
@@ -219,7 +219,7 @@ impl Handler for SlowLog {
         }
         let waits = matches!(
             self.offload.config().strategy,
-            Strategy::Inline | Strategy::Spool
+            Strategy::Inline | Strategy::Spool | Strategy::Redis
         );
         if waits && !cx.may_block {
             let fut = self.offload.submit_async(task);

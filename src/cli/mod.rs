@@ -21,10 +21,12 @@ use crate::server::{self, listen, Log, Model, ServerConfig, Timeouts};
 mod ini;
 mod ops;
 mod spool;
+mod worker;
 
 pub use ini::{expand_ini, parse_ini, Ini, IniEntry, IniOption, IniSource};
 pub use ops::OpsArgs;
-pub use spool::{run_spool_cmd, SpoolArgs, SpoolCmd};
+pub use spool::{run_spool_cli, run_spool_cmd, SpoolArgs, SpoolCli, SpoolCmd, SpoolCmdError};
+pub use worker::{run_worker, WorkerArgs};
 
 /// What `--help` says about ini files, at the top level and under `serve`.
 const INI_HELP: &str =
@@ -64,8 +66,11 @@ pub enum Command {
     /// Reproduce a seed's table with forklift's figures beside the seed's.
     #[command(subcommand)]
     Compare(Compare),
-    /// Inspect the durable spool: stats, dead-lettered tasks, retry, purge.
-    Spool(SpoolArgs),
+    /// Inspect the durable spool (or, with --redis-url, a Redis queue): stats,
+    /// dead-lettered tasks, retry, purge.
+    Spool(SpoolCli),
+    /// Run an app's tasks from a Redis queue (--offload redis) without serving HTTP.
+    Worker(WorkerArgs),
 }
 
 /// `forklift compare …`: one reproduced experiment per subcommand.
@@ -223,6 +228,24 @@ pub struct ServeArgs {
     #[arg(long, value_name = "NAME", default_value = "application")]
     pub callable: String,
 
+    /// An ASGI 3 app: the module (`pkg.mod:app`) defining it; the same as --module
+    /// with --interface asgi.
+    #[arg(long, value_name = "MODULE:APP")]
+    pub asgi: Option<String>,
+
+    /// The protocol of the app given with --module / --wsgi-file: wsgi or asgi.
+    #[arg(long, value_name = "IFACE", value_parser = ["wsgi", "asgi"])]
+    pub interface: Option<String>,
+
+    /// ASGI: run the lifespan protocol: auto (unless the app does not support it),
+    /// on, off.
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub lifespan: String,
+
+    /// ASGI: the event loop: auto (uvloop when installed), asyncio, uvloop.
+    #[arg(long = "loop", value_name = "LOOP", default_value = "auto", value_parser = ["auto", "asyncio", "uvloop"])]
+    pub event_loop: String,
+
     /// WSGI: directories added to sys.path (repeatable).
     #[arg(long, value_name = "DIR")]
     pub pythonpath: Vec<PathBuf>,
@@ -315,9 +338,10 @@ pub fn main(args: Vec<OsString>, virtual_env: Option<PathBuf>) -> i32 {
         Command::Compare(Compare::Offload(a)) => {
             crate::bench::compare::run(&a).map_err(CliError::from)
         }
-        Command::Spool(a) => run_spool_cmd(&a, &mut std::io::stdout())
+        Command::Spool(a) => run_spool_cli(&a, &mut std::io::stdout())
             .map(|()| 0)
             .map_err(|e| CliError::App(e.to_string())),
+        Command::Worker(a) => run_worker(a, virtual_env),
     };
     match result {
         Ok(code) => code,
@@ -351,6 +375,8 @@ pub struct ServePlan {
     pub config: ServerConfig,
     pub addr: std::net::SocketAddr,
     pub app_name: String,
+    /// Why this model runs (for the banner).
+    pub model_reason: &'static str,
 }
 
 fn secs(v: f64, name: &'static str) -> Result<Duration, CliError> {
@@ -385,13 +411,18 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
     let async_cores = a.async_cores.or(a.gevent);
     // A WSGI app runs, as under uWSGI, on the threads that read its requests (one unless
     // --threads says more); a native app on the readiness loop.
-    let wsgi = a.wsgi_file.is_some() || a.module.is_some();
-    let model = match (a.model, async_cores, a.threads) {
-        (Some(m), _, _) => m,
-        (None, Some(_), _) => Model::Async,
-        (None, None, Some(t)) if t > 1 => Model::Threads,
-        _ if wsgi => Model::Threads,
-        _ => Model::Epoll,
+    let asgi = is_asgi(a);
+    let wsgi = !asgi && (a.wsgi_file.is_some() || a.module.is_some());
+    // An ASGI app runs on its event loops: the server's own loop feeds them best.
+    // A Python app runs on the readiness loop, which reads and parses requests and
+    // hands whole ones to its `--threads` Python threads: no slow client holds a Python
+    // thread, and a process takes only the clients it has idle threads for.
+    let (model, model_reason) = match (a.model, async_cores, a.threads) {
+        (Some(m), _, _) => (m, "--model"),
+        (None, Some(_), _) => (Model::Async, "--async/--gevent"),
+        _ if asgi || wsgi => (Model::Epoll, "the default for Python apps"),
+        (None, None, Some(t)) if t > 1 => (Model::Threads, "--threads with a native app"),
+        _ => (Model::Epoll, "the default for native apps"),
     };
     let processes = a.processes.or(a.workers).unwrap_or(1) as usize;
     let defaults = ServerConfig::default();
@@ -450,13 +481,27 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
         harakiri: a.harakiri.map(|h| secs(h, "harakiri")).transpose()?,
         server_header: true,
     };
-    let app_name = match (&a.app, &a.wsgi_file, &a.module) {
+    if a.asgi.is_some() && a.interface.as_deref() == Some("wsgi") {
+        return Err(CliError::Usage(
+            "--asgi names an ASGI app; it cannot go with --interface wsgi".into(),
+        ));
+    }
+    let module = a.asgi.as_ref().or(a.module.as_ref());
+    let several_modules = a.asgi.is_some() && a.module.is_some();
+    let app_name = match (&a.app, &a.wsgi_file, module) {
+        _ if several_modules => {
+            return Err(CliError::Usage(
+                "give one app: --asgi or --module, not both".into(),
+            ))
+        }
         (Some(app), None, None) => app.clone(),
+        (None, Some(f), None) if asgi => format!("asgi file {}", f.display()),
         (None, Some(f), None) => format!("wsgi-file {}", f.display()),
+        (None, None, Some(m)) if asgi => format!("asgi {m}"),
         (None, None, Some(m)) => format!("module {m}"),
         (None, None, None) => {
             return Err(CliError::Usage(
-                "no app given: name one (e.g. `forklift serve builtin:hello`) or use --wsgi-file FILE / --module MOD".into(),
+                "no app given: name one (e.g. `forklift serve builtin:hello`) or use --wsgi-file FILE / --module MOD / --asgi MOD:APP".into(),
             ))
         }
         _ => {
@@ -469,19 +514,26 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
         config,
         addr,
         app_name,
+        model_reason,
     })
 }
 
-/// How the WSGI app on the command line is to be found and run.
+/// True when the Python app is an ASGI one (`--asgi`, or `--interface asgi`).
+fn is_asgi(a: &ServeArgs) -> bool {
+    a.asgi.is_some() || a.interface.as_deref() == Some("asgi")
+}
+
+/// How the Python app on the command line is to be found and run.
 #[cfg(feature = "python")]
 fn python_options(
     a: &ServeArgs,
     config: &ServerConfig,
     virtual_env: Option<&PathBuf>,
 ) -> crate::python::PythonOptions {
+    use crate::python::{Interface, Lifespan, LoopKind};
     crate::python::PythonOptions {
         wsgi_file: a.wsgi_file.clone(),
-        module: a.module.clone(),
+        module: a.asgi.clone().or_else(|| a.module.clone()),
         callable: a.callable.clone(),
         pythonpath: a.pythonpath.clone(),
         // `serve` has already changed directory.
@@ -494,6 +546,25 @@ fn python_options(
             Model::Async => config.threads > 1 || config.cores > 1,
         },
         multiprocess: config.processes > 1,
+        interface: if is_asgi(a) {
+            Interface::Asgi
+        } else {
+            Interface::Wsgi
+        },
+        lifespan: match a.lifespan.as_str() {
+            "on" => Lifespan::On,
+            "off" => Lifespan::Off,
+            _ => Lifespan::Auto,
+        },
+        event_loop: match a.event_loop.as_str() {
+            "asyncio" => LoopKind::Asyncio,
+            "uvloop" => LoopKind::Uvloop,
+            _ => LoopKind::Auto,
+        },
+        // Without a master this process serves what it loads; with one, each worker
+        // starts its loops after fork.
+        serve_here: !config.master,
+        shutdown_timeout: config.timeouts.shutdown,
     }
 }
 
@@ -600,10 +671,11 @@ fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
     let listener = listen::bind(plan.addr, config.backlog)?;
     let local = listener.local_addr()?;
     log.line(&format!(
-        "forklift {} listening on http://{local} (app={}, model={}, processes={}, threads={}, cores={}, pid={})",
+        "forklift {} listening on http://{local} (app={}, model={} [{}], processes={}, threads={}, cores={}, pid={})",
         env!("CARGO_PKG_VERSION"),
         plan.app_name,
         config.model,
+        plan.model_reason,
         config.processes,
         config.threads,
         config.cores,
@@ -677,6 +749,24 @@ mod tests {
 
     #[test]
     fn model_inference() {
+        // A Python app runs on the readiness loop with `--threads` Python threads,
+        // whatever `--threads` says.
+        for threads in ["1", "4"] {
+            let p = plan(&parse(&[
+                "forklift",
+                "serve",
+                "--wsgi-file",
+                "app.py",
+                "--threads",
+                threads,
+            ]))
+            .unwrap();
+            assert_eq!(
+                (p.config.model, p.model_reason),
+                (Model::Epoll, "the default for Python apps")
+            );
+            assert_eq!(p.config.threads.to_string(), threads);
+        }
         assert_eq!(
             plan(&parse(&["forklift", "serve", "builtin:hello"]))
                 .unwrap()

@@ -20,15 +20,19 @@ pub enum Strategy {
     Pool,
     /// Durable: on disk before submit returns, at-least-once, retried, dead-lettered.
     Spool,
+    /// Durable across machines: Redis Streams, run by any `forklift worker` (or serving
+    /// process) in a consumer group; retried, dead-lettered.
+    Redis,
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 5] = [
+    pub const ALL: [Strategy; 6] = [
         Strategy::Inline,
         Strategy::Loop,
         Strategy::Thread,
         Strategy::Pool,
         Strategy::Spool,
+        Strategy::Redis,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +42,7 @@ impl Strategy {
             Strategy::Thread => "thread",
             Strategy::Pool => "pool",
             Strategy::Spool => "spool",
+            Strategy::Redis => "redis",
         }
     }
 }
@@ -51,7 +56,7 @@ impl std::fmt::Display for Strategy {
 /// Offload flags, as typed. Flatten into a command with `#[command(flatten)]`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct OffloadArgs {
-    /// How slow work handed off by handlers runs: inline, loop, thread, pool, spool.
+    /// How slow work handed off by handlers runs: inline, loop, thread, pool, spool, redis.
     #[arg(long = "offload", value_enum, default_value_t = Strategy::Pool)]
     pub offload: Strategy,
     /// Worker threads: pool workers; concurrent blocking tasks for loop and spool.
@@ -88,6 +93,124 @@ pub struct OffloadArgs {
     /// Log file builtin:slowlog's task appends requests to.
     #[arg(long, default_value = "forklift-slowlog.log")]
     pub slowlog_file: PathBuf,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+}
+
+/// The `redis` strategy's flags (also read by `forklift worker` and `forklift spool`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RedisArgs {
+    /// Redis server: redis://[user:pass@]host:port/db, rediss://… (TLS), or the path
+    /// of a Unix socket.
+    #[arg(long, value_name = "URL", default_value = DEFAULT_REDIS_URL)]
+    pub redis_url: String,
+    /// Queue name: tasks go to the stream of this queue, workers run that stream.
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    pub redis_queue: String,
+    /// Prefix of every key forklift uses in Redis.
+    #[arg(long, value_name = "PREFIX", default_value = "forklift")]
+    pub redis_prefix: String,
+    /// Seconds after which a task held by a worker that stopped heartbeating is claimed
+    /// by another worker.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub redis_claim_after: f64,
+    /// At start, wait up to SECONDS for Redis to answer instead of failing at once.
+    #[arg(long, value_name = "SECONDS")]
+    pub redis_wait: Option<f64>,
+    /// Seconds a submission (or any Redis command) may take before it fails.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    pub redis_timeout: f64,
+    /// Send each submission in its own round trip instead of pipelining concurrent
+    /// ones (for comparison).
+    #[arg(long)]
+    pub redis_no_pipeline: bool,
+    /// With --offload redis: only submit tasks, leave running them to `forklift worker`.
+    #[arg(long)]
+    pub no_run_tasks: bool,
+}
+
+/// Where `--redis-url` points unless given.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+
+impl Default for RedisArgs {
+    fn default() -> Self {
+        RedisArgs {
+            redis_url: DEFAULT_REDIS_URL.into(),
+            redis_queue: "default".into(),
+            redis_prefix: "forklift".into(),
+            redis_claim_after: 30.0,
+            redis_wait: None,
+            redis_timeout: 5.0,
+            redis_no_pipeline: false,
+            no_run_tasks: false,
+        }
+    }
+}
+
+/// Validated `redis` settings.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    pub queue: String,
+    pub prefix: String,
+    pub claim_after: Duration,
+    /// How long start-up waits for Redis (zero: fail at once).
+    pub wait: Duration,
+    pub timeout: Duration,
+    pub pipeline: bool,
+    /// This process runs tasks (a worker, or `serve` without `--no-run-tasks`).
+    pub run_tasks: bool,
+}
+
+impl RedisConfig {
+    pub fn from_args(a: &RedisArgs) -> Result<RedisConfig, OffloadError> {
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 100
+                && s.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
+        };
+        if !name_ok(&a.redis_queue) {
+            return Err(OffloadError::Config(format!(
+                "--redis-queue must be 1..=100 printable characters without braces, got {:?}",
+                a.redis_queue
+            )));
+        }
+        if !name_ok(&a.redis_prefix) {
+            return Err(OffloadError::Config(format!(
+                "--redis-prefix must be 1..=100 printable characters without braces, got {:?}",
+                a.redis_prefix
+            )));
+        }
+        let claim_after = secs("--redis-claim-after", a.redis_claim_after, 86400.0)?;
+        if claim_after < Duration::from_millis(100) {
+            return Err(OffloadError::Config(format!(
+                "--redis-claim-after must be at least 0.1 seconds, got {}",
+                a.redis_claim_after
+            )));
+        }
+        let timeout = secs("--redis-timeout", a.redis_timeout, 3600.0)?;
+        if timeout < Duration::from_millis(10) {
+            return Err(OffloadError::Config(format!(
+                "--redis-timeout must be at least 0.01 seconds, got {}",
+                a.redis_timeout
+            )));
+        }
+        Ok(RedisConfig {
+            url: a.redis_url.clone(),
+            queue: a.redis_queue.clone(),
+            prefix: a.redis_prefix.clone(),
+            claim_after,
+            wait: a
+                .redis_wait
+                .map(|w| secs("--redis-wait", w, 86400.0))
+                .transpose()?
+                .unwrap_or(Duration::ZERO),
+            timeout,
+            pipeline: !a.redis_no_pipeline,
+            run_tasks: !a.no_run_tasks,
+        })
+    }
 }
 
 impl Default for OffloadArgs {
@@ -105,6 +228,7 @@ impl Default for OffloadArgs {
             task_backoff: 1.0,
             task_seconds: 1.0,
             slowlog_file: PathBuf::from("forklift-slowlog.log"),
+            redis: RedisArgs::default(),
         }
     }
 }
@@ -128,6 +252,7 @@ pub struct OffloadConfig {
     pub lease: Duration,
     pub task_seconds: Duration,
     pub slowlog_file: PathBuf,
+    pub redis: RedisConfig,
 }
 
 impl Default for OffloadConfig {
@@ -188,6 +313,7 @@ impl OffloadConfig {
             lease: Duration::from_secs(300),
             task_seconds: secs("--task-seconds", a.task_seconds, 3600.0)?,
             slowlog_file: a.slowlog_file.clone(),
+            redis: RedisConfig::from_args(&a.redis)?,
         })
     }
 

@@ -65,12 +65,27 @@ pub enum SubmitError {
     Unavailable(io::Error),
     #[error("spool: {0}")]
     Spool(#[from] SpoolError),
+    #[error("{0}")]
+    Redis(#[from] RedisError),
 }
 
 impl SubmitError {
     /// True for the bounded-queue rejection.
     pub fn is_full(&self) -> bool {
         matches!(self, SubmitError::Full { .. })
+    }
+
+    /// True when the same submission may succeed later: the queue is full, or the
+    /// backend (the `loop` worker, Redis) is unreachable or shutting down. An HTTP
+    /// handler answers these with 503 and `Retry-After`.
+    pub fn is_temporary(&self) -> bool {
+        matches!(
+            self,
+            SubmitError::Full { .. }
+                | SubmitError::Unavailable(_)
+                | SubmitError::ShuttingDown
+                | SubmitError::Redis(_)
+        )
     }
 }
 
@@ -83,6 +98,26 @@ pub enum OffloadError {
     Io(#[from] io::Error),
     #[error("spool: {0}")]
     Spool(#[from] SpoolError),
+    #[error("{0}")]
+    Redis(#[from] RedisError),
+}
+
+/// Errors of the `redis` strategy. `url` is the server's URL with any password hidden.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RedisError {
+    #[error("bad --redis-url {url}: {message} (expected redis://[user:pass@]host:port/db, rediss://… or a Unix socket path)")]
+    BadUrl { url: String, message: String },
+    #[error("cannot reach Redis at {url}: {message} (start it, fix --redis-url, or give --redis-wait SECONDS to wait for it)")]
+    Unreachable { url: String, message: String },
+    #[error("Redis at {url}: {message}")]
+    Command { url: String, message: String },
+    #[error("Redis at {url} did not answer within {timeout:?}")]
+    Timeout {
+        url: String,
+        timeout: std::time::Duration,
+    },
+    #[error("the Redis client of this process stopped")]
+    Stopped,
 }
 
 /// Spool errors.

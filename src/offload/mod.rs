@@ -1,6 +1,6 @@
 //! The offload engine: one API for handlers to hand slow work off the request path
-//! ([`Offload::submit`]), five strategies behind it (`inline`, `loop`, `thread`, `pool`,
-//! `spool`), a registry of named tasks, counters, and graceful draining.
+//! ([`Offload::submit`]), six strategies behind it (`inline`, `loop`, `thread`, `pool`,
+//! `spool`, `redis`), a registry of named tasks, counters, and graceful draining.
 //!
 //! # How a task runs
 //! A handler submits a [`Task`] (a registered name, a payload of bytes, an optional
@@ -26,7 +26,7 @@
 //! - shared machinery: `exec` (the task executor and `run_guarded`), `delayq` (delayed
 //!   tasks), `slots` (bounded counts), `host` (the `loop` host process).
 //! - `strategy/`: one file per strategy: `inline`, `loop_strategy` (`loop`), `thread`,
-//!   `pool`.
+//!   `pool`; `redis/` (Redis Streams: submitter, consumer, inspection).
 //! - [`spool`]: the durable strategy (SQLite store, journal, recovery, writer, runner).
 //! - `python` (feature `python`): the engine as the Python module sees it.
 //! - `builtin:slowlog` lives with the other built-in apps in [`crate::app::slowlog`].
@@ -52,11 +52,14 @@ mod strategy;
 mod task;
 
 /// `builtin:slowlog`, the app the offload comparison serves and whose records it counts.
-pub use config::{OffloadArgs, OffloadConfig, Strategy};
+pub use config::{OffloadArgs, OffloadConfig, RedisArgs, RedisConfig, Strategy};
 pub use counters::{CounterSnapshot, Counters};
-pub use error::{OffloadError, SpoolError, SubmitError, TaskError};
+pub use error::{OffloadError, RedisError, SpoolError, SubmitError, TaskError};
 pub use registry::{AsyncTaskFn, Registry, TaskFn};
 pub use spool::{DeadTask, Spool, SpoolStats};
+pub use strategy::redis::{
+    redact_url, Admin as RedisAdmin, DeadEntry as RedisDeadEntry, QueueStats,
+};
 pub use task::{DrainReport, Task, TaskId, TaskPayload, MAX_DELAY, MAX_NAME, MAX_PAYLOAD};
 
 use std::fmt;
@@ -65,6 +68,7 @@ use std::time::Duration;
 
 use crate::app::BoxFuture;
 use engine::Engine;
+use strategy::redis::RedisEngine;
 use strategy::thread::ThreadEngine;
 use strategy::{inline::InlineEngine, loop_strategy::LoopEngine, pool::PoolEngine};
 
@@ -113,6 +117,11 @@ impl Offload {
                 Box::new(LoopEngine::new(&config, registry.clone(), counters.clone()))
             }
             Strategy::Spool => Box::new(spool::SpoolEngine::new(
+                &config,
+                registry.clone(),
+                counters.clone(),
+            )?),
+            Strategy::Redis => Box::new(RedisEngine::new(
                 &config,
                 registry.clone(),
                 counters.clone(),

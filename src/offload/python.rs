@@ -1,8 +1,8 @@
 //! Glue between the offload engine and the `forklift` Python module: `@forklift.task`
-//! functions become registered tasks, `task.spool()` goes to the spool, and
-//! `forklift.offload(func)` runs on the engine's threads (for `pool`, `thread` and
-//! `inline`; closures cannot cross processes, so under `loop` and `spool` it keeps the
-//! module's own small pool). Python tasks are not available under `loop`.
+//! functions become registered tasks, `task.spool()` goes to the spool (or to Redis
+//! under `redis`), and `forklift.offload(func)` runs on the engine's threads (for
+//! `pool`, `thread` and `inline`; closures cannot cross processes, so under `loop`,
+//! `spool` and `redis` it keeps the module's own small pool). Python tasks are not available under `loop`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,7 +53,7 @@ pub fn install(offload: &Offload) -> PythonGlue {
         });
         glue.tasks.push(name);
     }
-    if offload.config().strategy == Strategy::Spool {
+    if matches!(offload.config().strategy, Strategy::Spool | Strategy::Redis) {
         python::set_spool_sink(Arc::new(Sink(offload.clone())));
         glue.spool_sink = true;
     }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::types::{PyBytes, PyDict, PyList, PyModule, PyString};
 
 use super::interp::with_gil;
 use crate::fanout::{self, FetchError as RustFetchError, FetchRequest, FetchResponse};
@@ -166,7 +166,8 @@ fn fetch_all<'py>(
 }
 
 /// `forklift.fetch(request, timeout=None)`: starts one call and returns a
-/// `concurrent.futures.Future` whose result is a `forklift.Response` (or whose exception
+/// `forklift.FetchFuture` (a `concurrent.futures.Future` that can also be awaited)
+/// whose result is a `forklift.Response` (or whose exception
 /// is a `forklift.FetchError`). Never blocks.
 #[pyfunction]
 #[pyo3(signature = (request, timeout = None))]
@@ -179,10 +180,7 @@ fn fetch<'py>(
     if let Some(t) = timeout {
         req = req.timeout(secs(t)?);
     }
-    let fut = py
-        .import("concurrent.futures")?
-        .getattr("Future")?
-        .call0()?;
+    let fut = future_class(py)?.call0()?;
     fut.call_method0("set_running_or_notify_cancel")?;
     let handle: Py<PyAny> = fut.clone().unbind();
     let client = fanout::client();
@@ -205,6 +203,30 @@ fn fetch<'py>(
     Ok(fut)
 }
 
+/// `forklift.FetchFuture`: a `concurrent.futures.Future` that asyncio code can also
+/// `await` (on the thread's running loop), so ASGI apps write `await forklift.fetch(url)`.
+const FETCH_FUTURE: &str = r#"
+import asyncio, concurrent.futures
+
+class FetchFuture(concurrent.futures.Future):
+    """A fan-out call's result: `.result()` blocks for it; `await` suspends for it."""
+    __module__ = "forklift"
+
+    def __await__(self):
+        return asyncio.wrap_future(self).__await__()
+"#;
+
+fn future_class(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    static CLASS: pyo3::sync::GILOnceCell<Py<PyAny>> = pyo3::sync::GILOnceCell::new();
+    CLASS
+        .get_or_try_init(py, || {
+            let code = std::ffi::CString::new(FETCH_FUTURE).expect("no NUL");
+            let m = PyModule::from_code(py, &code, c"<forklift fetch>", c"_forklift_fetch")?;
+            Ok(m.getattr("FetchFuture")?.unbind())
+        })
+        .map(|c| c.bind(py).clone())
+}
+
 /// Adds `fetch`, `fetch_all`, `Response`, `FetchError`, `FetchTimeout` to the module;
 /// call from `module::populate`.
 pub(crate) fn populate(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -214,5 +236,6 @@ pub(crate) fn populate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyFetchResponse>()?;
     m.add_function(wrap_pyfunction!(fetch_all, m)?)?;
     m.add_function(wrap_pyfunction!(fetch, m)?)?;
+    m.add("FetchFuture", future_class(py)?)?;
     Ok(())
 }

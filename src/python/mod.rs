@@ -1,5 +1,5 @@
-//! Embedded CPython: loads a WSGI app and serves it as a [`crate::app::Handler`]. This is
-//! the only module that imports pyo3.
+//! Embedded CPython: loads a WSGI or ASGI app and serves it as a
+//! [`crate::app::Handler`]. This is the only module that imports pyo3.
 //!
 //! - `interp` starts the interpreter (the libpython forklift was built against, an
 //!   optional virtualenv), attaches threads once each, and handles `fork`.
@@ -8,20 +8,25 @@
 //!   `start_response`, `wsgi.file_wrapper`).
 //! - `call` runs the app and turns its answer into a [`crate::app::Response`].
 //! - `pool` is the bounded pool of GIL threads used on event-loop models.
+//! - `load` finds the app callable (a file or a module); `asgi` serves ASGI 3 apps on
+//!   asyncio event loops (its own files, see there).
 //! - `module` is the `forklift` module apps can import (offload, tasks); `fanout` its
 //!   outbound-HTTP part.
 //! - `options` holds [`PythonOptions`] and [`PythonError`] (used by `call`, `interp` and
 //!   this file) and imports nothing of `python/`.
 //!
 //! The files import each other without cycles: this file uses its children; `call`,
-//! `module`, `fanout` and `pool` use `interp`; `interp` uses only `options` (the
+//! `module`, `fanout`, `pool`, `load` and `asgi` use `interp`; `call` and `asgi` use
+//! `load`; `module` uses `asgi::cycle` (for its exception type), `asgi` uses `module`; `interp` uses only `options` (the
 //! `forklift` module is handed to it when the interpreter starts, see
 //! `module::EMBEDDED`).
 
+mod asgi;
 mod call;
 mod environ;
 mod fanout;
 mod interp;
+mod load;
 mod module;
 mod options;
 mod pool;
@@ -36,13 +41,22 @@ pub use module::{
     run_task, set_offload_executor, set_spool_sink, set_task_listener, task_names, OffloadExecutor,
     OffloadJob, SpoolSink, TaskError,
 };
-pub use options::{check_options, PythonError, PythonOptions, DEFAULT_POOL_THREADS};
+pub use options::{
+    check_options, Interface, Lifespan, LoopKind, PythonError, PythonOptions, DEFAULT_POOL_THREADS,
+};
 
 /// Loads the app described by `opts` and returns it as a handler. Starts the interpreter
 /// on first use. Call it in the master before forking (then the workers call
 /// [`Handler::after_fork`]) or, with lazy apps, in each worker after fork.
 pub fn load_app(opts: &PythonOptions) -> Result<App, PythonError> {
-    Ok(Arc::new(WsgiApp::load(opts)?))
+    match opts.interface {
+        Interface::Wsgi => Ok(Arc::new(WsgiApp::load(opts)?)),
+        Interface::Asgi => {
+            check_options(opts)?;
+            interp::initialize(opts, &module::EMBEDDED)?;
+            Ok(Arc::new(asgi::AsgiApp::load(opts)?))
+        }
+    }
 }
 
 /// A loaded WSGI app.
@@ -84,6 +98,10 @@ impl Handler for WsgiApp {
 
     fn hands_off(&self) -> bool {
         true
+    }
+
+    fn idle_threads(&self) -> Option<usize> {
+        Some(self.pool.idle())
     }
 
     fn batch_begin(&self) {

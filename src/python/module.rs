@@ -147,6 +147,10 @@ fn populate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(offload, m)?)?;
     m.add_function(wrap_pyfunction!(call_later, m)?)?;
     m.add_function(wrap_pyfunction!(task, m)?)?;
+    m.add(
+        "ClientDisconnected",
+        py.get_type::<super::asgi::cycle::ClientDisconnected>(),
+    )?;
     super::fanout::populate(m)?;
     Ok(())
 }

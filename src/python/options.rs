@@ -1,4 +1,4 @@
-//! What a WSGI app load is asked to do ([`PythonOptions`]), the checks that need no
+//! What a Python app load is asked to do ([`PythonOptions`]), the checks that need no
 //! interpreter, and why a load failed ([`PythonError`]). A leaf: the other files of
 //! `python/` use it and it uses none of them.
 
@@ -7,7 +7,39 @@ use std::path::PathBuf;
 /// Pool size used when [`PythonOptions::pool_threads`] is 0.
 pub const DEFAULT_POOL_THREADS: usize = 4;
 
-/// How to find and run a WSGI app.
+/// The protocol between the server and the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Interface {
+    /// PEP 3333: `app(environ, start_response)`.
+    #[default]
+    Wsgi,
+    /// ASGI 3: `async app(scope, receive, send)`, on asyncio event loops.
+    Asgi,
+}
+
+/// Whether an ASGI app's lifespan protocol runs (uvicorn's `--lifespan`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Lifespan {
+    /// Run it; an app that raises on the lifespan scope is taken not to support it.
+    #[default]
+    Auto,
+    /// Run it; any failure stops the worker.
+    On,
+    /// Never send lifespan events.
+    Off,
+}
+
+/// Which asyncio event loop serves an ASGI app (uvicorn's `--loop`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoopKind {
+    /// uvloop when it can be imported, else asyncio's own loop.
+    #[default]
+    Auto,
+    Asyncio,
+    Uvloop,
+}
+
+/// How to find and run a WSGI or ASGI app.
 #[derive(Debug, Clone)]
 pub struct PythonOptions {
     /// A Python file defining the callable (uWSGI's `--wsgi-file`).
@@ -29,6 +61,20 @@ pub struct PythonOptions {
     pub multithread: bool,
     /// `wsgi.multiprocess`: true when several worker processes serve the app.
     pub multiprocess: bool,
+    /// WSGI or ASGI.
+    pub interface: Interface,
+    /// ASGI: the lifespan protocol.
+    pub lifespan: Lifespan,
+    /// ASGI: the event loop implementation.
+    pub event_loop: LoopKind,
+    /// ASGI: the process that loads the app also serves it (no master forks workers
+    /// from it), so the event loops start and lifespan startup runs during the load,
+    /// and a failed startup is a load error. Otherwise they start in
+    /// `Handler::after_fork`.
+    pub serve_here: bool,
+    /// ASGI: how long a stopping worker waits for the app's tasks that outlive their
+    /// response (background tasks) before lifespan shutdown.
+    pub shutdown_timeout: std::time::Duration,
 }
 
 impl Default for PythonOptions {
@@ -43,6 +89,11 @@ impl Default for PythonOptions {
             pool_threads: 0,
             multithread: false,
             multiprocess: false,
+            interface: Interface::Wsgi,
+            lifespan: Lifespan::Auto,
+            event_loop: LoopKind::Auto,
+            serve_here: false,
+            shutdown_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -71,6 +122,18 @@ pub enum PythonError {
     NoCallable { what: String, callable: String },
     #[error("'{callable}' in {what} is not callable")]
     NotCallable { what: String, callable: String },
+    #[error("'{callable}' in {what} is not an ASGI 3 app: {looks}")]
+    NotAsgi {
+        what: String,
+        callable: String,
+        looks: String,
+    },
+    #[error("'{callable}' in {what} is an ASGI app (an async callable), not a WSGI one: serve it with --asgi or --interface asgi")]
+    LooksAsgi { what: String, callable: String },
+    #[error("the ASGI event loop: {0}")]
+    Loop(String),
+    #[error("ASGI lifespan startup failed: {0}")]
+    Startup(String),
 }
 
 /// Checks what can be checked without starting Python (an app is named once, the

@@ -144,6 +144,15 @@ impl PoolSlot {
         })
     }
 
+    /// Threads without a job.
+    pub(crate) fn idle(&self) -> usize {
+        let busy = self
+            .local
+            .get()
+            .map_or(0, |l| l.inflight.load(Ordering::Acquire));
+        self.threads.saturating_sub(busy)
+    }
+
     /// True when every thread has a job: another request would wait in the queue.
     pub(crate) fn saturated(&self) -> bool {
         self.local

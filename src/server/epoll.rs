@@ -22,6 +22,9 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 /// How often idle and slow connections are checked against the timeouts.
 const SWEEP: Duration = Duration::from_millis(500);
+/// How long a new connection counts as a thread about to be busy (see
+/// `Loop::arriving`): its first request normally follows at once.
+const FIRST_REQUEST_WAIT: Duration = Duration::from_millis(100);
 /// Size of the loop's shared read buffer.
 const SCRATCH: usize = 64 * 1024;
 
@@ -80,6 +83,11 @@ struct Loop {
     /// Accept is paused because the app is saturated (see `Handler::saturated`); new
     /// clients wait in the backlog, where another worker process may take them.
     app_full: bool,
+    /// With several processes and an app with a bound on requests (`idle_threads`):
+    /// connections accepted lately (when, slot) whose first request has not reached
+    /// the app. Each counts as a thread about to be busy, so the loop does not take more
+    /// clients than the app has idle threads for.
+    arriving: Vec<(Instant, usize)>,
     scratch: Vec<u8>,
 }
 
@@ -114,6 +122,7 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
         accepting: true,
         accept_paused_until: None,
         app_full: false,
+        arriving: Vec::new(),
         scratch: vec![0; SCRATCH],
     };
     lp.run()
@@ -139,7 +148,11 @@ impl Loop {
                     return Ok(());
                 }
             }
-            let timeout = next_sweep.saturating_duration_since(Instant::now());
+            let timeout = if self.app_full && !self.arriving.is_empty() {
+                FIRST_REQUEST_WAIT / 10
+            } else {
+                next_sweep.saturating_duration_since(Instant::now())
+            };
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -173,7 +186,7 @@ impl Loop {
             for slot in woken.drain(..) {
                 self.drive(slot);
             }
-            if self.app_full && !self.env.app.saturated() {
+            if self.app_full && self.app_has_room() {
                 self.app_full = false;
                 self.accept_all()?;
             }
@@ -204,7 +217,7 @@ impl Loop {
 
     fn accept_all(&mut self) -> Result<(), ServerError> {
         while self.accepting && self.accept_paused_until.is_none() {
-            if self.env.app.saturated() {
+            if !self.app_has_room() {
                 self.app_full = true;
                 return Ok(());
             }
@@ -216,7 +229,10 @@ impl Loop {
                         // Even answering is too much: close at once.
                         continue;
                     }
-                    self.add(stream, peer, shed)?
+                    let slot = self.add(stream, peer, shed)?;
+                    if let Some(slot) = slot.filter(|_| self.counts_arrivals()) {
+                        self.arriving.push((Instant::now(), slot));
+                    }
                 }
                 Err(e) => match accept::classify(&e) {
                     AcceptError::WouldBlock => return Ok(()),
@@ -232,13 +248,43 @@ impl Loop {
         Ok(())
     }
 
-    /// Takes a new connection into the loop; `shed` answers it 503 at once.
+    /// Whether new connections count against the app's idle threads (see `arriving`).
+    fn counts_arrivals(&self) -> bool {
+        self.env.config.processes > 1 && self.env.app.idle_threads().is_some()
+    }
+
+    /// Whether the app can take another client: it is not saturated, and (see
+    /// `arriving`) has more idle threads than clients whose first request is on its way.
+    fn app_has_room(&mut self) -> bool {
+        if self.env.app.saturated() {
+            return false;
+        }
+        if !self.counts_arrivals() {
+            return true;
+        }
+        let now = Instant::now();
+        let conns = &self.conns;
+        self.arriving.retain(|&(at, slot)| {
+            now.duration_since(at) < FIRST_REQUEST_WAIT
+                && conns
+                    .get(slot)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|e| e.conn.awaiting_first())
+        });
+        self.env
+            .app
+            .idle_threads()
+            .is_none_or(|idle| self.arriving.len() < idle)
+    }
+
+    /// Takes a new connection into the loop; `shed` answers it 503 at once. Returns its
+    /// slot while it is open.
     fn add(
         &mut self,
         mut stream: TcpStream,
         peer: std::net::SocketAddr,
         shed: bool,
-    ) -> Result<(), ServerError> {
+    ) -> Result<Option<usize>, ServerError> {
         let _ = stream.set_nodelay(true);
         let slot = match self.free.pop() {
             Some(s) => s,
@@ -248,7 +294,7 @@ impl Loop {
             }
         };
         if slot >= WAKER.0 {
-            return Ok(());
+            return Ok(None);
         }
         self.poll.registry().register(
             &mut stream,
@@ -276,7 +322,7 @@ impl Loop {
         // Data often arrives with the connection: try at once instead of waiting for
         // the readable edge.
         self.drive(slot);
-        Ok(())
+        Ok(self.conns[slot].as_ref().map(|_| slot))
     }
 
     /// At `--max-connections`: closes the idle keep-alive connections that have waited

@@ -87,6 +87,7 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
         open: Arc::new(AtomicUsize::new(0)),
         scratch: vec![0; 64 * 1024],
         listening: true,
+        arriving: Vec::new(),
     };
     let result = acceptor.run();
     // Stop: no new connections; the threads finish what is queued and in flight.
@@ -149,7 +150,16 @@ struct Acceptor {
     scratch: Vec<u8>,
     /// The listener is in the epoll set.
     listening: bool,
+    /// With several processes: connections accepted lately (slot, when) whose first
+    /// request has not reached a thread yet. Each counts as a thread about to be busy,
+    /// so a process does not take more clients than it has threads for, and the kernel
+    /// hands the rest to the other processes.
+    arriving: Vec<(Instant, usize)>,
 }
+
+/// How long a new connection counts as a thread about to be busy (see
+/// `Acceptor::arriving`): its first request normally follows at once.
+const FIRST_REQUEST_WAIT: Duration = Duration::from_millis(100);
 
 /// How long a graceful stop waits for the first request of connections accepted just
 /// before it.
@@ -184,11 +194,12 @@ impl Acceptor {
                     return Ok(());
                 }
             }
-            let timeout = if !self.overflow.is_empty() || stop.is_some() {
-                Duration::from_millis(10)
-            } else {
-                next_sweep.saturating_duration_since(Instant::now())
-            };
+            let timeout =
+                if !self.overflow.is_empty() || stop.is_some() || !self.arriving.is_empty() {
+                    Duration::from_millis(10)
+                } else {
+                    next_sweep.saturating_duration_since(Instant::now())
+                };
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -233,10 +244,10 @@ impl Acceptor {
     /// still be waiting in the backlog.
     fn accept_ready(&mut self, all: bool) -> bool {
         while self.overflow.is_empty() || all {
-            if !all && self.parking.idle.load(Ordering::Acquire) <= self.tx.len() {
+            if !all && self.parking.idle.load(Ordering::Acquire) <= self.demand() {
                 self.parking.backlog_waiting.store(true, Ordering::Release);
                 // A thread may have gone idle just before the flag was set.
-                if self.parking.idle.load(Ordering::Acquire) <= self.tx.len() {
+                if self.parking.idle.load(Ordering::Acquire) <= self.demand() {
                     return true;
                 }
             }
@@ -256,7 +267,10 @@ impl Acceptor {
                     if shed {
                         session.conn.shed();
                     }
-                    self.hold(session);
+                    let held = self.hold(session);
+                    if let Some(slot) = held.filter(|_| self.env.config.processes > 1) {
+                        self.arriving.push((Instant::now(), slot));
+                    }
                 }
                 Err(e) => match accept::classify(&e) {
                     AcceptError::WouldBlock => return false,
@@ -274,6 +288,21 @@ impl Acceptor {
             }
         }
         true
+    }
+
+    /// Requests about to need a thread: queued ones, and (with several processes) new
+    /// connections whose first request is on its way.
+    fn demand(&mut self) -> usize {
+        let now = Instant::now();
+        let waiting = &self.waiting;
+        self.arriving.retain(|&(at, slot)| {
+            now.duration_since(at) < FIRST_REQUEST_WAIT
+                && waiting
+                    .get(slot)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|s| s.conn.awaiting_first())
+        });
+        self.tx.len() + self.arriving.len()
     }
 
     /// At `--max-connections`: lets go of the idle keep-alive connections that have
@@ -315,8 +344,9 @@ impl Acceptor {
     }
 
     /// Holds a connection until its next request arrives whole: watches it for input,
-    /// then advances it with what has already arrived.
-    fn hold(&mut self, session: Session) {
+    /// then advances it with what has already arrived. Returns its slot while it is
+    /// still held.
+    fn hold(&mut self, session: Session) -> Option<usize> {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -332,10 +362,11 @@ impl Acceptor {
             .is_err()
         {
             self.free.push(slot);
-            return;
+            return None;
         }
         self.waiting[slot] = Some(session);
         self.advance(slot);
+        self.waiting[slot].as_ref().map(|_| slot)
     }
 
     /// Takes connections the threads handed back (idle between requests).

@@ -8,17 +8,35 @@ use forklift::server::Model;
 
 use crate::support::*;
 
+/// The app under test: both serve the same endpoints (`/`, `/echo`, `/wait`, `/file`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum App {
+    /// `builtin:demo`.
+    Native,
+    /// The ASGI app `demo` in `tests/apps/asgi/raw.py`.
+    Asgi,
+}
+
 /// One server configuration under test.
 #[derive(Clone, Copy, Debug)]
 pub struct Cfg {
     pub model: Model,
     pub processes: u32,
+    pub app: App,
 }
 
 impl Cfg {
     pub fn args(self) -> Vec<String> {
-        let mut v = vec![
-            "builtin:demo".to_string(),
+        let mut v: Vec<String> = match self.app {
+            App::Native => vec!["builtin:demo".into()],
+            App::Asgi => vec![
+                "--asgi".into(),
+                "raw:demo".into(),
+                "--pythonpath".into(),
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps/asgi").into(),
+            ],
+        };
+        v.extend([
             "--model".into(),
             self.model.name().into(),
             "--processes".into(),
@@ -26,7 +44,7 @@ impl Cfg {
             "--limit-post".into(),
             "100000".into(),
             "--disable-logging".into(),
-        ];
+        ]);
         if self.model == Model::Threads {
             v.extend(["--threads".into(), "4".into()]);
         }
@@ -50,8 +68,12 @@ impl Cfg {
     }
 }
 
-pub fn get_head_post(model: Model, processes: u32) {
-    let cfg = Cfg { model, processes };
+pub fn get_head_post(model: Model, processes: u32, app: App) {
+    let cfg = Cfg {
+        model,
+        processes,
+        app,
+    };
     let srv = cfg.start();
     let r = srv.get("/");
     assert_eq!(r.status, 200);
@@ -79,8 +101,12 @@ pub fn get_head_post(model: Model, processes: u32) {
     assert_eq!(r.header("content-type"), Some("text/x-test"));
 }
 
-pub fn keep_alive_http11(model: Model, processes: u32) {
-    let cfg = Cfg { model, processes };
+pub fn keep_alive_http11(model: Model, processes: u32, app: App) {
+    let cfg = Cfg {
+        model,
+        processes,
+        app,
+    };
     let srv = cfg.start();
     let s = srv.connect();
     let mut w = s.try_clone().unwrap();
@@ -104,8 +130,12 @@ pub fn keep_alive_http11(model: Model, processes: u32) {
     assert!(is_closed(&mut rd));
 }
 
-pub fn keep_alive_http10(model: Model, processes: u32) {
-    let cfg = Cfg { model, processes };
+pub fn keep_alive_http10(model: Model, processes: u32, app: App) {
+    let cfg = Cfg {
+        model,
+        processes,
+        app,
+    };
     let srv = cfg.start();
     // 1.0 asking for keep-alive: echoed, connection stays (as `ab -k` needs).
     let s = srv.connect();
@@ -145,8 +175,12 @@ pub fn keep_alive_http10(model: Model, processes: u32) {
     assert_eq!(raw.len() - body_start, 5000);
 }
 
-pub fn pipelining(model: Model, processes: u32) {
-    let cfg = Cfg { model, processes };
+pub fn pipelining(model: Model, processes: u32, app: App) {
+    let cfg = Cfg {
+        model,
+        processes,
+        app,
+    };
     let srv = cfg.start();
     let mut s = srv.connect();
     let mut batch = Vec::new();
@@ -177,8 +211,12 @@ pub fn pipelining(model: Model, processes: u32) {
     assert!(is_closed(&mut rd));
 }
 
-pub fn chunked_request_body(model: Model, processes: u32) {
-    let cfg = Cfg { model, processes };
+pub fn chunked_request_body(model: Model, processes: u32, app: App) {
+    let cfg = Cfg {
+        model,
+        processes,
+        app,
+    };
     let srv = cfg.start();
     let mut s = srv.connect();
     s.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
@@ -199,8 +237,12 @@ pub fn chunked_request_body(model: Model, processes: u32) {
     assert_eq!(r.text(), "Wikipedia in\r\n\r\nchunks.");
 }
 
-pub fn chunked_response_body(model: Model, processes: u32) {
-    let cfg = Cfg { model, processes };
+pub fn chunked_response_body(model: Model, processes: u32, app: App) {
+    let cfg = Cfg {
+        model,
+        processes,
+        app,
+    };
     let srv = cfg.start();
     let r = srv.get("/file?bytes=300000&chunked=1");
     assert_eq!(r.status, 200);
@@ -212,8 +254,12 @@ pub fn chunked_response_body(model: Model, processes: u32) {
     assert_eq!(r.body.len(), 300000);
 }
 
-pub fn expect_continue(model: Model, processes: u32) {
-    let cfg = Cfg { model, processes };
+pub fn expect_continue(model: Model, processes: u32, app: App) {
+    let cfg = Cfg {
+        model,
+        processes,
+        app,
+    };
     let srv = cfg.start();
     let s = srv.connect();
     let mut w = s.try_clone().unwrap();
@@ -250,8 +296,12 @@ fn status_and_closed(srv: &Server, raw: &[u8]) -> u16 {
     r.status
 }
 
-pub fn limits(model: Model, processes: u32) {
-    let cfg = Cfg { model, processes };
+pub fn limits(model: Model, processes: u32, app: App) {
+    let cfg = Cfg {
+        model,
+        processes,
+        app,
+    };
     let srv = cfg.start();
     let long_uri = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "u".repeat(10_000));
     assert_eq!(status_and_closed(&srv, long_uri.as_bytes()), 414);
@@ -280,8 +330,12 @@ pub fn limits(model: Model, processes: u32) {
     assert_eq!(srv.get("/").status, 200);
 }
 
-pub fn smuggling(model: Model, processes: u32) {
-    let cfg = Cfg { model, processes };
+pub fn smuggling(model: Model, processes: u32, app: App) {
+    let cfg = Cfg {
+        model,
+        processes,
+        app,
+    };
     let srv = cfg.start();
     let cases: [&[u8]; 5] = [
         b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -308,8 +362,12 @@ pub fn smuggling(model: Model, processes: u32) {
     assert_eq!(text.matches("HTTP/1.1").count(), 1, "{text}");
 }
 
-pub fn client_disconnects_mid_request(model: Model, processes: u32) {
-    let cfg = Cfg { model, processes };
+pub fn client_disconnects_mid_request(model: Model, processes: u32, app: App) {
+    let cfg = Cfg {
+        model,
+        processes,
+        app,
+    };
     let srv = cfg.start();
     for raw in [
         &b"GET / HTTP/1.1\r\nHost: t\r\nX-Partial"[..],
@@ -339,8 +397,12 @@ pub fn client_disconnects_mid_request(model: Model, processes: u32) {
 
 /// Seed 004's 70 MB transfer: one client reads it slowly while others are served, and
 /// the server's memory stays bounded.
-pub fn slow_reader_70mb(model: Model, processes: u32) {
-    let cfg = Cfg { model, processes };
+pub fn slow_reader_70mb(model: Model, processes: u32, app: App) {
+    let cfg = Cfg {
+        model,
+        processes,
+        app,
+    };
     const SIZE: usize = 70_000_000;
     let srv = cfg.start();
     let mut a = srv.connect();
@@ -408,8 +470,12 @@ pub fn slow_reader_70mb(model: Model, processes: u32) {
 
 /// A slow reply (`wait`) does not hold up other requests, except in linear×1 where
 /// serving one connection at a time is the model.
-pub fn slow_handler_does_not_block(model: Model, processes: u32) {
-    let cfg = Cfg { model, processes };
+pub fn slow_handler_does_not_block(model: Model, processes: u32, app: App) {
+    let cfg = Cfg {
+        model,
+        processes,
+        app,
+    };
     if cfg.serializes() {
         return;
     }
@@ -427,8 +493,12 @@ pub fn slow_handler_does_not_block(model: Model, processes: u32) {
 }
 
 /// SIGTERM with requests in flight: they complete, and the exit code is 0.
-pub fn graceful_sigterm(model: Model, processes: u32) {
-    let cfg = Cfg { model, processes };
+pub fn graceful_sigterm(model: Model, processes: u32, app: App) {
+    let cfg = Cfg {
+        model,
+        processes,
+        app,
+    };
     let mut srv = cfg.start();
     let mut clients = Vec::new();
     let n = if cfg.serializes() { 1 } else { 3 };
@@ -452,19 +522,19 @@ pub fn graceful_sigterm(model: Model, processes: u32) {
 
 // One test per body and model, one process: `conformance::pipelining::epoll`.
 for_each_model! {
-    get_head_post(1);
-    keep_alive_http11(1);
-    keep_alive_http10(1);
-    pipelining(1);
-    chunked_request_body(1);
-    chunked_response_body(1);
-    expect_continue(1);
-    limits(1);
-    smuggling(1);
-    client_disconnects_mid_request(1);
-    slow_reader_70mb(1);
-    slow_handler_does_not_block(1);
-    graceful_sigterm(1);
+    get_head_post(1, App::Native);
+    keep_alive_http11(1, App::Native);
+    keep_alive_http10(1, App::Native);
+    pipelining(1, App::Native);
+    chunked_request_body(1, App::Native);
+    chunked_response_body(1, App::Native);
+    expect_continue(1, App::Native);
+    limits(1, App::Native);
+    smuggling(1, App::Native);
+    client_disconnects_mid_request(1, App::Native);
+    slow_reader_70mb(1, App::Native);
+    slow_handler_does_not_block(1, App::Native);
+    graceful_sigterm(1, App::Native);
 }
 
 /// The same tests with 2 worker processes behind the master:
@@ -473,18 +543,18 @@ mod prefork {
     use super::*;
 
     for_each_model! {
-        get_head_post(2);
-        keep_alive_http11(2);
-        keep_alive_http10(2);
-        pipelining(2);
-        chunked_request_body(2);
-        chunked_response_body(2);
-        expect_continue(2);
-        limits(2);
-        smuggling(2);
-        client_disconnects_mid_request(2);
-        slow_reader_70mb(2);
-        slow_handler_does_not_block(2);
-        graceful_sigterm(2);
+        get_head_post(2, App::Native);
+        keep_alive_http11(2, App::Native);
+        keep_alive_http10(2, App::Native);
+        pipelining(2, App::Native);
+        chunked_request_body(2, App::Native);
+        chunked_response_body(2, App::Native);
+        expect_continue(2, App::Native);
+        limits(2, App::Native);
+        smuggling(2, App::Native);
+        client_disconnects_mid_request(2, App::Native);
+        slow_reader_70mb(2, App::Native);
+        slow_handler_does_not_block(2, App::Native);
+        graceful_sigterm(2, App::Native);
     }
 }

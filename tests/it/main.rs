@@ -2,6 +2,8 @@
 
 mod support;
 
+#[cfg(feature = "python")]
+mod asgi;
 mod bench;
 mod cli;
 mod conformance;
@@ -15,4 +17,5 @@ mod ops;
 mod policy;
 #[cfg(feature = "python")]
 mod python;
+mod redis;
 mod vectors;

@@ -285,6 +285,7 @@ fn full_queue_is_rejected(strategy: Strategy) {
         Strategy::Spool => (3, 10),
         Strategy::Loop => (1, 100_000),
         Strategy::Inline => unreachable!("inline has no queue"),
+        Strategy::Redis => unreachable!("redis needs a server: tests/it/redis.rs"),
     };
     let dir = tmpdir(&format!("full-{strategy}"));
     let (reg, gate) = blocking_registry();

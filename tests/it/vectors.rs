@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use forklift::server::Model;
 
-use crate::conformance::Cfg;
+use crate::conformance::{App, Cfg};
 use crate::support::*;
 use harness::{Rng, Target, Vector};
 
@@ -66,6 +66,7 @@ fn vectors_answered(model: Model, sub: &str) {
     let srv = Cfg {
         model,
         processes: 1,
+        app: App::Native,
     }
     .start_with(&["--buffer-size", "4096"]);
     let all = vectors(sub);

@@ -38,7 +38,7 @@ pub struct CompareOffloadArgs {
     /// runs one round)
     #[arg(long, default_value_t = 9)]
     pub rounds: usize,
-    /// Only these scenarios (comma-separated: none,inline,loop,thread,pool,spool)
+    /// Only these scenarios (comma-separated: none,inline,loop,thread,pool,spool,redis)
     #[arg(long, value_delimiter = ',')]
     pub strategies: Vec<String>,
     /// Server model (`forklift serve --model`)
@@ -87,7 +87,7 @@ pub struct Scenario {
 }
 
 /// The reference table's columns, then the strategies it did not have.
-pub const SCENARIOS: [Scenario; 6] = [
+pub const SCENARIOS: [Scenario; 7] = [
     Scenario {
         name: "none",
         label: "no slow work",
@@ -130,7 +130,154 @@ pub const SCENARIOS: [Scenario; 6] = [
         strategy: "spool",
         slow: true,
     },
+    Scenario {
+        name: "redis",
+        label: "redis (durable, shared)",
+        seed_rps: None,
+        strategy: "redis",
+        slow: true,
+    },
 ];
+
+/// Tasks the `redis` scenario's worker runs at once (`--offload-workers`, at most
+/// 1024): slowlog's task waits without a thread, and a round's tasks (`-n`, 1000 by
+/// default) then all wait at once, as under the other strategies.
+const REDIS_TASKS_AT_ONCE: usize = 1024;
+
+/// The `redis` scenario's `forklift worker`, which runs the tasks the server (started
+/// with `--no-run-tasks`) submits; stopped (SIGTERM, then SIGKILL) when dropped.
+struct RedisWorker(std::process::Child);
+
+impl RedisWorker {
+    fn start(
+        bin: &Path,
+        url: &str,
+        log: &Path,
+        task_seconds: f64,
+        startup: Duration,
+    ) -> Result<RedisWorker, String> {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(bin)
+            .args(["worker", "builtin:slowlog", "--redis-url", url])
+            .args(["--task-seconds", &task_seconds.to_string()])
+            .args(["--offload-workers", &REDIS_TASKS_AT_ONCE.to_string()])
+            .arg("--slowlog-file")
+            .arg(log)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start forklift worker: {e}"))?;
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let worker = RedisWorker(child);
+        let deadline = Instant::now() + startup;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("running queue") => return Ok(worker),
+                Ok(_) => {}
+                Err(_) => return Err("forklift worker did not start".into()),
+            }
+        }
+    }
+}
+
+impl Drop for RedisWorker {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The `redis-server` of the `redis` scenario: its own port and directory, stopped
+/// when dropped. `appendonly yes` with Redis's default `appendfsync everysec`: an
+/// acknowledged task was written to the append-only file before the answer (it
+/// survives Redis being killed), and reaches the disk within a second (a machine crash
+/// may lose that second; `appendfsync always` closes it at the cost of a sync per
+/// event-loop turn, see docs/PERFORMANCE.md).
+struct RedisServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl RedisServer {
+    fn start(dir: &Path, startup: Duration) -> Result<RedisServer, String> {
+        let bin = std::env::var_os("PATH")
+            .and_then(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("redis-server"))
+                    .find(|f| f.is_file())
+            })
+            .unwrap_or_else(|| PathBuf::from("/usr/bin/redis-server"));
+        if !bin.is_file() {
+            return Err("redis-server not found on PATH: install it to measure `redis`".into());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port for redis-server: {e}"))?
+            .port();
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let child = std::process::Command::new(bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start redis-server: {e}"))?;
+        let server = RedisServer {
+            child,
+            url: format!("redis://127.0.0.1:{port}/0"),
+        };
+        let deadline = Instant::now() + startup;
+        loop {
+            let ping = redis::Client::open(server.url.as_str())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            match ping {
+                Ok(_) => return Ok(server),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(format!("redis-server did not answer: {e}"))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 /// One scenario's outcome.
 #[derive(Debug, Clone)]
@@ -209,6 +356,9 @@ struct Running {
     /// The slowest round's wait for its tasks (`None` once one timed out).
     slowest: Option<f64>,
     finish: Duration,
+    /// The `redis` scenario's worker and Redis, stopped after the forklift server
+    /// (in that order: fields drop first to last).
+    redis: Option<(RedisWorker, RedisServer)>,
 }
 
 impl Running {
@@ -248,6 +398,7 @@ impl Running {
             reports: Vec::new(),
             slowest: Some(0.0),
             finish: Duration::from_secs_f64(args.finish_timeout),
+            redis: None,
         };
         let _ = std::fs::remove_dir_all(&dir);
         if let Err(e) = std::fs::create_dir_all(&dir) {
@@ -256,7 +407,7 @@ impl Running {
         }
         let task_seconds = if sc.slow { args.task_seconds } else { 0.0 };
         let s = |v: &str| v.to_string();
-        let serve_args = vec![
+        let mut serve_args = vec![
             s("--model"),
             args.model.clone(),
             s("--processes"),
@@ -276,6 +427,23 @@ impl Running {
             s("--offload-socket"),
             socket.display().to_string(),
         ];
+        if sc.strategy == "redis" {
+            let startup = Duration::from_secs_f64(args.common.startup_timeout);
+            let started = RedisServer::start(&dir.join("redis"), startup).and_then(|r| {
+                let w = RedisWorker::start(bin, &r.url, &log, task_seconds, startup)?;
+                Ok((w, r))
+            });
+            match started {
+                Ok((w, r)) => {
+                    serve_args.extend([s("--redis-url"), r.url.clone(), s("--no-run-tasks")]);
+                    run.redis = Some((w, r));
+                }
+                Err(e) => {
+                    run.result.error = Some(e);
+                    return run;
+                }
+            }
+        }
         match start_server(
             &args.common,
             bin,
@@ -379,6 +547,7 @@ impl Running {
         let mut lock = self.socket.into_os_string();
         lock.push(".lock");
         let _ = std::fs::remove_file(lock);
+        drop(self.redis);
         result
     }
 }
@@ -583,7 +752,7 @@ mod tests {
     fn scenarios_have_unique_names_and_seed_figures() {
         let mut names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
         names.dedup();
-        assert_eq!(names.len(), 6);
+        assert_eq!(names.len(), 7);
         let seeded = SCENARIOS.iter().filter(|s| s.seed_rps.is_some()).count();
         assert_eq!(seeded, 4, "the seed measured four columns");
     }

@@ -175,6 +175,12 @@ impl Conn {
         (self.is_idle() && self.served > 0).then_some(self.last_input)
     }
 
+    /// True until the connection's first request has been handed to the app (it may
+    /// be on its way, or partly here).
+    pub fn awaiting_first(&self) -> bool {
+        self.served == 0 && matches!(self.state, State::Idle) && !self.closing
+    }
+
     /// True while a request has started arriving but is not complete.
     fn mid_request(&self) -> bool {
         matches!(self.state, State::Idle) && (!self.inbuf.is_empty() || self.decoder.in_body())

@@ -1,0 +1,374 @@
+//! ASGI 3 apps (FastAPI, Starlette, async Django) as a [`Handler`]: the server keeps all
+//! socket I/O; each worker runs one asyncio event loop per Python thread
+//! (`--threads N`), and complete requests reach a loop in batches, one wake-up per
+//! round of the server's event loop.
+//!
+//! - `looper` runs the loop threads (and lifespan on loop 0); `runtime.py` is its
+//!   Python half.
+//! - `cycle` is a request's `receive`/`send`; `scope` builds its scope.
+//! - `body` is what a request's loop and its connection share (the body channel,
+//!   disconnects); `inbox` the queue into a loop; `watch` the blocked-loop watchdog.
+//!
+//! Files import downwards only: this file uses its children; `looper` uses `body`,
+//! `cycle`, `inbox` and `scope`; `cycle` uses `body`; `watch` uses `looper`; `body`,
+//! `inbox` and `scope` are leaves.
+
+mod body;
+pub(crate) mod cycle;
+mod inbox;
+mod looper;
+mod scope;
+mod watch;
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::app::{CallContext, Handler, Reply, Request, Response};
+use crate::python::interp;
+use crate::python::options::{Lifespan, LoopKind, PythonError, PythonOptions};
+use crate::rt::fork::ForkLocal;
+
+use body::{ReplyFuture, Shared};
+use looper::{LoopHandle, Msg, Setup};
+
+/// Requests one loop may have in progress; beyond it new ones get 503.
+const MAX_INFLIGHT: usize = 10_000;
+
+/// True when `app`, given as a WSGI app, is clearly an ASGI one.
+pub(crate) fn looks_asgi(app: &Bound<'_, PyAny>) -> bool {
+    looper::runtime(app.py())
+        .and_then(|rt| rt.call_method1("looks_asgi", (app,)))
+        .and_then(|b| b.is_truthy())
+        .unwrap_or(false)
+}
+
+/// A loaded ASGI app.
+pub struct AsgiApp {
+    app: Py<PyAny>,
+    threads: usize,
+    lifespan: Lifespan,
+    event_loop: LoopKind,
+    shutdown_timeout: f64,
+    /// This process's loops, started once per process (never before fork).
+    loops: ForkLocal<OnceLock<Result<Loops, String>>>,
+}
+
+/// The running loops of one process.
+struct Loops {
+    handles: Vec<Arc<LoopHandle>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    watch_stop: Arc<AtomicBool>,
+}
+
+thread_local! {
+    /// Requests held during a round of the server's event loop, per loop.
+    static HELD: RefCell<Option<Vec<Vec<Msg>>>> = const { RefCell::new(None) };
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl AsgiApp {
+    /// Loads the app `opts` names and checks that it is an ASGI 3 callable.
+    pub(crate) fn load(opts: &PythonOptions) -> Result<AsgiApp, PythonError> {
+        let app = interp::with_gil(|py| -> Result<Py<PyAny>, PythonError> {
+            let found = crate::python::load::find(py, opts)?;
+            let rt = looper::runtime(py).map_err(|e| PythonError::Init(interp::summary(py, &e)))?;
+            let looks: Option<String> = rt
+                .call_method1("describe", (&found.app,))
+                .and_then(|d| d.extract())
+                .map_err(|e| PythonError::Init(interp::summary(py, &e)))?;
+            if let Some(looks) = looks {
+                return Err(PythonError::NotAsgi {
+                    what: found.what,
+                    callable: found.callable,
+                    looks,
+                });
+            }
+            Ok(found.app.unbind())
+        })?;
+        let threads = if opts.pool_threads == 0 {
+            1
+        } else {
+            opts.pool_threads
+        };
+        let me = AsgiApp {
+            app,
+            threads,
+            lifespan: opts.lifespan,
+            event_loop: opts.event_loop,
+            shutdown_timeout: opts.shutdown_timeout.as_secs_f64(),
+            loops: ForkLocal::new(),
+        };
+        if opts.serve_here {
+            me.loops().map_err(|e| match e.strip_prefix(STARTUP) {
+                Some(msg) => PythonError::Startup(msg.to_owned()),
+                None => PythonError::Loop(e),
+            })?;
+        }
+        Ok(me)
+    }
+
+    /// This process's loops, started (with lifespan startup) on first use.
+    fn loops(&self) -> Result<&Loops, String> {
+        self.loops
+            .get_or_init(OnceLock::new)
+            .get_or_init(|| self.start())
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn start(&self) -> Result<Loops, String> {
+        let state = interp::with_gil(|py| PyDict::new(py).unbind());
+        let event_loop = match self.event_loop {
+            LoopKind::Auto => "auto",
+            LoopKind::Asyncio => "asyncio",
+            LoopKind::Uvloop => "uvloop",
+        };
+        let mut handles = Vec::new();
+        let mut threads = Vec::new();
+        let mut pending = Vec::new();
+        for i in 0..self.threads {
+            let handle =
+                Arc::new(LoopHandle::new(format!("forklift-asgi-{i}")).map_err(|e| e.to_string())?);
+            let setup = interp::with_gil(|py| Setup {
+                app: self.app.clone_ref(py),
+                state: state.clone_ref(py),
+                event_loop,
+                lifespan: match (i, self.lifespan) {
+                    (0, Lifespan::Auto) => Some("auto"),
+                    (0, Lifespan::On) => Some("on"),
+                    _ => None,
+                },
+                shutdown_timeout: self.shutdown_timeout,
+            });
+            let (t, ready) = looper::spawn(handle.clone(), setup).map_err(|e| e.to_string())?;
+            handles.push(handle);
+            threads.push(t);
+            pending.push(ready);
+            if i == 0 {
+                // Lifespan startup completes before any other loop serves.
+                let r = pending
+                    .remove(0)
+                    .recv()
+                    .unwrap_or_else(|_| Err("the loop thread died".into()));
+                if let Err(e) = r {
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(if self.lifespan == Lifespan::Off {
+                        e
+                    } else {
+                        format!("{STARTUP}{e}")
+                    });
+                }
+            }
+        }
+        let mut failed = None;
+        for ready in pending {
+            if let Err(e) = ready
+                .recv()
+                .unwrap_or_else(|_| Err("the loop thread died".into()))
+            {
+                failed = Some(e);
+            }
+        }
+        let watch_stop = Arc::new(AtomicBool::new(false));
+        let loops = Loops {
+            handles: handles.clone(),
+            threads: Mutex::new(threads),
+            watch_stop: watch_stop.clone(),
+        };
+        if let Some(e) = failed {
+            loops.stop();
+            return Err(e);
+        }
+        match watch::start(handles, watch_stop) {
+            Ok(t) => loops
+                .threads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(t),
+            Err(e) => eprintln!("forklift: cannot start the ASGI loop watchdog: {e}"),
+        }
+        Ok(loops)
+    }
+
+    /// After fork in a worker, or in a process that serves what it loaded: start the
+    /// loops now; a failed lifespan startup ends the worker with the app's message.
+    fn start_or_exit(&self) {
+        if let Err(e) = self.loops() {
+            let msg = e
+                .strip_prefix(STARTUP)
+                .map_or(e.clone(), |m| format!("ASGI lifespan startup failed: {m}"));
+            eprintln!("forklift: worker {}: {msg}; exiting", std::process::id());
+            std::process::exit(3);
+        }
+    }
+}
+
+/// Marks a start error as the app's failed lifespan startup.
+const STARTUP: &str = "\u{0}startup:";
+
+impl Loops {
+    /// The loop for a new request: the least busy one that is not blocked.
+    fn pick(&self) -> usize {
+        if self.handles.len() == 1 {
+            return 0;
+        }
+        let mut best = 0;
+        let mut best_key = (true, usize::MAX);
+        for (i, h) in self.handles.iter().enumerate() {
+            let key = (
+                h.blocked.load(Ordering::Relaxed),
+                h.inflight.load(Ordering::Relaxed),
+            );
+            if key < best_key {
+                best = i;
+                best_key = key;
+            }
+        }
+        best
+    }
+
+    /// Ends every loop after the requests in progress, then lifespan shutdown.
+    fn stop(&self) {
+        for h in &self.handles {
+            h.inbox.push(Msg::Stop);
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let n = self.handles.len();
+        let mut it = threads.into_iter();
+        for t in it.by_ref().take(n) {
+            let _ = t.join();
+        }
+        self.watch_stop.store(true, Ordering::Release);
+        for t in it {
+            let _ = t.join();
+        }
+    }
+}
+
+fn unavailable() -> Reply {
+    Reply::Ready(
+        Response::text(
+            503,
+            Bytes::from_static(b"Service Unavailable: the server is busy\n"),
+        )
+        .with_header("Retry-After", Bytes::from_static(b"1")),
+    )
+}
+
+impl Handler for AsgiApp {
+    fn call(&self, req: Request, _cx: &CallContext) -> Reply {
+        if is_upgrade(&req) {
+            eprintln!(
+                "forklift: {} {}: WebSocket upgrade requested; ASGI websockets are not supported yet, answering 501",
+                req.method(),
+                String::from_utf8_lossy(&req.target)
+            );
+            return Reply::Ready(Response::text(
+                501,
+                Bytes::from_static(b"Not Implemented: this server does not support WebSocket\n"),
+            ));
+        }
+        let loops = match self.loops() {
+            Ok(l) => l,
+            Err(_) => return unavailable(),
+        };
+        let i = loops.pick();
+        let handle = &loops.handles[i];
+        if handle.inflight.load(Ordering::Relaxed) >= MAX_INFLIGHT {
+            return unavailable();
+        }
+        handle.inflight.fetch_add(1, Ordering::AcqRel);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let shared = Shared::new(id, handle.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let msg = Msg::Call(req, tx, shared.clone());
+        let msg = HELD.with(|h| match h.borrow_mut().as_mut() {
+            Some(held) => {
+                if held.len() <= i {
+                    held.resize_with(i + 1, Vec::new);
+                }
+                held[i].push(msg);
+                None
+            }
+            None => Some(msg),
+        });
+        if let Some(msg) = msg {
+            handle.inbox.push(msg);
+        }
+        Reply::Later(Box::pin(ReplyFuture::new(rx, shared)))
+    }
+
+    fn saturated(&self) -> bool {
+        // Every loop stuck in blocking code: leave new clients to other workers.
+        match self.loops.get().and_then(|l| l.get()) {
+            Some(Ok(l)) => l.handles.iter().all(|h| h.blocked.load(Ordering::Relaxed)),
+            _ => false,
+        }
+    }
+
+    fn hands_off(&self) -> bool {
+        true
+    }
+
+    fn batch_begin(&self) {
+        HELD.with(|h| {
+            h.borrow_mut().get_or_insert_with(Vec::new);
+        });
+    }
+
+    fn batch_end(&self) {
+        let Some(mut held) = HELD.with(|h| h.borrow_mut().take()) else {
+            return;
+        };
+        if let Some(Ok(loops)) = self.loops.get().and_then(|l| l.get()) {
+            for (i, msgs) in held.iter_mut().enumerate() {
+                if !msgs.is_empty() {
+                    loops.handles[i].inbox.push_all(msgs.drain(..));
+                }
+            }
+        }
+    }
+
+    fn before_fork(&self) {
+        interp::before_fork();
+    }
+
+    fn after_fork(&self) {
+        interp::after_fork_child();
+        self.start_or_exit();
+    }
+
+    fn shutdown(&self) {
+        if let Some(Ok(loops)) = self.loops.get().and_then(|l| l.get()) {
+            loops.stop();
+        }
+        crate::python::module::shutdown_offload();
+        interp::run_atexit();
+    }
+}
+
+/// A request asking to switch to WebSocket (`Upgrade: websocket` with `Connection:
+/// upgrade`). Other upgrades (`h2c`) are optional for the server and are ignored: the
+/// request is served over HTTP/1.1.
+fn is_upgrade(req: &Request) -> bool {
+    req.header("upgrade")
+        .is_some_and(|u| u.windows(9).any(|w| w.eq_ignore_ascii_case(b"websocket")))
+        && req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(b"connection"))
+            .any(|h| {
+                h.value
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+            })
+}

@@ -1,0 +1,196 @@
+"""Raw ASGI 3 apps for forklift's tests: the conformance demo (the same endpoints as
+builtin:demo), spec probes, lifespan state, and misbehaving apps."""
+import asyncio
+import json
+import os
+import time
+import urllib.parse
+
+import forklift
+
+STATE_LOG = []
+
+
+async def hello(scope, receive, send):
+    assert scope["type"] == "http"
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"Hello world"})
+
+
+async def read_body(receive):
+    body = b""
+    while True:
+        m = await receive()
+        if m["type"] == "http.disconnect":
+            raise OSError("client went away")
+        body += m.get("body", b"")
+        if not m.get("more_body"):
+            return body
+
+
+def query(scope):
+    return dict(urllib.parse.parse_qsl(scope["query_string"].decode()))
+
+
+async def demo(scope, receive, send):
+    """builtin:demo's endpoints: /echo, /wait, /file; anything else hello."""
+    if scope["type"] == "lifespan":
+        while True:
+            m = await receive()
+            if m["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    path = scope["path"]
+    q = query(scope)
+    if path == "/echo":
+        body = await read_body(receive)
+        ctype = dict(scope["headers"]).get(b"content-type", b"application/octet-stream")
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", ctype)]})
+        await send({"type": "http.response.body", "body": body})
+    elif path == "/wait":
+        d = float(q.get("duration", "1"))
+        await asyncio.sleep(d)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"waited %.3f s" % d})
+    elif path == "/file":
+        n = int(q.get("bytes", "0"))
+        headers = [(b"content-type", b"application/octet-stream")]
+        if q.get("chunked") != "1":
+            headers.append((b"content-length", str(n).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        block = b"x" * 65536
+        left = n
+        while left > 0:
+            piece = block[: min(left, len(block))]
+            left -= len(piece)
+            await send({"type": "http.response.body", "body": piece, "more_body": left > 0})
+        if n == 0:
+            await send({"type": "http.response.body", "body": b""})
+    else:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"Hello world"})
+
+
+async def probe(scope, receive, send):
+    """Answers with the scope (JSON; bytes as latin-1 text) and what receive() gave."""
+    if scope["type"] == "lifespan":
+        m = await receive()
+        scope["state"]["started_by"] = "lifespan"
+        scope["state"]["pid"] = os.getpid()
+        await send({"type": "lifespan.startup.complete"})
+        m = await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    events = []
+    while True:
+        m = await receive()
+        events.append({"type": m["type"], "len": len(m.get("body", b"")),
+                       "more_body": m.get("more_body", False)})
+        if not m.get("more_body"):
+            break
+    def enc(v):
+        if isinstance(v, bytes):
+            return v.decode("latin-1")
+        if isinstance(v, (list, tuple)):
+            return [enc(x) for x in v]
+        if isinstance(v, dict):
+            return {k: enc(x) for k, x in v.items()}
+        return v
+    out = {k: enc(v) for k, v in scope.items()}
+    out["events"] = events
+    out["types"] = {k: type(v).__name__ for k, v in scope.items()}
+    body = json.dumps(out).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"x-dup", b"1"), (b"x-dup", b"2")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def misbehave(scope, receive, send):
+    if scope["type"] == "lifespan":
+        return
+    path = scope["path"]
+    if path == "/no-start":
+        return
+    if path == "/raise-before":
+        raise ValueError("boom before the response")
+    if path == "/raise-after-start":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise ValueError("boom after start")
+    if path == "/raise-mid-body":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        raise ValueError("boom mid body")
+    if path == "/incomplete":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        return
+    if path == "/block":
+        time.sleep(float(query(scope).get("s", "2")))
+    if path == "/stream-until-disconnect":
+        # Streams until the client goes away; records what it saw.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        seen = "none"
+        try:
+            for _ in range(2000):
+                await send({"type": "http.response.body", "body": b"tick\n" * 100, "more_body": True})
+                await asyncio.sleep(0.005)
+        except OSError as e:
+            seen = type(e).__name__
+        STATE_LOG.append(seen)
+        return
+    if path == "/wait-disconnect":
+        await read_body(receive)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first\n", "more_body": True})
+        m = await receive()
+        STATE_LOG.append(m["type"])
+        return
+    if path == "/log":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": ",".join(STATE_LOG).encode()})
+        return
+    if path == "/pathsend":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.pathsend", "path": os.path.abspath(__file__)})
+        return
+    if path == "/fetch":
+        url = query(scope)["url"]
+        r = await forklift.fetch(url, timeout=5)
+        done = []
+        forklift.offload(done.append, 1)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"fetched %d %s" % (r.status, r.body)})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def failing_startup(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "database unreachable"})
+        return
+    await hello(scope, receive, send)
+
+
+def wsgi_app(environ, start_response):
+    start_response("200 OK", [])
+    return [b"wsgi"]
+
+
+class Asgi2:
+    def __init__(self, scope):
+        self.scope = scope
+
+    async def __call__(self, receive, send):
+        pass
+
+
+not_callable = 42
