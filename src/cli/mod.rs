@@ -4,8 +4,8 @@
 //! uWSGI compatibility: the same option names are accepted (`--http`, `--http-socket`,
 //! `--wsgi-file`, `--module`, `--callable`, `--master`, `--processes`, `--threads`,
 //! `--async`/`--gevent`, `--lazy-apps`, `--listen`, `--logto`, `--disable-logging`,
-//! `--enable-threads`, `--die-on-term`, `--harakiri`, `--max-requests`), and `--ini FILE`
-//! reads the `[uwsgi]` and `[forklift]` sections of an ini file (or `--ini FILE:SECTION`
+//! `--enable-threads`, `--die-on-term`, `--harakiri`, `--max-requests`, `--stats`…), and
+//! `--ini FILE` reads the `[uwsgi]` and `[forklift]` sections of an ini file (or `--ini FILE:SECTION`
 //! that section), each key being the long option of the same name. A bad value that came
 //! from an ini file is reported with the file and line.
 
@@ -16,7 +16,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::{builtin, App};
-use crate::server::{self, listen, Log, Model, ServerConfig, Timeouts};
+use crate::server::{self, listen, Model, ServerConfig, Timeouts};
 
 mod ini;
 mod ops;
@@ -451,14 +451,11 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
             problem: "must be at least 1024 bytes".into(),
         });
     }
+    let needs_master = a.harakiri.is_some() || a.max_requests.is_some() || a.ops.needs_master();
     let config = ServerConfig {
         model,
         processes,
-        master: a.master
-            || processes > 1
-            || a.harakiri.is_some()
-            || a.max_requests.is_some()
-            || a.ops.needs_master(),
+        master: a.master || processes > 1 || needs_master,
         threads,
         cores,
         queue: a.queue.max(1),
@@ -634,14 +631,7 @@ fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
         std::env::set_current_dir(dir)
             .map_err(|e| CliError::App(format!("cannot chdir to {}: {e}", dir.display())))?;
     }
-    let access = !a.disable_logging;
-    let recycling = a.ops.recycling()?;
-    let log_format = a.ops.log_format()?;
-    if let Some(path) = &a.logto {
-        server::log::redirect_output(path)
-            .map_err(|e| CliError::App(format!("cannot open log file {}: {e}", path.display())))?;
-    }
-    let log = Log::stderr(access).with_format(log_format);
+    let log = a.ops.open_log(!a.disable_logging, a.logto.as_deref())?;
     // Load (and so validate) the app before opening the socket or forking, so a bad app
     // is a one-line error and exit code 1.
     let virtual_env = virtual_env.filter(|p| !p.as_os_str().is_empty());
@@ -663,11 +653,7 @@ fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
         Some(load_app(&a, &config, virtual_env.as_ref())?)
     };
     // Bound before the HTTP socket: a busy stats or metrics address stops the start.
-    let endpoints = crate::ops::Endpoints::bind(
-        a.ops.stats.as_deref(),
-        a.ops.stats_http,
-        a.ops.metrics.as_deref(),
-    )?;
+    let endpoints = a.ops.endpoints()?;
     let listener = listen::bind(plan.addr, config.backlog)?;
     let local = listener.local_addr()?;
     log.line(&format!(
@@ -681,9 +667,7 @@ fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
         config.cores,
         std::process::id()
     ));
-    for line in endpoints.describe() {
-        log.line(&line);
-    }
+    endpoints.describe().iter().for_each(|line| log.line(line));
     if config.master {
         let source = if lazy {
             let a2 = a.clone();
@@ -694,12 +678,7 @@ fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
         } else {
             server::master::AppSource::Preloaded(app.expect("loaded unless lazy"))
         };
-        let options = server::master::MasterOptions {
-            endpoints,
-            recycling,
-            logto: a.logto.clone(),
-            log_reopen: a.ops.log_reopen,
-        };
+        let options = a.ops.master_options(endpoints, a.logto.as_ref())?;
         return Ok(server::master::run_with(
             listener, source, config, log, options,
         )?);
@@ -712,18 +691,9 @@ fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
         log.line(&format!("forklift: offload: {e}"));
     }
     if let Some(path) = &a.logto {
-        server::log::watch_reopen(path.clone(), a.ops.reopen_on_hup(a.logto.as_ref()))?;
+        server::log::watch_reopen(path.clone(), a.ops.log_reopen)?;
     }
-    let card = if endpoints.is_empty() {
-        None
-    } else {
-        let roster =
-            std::sync::Arc::new(crate::ops::Roster::new(1, crate::ops::cores_of(&config))?);
-        let card = roster.spawning(1);
-        roster.started(1, card, std::process::id());
-        endpoints.serve(roster, &listener, config.model)?;
-        card
-    };
+    let card = ops::serve_here(endpoints, &listener, &config)?;
     let drain = offload.config().drain_timeout;
     let log = log.for_worker(1);
     server::run_worker_with(listener, app, config, log.clone(), shutdown, card)?;

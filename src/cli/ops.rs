@@ -1,14 +1,17 @@
 //! `serve` options for running a server in production: the stats and metrics
 //! addresses, worker recycling, and the access log's format and file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
 
 use super::CliError;
-use crate::ops::Recycling;
-use crate::server::log::LogFormat;
+use crate::ops::{Endpoints, Recycling, Roster, Scorecard};
+use crate::server::log::{redirect_output, LogFormat};
+use crate::server::master::MasterOptions;
+use crate::server::Log;
+use crate::server::ServerConfig;
 
 /// Stats, metrics, recycling and log options (flattened into `serve`).
 #[derive(Debug, Clone, Default, Args)]
@@ -113,8 +116,57 @@ impl OpsArgs {
         Ok(f)
     }
 
-    /// The file --logto names, reopened on SIGUSR1 (and SIGHUP with --log-reopen).
-    pub fn reopen_on_hup(&self, logto: Option<&PathBuf>) -> bool {
-        self.log_reopen && logto.is_some()
+    /// The log: access lines (`access`) in the chosen format, to stderr, which `--logto
+    /// FILE` (`logto`) points at the file (as under uWSGI, stdout too, so the app's
+    /// prints and tracebacks land beside the access log).
+    pub fn open_log(&self, access: bool, logto: Option<&Path>) -> Result<Log, CliError> {
+        let format = self.log_format()?;
+        if let Some(path) = logto {
+            redirect_output(path).map_err(|e| {
+                CliError::App(format!("cannot open log file {}: {e}", path.display()))
+            })?;
+        }
+        Ok(Log::stderr(access).with_format(format))
     }
+
+    /// Binds the --stats and --metrics addresses.
+    pub fn endpoints(&self) -> Result<Endpoints, CliError> {
+        Ok(Endpoints::bind(
+            self.stats.as_deref(),
+            self.stats_http,
+            self.metrics.as_deref(),
+        )?)
+    }
+
+    /// What the master does besides supervising, with `endpoints` bound and the
+    /// `--logto` file.
+    pub fn master_options(
+        &self,
+        endpoints: Endpoints,
+        logto: Option<&PathBuf>,
+    ) -> Result<MasterOptions, CliError> {
+        Ok(MasterOptions {
+            endpoints,
+            recycling: self.recycling()?,
+            logto: logto.cloned(),
+            log_reopen: self.log_reopen,
+        })
+    }
+}
+
+/// Without a master: serves `endpoints` from a thread of this process, which is worker
+/// 1; returns its card (`None` without stats).
+pub fn serve_here(
+    endpoints: Endpoints,
+    listener: &std::net::TcpListener,
+    config: &ServerConfig,
+) -> Result<Option<&'static Scorecard>, CliError> {
+    if endpoints.is_empty() {
+        return Ok(None);
+    }
+    let roster = std::sync::Arc::new(Roster::new(1, crate::ops::cores_of(config))?);
+    let card = roster.spawning(1);
+    roster.started(1, card, std::process::id());
+    endpoints.serve(roster, listener, config.model)?;
+    Ok(card)
 }
