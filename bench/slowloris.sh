@@ -9,7 +9,7 @@ BIN=${BIN:-$PWD/target/release/forklift}
 DUR=${DUR:-5}
 PORT=${PORT:-18191}
 SLOW=${SLOW:-"1000 5000"}
-ulimit -n 65536
+ulimit -n 20000 2>/dev/null || true
 run() { # model, slow clients
     taskset -c 1 "$BIN" serve builtin:hello --model "$1" --threads 1 --http 127.0.0.1:$PORT \
         --disable-logging --listen 8192 2>/dev/null &
@@ -34,7 +34,7 @@ PY
     [ -n "$lor" ] && { kill $lor; wait $lor 2>/dev/null; }
     kill $srv; wait $srv 2>/dev/null
 }
-for m in epoll async threads; do
+for m in ${MODELS:-epoll async threads}; do
     run $m 0
     for n in $SLOW; do run $m $n; done
 done
