@@ -13,18 +13,20 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use crate::app::{builtin, App};
 use crate::server::{self, listen, Model, ServerConfig, Timeouts};
 
 mod ini;
 mod ops;
+mod serve_args;
 mod spool;
 mod worker;
 
 pub use ini::{expand_ini, parse_ini, Ini, IniEntry, IniOption, IniSource};
 pub use ops::OpsArgs;
+pub use serve_args::ServeArgs;
 pub use spool::{run_spool_cli, run_spool_cmd, SpoolArgs, SpoolCli, SpoolCmd, SpoolCmdError};
 pub use worker::{run_worker, WorkerArgs};
 
@@ -82,197 +84,6 @@ pub enum Compare {
     Offload(crate::bench::compare::CompareOffloadArgs),
     /// Seed 002: fan-out to backend services, sequential vs concurrent.
     Fanout(crate::bench::compare::CompareFanoutArgs),
-}
-
-/// `forklift serve` options. Long names follow uWSGI's where uWSGI has the option.
-#[derive(Debug, Clone, Args)]
-pub struct ServeArgs {
-    /// The app: builtin:hello|echo|wait|file[:PATH]|demo|slowlog|fanout. Omit it when
-    /// giving a WSGI app with --wsgi-file or --module.
-    pub app: Option<String>,
-
-    #[command(flatten)]
-    pub offload: crate::offload::OffloadArgs,
-
-    #[command(flatten)]
-    pub fanout: crate::fanout::FanoutArgs,
-
-    #[command(flatten)]
-    pub ops: OpsArgs,
-
-    /// Read options from an ini file: the keys of its [uwsgi] and [forklift] sections, or
-    /// of [SECTION] with FILE:SECTION (command-line options win).
-    #[arg(long, value_name = "FILE[:SECTION]")]
-    pub ini: Option<PathBuf>,
-
-    /// Address to serve HTTP on: HOST:PORT or :PORT (all interfaces).
-    #[arg(long, value_name = "ADDR")]
-    pub http: Option<String>,
-
-    /// Same as --http (uWSGI's name for a native HTTP socket).
-    #[arg(long, value_name = "ADDR")]
-    pub http_socket: Option<String>,
-
-    /// Concurrency model: linear, threads, epoll or async. Default: async when
-    /// --async/--gevent is given, threads when --threads is given or the app is a WSGI
-    /// app, else epoll.
-    #[arg(long, value_name = "MODEL")]
-    pub model: Option<Model>,
-
-    /// Worker processes sharing the socket (a master supervises them when > 1).
-    #[arg(long, short = 'p', value_name = "N", value_parser = count::<1, 1024>)]
-    pub processes: Option<u32>,
-
-    /// Alias of --processes (uWSGI).
-    #[arg(long, value_name = "N", hide = true, value_parser = count::<1, 1024>)]
-    pub workers: Option<u32>,
-
-    /// Threads per worker: the pool of the threads model, the runtime threads of async,
-    /// and the Python threads that run a WSGI app under epoll/async.
-    #[arg(long, value_name = "N", value_parser = count::<1, 4096>)]
-    pub threads: Option<u32>,
-
-    /// Requests one async worker works on at once.
-    #[arg(long, value_name = "N", value_parser = count::<1, 1_000_000>)]
-    pub cores: Option<u32>,
-
-    /// uWSGI's async mode: the async model with N cores.
-    #[arg(long = "async", value_name = "N", value_parser = count::<1, 1_000_000>)]
-    pub async_cores: Option<u32>,
-
-    /// uWSGI's gevent mode: the async model with N cores.
-    #[arg(long, value_name = "N", value_parser = count::<1, 1_000_000>)]
-    pub gevent: Option<u32>,
-
-    /// Run a master process even with one worker (respawn, graceful reload on SIGHUP).
-    #[arg(long, short = 'M')]
-    pub master: bool,
-
-    /// Listen backlog.
-    #[arg(long, short = 'l', value_name = "N", default_value_t = 1024)]
-    pub listen: i32,
-
-    /// Seconds a graceful stop waits for in-flight requests.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
-    pub shutdown_timeout: f64,
-
-    /// Seconds an idle keep-alive connection is kept between requests.
-    #[arg(
-        long,
-        visible_alias = "keepalive-timeout",
-        value_name = "SECONDS",
-        default_value_t = 60.0
-    )]
-    pub http_timeout: f64,
-
-    /// Seconds a client has to send a whole request head, from its first byte (and a
-    /// new connection to start its first request); 408 after. Sending slowly does not
-    /// stretch it.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
-    pub header_timeout: f64,
-
-    /// Seconds a request body may go without a byte arriving; 408 after.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
-    pub body_timeout: f64,
-
-    /// Seconds a response may wait for a client that does not read; closed after.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
-    pub send_timeout: f64,
-
-    /// Kill (and replace) a worker whose request runs longer than SECONDS; implies
-    /// --master.
-    #[arg(long, value_name = "SECONDS")]
-    pub harakiri: Option<f64>,
-
-    /// Recycle a worker after it served N requests (needs a master to replace it).
-    #[arg(long, value_name = "N")]
-    pub max_requests: Option<u64>,
-
-    /// Largest request body in bytes (413 beyond).
-    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
-    pub limit_post: u64,
-
-    /// Largest request head in bytes (431 beyond).
-    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
-    pub buffer_size: usize,
-
-    /// Connections queued for the threads of the threads model.
-    #[arg(long, value_name = "N", default_value_t = 1024)]
-    pub queue: usize,
-
-    /// Most open connections per epoll/async worker.
-    #[arg(long, value_name = "N", default_value_t = 100_000)]
-    pub max_connections: usize,
-
-    /// No access log lines.
-    #[arg(long)]
-    pub disable_logging: bool,
-
-    /// Write the log to FILE instead of stderr.
-    #[arg(long, value_name = "FILE")]
-    pub logto: Option<PathBuf>,
-
-    /// Load the app in each worker after fork instead of once in the master.
-    #[arg(long)]
-    pub lazy_apps: bool,
-
-    /// WSGI: the file defining the app callable.
-    #[arg(long, value_name = "FILE")]
-    pub wsgi_file: Option<PathBuf>,
-
-    /// WSGI: the module (`pkg.mod` or `pkg.mod:callable`) defining the app.
-    #[arg(long, short = 'w', value_name = "MODULE")]
-    pub module: Option<String>,
-
-    /// WSGI: the name of the app callable.
-    #[arg(long, value_name = "NAME", default_value = "application")]
-    pub callable: String,
-
-    /// An ASGI 3 app: the module (`pkg.mod:app`) defining it; the same as --module
-    /// with --interface asgi.
-    #[arg(long, value_name = "MODULE:APP")]
-    pub asgi: Option<String>,
-
-    /// The protocol of the app given with --module / --wsgi-file: wsgi or asgi.
-    #[arg(long, value_name = "IFACE", value_parser = ["wsgi", "asgi"])]
-    pub interface: Option<String>,
-
-    /// ASGI: run the lifespan protocol: auto (unless the app does not support it),
-    /// on, off.
-    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "on", "off"])]
-    pub lifespan: String,
-
-    /// ASGI: the event loop: auto (uvloop when installed), asyncio, uvloop.
-    #[arg(long = "loop", value_name = "LOOP", default_value = "auto", value_parser = ["auto", "asyncio", "uvloop"])]
-    pub event_loop: String,
-
-    /// WSGI: directories added to sys.path (repeatable).
-    #[arg(long, value_name = "DIR")]
-    pub pythonpath: Vec<PathBuf>,
-
-    /// Change to DIR before loading the app.
-    #[arg(long, value_name = "DIR")]
-    pub chdir: Option<PathBuf>,
-
-    /// WSGI: the virtualenv to use (default: $VIRTUAL_ENV when set).
-    #[arg(long, visible_alias = "home", short = 'H', value_name = "DIR")]
-    pub virtualenv: Option<PathBuf>,
-
-    /// Accepted for uWSGI compatibility: Python threads always run.
-    #[arg(long)]
-    pub enable_threads: bool,
-
-    /// Accepted for uWSGI compatibility: SIGTERM always stops gracefully.
-    #[arg(long)]
-    pub die_on_term: bool,
-}
-
-/// A whole number from `MIN` to `MAX`, for count options; the error says the range.
-fn count<const MIN: u32, const MAX: u32>(text: &str) -> Result<u32, String> {
-    match text.trim().parse::<u64>() {
-        Ok(n) if (u64::from(MIN)..=u64::from(MAX)).contains(&n) => Ok(n as u32),
-        _ => Err(format!("must be a whole number from {MIN} to {MAX}")),
-    }
 }
 
 /// An error the user can fix: printed as one line, exit code 1 (2 for usage errors).
