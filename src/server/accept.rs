@@ -81,6 +81,38 @@ pub fn longest_idle<'a>(conns: impl Iterator<Item = (usize, &'a super::conn::Con
     idle.into_iter().map(|(_, slot)| slot).collect()
 }
 
+/// With several worker processes: the connections a worker accepted lately whose first
+/// request has not reached the app yet. Each counts as a thread about to be busy, so a
+/// worker takes only the clients it has idle threads for and the kernel hands the rest
+/// to the other processes. A connection stops counting once its request is in (or it
+/// closed), or after [`Arrivals::WAIT`] (a client that connects and waits must not stop
+/// the worker from accepting).
+#[derive(Default)]
+pub struct Arrivals(Vec<(std::time::Instant, usize)>);
+
+impl Arrivals {
+    /// How long a new connection counts: its first request normally follows at once.
+    pub const WAIT: Duration = Duration::from_millis(100);
+
+    /// A connection was accepted into `slot`.
+    pub fn push(&mut self, slot: usize) {
+        self.0.push((std::time::Instant::now(), slot));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// How many still count; `conn` finds the connection in a slot, if it is open.
+    pub fn count<'a>(&mut self, conn: impl Fn(usize) -> Option<&'a super::conn::Conn>) -> usize {
+        let now = std::time::Instant::now();
+        self.0.retain(|&(at, slot)| {
+            now.duration_since(at) < Self::WAIT && conn(slot).is_some_and(|c| c.awaiting_first())
+        });
+        self.0.len()
+    }
+}
+
 /// How long to pause accepting after [`AcceptError::Backoff`].
 pub const BACKOFF: Duration = Duration::from_millis(50);
 

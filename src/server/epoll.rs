@@ -22,9 +22,6 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 /// How often idle and slow connections are checked against the timeouts.
 const SWEEP: Duration = Duration::from_millis(500);
-/// How long a new connection counts as a thread about to be busy (see
-/// `Loop::arriving`): its first request normally follows at once.
-const FIRST_REQUEST_WAIT: Duration = Duration::from_millis(100);
 /// Size of the loop's shared read buffer.
 const SCRATCH: usize = 64 * 1024;
 
@@ -83,11 +80,9 @@ struct Loop {
     /// Accept is paused because the app is saturated (see `Handler::saturated`); new
     /// clients wait in the backlog, where another worker process may take them.
     app_full: bool,
-    /// With several processes and an app with a bound on requests (`idle_threads`):
-    /// connections accepted lately (when, slot) whose first request has not reached
-    /// the app. Each counts as a thread about to be busy, so the loop does not take more
-    /// clients than the app has idle threads for.
-    arriving: Vec<(Instant, usize)>,
+    /// With several processes and an app with a bound on requests (`idle_threads`): new
+    /// connections whose first request is on its way, counted against the idle threads.
+    arriving: accept::Arrivals,
     scratch: Vec<u8>,
 }
 
@@ -122,7 +117,7 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
         accepting: true,
         accept_paused_until: None,
         app_full: false,
-        arriving: Vec::new(),
+        arriving: accept::Arrivals::default(),
         scratch: vec![0; SCRATCH],
     };
     lp.run()
@@ -149,7 +144,7 @@ impl Loop {
                 }
             }
             let timeout = if self.app_full && !self.arriving.is_empty() {
-                FIRST_REQUEST_WAIT / 10
+                accept::Arrivals::WAIT / 10
             } else {
                 next_sweep.saturating_duration_since(Instant::now())
             };
@@ -231,7 +226,7 @@ impl Loop {
                     }
                     let slot = self.add(stream, peer, shed)?;
                     if let Some(slot) = slot.filter(|_| self.counts_arrivals()) {
-                        self.arriving.push((Instant::now(), slot));
+                        self.arriving.push(slot);
                     }
                 }
                 Err(e) => match accept::classify(&e) {
@@ -262,19 +257,14 @@ impl Loop {
         if !self.counts_arrivals() {
             return true;
         }
-        let now = Instant::now();
         let conns = &self.conns;
-        self.arriving.retain(|&(at, slot)| {
-            now.duration_since(at) < FIRST_REQUEST_WAIT
-                && conns
-                    .get(slot)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|e| e.conn.awaiting_first())
-        });
+        let arriving = self
+            .arriving
+            .count(|slot| Some(&conns.get(slot)?.as_ref()?.conn));
         self.env
             .app
             .idle_threads()
-            .is_none_or(|idle| self.arriving.len() < idle)
+            .is_none_or(|idle| arriving < idle)
     }
 
     /// Takes a new connection into the loop; `shed` answers it 503 at once. Returns its

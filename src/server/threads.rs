@@ -87,7 +87,7 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
         open: Arc::new(AtomicUsize::new(0)),
         scratch: vec![0; 64 * 1024],
         listening: true,
-        arriving: Vec::new(),
+        arriving: accept::Arrivals::default(),
     };
     let result = acceptor.run();
     // Stop: no new connections; the threads finish what is queued and in flight.
@@ -150,16 +150,10 @@ struct Acceptor {
     scratch: Vec<u8>,
     /// The listener is in the epoll set.
     listening: bool,
-    /// With several processes: connections accepted lately (slot, when) whose first
-    /// request has not reached a thread yet. Each counts as a thread about to be busy,
-    /// so a process does not take more clients than it has threads for, and the kernel
-    /// hands the rest to the other processes.
-    arriving: Vec<(Instant, usize)>,
+    /// With several processes: new connections whose first request is on its way,
+    /// counted against the idle threads.
+    arriving: accept::Arrivals,
 }
-
-/// How long a new connection counts as a thread about to be busy (see
-/// `Acceptor::arriving`): its first request normally follows at once.
-const FIRST_REQUEST_WAIT: Duration = Duration::from_millis(100);
 
 /// How long a graceful stop waits for the first request of connections accepted just
 /// before it.
@@ -269,7 +263,7 @@ impl Acceptor {
                     }
                     let held = self.hold(session);
                     if let Some(slot) = held.filter(|_| self.env.config.processes > 1) {
-                        self.arriving.push((Instant::now(), slot));
+                        self.arriving.push(slot);
                     }
                 }
                 Err(e) => match accept::classify(&e) {
@@ -293,16 +287,11 @@ impl Acceptor {
     /// Requests about to need a thread: queued ones, and (with several processes) new
     /// connections whose first request is on its way.
     fn demand(&mut self) -> usize {
-        let now = Instant::now();
         let waiting = &self.waiting;
-        self.arriving.retain(|&(at, slot)| {
-            now.duration_since(at) < FIRST_REQUEST_WAIT
-                && waiting
-                    .get(slot)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|s| s.conn.awaiting_first())
-        });
-        self.tx.len() + self.arriving.len()
+        let arriving = self
+            .arriving
+            .count(|slot| Some(&waiting.get(slot)?.as_ref()?.conn));
+        self.tx.len() + arriving
     }
 
     /// At `--max-connections`: lets go of the idle keep-alive connections that have
