@@ -137,17 +137,6 @@ impl Session {
     }
 }
 
-/// What a thread does with a connection that is idle between requests.
-pub enum Idle<'a> {
-    /// Keep it and block reading (`linear`). The closure says whether other clients are
-    /// waiting; then keep-alive is not offered, and an idle connection is let go.
-    Hold(&'a dyn Fn() -> bool),
-    /// Hand it back (`threads`): `serve` returns [`Outcome::Parked`] so the thread can
-    /// take other work while the client thinks. The closure says whether this process
-    /// is saturated; then keep-alive is not offered (see [`Env::prefer_close`]).
-    Park(&'a dyn Fn() -> bool),
-}
-
 /// How `serve` ended. (Not boxed: a parked session moves once per request, and boxing
 /// would allocate each time.)
 #[allow(clippy::large_enum_variant)]
@@ -158,19 +147,19 @@ pub enum Outcome {
     Parked(Session),
 }
 
-/// Serves a connection until it closes or (with [`Idle::Park`]) goes idle.
-pub fn serve(mut s: Session, env: &Env, idle: Idle<'_>) -> Outcome {
+/// Serves a connection until it closes or goes idle between requests; an idle one is
+/// handed back ([`Outcome::Parked`]) so the thread can take other work while the client
+/// thinks. `busy` says whether this process is saturated; then keep-alive is not
+/// offered (see [`Env::prefer_close`]).
+pub fn serve(mut s: Session, env: &Env, busy: &dyn Fn() -> bool) -> Outcome {
     let waker = Waker::from(Arc::new(Unpark(thread::current())));
     let mut cx = Context::from_waker(&waker);
     let call = CallContext { may_block: true };
     let mut scratch = [0u8; 16 * 1024];
-    let prefer_close: &dyn Fn() -> bool = match idle {
-        Idle::Hold(f) | Idle::Park(f) => f,
-    };
     // A session reaches a thread to run its requests: the thread admits them.
     s.conn.set_gate(false);
     loop {
-        match s.conn.poll(env, &call, &mut cx, prefer_close) {
+        match s.conn.poll(env, &call, &mut cx, busy) {
             Step::Admit => s.conn.set_gate(false),
             Step::Flush => {
                 if send_all(&s.stream, &s.conn.outbuf, env.config.timeouts.send).is_err() {
@@ -184,8 +173,7 @@ pub fn serve(mut s: Session, env: &Env, idle: Idle<'_>) -> Outcome {
             }
             Step::Close => return Outcome::Closed,
             Step::Read => {
-                let parkable = matches!(idle, Idle::Park(_)) && s.conn.is_idle();
-                let r = if parkable {
+                let r = if s.conn.is_idle() {
                     // The next request may already be here; otherwise let go.
                     match nix::sys::socket::recv(
                         s.stream.as_raw_fd(),
@@ -207,7 +195,7 @@ pub fn serve(mut s: Session, env: &Env, idle: Idle<'_>) -> Outcome {
                         s.conn.received(Instant::now());
                     }
                     Err(e) if is_timeout(&e) => {
-                        if env.shutdown.is_triggered() || prefer_close() {
+                        if env.shutdown.is_triggered() || busy() {
                             s.conn.close_if_idle();
                         }
                         s.conn.expire(env, Instant::now());

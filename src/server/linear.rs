@@ -1,18 +1,17 @@
-//! The `linear` model (the simplest server, one connection at a time): one thread
-//! accepts a connection, serves it to the end, then takes the next. Keep-alive is offered
-//! only while nobody else is waiting in the backlog, so one client cannot starve the rest.
+//! The `linear` model (the simplest server, one request at a time): one thread accepts
+//! connections, waits for their requests, and runs each whole request itself, from the
+//! app call to the last byte of the response, before it takes the next.
+//!
+//! While a request head or a small body trickles in, the connection waits in the
+//! thread's epoll set, as under `threads` (whose acceptor this model reuses with no
+//! threads behind it): a slow client costs a slot and a timer, never the thread, and an
+//! idle keep-alive client does not keep others out.
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Duration;
 
-use super::{accept, blocking, Env, ServerError};
+use super::{threads, Env, ServerError};
 
 pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
-    let others_waiting = || accept::wait_readable(&listener, &env.shutdown, Some(Duration::ZERO));
-    accept::blocking_loop(&listener, &env.shutdown, |stream| {
-        let session = blocking::Session::new(stream);
-        blocking::serve(session, &env, blocking::Idle::Hold(&others_waiting));
-    })?;
-    Ok(())
+    threads::run_inline(listener, env)
 }

@@ -26,7 +26,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::accept::OpenGuard;
 use super::accept::{self, AcceptError};
-use super::blocking::{self, Idle, Outcome, Pump, Session};
+use super::blocking::{self, Outcome, Pump, Session};
 use super::{Env, ServerError};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -47,8 +47,19 @@ struct Parking {
 }
 
 pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
+    serve_with(listener, env, false)
+}
+
+/// The `linear` model: the acceptor is also the one thread that runs requests. It
+/// holds connections in its epoll set exactly as for `threads`, so a slow client costs
+/// a slot and a timer, and runs each whole request inline, one at a time.
+pub fn run_inline(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
+    serve_with(listener, env, true)
+}
+
+fn serve_with(listener: TcpListener, env: Arc<Env>, inline: bool) -> Result<(), ServerError> {
     listener.set_nonblocking(true)?;
-    let threads = env.config.threads.max(1);
+    let threads = if inline { 1 } else { env.config.threads.max(1) };
     let (tx, rx) = bounded::<Session>(env.config.queue.max(1));
     let poll = Poll::new()?;
     let parking = Arc::new(Parking {
@@ -66,7 +77,7 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
         });
     }
     let mut handles = Vec::with_capacity(threads);
-    for i in 0..threads {
+    for i in (0..threads).filter(|_| !inline) {
         let (rx, env, parking) = (rx.clone(), env.clone(), parking.clone());
         handles.push(
             std::thread::Builder::new()
@@ -88,6 +99,7 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
         scratch: vec![0; 64 * 1024],
         listening: true,
         arriving: accept::Arrivals::default(),
+        inline,
     };
     let result = acceptor.run();
     // Stop: no new connections; the threads finish what is queued and in flight.
@@ -110,7 +122,7 @@ fn worker(rx: Receiver<Session>, env: &Env, parking: &Parking) {
         parking.idle.fetch_sub(1, Ordering::AcqRel);
         let Ok(session) = next else { break };
         let busy = || env.prefer_close(parking.idle.load(Ordering::Acquire) == 0);
-        match blocking::serve(session, env, Idle::Park(&busy)) {
+        match blocking::serve(session, env, &busy) {
             Outcome::Closed => {}
             // Stopping: an idle connection is simply closed.
             Outcome::Parked(_) if env.shutdown.is_triggered() => {}
@@ -153,6 +165,9 @@ struct Acceptor {
     /// With several processes: new connections whose first request is on its way,
     /// counted against the idle threads.
     arriving: accept::Arrivals,
+    /// `linear`: no threads; ready connections wait in `overflow` and the acceptor
+    /// serves them itself, in arrival order, one request at a time.
+    inline: bool,
 }
 
 /// How long a graceful stop waits for the first request of connections accepted just
@@ -188,12 +203,13 @@ impl Acceptor {
                     return Ok(());
                 }
             }
-            let timeout =
-                if !self.overflow.is_empty() || stop.is_some() || !self.arriving.is_empty() {
-                    Duration::from_millis(10)
-                } else {
-                    next_sweep.saturating_duration_since(Instant::now())
-                };
+            let timeout = if self.inline && !self.overflow.is_empty() {
+                Duration::ZERO
+            } else if !self.overflow.is_empty() || stop.is_some() || !self.arriving.is_empty() {
+                Duration::from_millis(10)
+            } else {
+                next_sweep.saturating_duration_since(Instant::now())
+            };
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -310,6 +326,10 @@ impl Acceptor {
     }
 
     fn queue(&mut self, session: Session) {
+        if self.inline {
+            self.overflow.push_back(session);
+            return;
+        }
         match self.tx.try_send(session) {
             Ok(()) => {}
             Err(TrySendError::Full(s)) => self.overflow.push_back(s),
@@ -320,6 +340,9 @@ impl Acceptor {
     /// Moves waiting ready connections into the queue; when `block`, waits for room
     /// (used while stopping, so accepted clients are still answered).
     fn flush_overflow(&mut self, block: bool) {
+        if self.inline {
+            return self.serve_inline();
+        }
         while let Some(s) = self.overflow.pop_front() {
             if block {
                 let _ = self.tx.send(s);
@@ -328,6 +351,29 @@ impl Acceptor {
             if let Err(TrySendError::Full(s)) = self.tx.try_send(s) {
                 self.overflow.push_front(s);
                 return;
+            }
+        }
+    }
+
+    /// `linear`: runs the request of each connection that was ready when called (not
+    /// ones that become ready meanwhile, so a pipelining client cannot starve the rest),
+    /// then watches each for its next request again.
+    fn serve_inline(&mut self) {
+        for _ in 0..self.overflow.len() {
+            let Some(session) = self.overflow.pop_front() else {
+                return;
+            };
+            // With several processes, a client behind others is better off reconnecting
+            // to an idle process than kept alive here (see `Env::prefer_close`).
+            let others = !self.overflow.is_empty();
+            let env = self.env.clone();
+            let busy = || env.prefer_close(others);
+            match blocking::serve(session, &env, &busy) {
+                Outcome::Closed => {}
+                Outcome::Parked(_) if env.shutdown.is_triggered() => {}
+                Outcome::Parked(session) => {
+                    self.hold(session);
+                }
             }
         }
     }

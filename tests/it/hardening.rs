@@ -36,8 +36,7 @@ fn slow_client(srv: &Server) -> TcpStream {
 
 /// Ten clients stuck in the middle of their request heads, and a header timeout far
 /// beyond the test's patience: every other client is still served at once, with one
-/// thread (`threads`) or two cores (`async`). (`linear` serves one connection at a
-/// time by design, so a slow client holds it up to the header timeout.)
+/// thread (`linear`, `threads`) or two cores (`async`).
 fn slow_heads_hold_no_worker(model: Model) {
     let srv = start(model, &["--header-timeout", "300"]);
     let slow: Vec<TcpStream> = (0..10).map(|_| slow_client(&srv)).collect();
@@ -163,9 +162,9 @@ fn a_client_that_stops_reading_is_let_go(model: Model) {
 }
 
 for_each_model! {
-    slow_heads_hold_no_worker for [threads, epoll, async_];
+    slow_heads_hold_no_worker;
     a_trickled_head_gets_408;
     half_closed_connections_are_answered_and_closed;
-    a_flood_is_answered_503 for [threads, epoll, async_];
+    a_flood_is_answered_503;
     a_client_that_stops_reading_is_let_go;
 }
