@@ -715,14 +715,12 @@ fn against_forklift_serve(model: Model) {
         (50, 0),
         "{model} rate"
     );
-    if model != Model::Linear {
-        let r = bench(&args(&url, &["-n", "400", "-c", "2", "--pipeline", "8"])).unwrap();
-        assert_eq!(
-            (r.complete_requests, r.failed_requests),
-            (400, 0),
-            "{model} pipeline"
-        );
-    }
+    let r = bench(&args(&url, &["-n", "400", "-c", "2", "--pipeline", "8"])).unwrap();
+    assert_eq!(
+        (r.complete_requests, r.failed_requests),
+        (400, 0),
+        "{model} pipeline"
+    );
 }
 
 #[test]
