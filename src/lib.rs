@@ -30,7 +30,9 @@
 //! - [`ops`]: what a running server reports: uWSGI's stats document (`--stats`), the
 //!   Prometheus metrics and the live dashboard (`--metrics`), served by a thread of the
 //!   master from a shared-memory scoreboard that workers write without locks.
-//! - [`cli`]: the command line (`serve` options validated into a `ServerConfig`),
+//! - [`cli`]: the command line (`serve` options validated into a `ServerConfig`; uWSGI
+//!   command lines without a subcommand and uWSGI-only options refused by name, in
+//!   `uwsgi_compat`),
 //!   uWSGI-style ini files (`ini`), the spool and Redis queue inspection command
 //!   (`spool`) and `forklift worker` (`worker`, running a Redis queue's tasks); the
 //!   binary's `main` only calls [`cli::main`].

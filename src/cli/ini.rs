@@ -280,10 +280,9 @@ fn read_ini(path: &Path, section: Option<&str>) -> Result<Vec<IniOption>, String
                     "forklift: warning: {at}: `ini` inside an ini file is not supported; ignored"
                 );
             } else {
-                eprintln!(
-                    "forklift: warning: {at}: unknown option {:?} ignored",
-                    e.key
-                );
+                let known: Vec<&str> = serve.get_arguments().filter_map(|a| a.get_long()).collect();
+                let what = super::uwsgi_compat::ini_unknown(&e.key, &long, &known);
+                eprintln!("forklift: warning: {at}: {what}");
             }
             continue;
         };

@@ -22,6 +22,7 @@ mod ini;
 mod ops;
 mod serve_args;
 mod spool;
+mod uwsgi_compat;
 mod worker;
 
 pub use ini::{expand_ini, parse_ini, Ini, IniEntry, IniOption, IniSource};
@@ -44,7 +45,7 @@ forklift's own options) are the long options of the same name, e.g. `processes =
     version,
     about,
     args_override_self = true,
-    override_usage = "forklift <COMMAND>\n       forklift --ini FILE[:SECTION] [SERVE OPTIONS]",
+    override_usage = "forklift <COMMAND>\n       forklift [SERVE OPTIONS] (as `forklift serve`, like a uWSGI command line)\n       forklift --ini FILE[:SECTION] [SERVE OPTIONS]",
     after_help = INI_HELP
 )]
 pub struct Cli {
@@ -117,6 +118,7 @@ pub enum CliError {
 /// Runs the command line; returns the exit code. `virtual_env` is the value of
 /// `$VIRTUAL_ENV` (an activated virtualenv is used for WSGI apps).
 pub fn main(args: Vec<OsString>, virtual_env: Option<PathBuf>) -> i32 {
+    let args = uwsgi_compat::implicit_serve(args);
     let (args, ini) = match expand_ini(args) {
         Ok(a) => a,
         Err(e) => {
@@ -128,6 +130,10 @@ pub fn main(args: Vec<OsString>, virtual_env: Option<PathBuf>) -> i32 {
         Ok(c) => c,
         Err(e) => {
             if let Some(line) = ini.as_ref().and_then(|i| i.locate_clap_error(&e)) {
+                eprintln!("forklift: {line}");
+                return 2;
+            }
+            if let Some(line) = unsupported_uwsgi_option(&e) {
                 eprintln!("forklift: {line}");
                 return 2;
             }
@@ -165,6 +171,18 @@ pub fn main(args: Vec<OsString>, virtual_env: Option<PathBuf>) -> i32 {
                 _ => 1,
             }
         }
+    }
+}
+
+/// An unknown argument that is one of uWSGI's options: its one-line refusal.
+fn unsupported_uwsgi_option(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    match e.get(ContextKind::InvalidArg)? {
+        ContextValue::String(arg) => uwsgi_compat::refusal(arg),
+        _ => None,
     }
 }
 

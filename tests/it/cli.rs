@@ -1,6 +1,7 @@
 //! The command line as a new user meets it: `forklift --ini FILE` runs `serve` with the
-//! file's options, a mistake in the file is one line naming the file and line, and
-//! `--help` tells about ini files.
+//! file's options, a mistake in the file is one line naming the file and line, `--help`
+//! tells about ini files, and a uWSGI command line runs with `forklift` in place of
+//! `uwsgi` (or names the uWSGI option forklift lacks).
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -110,4 +111,71 @@ fn help_tells_about_ini_files() {
         );
         assert!(text.contains("[uwsgi] section"), "{args:?}: {text}");
     }
+}
+
+#[test]
+fn a_uwsgi_command_line_runs_without_a_subcommand() {
+    let mut srv = Server::start_command(&[
+        "--http-socket",
+        "127.0.0.1:0",
+        "--processes",
+        "1",
+        "--master",
+        "builtin:hello",
+    ]);
+    assert_eq!(srv.get("/").text(), "Hello world");
+    assert_eq!(srv.terminate().code(), Some(0));
+}
+
+#[test]
+fn a_uwsgi_option_forklift_lacks_is_refused_by_name() {
+    let dir = Dir::new("uwsgi-only");
+    for (args, named) in [
+        (
+            &["--http", "127.0.0.1:0", "--cheaper", "2", "builtin:hello"][..],
+            "--cheaper",
+        ),
+        (&["serve", "--emperor=/etc/vassals"], "--emperor"),
+        (&["-C", "builtin:hello"], "-C (--chmod-socket)"),
+    ] {
+        let line = one_line_usage_error(&forklift(&dir, args));
+        assert_eq!(
+            line.split(" is ").next(),
+            Some(format!("forklift: {named}").as_str()),
+            "{line}"
+        );
+        assert!(
+            line.contains("a uWSGI option forklift does not support"),
+            "{line}"
+        );
+    }
+    // A typo is no uWSGI option: clap's error, with the closest option.
+    let out = forklift(&dir, &["--proceses", "2", "builtin:hello"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("similar argument exists: '--processes'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ini_warns_of_uwsgi_options_and_typos_by_name() {
+    let dir = Dir::new("ini-unknown");
+    let ini = dir.file(
+        "app.ini",
+        "[uwsgi]\nhttp = 127.0.0.1:0\ncheaper = 2\nproceses = 2\n",
+    );
+    let path = dir.0.join(ini);
+    let srv = Server::start_command(&["--ini", path.to_str().unwrap(), "builtin:hello"]);
+    assert_eq!(srv.get("/").text(), "Hello world");
+    let out = srv.preamble.join("\n");
+    assert!(
+        out.contains("app.ini:3: `cheaper` is a uWSGI option forklift does not support; ignored"),
+        "{out}"
+    );
+    assert!(
+        out.contains("app.ini:4: unknown option \"proceses\" ignored (did you mean `processes`?)"),
+        "{out}"
+    );
 }

@@ -20,6 +20,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Lines the server wrote to stderr, collected by a thread.
     pub log: mpsc::Receiver<String>,
+    /// What it wrote to stderr before its banner (warnings about its options).
+    pub preamble: Vec<String>,
 }
 
 impl Server {
@@ -34,6 +36,18 @@ impl Server {
         if let Some(d) = dir {
             cmd.current_dir(d);
         }
+        Self::launch(cmd, args)
+    }
+
+    /// `forklift ARGS` exactly as given (no `serve` added, no address): a server whose
+    /// banner says where it listens.
+    pub fn start_command(args: &[&str]) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args);
+        Self::launch(cmd, args)
+    }
+
+    fn launch(mut cmd: Command, args: &[&str]) -> Server {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -50,6 +64,7 @@ impl Server {
                 }
             }
         });
+        let mut preamble = Vec::new();
         let addr = loop {
             let line = rx
                 .recv_timeout(IO_GUARD)
@@ -58,11 +73,13 @@ impl Server {
                 let a = rest.split_whitespace().next().unwrap();
                 break a.parse().unwrap();
             }
+            preamble.push(line);
         };
         Server {
             child,
             addr,
             log: rx,
+            preamble,
         }
     }
 
