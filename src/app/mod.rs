@@ -304,8 +304,13 @@ pub trait Handler: Send + Sync + 'static {
     fn before_fork(&self) {}
 
     /// Called once in each worker process after fork, before the first request (start
-    /// per-process threads and runtimes here, never before fork).
-    fn after_fork(&self) {}
+    /// per-process threads and runtimes here, never before fork). An `Err` says the app
+    /// cannot start in this process (an ASGI app's failed lifespan startup): the worker
+    /// exits with [`crate::server::EXIT_BOOT_FAILED`] and the message, and the master
+    /// stops instead of respawning workers that would fail the same way.
+    fn after_fork(&self) -> Result<(), String> {
+        Ok(())
+    }
 
     /// Called in a worker when it stops (after the last request), to flush and join.
     fn shutdown(&self) {}

@@ -290,9 +290,28 @@ fn failing_startup_stops_with_the_apps_message() {
     // --lifespan off: the app is never asked.
     let srv = raw("failing_startup", &["--lifespan", "off"]);
     assert_eq!(srv.get("/").text(), "Hello world");
-    // A pre-forked worker whose startup fails exits with the message.
-    let srv = raw("failing_startup", &["--processes", "2"]);
-    wait_log(&srv, "database unreachable");
+    // Under the master: the worker exits with its own status and the message, and the
+    // master stops (instead of respawning workers that fail the same way) with it.
+    for extra in [
+        &["--processes", "2"][..],
+        &["--processes", "2", "--lazy-apps"],
+    ] {
+        let mut args = vec!["--asgi", "raw:failing_startup", "--pythonpath", APPS];
+        args.extend_from_slice(extra);
+        let (code, err) = run_to_exit(&args);
+        assert_eq!(
+            code,
+            Some(forklift::server::EXIT_BOOT_FAILED),
+            "{extra:?}: {err}"
+        );
+        assert!(
+            err.contains(
+                "could not start the app: ASGI lifespan startup failed: database unreachable"
+            ),
+            "{extra:?}: {err}"
+        );
+        assert!(!err.contains("respawning"), "{extra:?}: {err}");
+    }
 }
 
 #[test]
