@@ -8,6 +8,7 @@
 //! waits (a timer, a pool of Python threads, a backend call) never blocks other
 //! connections.
 
+pub mod body;
 pub mod builtin;
 pub mod slowlog;
 
@@ -22,6 +23,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::Stream;
+
+pub use body::RequestBody;
 
 /// A boxed, sendable future, as handlers return them.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -65,8 +68,9 @@ impl fmt::Debug for Header {
     }
 }
 
-/// A fully read request, as handed to an app. The body has been de-chunked and is
-/// complete (its size was bounded by the server's body limit).
+/// A request, as handed to an app. The body has been de-chunked and is complete (its
+/// size was bounded by the server's body limit), unless the app streams request
+/// bodies ([`Handler::streams_body`]): then `rest` brings what is still to come.
 #[derive(Debug, Clone)]
 pub struct Request {
     pub method: Bytes,
@@ -75,6 +79,10 @@ pub struct Request {
     pub version: Version,
     pub headers: Vec<Header>,
     pub body: Bytes,
+    /// For apps that stream request bodies: the rest of the body as it arrives after
+    /// `body` (which holds what had arrived when the app was called), and word of the
+    /// client leaving. `None` for other apps.
+    pub rest: Option<RequestBody>,
     /// Client address, when the transport has one.
     pub peer: Option<SocketAddr>,
     /// Address the connection was accepted on.
@@ -284,6 +292,14 @@ pub trait Handler: Send + Sync + 'static {
         None
     }
 
+    /// True when the app takes request bodies as they arrive: it is called once the
+    /// head is in, with [`Request::rest`] bringing the body (bounded: the connection
+    /// stops reading while the app does not take it) and telling it when the client
+    /// goes away, which the connection then watches for while the app works.
+    fn streams_body(&self) -> bool {
+        false
+    }
+
     /// True when the app runs requests on threads of its own (a pool it hands work to),
     /// so an event loop serving it should defer to those threads when both want the CPU.
     fn hands_off(&self) -> bool {
@@ -348,6 +364,7 @@ mod tests {
                 value: Bytes::from_static(b"text/plain"),
             }],
             body: Bytes::new(),
+            rest: None,
             peer: None,
             local: None,
         }

@@ -202,6 +202,7 @@ mod tests {
             version: Version::Http11,
             headers: Vec::new(),
             body: Bytes::new(),
+            rest: None,
             peer: None,
             local: None,
         }

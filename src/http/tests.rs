@@ -69,6 +69,7 @@ fn incremental_head_and_body() {
             Decoded::Request(r, _) => got = Some(r),
             Decoded::NeedMore => {}
             Decoded::Continue => panic!("no continue without Expect"),
+            Decoded::Head { .. } => unreachable!("only from decode_head_first"),
         }
     }
     assert_eq!(&got.expect("request").body[..], b"hello");
@@ -452,4 +453,61 @@ fn empty_lines_before_a_request_are_bounded() {
     assert_eq!(r.path(), "/x");
     let endless = "\r\n".repeat(40_000);
     assert_eq!(status_of(endless.as_bytes()), 431);
+}
+
+#[test]
+fn head_first_hands_out_the_head_then_the_body_in_pieces() {
+    use crate::http::Piece;
+    let limits = Limits::default();
+    let mut dec = Decoder::new();
+    // Whole: an ordinary request.
+    let mut buf = BytesMut::from(&b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"[..]);
+    assert!(matches!(
+        dec.decode_head_first(&mut buf, &limits).unwrap(),
+        Decoded::Request(r, _) if &r.body[..] == b"abc"
+    ));
+    // Part of a sized body: the head with what is here, then pieces.
+    let mut buf = BytesMut::from(&b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\nab"[..]);
+    match dec.decode_head_first(&mut buf, &limits).unwrap() {
+        Decoded::Head {
+            req,
+            expect_continue,
+            ..
+        } => {
+            assert_eq!(&req.body[..], b"ab");
+            assert!(!expect_continue);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(dec.body_piece(&mut buf, &limits).unwrap(), Piece::NeedMore);
+    buf.extend_from_slice(b"cdefGET");
+    assert_eq!(
+        dec.body_piece(&mut buf, &limits).unwrap(),
+        Piece::Data(bytes::Bytes::from_static(b"cdef"))
+    );
+    assert_eq!(dec.body_piece(&mut buf, &limits).unwrap(), Piece::End);
+    assert_eq!(&buf[..], b"GET", "the next request stays");
+    // Chunked, waiting for 100-continue.
+    let mut buf = BytesMut::from(
+        &b"PUT / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"[..],
+    );
+    assert!(matches!(
+        dec.decode_head_first(&mut buf, &limits).unwrap(),
+        Decoded::Head { expect_continue: true, ref req, .. } if req.body.is_empty()
+    ));
+    buf.extend_from_slice(b"3\r\nxyz\r\n0\r\n\r\n");
+    assert_eq!(
+        dec.body_piece(&mut buf, &limits).unwrap(),
+        Piece::Data(bytes::Bytes::from_static(b"xyz"))
+    );
+    assert_eq!(dec.body_piece(&mut buf, &limits).unwrap(), Piece::End);
+    assert!(buf.is_empty());
+    // A bad chunk is an error.
+    let mut buf = BytesMut::from(&b"PUT / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"[..]);
+    assert!(matches!(
+        dec.decode_head_first(&mut buf, &limits).unwrap(),
+        Decoded::Head { .. }
+    ));
+    buf.extend_from_slice(b"zz\r\n");
+    assert!(dec.body_piece(&mut buf, &limits).is_err());
 }

@@ -318,6 +318,10 @@ impl Handler for AsgiApp {
         true
     }
 
+    fn streams_body(&self) -> bool {
+        true
+    }
+
     fn batch_begin(&self) {
         HELD.with(|h| {
             h.borrow_mut().get_or_insert_with(Vec::new);
