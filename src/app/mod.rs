@@ -19,7 +19,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -214,6 +214,34 @@ pub struct Response {
     pub reason: Option<Cow<'static, str>>,
     pub headers: Vec<(HeaderName, Bytes)>,
     pub body: Body,
+    /// Fields to send after the body (the app fills them while it streams the body).
+    /// They go out when the body goes out chunked to a client that sent `TE:
+    /// trailers` (the body is then sent chunked even when its length is known); other
+    /// clients do not get them.
+    pub trailers: Option<Trailers>,
+}
+
+/// Trailer fields of a response, filled by the app before its body ends and read by
+/// the server once it has. Clones share the fields.
+#[derive(Debug, Clone, Default)]
+pub struct Trailers(Arc<Mutex<Vec<(HeaderName, Bytes)>>>);
+
+impl Trailers {
+    pub fn new() -> Trailers {
+        Trailers::default()
+    }
+
+    pub fn push(&self, name: impl Into<HeaderName>, value: impl Into<Bytes>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name.into(), value.into()));
+    }
+
+    /// The fields pushed so far, taken out.
+    pub fn take(&self) -> Vec<(HeaderName, Bytes)> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 impl Response {
@@ -223,6 +251,7 @@ impl Response {
             reason: None,
             headers: Vec::new(),
             body: Body::Empty,
+            trailers: None,
         }
     }
 

@@ -174,6 +174,7 @@ fn scope_is_complete(m: Model) {
         "lifespan state reaches requests"
     );
     assert!(s["extensions"]["http.response.pathsend"].is_object());
+    assert!(s["extensions"]["http.response.trailers"].is_object());
     // Duplicate response headers are kept too.
     let dups: Vec<_> = r.headers.iter().filter(|(n, _)| n == "x-dup").collect();
     assert_eq!(dups.len(), 2);
@@ -267,10 +268,64 @@ fn disconnect_reaches_a_streaming_app() {
 }
 
 for_each_model! {
+    response_trailers;
     request_body_streams_as_it_arrives;
     request_body_backpressure;
     disconnect_while_awaiting_receive;
     disconnect_while_streaming;
+}
+
+/// `http.response.trailers` go out as chunked trailers to a client that sent `TE:
+/// trailers` (fields that frame the message left out); others get the body alone.
+fn response_trailers(m: Model) {
+    let srv = raw("misbehave", &model_args(m));
+    let get = |path: &str, te: bool| {
+        let te = if te { "TE: trailers\r\n" } else { "" };
+        let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\n{te}Connection: close\r\n\r\n");
+        let mut s = srv.connect();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        String::from_utf8_lossy(&all).into_owned()
+    };
+    for path in ["/trailers", "/trailers?one=1"] {
+        let text = get(path, true);
+        let lower = text.to_ascii_lowercase();
+        assert!(lower.contains("transfer-encoding: chunked"), "{text}");
+        assert!(lower.contains("trailer: x-checksum, x-late"), "{text}");
+        assert!(
+            text.ends_with("\r\n0\r\nx-checksum: abc\r\nx-late: 1\r\n\r\n"),
+            "{path}: {text}"
+        );
+        let r = parse_whole(text.as_bytes(), false);
+        assert!(r.complete, "{text}");
+        let body = if path.contains("one") {
+            "whole"
+        } else {
+            "part1part2"
+        };
+        assert_eq!(r.text(), body);
+        let text = get(path, false);
+        assert!(
+            !text.contains("x-checksum: abc"),
+            "no TE: trailers, no trailers: {text}"
+        );
+        assert_eq!(parse_whole(text.as_bytes(), false).text(), body);
+    }
+    // HTTP/1.0 and HEAD: no trailers, and a complete response.
+    let mut s = srv.connect();
+    s.write_all(b"GET /trailers HTTP/1.0\r\nTE: trailers\r\n\r\n")
+        .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.ends_with("part1part2"), "{text}");
+    let r = exchange(
+        &srv,
+        b"HEAD /trailers HTTP/1.1\r\nHost: t\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(srv.get("/ok").text(), "ok");
 }
 
 /// Reads from `s` until what was read contains `needle`; returns all of it.

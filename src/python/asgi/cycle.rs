@@ -19,7 +19,7 @@ use pyo3::types::{PyBytes, PyDict, PyString};
 use tokio::sync::oneshot;
 
 use crate::app::body::Next;
-use crate::app::{Body, HeaderName, RequestBody, Response};
+use crate::app::{Body, HeaderName, RequestBody, Response, Trailers};
 
 use super::body::{BodyStream, Shared};
 
@@ -42,6 +42,8 @@ enum Phase {
     Started,
     /// Body chunks flow through the channel.
     Streaming,
+    /// The body is over; the app declared trailers and sends them now.
+    Trailers,
     /// The response is complete (or was given up).
     Done,
 }
@@ -163,6 +165,9 @@ pub(crate) struct Cycle {
     responder: Option<oneshot::Sender<Response>>,
     /// Status and headers from `http.response.start`.
     head: Option<(u16, Vec<(HeaderName, Bytes)>)>,
+    /// The app declared trailers (`trailers: True` in `http.response.start`): they
+    /// end the response, after the body.
+    trailers: Option<Trailers>,
     phase: Phase,
     recv_waiters: Vec<Py<PyAny>>,
     send_waiter: Option<Py<PyAny>>,
@@ -188,6 +193,7 @@ impl Cycle {
             head_request,
             responder: Some(responder),
             head: None,
+            trailers: None,
             phase: Phase::Start,
             recv_waiters: Vec::new(),
             send_waiter: None,
@@ -315,6 +321,7 @@ impl Cycle {
         let (status, headers) = self.head.take().unwrap_or((500, Vec::new()));
         let mut r = Response::new(status);
         r.headers = headers;
+        r.trailers = self.trailers.clone();
         r
     }
 
@@ -344,9 +351,11 @@ impl Cycle {
                 head.body = Body::Stream(Box::pin(BodyStream::new(shared)));
                 self.reply(head);
             }
-            Phase::Streaming => self.shared.finish(Some(error.unwrap_or_else(|| {
-                "the ASGI app returned without completing the response".into()
-            }))),
+            Phase::Streaming | Phase::Trailers => {
+                self.shared.finish(Some(error.unwrap_or_else(|| {
+                    "the ASGI app returned without completing the response".into()
+                })))
+            }
             Phase::Done => {}
         }
         self.complete(py)?;
@@ -365,12 +374,19 @@ impl Cycle {
         if !(100..=999).contains(&status) {
             return Err(PyValueError::new_err(format!("invalid status {status}")));
         }
+        if let Some(t) = msg.get_item(pyo3::intern!(py, "trailers"))? {
+            if t.is_truthy()? {
+                self.trailers = Some(Trailers::new());
+            }
+        }
         let mut list = Vec::new();
         if let Some(headers) = msg.get_item(pyo3::intern!(py, "headers"))? {
             for item in headers.try_iter()? {
                 let item = item?;
                 let (name, value) = header_pair(&item)?;
-                if is_hop_by_hop(&name) {
+                // `Trailer` announces the trailers, when there are any.
+                let announces = self.trailers.is_some() && name.eq_ignore_ascii_case("trailer");
+                if is_hop_by_hop(&name) && !announces {
                     continue;
                 }
                 list.push((name, value));
@@ -504,9 +520,11 @@ impl Cycle {
                     None => false,
                     Some(m) => m.is_truthy()?,
                 };
+                // With trailers declared, the body's end is not the response's.
+                let ends = !more && (me.trailers.is_none() || me.head_request);
                 if me.phase == Phase::Started {
                     let mut head = me.take_head();
-                    if !more {
+                    if ends {
                         if !body.is_empty() {
                             head.body = Body::Full(body);
                         }
@@ -530,10 +548,13 @@ impl Cycle {
                     return Ready::awaitable(py, None);
                 }
                 let full = me.shared.push(body);
-                if !more {
+                if ends {
                     me.shared.finish(None);
                     me.complete(py)?;
                     return Ready::awaitable(py, None);
+                }
+                if !more {
+                    me.phase = Phase::Trailers;
                 }
                 if !full {
                     return Ready::awaitable(py, None);
@@ -560,8 +581,26 @@ impl Cycle {
                 me.complete(py)?;
                 Ready::awaitable(py, None)
             }
-            // Trailers are not sent (the extension is not offered); accepted after
-            // the body so an app that sends them anyway is not broken.
+            ("http.response.trailers", Phase::Trailers) => {
+                let trailers = me.trailers.clone().expect("declared");
+                if let Some(headers) = msg.get_item(pyo3::intern!(py, "headers"))? {
+                    for item in headers.try_iter()? {
+                        let (name, value) = header_pair(&item?)?;
+                        trailers.push(name, value);
+                    }
+                }
+                let more = match msg.get_item(pyo3::intern!(py, "more_trailers"))? {
+                    None => false,
+                    Some(m) => m.is_truthy()?,
+                };
+                if !more {
+                    me.shared.finish(None);
+                    me.complete(py)?;
+                }
+                Ready::awaitable(py, None)
+            }
+            // A HEAD response (no body, no trailers) is complete before them; an app
+            // that did not declare trailers and sends them anyway is not broken.
             ("http.response.trailers", Phase::Done) => Ready::awaitable(py, None),
             (
                 "http.response.start" | "http.response.body" | "http.response.pathsend",
@@ -587,7 +626,7 @@ impl Cycle {
             Phase::Start => eprintln!(
                 "forklift: the ASGI app returned without starting a response; answering 500"
             ),
-            Phase::Started | Phase::Streaming => eprintln!(
+            Phase::Started | Phase::Streaming | Phase::Trailers => eprintln!(
                 "forklift: the ASGI app returned without completing its response; closing the connection"
             ),
             Phase::Done => {}
@@ -602,7 +641,7 @@ impl Cycle {
         if !quiet {
             match self.phase {
                 Phase::Start => eprintln!("forklift: exception in the ASGI app; answering 500:"),
-                Phase::Started | Phase::Streaming => eprintln!(
+                Phase::Started | Phase::Streaming | Phase::Trailers => eprintln!(
                     "forklift: exception in the ASGI app after its response started; closing the connection:"
                 ),
                 Phase::Done => eprintln!("forklift: exception in the ASGI app after its response:"),

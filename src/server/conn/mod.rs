@@ -149,6 +149,8 @@ pub struct Conn {
     /// The feed was full when last looked at: the wait for more body starts again
     /// once the app makes room.
     feed_full: bool,
+    /// The trailer fields of the response in progress, sent after its body.
+    trailers: Option<crate::app::Trailers>,
     /// Counts this connection open on the scoreboard while it lives.
     _open: crate::ops::ConnGuard,
 }
@@ -175,6 +177,7 @@ impl Conn {
             ops: None,
             feed: None,
             feed_full: false,
+            trailers: None,
             _open: crate::ops::conn_guard(),
         }
     }
@@ -684,6 +687,8 @@ impl Conn {
         if !keep_alive {
             self.end(false);
         }
+        // Only a client that accepts trailers gets them.
+        self.trailers = resp.trailers.filter(|_| meta.te_trailers);
         let status = resp.status;
         let source = match resp.body {
             Body::Empty => None,
@@ -743,8 +748,9 @@ impl Conn {
         log: Option<LogLine>,
         status: u16,
     ) {
+        let trailers = self.trailers.take().map(|t| t.take()).unwrap_or_default();
         if complete {
-            if let Err(short) = enc.finish(&mut self.outbuf) {
+            if let Err(short) = enc.finish_with(&mut self.outbuf, &trailers) {
                 env.log.app_error(&format!(
                     "response shorter than its Content-Length by {} bytes; closing",
                     short.missing

@@ -199,6 +199,19 @@ async def misbehave(scope, receive, send):
         finally:
             task.cancel()
         return
+    if path == "/trailers":
+        # A body with trailer fields after it (two trailers messages).
+        await send({"type": "http.response.start", "status": 200, "trailers": True,
+                    "headers": [(b"content-type", b"text/plain"), (b"trailer", b"x-checksum, x-late")]})
+        if query(scope).get("one") == "1":
+            await send({"type": "http.response.body", "body": b"whole"})
+        else:
+            await send({"type": "http.response.body", "body": b"part1", "more_body": True})
+            await send({"type": "http.response.body", "body": b"part2"})
+        await send({"type": "http.response.trailers", "more_trailers": True,
+                    "headers": [(b"x-checksum", b"abc"), (b"content-length", b"5")]})
+        await send({"type": "http.response.trailers", "headers": [(b"x-late", b"1")]})
+        return
     if path == "/log":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": ",".join(STATE_LOG).encode()})
