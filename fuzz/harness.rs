@@ -197,6 +197,7 @@ pub fn decode_pieces(input: &[u8], pieces: &[usize], limits: &Limits) -> (Vec<Se
             match dec.decode(&mut buf, limits) {
                 Ok(Decoded::NeedMore) => break,
                 Ok(Decoded::Continue) => {}
+                Ok(Decoded::Head { .. }) => unreachable!("only from decode_head_first"),
                 Ok(Decoded::Request(r, m)) => seen.push(Seen {
                     method: r.method.to_vec(),
                     target: r.target.to_vec(),

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`app`]: the native handler API (`Request`, `Response`, `Body`, `Handler`,
-//!   `AsyncHandler`, `Reply`) and the built-in apps
+//!   `AsyncHandler`, `Reply`; `body`: a request body streamed to the app through a
+//!   bounded pipe, `RequestBody`) and the built-in apps
 //!   (`builtin:hello|echo|wait|file|demo|slowlog|fanout`; `slowlog`, whose writes go
 //!   through [`offload`], in `app::slowlog`; `fanout` lives with [`fanout`]).
 //! - [`http`]: the sans-IO HTTP/1.1 codec shared by every model: request decoding with

@@ -8,6 +8,7 @@
 //! waits (a timer, a pool of Python threads, a backend call) never blocks other
 //! connections.
 
+pub mod body;
 pub mod builtin;
 pub mod slowlog;
 
@@ -18,10 +19,12 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::Stream;
+
+pub use body::RequestBody;
 
 /// A boxed, sendable future, as handlers return them.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -65,8 +68,9 @@ impl fmt::Debug for Header {
     }
 }
 
-/// A fully read request, as handed to an app. The body has been de-chunked and is
-/// complete (its size was bounded by the server's body limit).
+/// A request, as handed to an app. The body has been de-chunked and is complete (its
+/// size was bounded by the server's body limit), unless the app streams request
+/// bodies ([`Handler::streams_body`]): then `rest` brings what is still to come.
 #[derive(Debug, Clone)]
 pub struct Request {
     pub method: Bytes,
@@ -75,6 +79,10 @@ pub struct Request {
     pub version: Version,
     pub headers: Vec<Header>,
     pub body: Bytes,
+    /// For apps that stream request bodies: the rest of the body as it arrives after
+    /// `body` (which holds what had arrived when the app was called), and word of the
+    /// client leaving. `None` for other apps.
+    pub rest: Option<RequestBody>,
     /// Client address, when the transport has one.
     pub peer: Option<SocketAddr>,
     /// Address the connection was accepted on.
@@ -206,6 +214,34 @@ pub struct Response {
     pub reason: Option<Cow<'static, str>>,
     pub headers: Vec<(HeaderName, Bytes)>,
     pub body: Body,
+    /// Fields to send after the body (the app fills them while it streams the body).
+    /// They go out when the body goes out chunked to a client that sent `TE:
+    /// trailers` (the body is then sent chunked even when its length is known); other
+    /// clients do not get them.
+    pub trailers: Option<Trailers>,
+}
+
+/// Trailer fields of a response, filled by the app before its body ends and read by
+/// the server once it has. Clones share the fields.
+#[derive(Debug, Clone, Default)]
+pub struct Trailers(Arc<Mutex<Vec<(HeaderName, Bytes)>>>);
+
+impl Trailers {
+    pub fn new() -> Trailers {
+        Trailers::default()
+    }
+
+    pub fn push(&self, name: impl Into<HeaderName>, value: impl Into<Bytes>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name.into(), value.into()));
+    }
+
+    /// The fields pushed so far, taken out.
+    pub fn take(&self) -> Vec<(HeaderName, Bytes)> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 impl Response {
@@ -215,6 +251,7 @@ impl Response {
             reason: None,
             headers: Vec::new(),
             body: Body::Empty,
+            trailers: None,
         }
     }
 
@@ -284,6 +321,14 @@ pub trait Handler: Send + Sync + 'static {
         None
     }
 
+    /// True when the app takes request bodies as they arrive: it is called once the
+    /// head is in, with [`Request::rest`] bringing the body (bounded: the connection
+    /// stops reading while the app does not take it) and telling it when the client
+    /// goes away, which the connection then watches for while the app works.
+    fn streams_body(&self) -> bool {
+        false
+    }
+
     /// True when the app runs requests on threads of its own (a pool it hands work to),
     /// so an event loop serving it should defer to those threads when both want the CPU.
     fn hands_off(&self) -> bool {
@@ -304,8 +349,13 @@ pub trait Handler: Send + Sync + 'static {
     fn before_fork(&self) {}
 
     /// Called once in each worker process after fork, before the first request (start
-    /// per-process threads and runtimes here, never before fork).
-    fn after_fork(&self) {}
+    /// per-process threads and runtimes here, never before fork). An `Err` says the app
+    /// cannot start in this process (an ASGI app's failed lifespan startup): the worker
+    /// exits with [`crate::server::EXIT_BOOT_FAILED`] and the message, and the master
+    /// stops instead of respawning workers that would fail the same way.
+    fn after_fork(&self) -> Result<(), String> {
+        Ok(())
+    }
 
     /// Called in a worker when it stops (after the last request), to flush and join.
     fn shutdown(&self) {}
@@ -343,6 +393,7 @@ mod tests {
                 value: Bytes::from_static(b"text/plain"),
             }],
             body: Bytes::new(),
+            rest: None,
             peer: None,
             local: None,
         }

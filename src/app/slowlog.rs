@@ -234,8 +234,9 @@ impl Handler for SlowLog {
         }
     }
 
-    fn after_fork(&self) {
+    fn after_fork(&self) -> Result<(), String> {
         self.offload.after_fork_in_worker();
+        Ok(())
     }
 
     fn shutdown(&self) {

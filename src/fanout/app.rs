@@ -137,8 +137,9 @@ impl Handler for FanoutApp {
 
     /// Starts this worker's client now rather than on the first request (the client is
     /// per process, so this is the earliest safe moment).
-    fn after_fork(&self) {
+    fn after_fork(&self) -> Result<(), String> {
         let _ = client();
+        Ok(())
     }
 }
 
@@ -201,6 +202,7 @@ mod tests {
             version: Version::Http11,
             headers: Vec::new(),
             body: Bytes::new(),
+            rest: None,
             peer: None,
             local: None,
         }

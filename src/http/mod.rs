@@ -8,7 +8,7 @@ pub mod date;
 pub mod request;
 pub mod response;
 
-pub use request::{ChunkedDecoder, Decoded, Decoder, RequestMeta};
+pub use request::{ChunkedDecoder, Decoded, Decoder, Piece, RequestMeta};
 pub use response::{encode_error, encode_head, BodyEncoder, Framing, ShortBody};
 
 /// Protocol limits. Requests beyond them get a 4xx and the connection closes.

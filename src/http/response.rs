@@ -2,12 +2,12 @@
 //! chunked, close-delimited, none), and a [`BodyEncoder`] that frames body bytes and
 //! holds an app to the length it promised.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::date;
 use super::request::RequestMeta;
 use super::HttpError;
-use crate::app::{Body, Response, Version};
+use crate::app::{Body, HeaderName, Response, Version};
 
 /// How the body of a response is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,9 +79,34 @@ impl BodyEncoder {
 
     /// Ends the body: the last chunk for chunked framing; a check for length framing.
     pub fn finish(&mut self, out: &mut BytesMut) -> Result<(), ShortBody> {
+        self.finish_with(out, &[])
+    }
+
+    /// [`BodyEncoder::finish`] with trailer fields after a chunked body (checked as
+    /// header fields are; those that are not valid, or that frame or route the message,
+    /// are left out). Other framings have nowhere to put them.
+    pub fn finish_with(
+        &mut self,
+        out: &mut BytesMut,
+        trailers: &[(HeaderName, Bytes)],
+    ) -> Result<(), ShortBody> {
         match self.framing {
             Framing::Chunked => {
-                out.extend_from_slice(b"0\r\n\r\n");
+                out.extend_from_slice(b"0\r\n");
+                for (name, value) in trailers {
+                    let valid = !name.is_empty()
+                        && name.bytes().all(is_token_byte)
+                        && !value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
+                        && !is_hop_header(name)
+                        && !is_forbidden_trailer(name);
+                    if valid {
+                        out.extend_from_slice(name.as_bytes());
+                        out.extend_from_slice(b": ");
+                        out.extend_from_slice(value);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                }
+                out.extend_from_slice(b"\r\n");
                 Ok(())
             }
             Framing::Length(_) if self.left > 0 => Err(ShortBody { missing: self.left }),
@@ -160,6 +185,31 @@ pub fn status_has_body(status: u16) -> bool {
 }
 
 /// Headers the server owns: an app's values for these are replaced or checked.
+/// Fields a trailer section must not carry (RFC 9110 §6.5.1): framing, routing,
+/// request modifiers, authentication, and fields that control the response.
+fn is_forbidden_trailer(name: &str) -> bool {
+    [
+        "content-length",
+        "content-type",
+        "content-encoding",
+        "content-range",
+        "host",
+        "trailer",
+        "te",
+        "upgrade",
+        "set-cookie",
+        "authorization",
+        "www-authenticate",
+        "cache-control",
+        "expires",
+        "location",
+        "retry-after",
+        "vary",
+    ]
+    .iter()
+    .any(|f| name.eq_ignore_ascii_case(f))
+}
+
 fn is_hop_header(name: &str) -> bool {
     name.eq_ignore_ascii_case("connection")
         || name.eq_ignore_ascii_case("transfer-encoding")
@@ -213,7 +263,12 @@ pub fn encode_head(
         return Err(HttpError::BadAppHeader(format!("invalid status {status}")));
     }
     let body_allowed = status_has_body(status);
-    let known = app_length.or_else(|| resp.body.len_hint());
+    // Trailers go after a chunked body, to a client that accepts them.
+    let trailers = resp.trailers.is_some()
+        && meta.te_trailers
+        && meta.version == Version::Http11
+        && app_length.is_none();
+    let known = app_length.or_else(|| resp.body.len_hint().filter(|_| !trailers));
     let mut keep_alive = meta.keep_alive;
     let framing = if !body_allowed || meta.head {
         Framing::None
@@ -303,6 +358,7 @@ pub fn encode_error(out: &mut BytesMut, err: &HttpError, version: Version) {
         keep_alive: false,
         head: false,
         echo_keep_alive: false,
+        te_trailers: false,
     };
     if let Ok((mut enc, _)) = encode_head(out, &resp, &meta, true) {
         if let Body::Full(b) = &resp.body {

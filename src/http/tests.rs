@@ -69,6 +69,7 @@ fn incremental_head_and_body() {
             Decoded::Request(r, _) => got = Some(r),
             Decoded::NeedMore => {}
             Decoded::Continue => panic!("no continue without Expect"),
+            Decoded::Head { .. } => unreachable!("only from decode_head_first"),
         }
     }
     assert_eq!(&got.expect("request").body[..], b"hello");
@@ -237,6 +238,7 @@ fn meta(version: Version, keep_alive: bool, head: bool) -> RequestMeta {
         keep_alive,
         head,
         echo_keep_alive: version == Version::Http10 && keep_alive,
+        te_trailers: false,
     }
 }
 
@@ -452,4 +454,85 @@ fn empty_lines_before_a_request_are_bounded() {
     assert_eq!(r.path(), "/x");
     let endless = "\r\n".repeat(40_000);
     assert_eq!(status_of(endless.as_bytes()), 431);
+}
+
+#[test]
+fn head_first_hands_out_the_head_then_the_body_in_pieces() {
+    use crate::http::Piece;
+    let limits = Limits::default();
+    let mut dec = Decoder::new();
+    // Whole: an ordinary request.
+    let mut buf =
+        BytesMut::from(&b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"[..]);
+    assert!(matches!(
+        dec.decode_head_first(&mut buf, &limits).unwrap(),
+        Decoded::Request(r, _) if &r.body[..] == b"abc"
+    ));
+    // Part of a sized body: the head with what is here, then pieces.
+    let mut buf = BytesMut::from(&b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\nab"[..]);
+    match dec.decode_head_first(&mut buf, &limits).unwrap() {
+        Decoded::Head {
+            req,
+            expect_continue,
+            ..
+        } => {
+            assert_eq!(&req.body[..], b"ab");
+            assert!(!expect_continue);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(dec.body_piece(&mut buf, &limits).unwrap(), Piece::NeedMore);
+    buf.extend_from_slice(b"cdefGET");
+    assert_eq!(
+        dec.body_piece(&mut buf, &limits).unwrap(),
+        Piece::Data(bytes::Bytes::from_static(b"cdef"))
+    );
+    assert_eq!(dec.body_piece(&mut buf, &limits).unwrap(), Piece::End);
+    assert_eq!(&buf[..], b"GET", "the next request stays");
+    // Chunked, waiting for 100-continue.
+    let mut buf = BytesMut::from(
+        &b"PUT / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
+            [..],
+    );
+    assert!(matches!(
+        dec.decode_head_first(&mut buf, &limits).unwrap(),
+        Decoded::Head { expect_continue: true, ref req, .. } if req.body.is_empty()
+    ));
+    buf.extend_from_slice(b"3\r\nxyz\r\n0\r\n\r\n");
+    assert_eq!(
+        dec.body_piece(&mut buf, &limits).unwrap(),
+        Piece::Data(bytes::Bytes::from_static(b"xyz"))
+    );
+    assert_eq!(dec.body_piece(&mut buf, &limits).unwrap(), Piece::End);
+    assert!(buf.is_empty());
+    // A bad chunk is an error.
+    let mut buf =
+        BytesMut::from(&b"PUT / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"[..]);
+    assert!(matches!(
+        dec.decode_head_first(&mut buf, &limits).unwrap(),
+        Decoded::Head { .. }
+    ));
+    buf.extend_from_slice(b"zz\r\n");
+    assert!(dec.body_piece(&mut buf, &limits).is_err());
+}
+
+#[test]
+fn trailers_go_after_a_chunked_body_to_clients_that_accept_them() {
+    let trailers = crate::app::Trailers::new();
+    trailers.push("X-Sum", Bytes::from_static(b"7"));
+    trailers.push("Content-Length", Bytes::from_static(b"3"));
+    trailers.push("X-Bad", Bytes::from_static(b"a\r\nb"));
+    let mut resp = Response::new(200).with_body(Body::Full(Bytes::from_static(b"abc")));
+    resp.trailers = Some(trailers.clone());
+    let mut m = meta(Version::Http11, true, false);
+    m.te_trailers = true;
+    let (head, mut enc, _) = encode(&resp, m);
+    assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
+    let mut out = BytesMut::new();
+    enc.push(&mut out, b"abc");
+    enc.finish_with(&mut out, &trailers.take()).unwrap();
+    assert_eq!(&out[..], b"3\r\nabc\r\n0\r\nX-Sum: 7\r\n\r\n");
+    // Without TE: trailers the length is known, as usual.
+    let (head, _, _) = encode(&resp, meta(Version::Http11, true, false));
+    assert!(head.contains("Content-Length: 3"), "{head}");
 }

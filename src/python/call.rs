@@ -159,6 +159,7 @@ fn head_response(head: Option<super::wsgi::Head>) -> Response {
             reason: h.reason,
             headers: h.headers,
             body: Body::Empty,
+            trailers: None,
         },
         None => Response::new(500),
     }

@@ -254,6 +254,7 @@ pub(crate) fn build<'py>(
         body,
         peer,
         local,
+        ..
     } = req;
 
     let m = match c.methods.iter().find(|(n, _)| *n == &method[..]) {

@@ -116,8 +116,9 @@ impl Handler for WsgiApp {
         interp::before_fork();
     }
 
-    fn after_fork(&self) {
+    fn after_fork(&self) -> Result<(), String> {
         interp::after_fork_child();
+        Ok(())
     }
 
     fn shutdown(&self) {

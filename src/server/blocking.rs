@@ -1,11 +1,13 @@
 //! The blocking connection driver shared by `linear` and `threads`: one thread owns a
 //! connection, reads with a timeout no longer than a tick or the connection's deadline
 //! (so it notices shutdown and the time limits), writes with `write_all`, and parks
-//! while the app's reply is pending. What the connection does is [`Conn`]'s decision.
+//! while the app's reply is pending (or, while the app takes its request body as it
+//! comes, waits for input or the waker together). What the connection does is
+//! [`Conn`]'s decision.
 
 use std::io::{self, Read};
 use std::net::{Shutdown as NetShutdown, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::task::{Context, Wake, Waker};
 use std::thread::{self, Thread};
@@ -19,15 +21,73 @@ use crate::app::CallContext;
 /// How often a blocked read wakes to look at the shutdown flag and the idle timer.
 const TICK: Duration = Duration::from_millis(500);
 
-struct Unpark(Thread);
+/// Wakes a connection's thread: unparks it, and rings its bell (an eventfd it polls
+/// beside the socket while the app takes input as it comes).
+struct Unpark {
+    thread: Thread,
+    bell: Option<Arc<OwnedFd>>,
+}
 
 impl Wake for Unpark {
     fn wake(self: Arc<Self>) {
-        self.0.unpark();
+        self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
+        if let Some(bell) = &self.bell {
+            let _ = nix::unistd::write(bell.as_fd(), &1u64.to_ne_bytes());
+        }
+        self.thread.unpark();
     }
+}
+
+thread_local! {
+    /// This thread's bell (kept open by the wakers that ring it).
+    static BELL: Option<Arc<OwnedFd>> = {
+        // SAFETY: eventfd takes no pointers; a negative result is an error.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        (fd >= 0).then(|| Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }))
+    };
+}
+
+/// Waits, while the app works, for input on `stream` or a wake-up (at most until the
+/// connection's deadline), then reads what came. False when the connection failed.
+fn wait_input(s: &mut Session, env: &Env, bell: &OwnedFd, scratch: &mut [u8]) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::socket::{recv, MsgFlags};
+    let left = s
+        .conn
+        .deadline(env)
+        .map_or(TICK, |d| d.saturating_duration_since(Instant::now()));
+    let mut fds = [
+        PollFd::new(s.stream.as_fd(), PollFlags::POLLIN),
+        PollFd::new(bell.as_fd(), PollFlags::POLLIN),
+    ];
+    let t = PollTimeout::try_from(left.min(TICK)).unwrap_or(PollTimeout::MAX);
+    match poll(&mut fds, t) {
+        Ok(0) => {
+            s.conn.expire(env, Instant::now());
+            return true;
+        }
+        Ok(_) | Err(nix::Error::EINTR) => {}
+        Err(_) => return false,
+    }
+    let mut count = [0u8; 8];
+    let _ = nix::unistd::read(bell.as_raw_fd(), &mut count);
+    let ready = fds[0].revents().is_some_and(|r| !r.is_empty());
+    if !ready {
+        return true;
+    }
+    match recv(s.stream.as_raw_fd(), scratch, MsgFlags::MSG_DONTWAIT) {
+        Ok(0) => s.conn.read_closed(),
+        Ok(n) => {
+            s.conn.inbuf.extend_from_slice(&scratch[..n]);
+            s.conn.received(Instant::now());
+        }
+        Err(nix::Error::EAGAIN) | Err(nix::Error::EINTR) => {}
+        Err(_) => return false,
+    }
+    true
 }
 
 /// A connection being served by the blocking models: the socket and its protocol
@@ -152,7 +212,11 @@ pub enum Outcome {
 /// thinks. `busy` says whether this process is saturated; then keep-alive is not
 /// offered (see [`Env::prefer_close`]).
 pub fn serve(mut s: Session, env: &Env, busy: &dyn Fn() -> bool) -> Outcome {
-    let waker = Waker::from(Arc::new(Unpark(thread::current())));
+    let bell = BELL.with(Clone::clone);
+    let waker = Waker::from(Arc::new(Unpark {
+        thread: thread::current(),
+        bell: bell.clone(),
+    }));
     let mut cx = Context::from_waker(&waker);
     let call = CallContext { may_block: true };
     let mut scratch = [0u8; 16 * 1024];
@@ -167,7 +231,14 @@ pub fn serve(mut s: Session, env: &Env, busy: &dyn Fn() -> bool) -> Outcome {
                 }
                 s.conn.outbuf.clear();
             }
-            Step::Pending => thread::park(),
+            Step::Pending => match &bell {
+                Some(bell) if s.conn.wants_input() => {
+                    if !wait_input(&mut s, env, bell, &mut scratch) {
+                        return Outcome::Closed;
+                    }
+                }
+                _ => thread::park(),
+            },
             Step::ShutdownWrite => {
                 let _ = s.stream.shutdown(NetShutdown::Write);
             }

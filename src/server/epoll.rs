@@ -356,12 +356,14 @@ impl Loop {
                 },
                 // This loop admits every request as it arrives.
                 Step::Admit => e.conn.set_gate(false),
-                Step::Pending => break false,
+                Step::Pending if !e.conn.wants_input() => break false,
                 Step::ShutdownWrite => {
                     let _ = e.stream.shutdown(std::net::Shutdown::Write);
                 }
                 Step::Close => break true,
-                Step::Read => {
+                // Reading, or reading while the app works (its request body, or the
+                // client leaving).
+                Step::Read | Step::Pending => {
                     if !e.readable && !e.peer_closed {
                         break false;
                     }

@@ -3,6 +3,10 @@
 //! workers keep dying young), replaces all workers on SIGHUP, and on SIGTERM/SIGINT/
 //! SIGQUIT asks every worker to finish its in-flight requests, waits for them (killing
 //! stragglers after the shutdown timeout), logs `forklift: stopped (...)` and exits 0.
+//! A worker that cannot start its app (a lazy load that fails, an ASGI app's failed
+//! lifespan startup) exits with [`EXIT_BOOT_FAILED`] and tells the master why through
+//! a pipe; the master then stops every worker and exits with that status and the app's
+//! message, as gunicorn does, instead of respawning workers that would fail the same way.
 //!
 //! The master's own loop runs on one thread with no runtime: it blocks its signals and
 //! reads them from a signalfd, forks, and reaps. The process is not necessarily
@@ -23,7 +27,7 @@
 
 use std::collections::HashSet;
 use std::net::TcpListener;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +47,10 @@ use crate::rt::Shutdown;
 const QUICK_DEATH: Duration = Duration::from_secs(1);
 /// The longest wait before respawning a worker that keeps dying young.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The exit status of a worker that could not start its app, and then of the master.
+pub const EXIT_BOOT_FAILED: i32 = 3;
+/// The longest boot failure message a worker passes to the master.
+const BOOT_MESSAGE_MAX: usize = 4096;
 
 /// Errors of the master itself (workers' errors are theirs).
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +91,8 @@ struct Slot {
     failures: u32,
     /// When to fork a worker into this slot; `None` while one runs.
     respawn_at: Option<Instant>,
+    /// The read end of the running worker's boot pipe: why it could not start its app.
+    boot: Option<OwnedFd>,
 }
 
 /// The master's state, changed by the steps of its loop ([`Master::run`]).
@@ -108,6 +118,8 @@ struct Master {
     stop_deadline: Option<Instant>,
     /// Workers killed with SIGKILL when the stop deadline passed (0 until then).
     killed: usize,
+    /// The master's exit status once stopped: 0, or [`EXIT_BOOT_FAILED`].
+    exit_code: i32,
     /// The workers' scoreboard and totals, with `--stats`/`--metrics`/`--reload-on-rss`.
     roster: Option<Arc<Roster>>,
     recycling: Recycling,
@@ -198,6 +210,7 @@ impl Master {
                 started: now,
                 failures: 0,
                 respawn_at: Some(now),
+                boot: None,
             })
             .collect();
         Ok(Master {
@@ -211,6 +224,7 @@ impl Master {
             retiring: HashSet::new(),
             stop_deadline: None,
             killed: 0,
+            exit_code: 0,
             roster,
             recycling: options.recycling,
             logto: options.logto,
@@ -242,6 +256,13 @@ impl Master {
     /// Spawn: forks a worker into each empty slot whose respawn time has come. A failed
     /// fork counts as a failed start.
     fn spawn_due(&mut self, now: Instant) {
+        // Workers do not keep each other's boot pipes.
+        let mut close = self.own_fds.clone();
+        close.extend(
+            self.slots
+                .iter()
+                .filter_map(|s| Some(s.boot.as_ref()?.as_raw_fd())),
+        );
         for (i, slot) in self.slots.iter_mut().enumerate() {
             if slot.pid.is_some() || slot.respawn_at.is_none_or(|t| t > now) {
                 continue;
@@ -257,12 +278,13 @@ impl Master {
                 log: &self.log,
                 old_mask: &self.worker_mask,
                 card,
-                close: &self.own_fds,
+                close: &close,
                 logto: self.logto.as_deref(),
                 max_requests_delta: self.recycling.max_requests_delta,
             };
             match spawn(&worker) {
-                Ok(pid) => {
+                Ok((pid, boot)) => {
+                    slot.boot = Some(boot);
                     if let Some(r) = &self.roster {
                         r.started(i + 1, card, pid.as_raw() as u32);
                     }
@@ -305,7 +327,7 @@ impl Master {
     fn check_stop(&mut self, now: Instant) -> Option<i32> {
         let deadline = self.stop_deadline?;
         if self.alive().next().is_none() {
-            return Some(0);
+            return Some(self.exit_code);
         }
         if now >= deadline && self.killed == 0 {
             self.log
@@ -392,15 +414,19 @@ impl Master {
                 Some(s) if self.stop_deadline.is_none() => {
                     self.log
                         .line(&format!("forklift: {s}: stopping gracefully"));
-                    self.stop_deadline = Some(
-                        Instant::now() + self.config.timeouts.shutdown + Duration::from_secs(1),
-                    );
-                    for pid in self.alive().collect::<Vec<_>>() {
-                        let _ = kill(pid, Signal::SIGTERM);
-                    }
+                    self.stop();
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// Starts the graceful stop: every worker finishes its requests and exits.
+    fn stop(&mut self) {
+        self.stop_deadline =
+            Some(Instant::now() + self.config.timeouts.shutdown + Duration::from_secs(1));
+        for pid in self.alive().collect::<Vec<_>>() {
+            let _ = kill(pid, Signal::SIGTERM);
         }
     }
 
@@ -503,7 +529,24 @@ impl Master {
                 continue;
             };
             slot.pid = None;
+            let boot = slot.boot.take();
             if self.stop_deadline.is_some() {
+                continue;
+            }
+            if status_text == format!("exited with code {EXIT_BOOT_FAILED}") {
+                let why = boot.map(read_boot_message).unwrap_or_default();
+                let why = if why.is_empty() {
+                    "no reason given".to_owned()
+                } else {
+                    why
+                };
+                self.log.line(&format!(
+                    "forklift: worker {} (pid {pid}) could not start the app: {why}; stopping \
+                     (a new worker would fail the same way)",
+                    i + 1
+                ));
+                self.exit_code = EXIT_BOOT_FAILED;
+                self.stop();
                 continue;
             }
             // A worker retiring after --max-requests is not a failed start, however
@@ -552,7 +595,28 @@ struct Worker<'a> {
     max_requests_delta: u64,
 }
 
-fn spawn(worker: &Worker<'_>) -> Result<Pid, nix::Error> {
+/// Reads what a worker that could not start wrote to its boot pipe (it has exited, so
+/// the message is all there; the read does not wait in case a child of it still holds
+/// the pipe open).
+fn read_boot_message(fd: OwnedFd) -> String {
+    let _ = nix::fcntl::fcntl(
+        fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    );
+    let mut buf = vec![0u8; BOOT_MESSAGE_MAX];
+    let mut len = 0;
+    while len < buf.len() {
+        match nix::unistd::read(fd.as_raw_fd(), &mut buf[len..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => len += n,
+        }
+    }
+    String::from_utf8_lossy(&buf[..len]).trim().to_owned()
+}
+
+/// Forks a worker; returns its pid and the read end of its boot pipe.
+fn spawn(worker: &Worker<'_>) -> Result<(Pid, OwnedFd), nix::Error> {
+    let (boot_rx, boot_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     // SAFETY: the master's own loop runs no runtime (it waits for signals on a
     // signalfd). Other threads it may have (a preloaded app's Python threads, offload
     // executors a module used at import, the stats thread) are accounted for: Python's
@@ -561,15 +625,26 @@ fn spawn(worker: &Worker<'_>) -> Result<Pid, nix::Error> {
     // per process (`rt::fork::ForkLocal`) or its own scoreboard card (atomics only),
     // never a lock a master thread may hold.
     match unsafe { fork() }? {
-        ForkResult::Parent { child } => Ok(child),
+        ForkResult::Parent { child } => {
+            drop(boot_tx);
+            Ok((child, boot_rx))
+        }
         ForkResult::Child => {
-            let code = worker_main(worker);
+            drop(boot_rx);
+            let code = match worker_main(worker) {
+                Ok(code) => code,
+                Err(why) => {
+                    let _ = nix::unistd::write(&boot_tx, why.as_bytes());
+                    EXIT_BOOT_FAILED
+                }
+            };
             std::process::exit(code);
         }
     }
 }
 
-fn worker_main(w: &Worker<'_>) -> i32 {
+/// A worker's life: its exit status, or why it could not start the app.
+fn worker_main(w: &Worker<'_>) -> Result<i32, String> {
     let index = w.index;
     // Die with the master rather than serve on as an orphan.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
@@ -588,21 +663,10 @@ fn worker_main(w: &Worker<'_>) -> i32 {
         .max_requests
         .map(|m| m + index as u64 * w.max_requests_delta);
     let app = match w.source {
-        AppSource::Preloaded(app) => {
-            app.after_fork();
-            app.clone()
-        }
-        AppSource::Lazy(load) => match load() {
-            Ok(app) => {
-                app.after_fork();
-                app
-            }
-            Err(e) => {
-                log.line(&format!("forklift: worker {}: {e}", index + 1));
-                return 1;
-            }
-        },
+        AppSource::Preloaded(app) => app.clone(),
+        AppSource::Lazy(load) => load()?,
     };
+    app.after_fork()?;
     if let Some(offload) = crate::offload::global() {
         // Drop what came from the master; start this worker's executors.
         offload.after_fork_in_worker();
@@ -613,13 +677,13 @@ fn worker_main(w: &Worker<'_>) -> i32 {
             "forklift: worker {}: cannot watch signals: {e}",
             index + 1
         ));
-        return 1;
+        return Ok(1);
     }
     let listener = match w.listener.try_clone() {
         Ok(l) => l,
         Err(e) => {
             log.line(&format!("forklift: worker {}: {e}", index + 1));
-            return 1;
+            return Ok(1);
         }
     };
     let code = match run_worker_with(listener, app, config, log.clone(), shutdown, w.card) {
@@ -635,5 +699,5 @@ fn worker_main(w: &Worker<'_>) -> i32 {
             log.line(&format!("forklift: worker {}: {report}", index + 1));
         }
     }
-    code
+    Ok(code)
 }

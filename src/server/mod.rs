@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 pub use config::{Model, ServerConfig, Timeouts};
 pub use log::Log;
+pub use master::EXIT_BOOT_FAILED;
 
 use crate::app::App;
 use crate::rt::Shutdown;

@@ -3,7 +3,7 @@
 //! caps the requests one worker works on at once. The connection logic is the shared
 //! [`Conn`] state machine, polled from the task.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -191,11 +191,39 @@ async fn serve_conn(mut stream: TcpStream, shared: &Shared, shed: bool) -> io::R
     loop {
         // A request takes one of the worker's `cores` only once it has arrived whole.
         conn.set_gate(permit.is_none());
-        let step = poll_fn(|cx| match conn.poll(env, &call, cx, &busy) {
-            Step::Pending => Poll::Pending,
-            s => Poll::Ready(s),
+        let step = poll_fn(|cx| loop {
+            match conn.poll(env, &call, cx, &busy) {
+                // While the app works on a request whose body (or whose client's
+                // leaving) it takes as it comes, input is read as it arrives.
+                Step::Pending if conn.wants_input() => match stream.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => match read_ready(&stream, &mut conn) {
+                        Ok(0) => conn.read_closed(),
+                        Ok(_) => conn.received(Instant::now()),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Poll::Ready(Err(e)),
+                    },
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        // The client may stall mid-body: the body timeout applies.
+                        if let Some(d) = conn.deadline(env) {
+                            if d != timer_at {
+                                timer_at = d;
+                                timer.as_mut().reset(d.into());
+                            }
+                            if timer.as_mut().poll(cx).is_ready()
+                                && conn.expire(env, Instant::now())
+                            {
+                                continue;
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                },
+                Step::Pending => return Poll::Pending,
+                s => return Poll::Ready(Ok(s)),
+            }
         })
-        .await;
+        .await?;
         match step {
             Step::Admit => permit = Some(cores.acquire().await.expect("semaphore open")),
             Step::Flush => {
@@ -266,17 +294,21 @@ thread_local! {
 async fn read_some(stream: &TcpStream, conn: &mut Conn) -> io::Result<usize> {
     loop {
         stream.readable().await?;
-        let r = SCRATCH.with(|s| {
-            let mut s = s.borrow_mut();
-            let r = stream.try_read(&mut s);
-            if let Ok(n) = r {
-                conn.inbuf.extend_from_slice(&s[..n]);
-            }
-            r
-        });
-        match r {
+        match read_ready(stream, conn) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             r => return r,
         }
     }
+}
+
+/// Reads what the socket has into the connection's input (WouldBlock when nothing).
+fn read_ready(stream: &TcpStream, conn: &mut Conn) -> io::Result<usize> {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let r = stream.try_read(&mut s);
+        if let Ok(n) = r {
+            conn.inbuf.extend_from_slice(&s[..n]);
+        }
+        r
+    })
 }

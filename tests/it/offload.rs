@@ -148,6 +148,7 @@ mod support {
                 value: Bytes::from_static(b"localhost"),
             }],
             body: Bytes::from_static(body),
+            rest: None,
             peer: None,
             local: None,
         }

@@ -18,6 +18,8 @@ pub struct RequestMeta {
     /// A 1.0 client asked for keep-alive explicitly, so the response must echo
     /// `Connection: keep-alive` (as `ab -k` expects).
     pub echo_keep_alive: bool,
+    /// The client accepts trailer fields after a chunked body (`TE: trailers`).
+    pub te_trailers: bool,
 }
 
 /// A parsed head, as offsets into the head bytes (so the request can share them).
@@ -107,6 +109,7 @@ pub(super) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, us
     let mut conn_close = false;
     let mut conn_keep_alive = false;
     let mut expect_continue = false;
+    let mut te_trailers = false;
     let mut headers = Vec::with_capacity(req.headers.len());
     let mut host_seen = false;
     let mut content_type_seen = false;
@@ -139,6 +142,11 @@ pub(super) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, us
             } else {
                 return Err(HttpError::ExpectationFailed);
             }
+        } else if name.eq_ignore_ascii_case(b"te") {
+            te_trailers |= h
+                .value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
         } else if name.eq_ignore_ascii_case(b"host") {
             if host_seen {
                 return Err(HttpError::Malformed("duplicate Host header".into()));
@@ -186,6 +194,7 @@ pub(super) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, us
         keep_alive,
         head: method == "HEAD",
         echo_keep_alive: version == Version::Http10 && keep_alive,
+        te_trailers,
     };
     let head = Head {
         method: offsets(buf, method.as_bytes()),

@@ -27,6 +27,24 @@ pub enum Decoded {
     Continue,
     /// Not enough bytes yet.
     NeedMore,
+    /// (From [`Decoder::decode_head_first`] only.) A request whose body has not all
+    /// arrived: its `body` holds the bytes already here, [`Decoder::body_piece`] gives
+    /// the rest. `expect_continue`: the client waits for `100 Continue` before sending
+    /// the body.
+    Head {
+        req: Request,
+        meta: RequestMeta,
+        expect_continue: bool,
+    },
+}
+
+/// A piece of a body decoded after its head (see [`Decoder::body_piece`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece {
+    Data(Bytes),
+    /// The body is complete (bytes after it stay in the buffer).
+    End,
+    NeedMore,
 }
 
 #[derive(Debug)]
@@ -68,6 +86,61 @@ impl Decoder {
     /// True while a request's head has been read but its body has not.
     pub fn in_body(&self) -> bool {
         self.pending.is_some()
+    }
+
+    /// Like [`Decoder::decode`], but a request whose body has not all arrived is handed
+    /// out at once as [`Decoded::Head`]; then [`Decoder::body_piece`] gives the rest
+    /// of its body, and must be called until it says [`Piece::End`] before this is
+    /// called again.
+    pub fn decode_head_first(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: &Limits,
+    ) -> Result<Decoded, HttpError> {
+        debug_assert!(self.pending.is_none(), "a streamed body is still pending");
+        let expect_continue = match self.decode(buf, limits)? {
+            // The client waits for `100 Continue` before it sends the body.
+            Decoded::Continue => true,
+            // Part of the body (or of its framing) is here already.
+            Decoded::NeedMore if self.pending.is_some() => false,
+            d => return Ok(d),
+        };
+        let p = self.pending.as_mut().expect("pending request");
+        p.continue_sent = true;
+        let body = std::mem::take(&mut p.body).freeze();
+        Ok(Decoded::Head {
+            req: p.head.finish(body),
+            meta: p.head.meta,
+            expect_continue,
+        })
+    }
+
+    /// The next piece of the body of the request [`Decoder::decode_head_first`] handed
+    /// out as a head, from `buf`.
+    pub fn body_piece(&mut self, buf: &mut BytesMut, limits: &Limits) -> Result<Piece, HttpError> {
+        let Some(p) = self.pending.as_mut() else {
+            return Ok(Piece::End);
+        };
+        let (data, done) = match &mut p.state {
+            BodyState::Length(left) => {
+                let take = (*left).min(buf.len() as u64) as usize;
+                *left -= take as u64;
+                (buf.split_to(take).freeze(), *left == 0)
+            }
+            BodyState::Chunked(dec) => {
+                let mut out = BytesMut::new();
+                let done = dec.decode(buf, &mut out, limits.max_body)?;
+                (out.freeze(), done)
+            }
+        };
+        if done {
+            self.pending = None;
+        }
+        Ok(match (data.is_empty(), done) {
+            (false, _) => Piece::Data(data),
+            (true, true) => Piece::End,
+            (true, false) => Piece::NeedMore,
+        })
     }
 
     /// Consumes bytes from `buf` and reports what they amount to.
@@ -141,6 +214,7 @@ impl PartialRequest {
             version: self.meta.version,
             headers: self.headers.clone(),
             body,
+            rest: None,
             peer: None,
             local: None,
         }

@@ -150,6 +150,17 @@ impl Shared {
     }
 }
 
+/// A waker for the request's loop: the request body's pipe wakes the app this way.
+impl std::task::Wake for Shared {
+    fn wake(self: Arc<Self>) {
+        self.loop_.poke(self.id);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.loop_.poke(self.id);
+    }
+}
+
 /// The connection's hold on a request: dropped before the response is complete, it
 /// marks the client gone and pokes the loop.
 pub(crate) struct Guard(Option<Arc<Shared>>);

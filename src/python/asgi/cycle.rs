@@ -1,14 +1,15 @@
 //! One HTTP request as the app sees it: the `receive` and `send` callables of an ASGI
 //! `http` scope. They live on the request's event loop and answer with awaitables that
 //! are already done whenever they can (no future, no loop turn); they wait (an asyncio
-//! future) only for what has not happened yet: the client leaving, or room in the
-//! response body's channel.
+//! future) only for what has not happened yet: more of the request body, the client
+//! leaving, or room in the response body's channel.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Waker;
 
 use bytes::Bytes;
 use pyo3::create_exception;
@@ -17,7 +18,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 use tokio::sync::oneshot;
 
-use crate::app::{Body, HeaderName, Response};
+use crate::app::body::Next;
+use crate::app::{Body, HeaderName, RequestBody, Response, Trailers};
 
 use super::body::{BodyStream, Shared};
 
@@ -40,6 +42,8 @@ enum Phase {
     Started,
     /// Body chunks flow through the channel.
     Streaming,
+    /// The body is over; the app declared trailers and sends them now.
+    Trailers,
     /// The response is complete (or was given up).
     Done,
 }
@@ -51,7 +55,8 @@ struct LoopCtx {
 
 thread_local! {
     static CTX: RefCell<Option<LoopCtx>> = const { RefCell::new(None) };
-    /// Requests of this loop waiting for a poke (the client leaving, body room).
+    /// Requests of this loop waiting for a poke (request body, the client leaving, body
+    /// room).
     static WAITING: RefCell<HashMap<u64, Py<Cycle>>> = RefCell::new(HashMap::new());
 }
 
@@ -146,15 +151,23 @@ impl Ready {
 #[pyclass(module = "forklift")]
 pub(crate) struct Cycle {
     shared: Arc<Shared>,
-    /// The request body not yet handed to the app.
+    /// Request body bytes here and not yet handed to the app.
     body: Bytes,
-    /// The first `http.request` event went out (it goes out even for an empty body).
-    body_started: bool,
+    /// The rest of the request body as it arrives, and word of the client leaving.
+    rest: Option<RequestBody>,
+    /// The `http.request` event with `more_body: False` went out (one goes out even
+    /// for an empty body).
+    body_done: bool,
+    /// Pokes this request on its loop (given to the request body's pipe).
+    waker: Waker,
     /// A HEAD request: body chunks from the app are dropped (the server sends none).
     head_request: bool,
     responder: Option<oneshot::Sender<Response>>,
     /// Status and headers from `http.response.start`.
     head: Option<(u16, Vec<(HeaderName, Bytes)>)>,
+    /// The app declared trailers (`trailers: True` in `http.response.start`): they
+    /// end the response, after the body.
+    trailers: Option<Trailers>,
     phase: Phase,
     recv_waiters: Vec<Py<PyAny>>,
     send_waiter: Option<Py<PyAny>>,
@@ -166,17 +179,21 @@ impl Cycle {
     pub(crate) fn new(
         shared: Arc<Shared>,
         body: Bytes,
+        rest: Option<RequestBody>,
         head_request: bool,
         responder: oneshot::Sender<Response>,
         inflight: Arc<AtomicUsize>,
     ) -> Cycle {
         Cycle {
+            waker: Waker::from(shared.clone()),
             shared,
             body,
-            body_started: false,
+            rest,
+            body_done: false,
             head_request,
             responder: Some(responder),
             head: None,
+            trailers: None,
             phase: Phase::Start,
             recv_waiters: Vec::new(),
             send_waiter: None,
@@ -207,13 +224,70 @@ impl Cycle {
         self.wake(py)
     }
 
+    /// What `receive()` gives now, if anything: the request body in `http.request`
+    /// events (data before the news of a client that only closed its sending side),
+    /// then `http.disconnect` once the response is complete or the client has gone.
+    /// `None`: nothing yet (the loop is poked when something comes).
+    fn next_event<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        if self.shared.is_gone() || self.phase == Phase::Done {
+            return Self::disconnect_msg(py).map(Some);
+        }
+        if !self.body_done {
+            if self.body.is_empty() {
+                if let Some(rest) = &self.rest {
+                    match rest.next(Some(&self.waker)) {
+                        Next::Data(b) => self.body = b,
+                        Next::End => {}
+                        Next::Failed(_) => return Self::disconnect_msg(py).map(Some),
+                        Next::Pending if rest.is_gone() => {
+                            return Self::disconnect_msg(py).map(Some)
+                        }
+                        Next::Pending => return Ok(None),
+                    }
+                }
+            }
+            let n = self.body.len().min(BODY_CHUNK);
+            let chunk = self.body.split_to(n);
+            let more = !self.body.is_empty() || self.rest.as_ref().is_some_and(|r| !r.at_end());
+            self.body_done = !more;
+            let d = PyDict::new(py);
+            d.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "http.request"))?;
+            d.set_item(pyo3::intern!(py, "body"), PyBytes::new(py, &chunk))?;
+            d.set_item(pyo3::intern!(py, "more_body"), more)?;
+            return Ok(Some(d.into_any()));
+        }
+        match &self.rest {
+            Some(rest) if rest.is_gone() => Self::disconnect_msg(py).map(Some),
+            Some(rest) => {
+                rest.watch(&self.waker);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Resolves the waiters whose condition now holds; forgets this request's waiting
     /// entry when none is left.
     fn wake(&mut self, py: Python<'_>) -> PyResult<()> {
-        let over = self.shared.is_gone() || self.phase == Phase::Done;
-        if over {
-            for w in std::mem::take(&mut self.recv_waiters) {
-                resolve(w.bind(py), Self::disconnect_msg(py)?)?;
+        // A waiter the app cancelled gets nothing (it would lose a body chunk).
+        let mut live = Vec::with_capacity(self.recv_waiters.len());
+        for w in std::mem::take(&mut self.recv_waiters) {
+            if !w
+                .bind(py)
+                .call_method0(pyo3::intern!(py, "done"))?
+                .is_truthy()?
+            {
+                live.push(w);
+            }
+        }
+        self.recv_waiters = live;
+        while !self.recv_waiters.is_empty() {
+            match self.next_event(py)? {
+                Some(event) => {
+                    let w = self.recv_waiters.remove(0);
+                    resolve(w.bind(py), event)?;
+                }
+                None => break,
             }
         }
         if self.send_waiter.is_some() {
@@ -247,6 +321,7 @@ impl Cycle {
         let (status, headers) = self.head.take().unwrap_or((500, Vec::new()));
         let mut r = Response::new(status);
         r.headers = headers;
+        r.trailers = self.trailers.clone();
         r
     }
 
@@ -276,9 +351,11 @@ impl Cycle {
                 head.body = Body::Stream(Box::pin(BodyStream::new(shared)));
                 self.reply(head);
             }
-            Phase::Streaming => self.shared.finish(Some(error.unwrap_or_else(|| {
-                "the ASGI app returned without completing the response".into()
-            }))),
+            Phase::Streaming | Phase::Trailers => {
+                self.shared.finish(Some(error.unwrap_or_else(|| {
+                    "the ASGI app returned without completing the response".into()
+                })))
+            }
             Phase::Done => {}
         }
         self.complete(py)?;
@@ -297,12 +374,19 @@ impl Cycle {
         if !(100..=999).contains(&status) {
             return Err(PyValueError::new_err(format!("invalid status {status}")));
         }
+        if let Some(t) = msg.get_item(pyo3::intern!(py, "trailers"))? {
+            if t.is_truthy()? {
+                self.trailers = Some(Trailers::new());
+            }
+        }
         let mut list = Vec::new();
         if let Some(headers) = msg.get_item(pyo3::intern!(py, "headers"))? {
             for item in headers.try_iter()? {
                 let item = item?;
                 let (name, value) = header_pair(&item)?;
-                if is_hop_by_hop(&name) {
+                // `Trailer` announces the trailers, when there are any.
+                let announces = self.trailers.is_some() && name.eq_ignore_ascii_case("trailer");
+                if is_hop_by_hop(&name) && !announces {
                     continue;
                 }
                 list.push((name, value));
@@ -379,23 +463,15 @@ fn is_hop_by_hop(name: &str) -> bool {
 
 #[pymethods]
 impl Cycle {
-    /// `await receive()`: the request body in `http.request` events, then (once the
-    /// response is complete or the client has gone) `http.disconnect`.
+    /// `await receive()`: the request body in `http.request` events as it arrives,
+    /// then (once the response is complete or the client has gone) `http.disconnect`.
     fn receive<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let mut me = slf.borrow_mut();
-        if me.shared.is_gone() || me.phase == Phase::Done {
-            return Ready::awaitable(py, Some(Self::disconnect_msg(py)?));
-        }
-        if !me.body_started || !me.body.is_empty() {
-            me.body_started = true;
-            let n = me.body.len().min(BODY_CHUNK);
-            let chunk = me.body.split_to(n);
-            let d = PyDict::new(py);
-            d.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "http.request"))?;
-            d.set_item(pyo3::intern!(py, "body"), PyBytes::new(py, &chunk))?;
-            d.set_item(pyo3::intern!(py, "more_body"), !me.body.is_empty())?;
-            return Ready::awaitable(py, Some(d.into_any()));
+        if !me.recv_waiters.is_empty() {
+            // Events go out in order: behind the receive() already waiting.
+        } else if let Some(event) = me.next_event(py)? {
+            return Ready::awaitable(py, Some(event));
         }
         let fut = new_future(py)?;
         me.recv_waiters.push(fut.clone().unbind());
@@ -444,9 +520,11 @@ impl Cycle {
                     None => false,
                     Some(m) => m.is_truthy()?,
                 };
+                // With trailers declared, the body's end is not the response's.
+                let ends = !more && (me.trailers.is_none() || me.head_request);
                 if me.phase == Phase::Started {
                     let mut head = me.take_head();
-                    if !more {
+                    if ends {
                         if !body.is_empty() {
                             head.body = Body::Full(body);
                         }
@@ -470,10 +548,13 @@ impl Cycle {
                     return Ready::awaitable(py, None);
                 }
                 let full = me.shared.push(body);
-                if !more {
+                if ends {
                     me.shared.finish(None);
                     me.complete(py)?;
                     return Ready::awaitable(py, None);
+                }
+                if !more {
+                    me.phase = Phase::Trailers;
                 }
                 if !full {
                     return Ready::awaitable(py, None);
@@ -500,8 +581,26 @@ impl Cycle {
                 me.complete(py)?;
                 Ready::awaitable(py, None)
             }
-            // Trailers are not sent (the extension is not offered); accepted after
-            // the body so an app that sends them anyway is not broken.
+            ("http.response.trailers", Phase::Trailers) => {
+                let trailers = me.trailers.clone().expect("declared");
+                if let Some(headers) = msg.get_item(pyo3::intern!(py, "headers"))? {
+                    for item in headers.try_iter()? {
+                        let (name, value) = header_pair(&item?)?;
+                        trailers.push(name, value);
+                    }
+                }
+                let more = match msg.get_item(pyo3::intern!(py, "more_trailers"))? {
+                    None => false,
+                    Some(m) => m.is_truthy()?,
+                };
+                if !more {
+                    me.shared.finish(None);
+                    me.complete(py)?;
+                }
+                Ready::awaitable(py, None)
+            }
+            // A HEAD response (no body, no trailers) is complete before them; an app
+            // that did not declare trailers and sends them anyway is not broken.
             ("http.response.trailers", Phase::Done) => Ready::awaitable(py, None),
             (
                 "http.response.start" | "http.response.body" | "http.response.pathsend",
@@ -527,7 +626,7 @@ impl Cycle {
             Phase::Start => eprintln!(
                 "forklift: the ASGI app returned without starting a response; answering 500"
             ),
-            Phase::Started | Phase::Streaming => eprintln!(
+            Phase::Started | Phase::Streaming | Phase::Trailers => eprintln!(
                 "forklift: the ASGI app returned without completing its response; closing the connection"
             ),
             Phase::Done => {}
@@ -542,7 +641,7 @@ impl Cycle {
         if !quiet {
             match self.phase {
                 Phase::Start => eprintln!("forklift: exception in the ASGI app; answering 500:"),
-                Phase::Started | Phase::Streaming => eprintln!(
+                Phase::Started | Phase::Streaming | Phase::Trailers => eprintln!(
                     "forklift: exception in the ASGI app after its response started; closing the connection:"
                 ),
                 Phase::Done => eprintln!("forklift: exception in the ASGI app after its response:"),

@@ -30,7 +30,9 @@ const RUNTIME: &str = include_str!("runtime.py");
 /// How often a loop proves it is running.
 const BEAT_SECONDS: f64 = 0.1;
 
-/// What a loop is asked to do.
+/// What a loop is asked to do. (Not boxed: a request moves once into the inbox and
+/// once out, and boxing would allocate for each.)
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Msg {
     /// Serve a request.
     Call(Request, oneshot::Sender<Response>, Arc<Shared>),
@@ -278,8 +280,10 @@ impl Intake {
             }
         };
         let body = std::mem::take(&mut req.body);
+        let rest = req.rest.take();
         let head_request = req.method.as_ref() == b"HEAD";
-        let cycle = match Bound::new(py, Cycle::new(shared, body, head_request, tx, inflight)) {
+        let cycle = Cycle::new(shared, body, rest, head_request, tx, inflight);
+        let cycle = match Bound::new(py, cycle) {
             Ok(c) => c,
             Err(e) => {
                 interp::log_exception(py, &e);

@@ -199,16 +199,15 @@ impl AsgiApp {
         Ok(loops)
     }
 
-    /// After fork in a worker, or in a process that serves what it loaded: start the
-    /// loops now; a failed lifespan startup ends the worker with the app's message.
-    fn start_or_exit(&self) {
-        if let Err(e) = self.loops() {
-            let msg = e
-                .strip_prefix(STARTUP)
-                .map_or(e.clone(), |m| format!("ASGI lifespan startup failed: {m}"));
-            eprintln!("forklift: worker {}: {msg}; exiting", std::process::id());
-            std::process::exit(3);
-        }
+    /// After fork in a worker: start the loops now. A failed lifespan startup is the
+    /// app's message, for the master to report.
+    fn start_in_worker(&self) -> Result<(), String> {
+        self.loops()
+            .map(|_| ())
+            .map_err(|e| match e.strip_prefix(STARTUP) {
+                Some(m) => format!("ASGI lifespan startup failed: {m}"),
+                None => e,
+            })
     }
 }
 
@@ -319,6 +318,10 @@ impl Handler for AsgiApp {
         true
     }
 
+    fn streams_body(&self) -> bool {
+        true
+    }
+
     fn batch_begin(&self) {
         HELD.with(|h| {
             h.borrow_mut().get_or_insert_with(Vec::new);
@@ -342,9 +345,9 @@ impl Handler for AsgiApp {
         interp::before_fork();
     }
 
-    fn after_fork(&self) {
+    fn after_fork(&self) -> Result<(), String> {
         interp::after_fork_child();
-        self.start_or_exit();
+        self.start_in_worker()
     }
 
     fn shutdown(&self) {

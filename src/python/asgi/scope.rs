@@ -57,6 +57,7 @@ impl Scopes {
         template.set_item(s("root_path"), s(""))?;
         let ext = PyDict::new(py);
         ext.set_item("http.response.pathsend", PyDict::new(py))?;
+        ext.set_item("http.response.trailers", PyDict::new(py))?;
         template.set_item(s("extensions"), ext)?;
         let asgi = PyDict::new(py);
         asgi.set_item(s("version"), s("3.0"))?;

@@ -14,6 +14,12 @@
 //! response while the client may still be sending, with its sending side shut down and
 //! input drained for a moment (lingering), so the client reads the response rather
 //! than a reset.
+//!
+//! For an app that streams request bodies (`Handler::streams_body`), the app is called
+//! once the head is in and the body follows through a bounded pipe
+//! ([`crate::app::RequestBody`]) while the app works: on [`Step::Pending`] the driver
+//! keeps reading as long as [`Conn::wants_input`] says so (not while the pipe is full),
+//! which is also how the end of the client's stream reaches the app as it happens.
 
 use std::fs::File;
 use std::io;
@@ -30,8 +36,9 @@ use futures_util::Stream;
 
 use super::log::LogLine;
 use super::Env;
+use crate::app::body::{self as request_body, BodySender};
 use crate::app::{Body, BodyStream, BoxFuture, CallContext, Reply, Request, Response, Version};
-use crate::http::{self, BodyEncoder, Decoded, Decoder, Framing, HttpError, RequestMeta};
+use crate::http::{self, BodyEncoder, Decoded, Decoder, Framing, HttpError, Piece, RequestMeta};
 use crate::rt::panic_message;
 
 /// Flush the output buffer once it holds this much (and stop pulling body chunks).
@@ -40,6 +47,9 @@ const HIGH_WATER: usize = 64 * 1024;
 const BIG_BUFFER: usize = 64 * 1024;
 /// How much to read from a file body at a time.
 const FILE_CHUNK: usize = 64 * 1024;
+/// While the app works on a request whose body is all in, input (pipelined requests)
+/// is read ahead up to this much, to see the client leave.
+const READ_AHEAD: usize = 64 * 1024;
 /// How long a connection that ends with an error response keeps draining input after
 /// shutting down its sending side, so the client reads the response before a reset.
 pub const LINGER: Duration = Duration::from_millis(500);
@@ -52,7 +62,9 @@ pub enum Step {
     /// Read more bytes into `inbuf` (on end of stream call [`Conn::read_closed`]), then
     /// poll again. `outbuf` is empty. Wait at most until [`Conn::deadline`].
     Read,
-    /// Waiting for the app: poll again when the waker fires. `outbuf` is empty.
+    /// Waiting for the app: poll again when the waker fires. `outbuf` is empty. While
+    /// [`Conn::wants_input`] is true, also read (as for [`Step::Read`]) when input
+    /// comes, and poll again.
     Pending,
     /// A request has arrived whole, and the connection is gated (see
     /// [`Conn::set_gate`]): admit it (take a slot, hand it to a thread), open the gate,
@@ -130,6 +142,15 @@ pub struct Conn {
     ticket: Option<super::harakiri::Ticket>,
     /// The request in progress, as the stats scoreboard counts it.
     ops: Option<crate::ops::Ticket>,
+    /// For an app that streams request bodies: the pipe of the request in progress,
+    /// which the body goes through while it arrives and which tells the app when the
+    /// client leaves.
+    feed: Option<BodySender>,
+    /// The feed was full when last looked at: the wait for more body starts again
+    /// once the app makes room.
+    feed_full: bool,
+    /// The trailer fields of the response in progress, sent after its body.
+    trailers: Option<crate::app::Trailers>,
     /// Counts this connection open on the scoreboard while it lives.
     _open: crate::ops::ConnGuard,
 }
@@ -154,6 +175,9 @@ impl Conn {
             served: 0,
             ticket: None,
             ops: None,
+            feed: None,
+            feed_full: false,
+            trailers: None,
             _open: crate::ops::conn_guard(),
         }
     }
@@ -213,10 +237,92 @@ impl Conn {
     }
 
     /// The client stopped sending (a read returned 0). A partial request is dropped; a
-    /// response in progress is still written, then the connection closes.
+    /// response in progress is still written, then the connection closes. An app that
+    /// streams request bodies hears that the client left.
     pub fn read_closed(&mut self) {
         self.read_eof = true;
+        if let Some(feed) = &self.feed {
+            feed.gone();
+        }
         self.end(false);
+    }
+
+    /// True while the app works on a request whose body (or whose client's leaving) it
+    /// takes as it comes: on [`Step::Pending`] the driver should read when input
+    /// arrives. False while the body pipe is full, so a client that sends faster than
+    /// the app reads is held back by TCP.
+    pub fn wants_input(&self) -> bool {
+        let Some(feed) = &self.feed else {
+            return false;
+        };
+        if self.read_eof
+            || matches!(self.ending, Ending::Draining(_))
+            || !matches!(self.state, State::Waiting { .. } | State::Streaming { .. })
+        {
+            return false;
+        }
+        if feed.is_over() {
+            self.inbuf.len() < READ_AHEAD
+        } else {
+            feed.has_room(None)
+        }
+    }
+
+    /// True while the connection waits for the client to send more of a body the app
+    /// is ready to take.
+    fn awaits_body(&self) -> bool {
+        !matches!(self.state, State::Idle)
+            && self
+                .feed
+                .as_ref()
+                .is_some_and(|f| !f.is_over() && f.has_room(None))
+    }
+
+    /// Moves body bytes that arrived into the pipe of the request in the app, as far as
+    /// it has room (when it has none, the waker is woken once it has).
+    fn feed_body(&mut self, env: &Env, cx: &Context<'_>) {
+        let Some(feed) = &self.feed else {
+            return;
+        };
+        loop {
+            if feed.is_over() {
+                return;
+            }
+            if !feed.has_room(Some(cx.waker())) {
+                self.feed_full = true;
+                return;
+            }
+            if std::mem::take(&mut self.feed_full) {
+                // The app made room: the body timeout counts from now.
+                self.last_input = Instant::now();
+            }
+            match self.decoder.body_piece(&mut self.inbuf, &env.config.limits) {
+                Ok(Piece::Data(b)) => feed.push(b),
+                Ok(Piece::End) => feed.finish(),
+                Ok(Piece::NeedMore) => return,
+                Err(e) => {
+                    env.log.protocol_error(self.peer, &e);
+                    feed.fail(&format!("bad request body: {e}"));
+                    self.inbuf.clear();
+                    self.decoder = Decoder::new();
+                    self.end(true);
+                    if matches!(self.state, State::Waiting { .. }) {
+                        // No response yet: the client gets the status for its body,
+                        // as if it had been refused before the app was called (the
+                        // app's future is dropped, so it hears the client left).
+                        let State::Waiting { meta, log, .. } =
+                            std::mem::replace(&mut self.state, State::Idle)
+                        else {
+                            unreachable!()
+                        };
+                        let status = e.status();
+                        let resp = Response::text(status, format!("{e}\n"));
+                        self.start(env, resp, meta, log, &|| false);
+                    }
+                    return;
+                }
+            }
+        }
     }
 
     /// Answers a connection the worker has no room for with 503 and `Retry-After`, before
@@ -249,6 +355,9 @@ impl Conn {
         if let Some(since) = self.write_blocked {
             return Some(since + t.send);
         }
+        if self.awaits_body() {
+            return Some(self.last_input + t.body);
+        }
         if !matches!(self.state, State::Idle) {
             return None;
         }
@@ -269,6 +378,18 @@ impl Conn {
     pub fn expire(&mut self, env: &Env, now: Instant) -> bool {
         if self.deadline(env).is_none_or(|d| now < d) {
             return false;
+        }
+        if self.write_blocked.is_none() && self.awaits_body() {
+            // The app waits for a body the client stopped sending: it learns that the
+            // body broke off; its response still goes out, then the connection ends.
+            if let Some(feed) = &self.feed {
+                feed.fail(&format!(
+                    "no more of the request body arrived for {} s",
+                    env.config.timeouts.body.as_secs()
+                ));
+            }
+            self.end(true);
+            return true;
         }
         if matches!(self.ending, Ending::Draining(_))
             || self.closing
@@ -335,6 +456,9 @@ impl Conn {
         cx: &mut Context<'_>,
         prefer_close: &dyn Fn() -> bool,
     ) -> Step {
+        if self.feed.is_some() && !matches!(self.state, State::Idle) {
+            self.feed_body(env, cx);
+        }
         loop {
             if self.outbuf.len() >= HIGH_WATER {
                 return Step::Flush;
@@ -344,15 +468,50 @@ impl Conn {
                     if self.closing {
                         return self.ending_step();
                     }
-                    match self.decoder.decode(&mut self.inbuf, &env.config.limits) {
+                    let streams = env.app.streams_body();
+                    let decoded = if streams {
+                        self.decoder
+                            .decode_head_first(&mut self.inbuf, &env.config.limits)
+                    } else {
+                        self.decoder.decode(&mut self.inbuf, &env.config.limits)
+                    };
+                    match decoded {
                         Ok(Decoded::NeedMore) => return self.wait_step(Step::Read),
+                        Ok(Decoded::Head {
+                            mut req,
+                            meta,
+                            expect_continue,
+                        }) => {
+                            self.head_started = None;
+                            if expect_continue {
+                                self.outbuf
+                                    .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                            }
+                            let (feed, body) = request_body::pipe();
+                            req.rest = Some(body);
+                            self.feed = Some(feed);
+                            self.feed_full = false;
+                            if self.gated {
+                                self.state = State::Admitting { req, meta };
+                                return Step::Admit;
+                            }
+                            self.dispatch(env, call, req, meta, prefer_close);
+                        }
                         Ok(Decoded::Continue) => {
                             self.outbuf
                                 .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                             return Step::Flush;
                         }
-                        Ok(Decoded::Request(req, meta)) => {
+                        Ok(Decoded::Request(mut req, meta)) => {
                             self.head_started = None;
+                            if streams {
+                                // The body is all here; the pipe still tells the app
+                                // when the client leaves.
+                                let (feed, body) = request_body::pipe();
+                                feed.finish();
+                                req.rest = Some(body);
+                                self.feed = Some(feed);
+                            }
                             if self.gated {
                                 self.state = State::Admitting { req, meta };
                                 return Step::Admit;
@@ -501,6 +660,11 @@ impl Conn {
         prefer_close: &dyn Fn() -> bool,
     ) {
         Self::count_request(env);
+        if self.feed.as_ref().is_some_and(|f| !f.is_over()) {
+            // The client is still sending a body the app may never read: the
+            // connection cannot be kept for another request.
+            self.end(true);
+        }
         let mut meta = meta;
         if meta.keep_alive && (self.closing || env.shutdown.is_triggered() || prefer_close()) {
             meta.keep_alive = false;
@@ -523,6 +687,8 @@ impl Conn {
         if !keep_alive {
             self.end(false);
         }
+        // Only a client that accepts trailers gets them.
+        self.trailers = resp.trailers.filter(|_| meta.te_trailers);
         let status = resp.status;
         let source = match resp.body {
             Body::Empty => None,
@@ -582,13 +748,19 @@ impl Conn {
         log: Option<LogLine>,
         status: u16,
     ) {
+        let trailers = self.trailers.take().map(|t| t.take()).unwrap_or_default();
         if complete {
-            if let Err(short) = enc.finish(&mut self.outbuf) {
+            if let Err(short) = enc.finish_with(&mut self.outbuf, &trailers) {
                 env.log.app_error(&format!(
                     "response shorter than its Content-Length by {} bytes; closing",
                     short.missing
                 ));
                 self.end(false);
+            }
+        }
+        if let Some(feed) = self.feed.take() {
+            if !feed.is_over() {
+                self.skip_body(env);
             }
         }
         self.served += 1;
@@ -598,6 +770,30 @@ impl Conn {
         }
         env.log
             .request(self.peer, log.as_ref(), status, enc.written);
+    }
+}
+
+impl Conn {
+    /// The response is over but the app left part of the body unread: what has arrived
+    /// is dropped; if more is to come the connection ends (it was answered with
+    /// `Connection: close`).
+    fn skip_body(&mut self, env: &Env) {
+        loop {
+            match self.decoder.body_piece(&mut self.inbuf, &env.config.limits) {
+                Ok(Piece::Data(_)) => {}
+                Ok(Piece::End) => return,
+                Ok(Piece::NeedMore) => {
+                    self.end(true);
+                    return;
+                }
+                Err(_) => {
+                    self.inbuf.clear();
+                    self.decoder = Decoder::new();
+                    self.end(true);
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -151,6 +151,67 @@ async def misbehave(scope, receive, send):
         m = await receive()
         STATE_LOG.append(m["type"])
         return
+    if path == "/echo-as-it-comes":
+        # Echoes each body event at once: the client sees its first bytes come back
+        # before it sends the rest.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while True:
+            m = await receive()
+            if m["type"] != "http.request":
+                STATE_LOG.append("echo saw " + m["type"])
+                return
+            more = m.get("more_body", False)
+            await send({"type": "http.response.body", "body": m.get("body", b""), "more_body": more})
+            if not more:
+                return
+    if path == "/hold":
+        # Takes one body event, leaves the rest for `s` seconds, then counts it all.
+        m = await receive()
+        total = len(m.get("body", b""))
+        await asyncio.sleep(float(query(scope).get("s", "3")))
+        while m.get("more_body"):
+            m = await receive()
+            total += len(m.get("body", b""))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"%d" % total})
+        return
+    if path == "/stream-and-listen":
+        # Streams slowly while a task listens for http.disconnect (as Starlette does).
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        gone = asyncio.Event()
+
+        async def listen():
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        task = asyncio.ensure_future(listen())
+        try:
+            for _ in range(400):
+                if gone.is_set():
+                    STATE_LOG.append("stream saw http.disconnect")
+                    return
+                await send({"type": "http.response.body", "body": b"tick\n", "more_body": True})
+                await asyncio.sleep(0.05)
+            STATE_LOG.append("stream never saw a disconnect")
+        except OSError as e:
+            STATE_LOG.append("stream send raised " + type(e).__name__)
+        finally:
+            task.cancel()
+        return
+    if path == "/trailers":
+        # A body with trailer fields after it (two trailers messages).
+        await send({"type": "http.response.start", "status": 200, "trailers": True,
+                    "headers": [(b"content-type", b"text/plain"), (b"trailer", b"x-checksum, x-late")]})
+        if query(scope).get("one") == "1":
+            await send({"type": "http.response.body", "body": b"whole"})
+        else:
+            await send({"type": "http.response.body", "body": b"part1", "more_body": True})
+            await send({"type": "http.response.body", "body": b"part2"})
+        await send({"type": "http.response.trailers", "more_trailers": True,
+                    "headers": [(b"x-checksum", b"abc"), (b"content-length", b"5")]})
+        await send({"type": "http.response.trailers", "headers": [(b"x-late", b"1")]})
+        return
     if path == "/log":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": ",".join(STATE_LOG).encode()})
