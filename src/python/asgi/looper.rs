@@ -153,6 +153,7 @@ fn run(
             handle: handle.clone(),
         },
     )?;
+    let root = rt.call_method1("Root", (&lp,))?;
     let intake = Bound::new(
         py,
         Intake {
@@ -162,7 +163,7 @@ fn run(
             scopes: Scopes::new(py)?,
             run: rt.getattr("run")?.unbind(),
             create_task: lp.getattr("start_task")?.unbind(),
-            stop: lp.getattr("stop")?.unbind(),
+            stop: root.getattr("finish")?.unbind(),
             batch: Vec::new(),
         },
     )?;
@@ -188,7 +189,7 @@ fn run(
         None => None,
     };
     let _ = ready.send(Ok(()));
-    lp.call_method0("run_forever")?;
+    root.call_method0("run")?;
     rt.call_method1(
         "drain",
         (&lp, hooks.getattr("inflight")?, setup.shutdown_timeout),

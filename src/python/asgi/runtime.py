@@ -115,6 +115,28 @@ def beat(loop, tick, interval):
     loop.call_soon(again)
 
 
+class Root:
+    """The loop's main task, as `asyncio.run(main())` would have one: it serves until
+    `finish()`. Libraries look for this task: anyio keeps the worker threads of
+    `to_thread.run_sync` (FastAPI's and Starlette's plain `def` routes) for as long as
+    the root task lives; without one, each request's task would be taken for the root
+    and its worker thread would stop when that request ends (a new thread per request)."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.done = loop.create_future()
+
+    def finish(self):
+        if not self.done.done():
+            self.done.set_result(None)
+
+    async def main(self):
+        await self.done
+
+    def run(self):
+        self.loop.run_until_complete(self.main())
+
+
 def drain(loop, inflight, timeout):
     """Runs `loop` until no request is in progress (background tasks included) or
     `timeout` seconds have passed."""
