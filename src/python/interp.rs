@@ -318,6 +318,12 @@ pub(crate) fn ensure_thread_loop(py: Python<'_>) {
     LOOP_GEN.with(|g| g.set(gen));
 }
 
+/// Tells [`ensure_thread_loop`] this thread already has its event loop (a loop thread
+/// whose running loop requests use).
+pub(crate) fn mark_thread_loop() {
+    LOOP_GEN.with(|g| g.set(fork_generation()));
+}
+
 /// In the master, just before forking: take the GIL and Python's fork locks so no other
 /// thread holds them at the moment of `fork`. Kept until the process forks again (the
 /// master runs no Python after this).
