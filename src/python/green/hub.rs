@@ -290,7 +290,7 @@ impl Intake {
                         app: self.app.clone(),
                         work: Mutex::new(Some(Work { req, tx, shared })),
                         what,
-                        _ticket: ticket,
+                        ticket: Mutex::new(Some(ticket)),
                     };
                     Bound::new(py, job)
                         .and_then(|job| cores.call_method1(pyo3::intern!(py, "start"), (job,)))
@@ -323,7 +323,9 @@ struct Job {
     work: Mutex<Option<Work>>,
     /// `METHOD target`, for the blocked-loop report.
     what: String,
-    _ticket: Ticket,
+    /// Given back just before the response's last part goes to the connection, so the
+    /// server sees the free core when it wakes for that part.
+    ticket: Mutex<Option<Ticket>>,
 }
 
 #[pymethods]
@@ -341,9 +343,11 @@ impl Job {
         if tx.is_closed() {
             return Ok(()); // the client left while the request waited for a core
         }
+        let ticket = self.ticket.lock().unwrap_or_else(|p| p.into_inner()).take();
         match self.app.run(py, req) {
             Outcome::Done(r) => {
                 shared.set_complete();
+                drop(ticket);
                 reply(tx, r);
                 Ok(())
             }
@@ -357,7 +361,7 @@ impl Job {
                 head.body = Body::Stream(Box::pin(BodyStream::new(shared.clone())));
                 reply(tx, head);
                 let state = StreamState { iter, result, sr };
-                let res = stream(py, &state, &shared, first, cores);
+                let res = stream(py, &state, &shared, first, cores, ticket);
                 state.close(py);
                 res
             }
@@ -374,6 +378,7 @@ fn stream(
     shared: &Shared,
     first: Bytes,
     cores: &Bound<'_, PyAny>,
+    ticket: Option<Ticket>,
 ) -> PyResult<()> {
     let mut full = shared.push(first);
     loop {
@@ -390,10 +395,12 @@ fn stream(
         match state.next(py) {
             Step::Chunk(b) => full = shared.push(b),
             Step::End => {
+                drop(ticket);
                 shared.finish(None);
                 return Ok(());
             }
             Step::Failed => {
+                drop(ticket);
                 shared.finish(Some("the app failed while streaming".into()));
                 return Ok(());
             }

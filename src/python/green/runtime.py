@@ -39,8 +39,12 @@ class Cores:
             self.waiting.append(job)
             return
         self.busy += 1
-        core = self.idle.pop() if self.idle else greenlet(self._run, self.hub)
-        core.switch(job)
+        if self.idle:
+            self.idle.pop().switch(job)
+        else:
+            # The job goes in a box the core empties: the arguments of a greenlet's
+            # first switch live as long as its run function, which never returns.
+            greenlet(self._run, self.hub).switch([job])
 
     def poke(self, ident):
         core = self.waiters.pop(ident, None)
@@ -59,7 +63,8 @@ class Cores:
         finally:
             self.waiters.pop(ident, None)
 
-    def _run(self, job):
+    def _run(self, box):
+        job = box.pop()
         waiting = self.waiting
         idle = self.idle
         me = getcurrent()
