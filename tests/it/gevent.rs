@@ -482,6 +482,27 @@ fn seed_002_gevent_ini_files() {
     assert_eq!((r.status, r.text().as_str()), (200, "Waited 0"));
 }
 
+#[test]
+fn asyncio_requests_wait_on_the_loop_together() {
+    let venv = test_venv();
+    let file = apps().join("gevent/asyncio_wait.py").display().to_string();
+    let srv = Server::start(&[
+        "--wsgi-file",
+        &file,
+        "--asyncio",
+        "8",
+        "--greenlet",
+        "--virtualenv",
+        &venv,
+        "--disable-logging",
+    ]);
+    let conns: Vec<TcpStream> = (0..8).map(|_| send(&srv, "/")).collect();
+    for c in conns {
+        let r = read_all(c);
+        assert_eq!((r.status, r.text().as_str()), (200, "waited on the loop"));
+    }
+}
+
 fn tempdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(
         "forklift-gevent-{tag}-{}-{:?}",
