@@ -671,6 +671,53 @@ mod tests {
     }
 
     #[test]
+    fn gevent_and_asyncio_for_wsgi_apps() {
+        // A WSGI app: greenlets on the epoll model's loop, N cores.
+        let p = plan(&parse(&[
+            "forklift",
+            "serve",
+            "--wsgi-file",
+            "app.py",
+            "--gevent",
+            "50",
+        ]))
+        .unwrap();
+        assert_eq!((p.config.model, p.config.cores), (Model::Epoll, 50));
+        let p = plan(&parse(&[
+            "forklift",
+            "serve",
+            "--wsgi-file",
+            "app.py",
+            "--asyncio",
+            "2",
+            "--greenlet",
+            "--threads",
+            "1",
+        ]))
+        .unwrap();
+        assert_eq!((p.config.model, p.config.cores), (Model::Epoll, 2));
+        for (args, want) in [
+            (
+                &["--gevent", "10", "--threads", "2"][..],
+                "cannot go with --threads 2",
+            ),
+            (&["--asyncio", "4"][..], "--asyncio needs --greenlet"),
+            (&["--asyncio", "1", "--greenlet"][..], "must be 2 or more"),
+            (&["--greenlet"][..], "give it with --asyncio N"),
+            (&["--gevent-monkey-patch"][..], "go with --gevent N"),
+            (
+                &["--gevent", "2", "--asyncio", "2", "--greenlet"][..],
+                "not both",
+            ),
+        ] {
+            let mut argv = vec!["forklift", "serve", "--wsgi-file", "app.py"];
+            argv.extend_from_slice(args);
+            let e = plan(&parse(&argv)).err().expect("refused").to_string();
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
     fn bad_values_are_clear() {
         let argv: Vec<OsString> = ["forklift", "serve", "builtin:hello", "--model", "fast"]
             .iter()

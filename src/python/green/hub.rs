@@ -6,7 +6,6 @@
 //! the request's [`Shared`] channel, its core parked while the channel is full.
 
 use std::cell::{Cell, RefCell};
-use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -115,18 +114,7 @@ pub(crate) fn now_ms() -> u64 {
 
 /// The `runtime.py` module, created once per interpreter.
 pub(crate) fn runtime(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
-    let modules = py.import("sys")?.getattr("modules")?;
-    if let Ok(m) = modules.get_item("_forklift_green") {
-        return Ok(m.downcast_into::<PyModule>()?);
-    }
-    let m = PyModule::from_code(
-        py,
-        &CString::new(RUNTIME).expect("no NUL in runtime.py"),
-        c"<forklift green runtime>",
-        c"_forklift_green",
-    )?;
-    modules.set_item("_forklift_green", &m)?;
-    Ok(m)
+    interp::helper_module(py, "_forklift_green", RUNTIME, c"<forklift green runtime>")
 }
 
 /// What the loop thread needs to start.
