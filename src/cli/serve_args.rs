@@ -37,9 +37,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub http_socket: Option<String>,
 
-    /// Concurrency model: linear, threads, epoll or async. Default: async when
-    /// --async/--gevent is given, threads when --threads is given or the app is a WSGI
-    /// app, else epoll.
+    /// Concurrency model: linear, threads, epoll or async. Default: epoll (a WSGI app
+    /// under --gevent/--asyncio too); for a native app, async when --async/--gevent is
+    /// given and threads when --threads N > 1 is.
     #[arg(long, value_name = "MODEL")]
     pub model: Option<Model>,
 
