@@ -26,8 +26,10 @@
 //!   Streams; `spool/`: the durable spool, a per-process journal file in front of
 //!   SQLite), tasks registered by name, counters and draining.
 //! - [`python`] (feature `python`): embedded CPython serving WSGI apps (PEP 3333) and
-//!   ASGI 3 apps (`python::asgi`: asyncio event loops fed in batches, lifespan), the
-//!   `forklift` Python module, fork and thread integration. The only module using pyo3.
+//!   ASGI 3 apps (`python::asgi`: asyncio event loops fed in batches, lifespan), WSGI
+//!   apps as greenlets on gevent's hub or an asyncio loop (`python::green`: `--gevent`,
+//!   `--asyncio --greenlet`), the `forklift` Python module, fork and thread integration.
+//!   The only module using pyo3.
 //! - [`ops`]: what a running server reports: uWSGI's stats document (`--stats`), the
 //!   Prometheus metrics and the live dashboard (`--metrics`), served by a thread of the
 //!   master from a shared-memory scoreboard that workers write without locks.

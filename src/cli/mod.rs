@@ -16,7 +16,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::app::{builtin, App};
-use crate::server::{self, listen, Model, ServerConfig, Timeouts};
+use crate::server::{self, listen, GreenEngine, Model, ServerConfig, Timeouts};
 
 mod ini;
 mod ops;
@@ -237,17 +237,22 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
             _ => "must be HOST:PORT or :PORT (e.g. :8080)".into(),
         },
     })?;
-    let async_cores = a.async_cores.or(a.gevent);
+    let async_cores = a.async_cores.or(a.gevent).or(a.asyncio);
     // A WSGI app runs, as under uWSGI, on the threads that read its requests (one unless
     // --threads says more); a native app on the readiness loop.
     let asgi = is_asgi(a);
     let wsgi = !asgi && (a.wsgi_file.is_some() || a.module.is_some());
+    let green = green_engine(a, asgi || wsgi, asgi)?;
     // An ASGI app runs on its event loops: the server's own loop feeds them best.
     // A Python app runs on the readiness loop, which reads and parses requests and
     // hands whole ones to its `--threads` Python threads: no slow client holds a Python
     // thread, and a process takes only the clients it has idle threads for.
     let (model, model_reason) = match (a.model, async_cores, a.threads) {
         (Some(m), _, _) => (m, "--model"),
+        _ if green.is_some() => (
+            Model::Epoll,
+            "the loop that feeds a WSGI app's greenlets under --gevent/--asyncio",
+        ),
         (None, Some(_), _) => (Model::Async, "--async/--gevent"),
         _ if asgi || wsgi => (Model::Epoll, "the default for Python apps"),
         (None, None, Some(t)) if t > 1 => (Model::Threads, "--threads with a native app"),
@@ -344,6 +349,71 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
     })
 }
 
+/// The greenlet loop engine asked for (`--gevent N`, `--asyncio N --greenlet`) when it
+/// serves a Python app; `None` for a native app, which runs on the async model with N
+/// cores instead.
+fn green_engine(
+    a: &ServeArgs,
+    python: bool,
+    asgi: bool,
+) -> Result<Option<(GreenEngine, u32)>, CliError> {
+    if a.greenlet && a.asyncio.is_none() {
+        return Err(CliError::Usage(
+            "--greenlet is the suspend engine of uWSGI's asyncio loop engine: give it with --asyncio N"
+                .into(),
+        ));
+    }
+    if (a.gevent_monkey_patch || a.gevent_early_monkey_patch) && a.gevent.is_none() {
+        return Err(CliError::Usage(
+            "--gevent-monkey-patch and --gevent-early-monkey-patch go with --gevent N".into(),
+        ));
+    }
+    let (engine, n) = match (a.gevent, a.asyncio) {
+        (Some(_), Some(_)) => {
+            return Err(CliError::Usage(
+                "give one loop engine: --gevent N or --asyncio N, not both".into(),
+            ))
+        }
+        (Some(n), None) => (GreenEngine::Gevent, n),
+        (None, Some(n)) => (GreenEngine::Asyncio, n),
+        (None, None) => return Ok(None),
+    };
+    if engine == GreenEngine::Asyncio {
+        if n < 2 {
+            return Err(CliError::Invalid {
+                option: "asyncio",
+                value: n.to_string(),
+                problem: "must be 2 or more: the asyncio loop engine switches between async cores (uWSGI: \"the greenlet suspend engine requires async mode\")".into(),
+            });
+        }
+        if !a.greenlet {
+            return Err(CliError::Usage(
+                "--asyncio needs --greenlet: each request runs in a greenlet (uWSGI's suspend engine for the asyncio loop)"
+                    .into(),
+            ));
+        }
+    }
+    if !python {
+        return Ok(None);
+    }
+    let opt = engine.option();
+    if asgi {
+        return Err(CliError::Usage(format!(
+            "{opt} runs WSGI apps in greenlets; an ASGI app runs on its own asyncio event loops: drop {opt}"
+        )));
+    }
+    if let Some(t) = a.threads.filter(|&t| t > 1) {
+        return Err(CliError::Usage(format!(
+            "{opt} cannot go with --threads {t}: one {} per worker process runs all its requests; raise {opt} N for more at once, or --processes for more CPUs",
+            match engine {
+                GreenEngine::Gevent => "gevent hub",
+                GreenEngine::Asyncio => "asyncio loop",
+            }
+        )));
+    }
+    Ok(Some((engine, n)))
+}
+
 /// True when the Python app is an ASGI one (`--asgi`, or `--interface asgi`).
 fn is_asgi(a: &ServeArgs) -> bool {
     a.asgi.is_some() || a.interface.as_deref() == Some("asgi")
@@ -357,6 +427,15 @@ fn python_options(
     virtual_env: Option<&PathBuf>,
 ) -> crate::python::PythonOptions {
     use crate::python::{Interface, Lifespan, LoopKind};
+    let green = green_engine(a, true, is_asgi(a))
+        .ok()
+        .flatten()
+        .map(|(engine, cores)| crate::python::GreenOptions {
+            engine,
+            cores: cores as usize,
+            monkey_patch: a.gevent_monkey_patch,
+            early_monkey_patch: a.gevent_early_monkey_patch,
+        });
     crate::python::PythonOptions {
         wsgi_file: a.wsgi_file.clone(),
         module: a.asgi.clone().or_else(|| a.module.clone()),
@@ -367,6 +446,8 @@ fn python_options(
         virtualenv: a.virtualenv.clone().or_else(|| virtual_env.cloned()),
         pool_threads: config.threads,
         multithread: match config.model {
+            // Greenlets of one hub run requests concurrently.
+            _ if green.is_some() => config.cores > 1,
             Model::Linear => false,
             Model::Threads | Model::Epoll => config.threads > 1,
             Model::Async => config.threads > 1 || config.cores > 1,
@@ -391,6 +472,7 @@ fn python_options(
         // starts its loops after fork.
         serve_here: !config.master,
         shutdown_timeout: config.timeouts.shutdown,
+        green,
     }
 }
 
@@ -604,6 +686,53 @@ mod tests {
         ]))
         .unwrap();
         assert!(p.config.master);
+    }
+
+    #[test]
+    fn gevent_and_asyncio_for_wsgi_apps() {
+        // A WSGI app: greenlets on the epoll model's loop, N cores.
+        let p = plan(&parse(&[
+            "forklift",
+            "serve",
+            "--wsgi-file",
+            "app.py",
+            "--gevent",
+            "50",
+        ]))
+        .unwrap();
+        assert_eq!((p.config.model, p.config.cores), (Model::Epoll, 50));
+        let p = plan(&parse(&[
+            "forklift",
+            "serve",
+            "--wsgi-file",
+            "app.py",
+            "--asyncio",
+            "2",
+            "--greenlet",
+            "--threads",
+            "1",
+        ]))
+        .unwrap();
+        assert_eq!((p.config.model, p.config.cores), (Model::Epoll, 2));
+        for (args, want) in [
+            (
+                &["--gevent", "10", "--threads", "2"][..],
+                "cannot go with --threads 2",
+            ),
+            (&["--asyncio", "4"][..], "--asyncio needs --greenlet"),
+            (&["--asyncio", "1", "--greenlet"][..], "must be 2 or more"),
+            (&["--greenlet"][..], "give it with --asyncio N"),
+            (&["--gevent-monkey-patch"][..], "go with --gevent N"),
+            (
+                &["--gevent", "2", "--asyncio", "2", "--greenlet"][..],
+                "not both",
+            ),
+        ] {
+            let mut argv = vec!["forklift", "serve", "--wsgi-file", "app.py"];
+            argv.extend_from_slice(args);
+            let e = plan(&parse(&argv)).err().expect("refused").to_string();
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
     }
 
     #[test]

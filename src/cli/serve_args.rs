@@ -37,9 +37,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub http_socket: Option<String>,
 
-    /// Concurrency model: linear, threads, epoll or async. Default: async when
-    /// --async/--gevent is given, threads when --threads is given or the app is a WSGI
-    /// app, else epoll.
+    /// Concurrency model: linear, threads, epoll or async. Default: epoll (a WSGI app
+    /// under --gevent/--asyncio too); for a native app, async when --async/--gevent is
+    /// given and threads when --threads N > 1 is.
     #[arg(long, value_name = "MODEL")]
     pub model: Option<Model>,
 
@@ -64,9 +64,29 @@ pub struct ServeArgs {
     #[arg(long = "async", value_name = "N", value_parser = count::<1, 1_000_000>)]
     pub async_cores: Option<u32>,
 
-    /// uWSGI's gevent mode: the async model with N cores.
+    /// uWSGI's gevent mode. A WSGI app: each worker runs gevent's hub and every request
+    /// in its own greenlet, up to N at once (more wait their turn). A native app: the
+    /// async model with N cores.
     #[arg(long, value_name = "N", value_parser = count::<1, 1_000_000>)]
     pub gevent: Option<u32>,
+
+    /// With --gevent: gevent.monkey.patch_all() in each worker as its hub starts (after
+    /// the app is loaded, as under uWSGI).
+    #[arg(long)]
+    pub gevent_monkey_patch: bool,
+
+    /// With --gevent: gevent.monkey.patch_all() before the app is loaded.
+    #[arg(long)]
+    pub gevent_early_monkey_patch: bool,
+
+    /// uWSGI's asyncio loop engine (with --greenlet): each worker runs an asyncio event
+    /// loop and every WSGI request in its own greenlet, up to N (2 or more) at once.
+    #[arg(long, value_name = "N", value_parser = count::<1, 1_000_000>)]
+    pub asyncio: Option<u32>,
+
+    /// The greenlet suspend engine, which --asyncio needs.
+    #[arg(long)]
+    pub greenlet: bool,
 
     /// Run a master process even with one worker (respawn, graceful reload on SIGHUP).
     #[arg(long, short = 'M')]

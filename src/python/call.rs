@@ -37,7 +37,7 @@ pub(crate) struct AppState {
 }
 
 /// What running the app produced.
-enum Outcome {
+pub(crate) enum Outcome {
     /// A complete response; `close()` has been called.
     Done(Response),
     /// Headers are known and a first chunk is ready; more may follow from `iter`.
@@ -89,7 +89,9 @@ impl AppState {
         }
     }
 
-    fn run(&self, py: Python<'_>, req: Request) -> Outcome {
+    /// Runs the app for `req` on this thread; a streamed body is left for the caller to
+    /// pull.
+    pub(crate) fn run(&self, py: Python<'_>, req: Request) -> Outcome {
         interp::ensure_thread_loop(py);
         let env = match super::environ::build(py, self.template.bind(py), req) {
             Ok(e) => e,
@@ -387,21 +389,21 @@ fn from_file_wrapper(
 }
 
 /// What a streamed body needs to pull more and to clean up.
-struct StreamState {
-    iter: Py<PyIterator>,
-    result: Py<PyAny>,
-    sr: Py<StartResponse>,
+pub(crate) struct StreamState {
+    pub(crate) iter: Py<PyIterator>,
+    pub(crate) result: Py<PyAny>,
+    pub(crate) sr: Py<StartResponse>,
 }
 
 /// One step of a streamed body, run with the GIL.
-enum Step {
+pub(crate) enum Step {
     Chunk(Bytes),
     End,
     Failed,
 }
 
 impl StreamState {
-    fn next(&self, py: Python<'_>) -> Step {
+    pub(crate) fn next(&self, py: Python<'_>) -> Step {
         let iter = self.iter.bind(py);
         loop {
             // SAFETY: PyIter_Next on a live iterator returns a new reference, or NULL at
@@ -442,7 +444,7 @@ impl StreamState {
         }
     }
 
-    fn close(self, py: Python<'_>) {
+    pub(crate) fn close(self, py: Python<'_>) {
         close(py, self.result.bind(py));
     }
 }

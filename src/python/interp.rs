@@ -165,17 +165,39 @@ pub(crate) fn initialize(opts: &PythonOptions, module: &EmbeddedModule) -> Resul
 
 /// The helper module defined by [`BOOT`] (created once, kept in `sys.modules`).
 pub(crate) fn boot_module(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
+    helper_module(py, "_forklift_boot", BOOT, c"<forklift boot>")
+}
+
+/// The module `name` of forklift's own Python `code`, created once per interpreter and
+/// kept in `sys.modules`. It is executed under a name of its own and published whole:
+/// executing it directly as `name` would show other threads a half-run module while its
+/// imports let go of the GIL.
+pub(crate) fn helper_module<'py>(
+    py: Python<'py>,
+    name: &str,
+    code: &str,
+    file: &std::ffi::CStr,
+) -> PyResult<Bound<'py, PyModule>> {
+    static LOADING: AtomicU64 = AtomicU64::new(0);
     let modules = py.import("sys")?.getattr("modules")?;
-    if let Ok(m) = modules.get_item("_forklift_boot") {
+    if let Ok(m) = modules.get_item(name) {
         return Ok(m.downcast_into::<PyModule>()?);
     }
-    let m = PyModule::from_code(
+    let temp = format!("{name}__loading{}", LOADING.fetch_add(1, Ordering::Relaxed));
+    let made = PyModule::from_code(
         py,
-        &CString::new(BOOT).expect("no NUL in boot code"),
-        c"<forklift boot>",
-        c"_forklift_boot",
-    )?;
-    modules.set_item("_forklift_boot", &m)?;
+        &CString::new(code).expect("no NUL in forklift's Python code"),
+        file,
+        &CString::new(temp.as_str()).expect("no NUL in a module name"),
+    );
+    let _ = modules.del_item(&temp);
+    let m = made?;
+    m.setattr("__name__", name)?;
+    // Another thread may have published its copy meanwhile: keep the first.
+    if let Ok(first) = modules.get_item(name) {
+        return Ok(first.downcast_into::<PyModule>()?);
+    }
+    modules.set_item(name, &m)?;
     Ok(m)
 }
 
@@ -316,6 +338,12 @@ pub(crate) fn ensure_thread_loop(py: Python<'_>) {
         log_exception(py, &e);
     }
     LOOP_GEN.with(|g| g.set(gen));
+}
+
+/// Tells [`ensure_thread_loop`] this thread already has its event loop (a loop thread
+/// whose running loop requests use).
+pub(crate) fn mark_thread_loop() {
+    LOOP_GEN.with(|g| g.set(fork_generation()));
 }
 
 /// In the master, just before forking: take the GIL and Python's fork locks so no other

@@ -9,7 +9,8 @@
 //! - `call` runs the app and turns its answer into a [`crate::app::Response`].
 //! - `pool` is the bounded pool of GIL threads used on event-loop models.
 //! - `load` finds the app callable (a file or a module); `asgi` serves ASGI 3 apps on
-//!   asyncio event loops (its own files, see there).
+//!   asyncio event loops (its own files, see there); `green` serves WSGI apps as
+//!   greenlets on gevent's hub or an asyncio loop (`--gevent`, `--asyncio --greenlet`).
 //! - `module` is the `forklift` module apps can import (offload, tasks); `fanout` its
 //!   outbound-HTTP part.
 //! - `options` holds [`PythonOptions`] and [`PythonError`] (used by `call`, `interp` and
@@ -17,7 +18,8 @@
 //!
 //! The files import each other without cycles: this file uses its children; `call`,
 //! `module`, `fanout`, `pool`, `load` and `asgi` use `interp`; `call` and `asgi` use
-//! `load`; `module` uses `asgi::cycle` (for its exception type), `asgi` uses `module`; `interp` uses only `options` (the
+//! `load`; `module` uses `asgi::cycle` (for its exception type), `asgi` uses `module`;
+//! `green` uses `call`, `interp` and `asgi`'s body channel and inbox; `interp` uses only `options` (the
 //! `forklift` module is handed to it when the interpreter starts, see
 //! `module::EMBEDDED`).
 
@@ -25,6 +27,7 @@ mod asgi;
 mod call;
 mod environ;
 mod fanout;
+mod green;
 mod interp;
 mod load;
 mod module;
@@ -42,7 +45,8 @@ pub use module::{
     OffloadJob, SpoolSink, TaskError,
 };
 pub use options::{
-    check_options, Interface, Lifespan, LoopKind, PythonError, PythonOptions, DEFAULT_POOL_THREADS,
+    check_options, GreenEngine, GreenOptions, Interface, Lifespan, LoopKind, PythonError,
+    PythonOptions, DEFAULT_POOL_THREADS,
 };
 
 /// Loads the app described by `opts` and returns it as a handler. Starts the interpreter
@@ -50,7 +54,14 @@ pub use options::{
 /// [`Handler::after_fork`]) or, with lazy apps, in each worker after fork.
 pub fn load_app(opts: &PythonOptions) -> Result<App, PythonError> {
     match opts.interface {
-        Interface::Wsgi => Ok(Arc::new(WsgiApp::load(opts)?)),
+        Interface::Wsgi => match opts.green {
+            Some(green) => {
+                check_options(opts)?;
+                interp::initialize(opts, &module::EMBEDDED)?;
+                Ok(Arc::new(green::GreenApp::load(opts, green)?))
+            }
+            None => Ok(Arc::new(WsgiApp::load(opts)?)),
+        },
         Interface::Asgi => {
             check_options(opts)?;
             interp::initialize(opts, &module::EMBEDDED)?;

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+pub use crate::server::GreenEngine;
+
 /// Pool size used when [`PythonOptions::pool_threads`] is 0.
 pub const DEFAULT_POOL_THREADS: usize = 4;
 
@@ -37,6 +39,20 @@ pub enum LoopKind {
     Auto,
     Asyncio,
     Uvloop,
+}
+
+/// WSGI requests as greenlets on one cooperative loop per worker process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GreenOptions {
+    pub engine: GreenEngine,
+    /// Requests one worker runs at once (uWSGI's async cores); more wait their turn.
+    pub cores: usize,
+    /// gevent: `monkey.patch_all()` in each worker as its hub starts (after the app is
+    /// loaded, as uWSGI's `--gevent-monkey-patch`).
+    pub monkey_patch: bool,
+    /// gevent: `monkey.patch_all()` before the app is loaded
+    /// (`--gevent-early-monkey-patch`).
+    pub early_monkey_patch: bool,
 }
 
 /// How to find and run a WSGI or ASGI app.
@@ -75,6 +91,9 @@ pub struct PythonOptions {
     /// ASGI: how long a stopping worker waits for the app's tasks that outlive their
     /// response (background tasks) before lifespan shutdown.
     pub shutdown_timeout: std::time::Duration,
+    /// WSGI: run requests as greenlets on a gevent hub or an asyncio loop instead of on
+    /// Python threads.
+    pub green: Option<GreenOptions>,
 }
 
 impl Default for PythonOptions {
@@ -94,6 +113,7 @@ impl Default for PythonOptions {
             event_loop: LoopKind::Auto,
             serve_here: false,
             shutdown_timeout: std::time::Duration::from_secs(30),
+            green: None,
         }
     }
 }
@@ -134,6 +154,14 @@ pub enum PythonError {
     Loop(String),
     #[error("ASGI lifespan startup failed: {0}")]
     Startup(String),
+    #[error("{option} needs the {package} package, which this Python cannot import ({reason}): install it with `pip install {package}` in the app's environment")]
+    Missing {
+        option: &'static str,
+        package: &'static str,
+        reason: String,
+    },
+    #[error("{0}")]
+    Green(String),
 }
 
 /// Checks what can be checked without starting Python (an app is named once, the

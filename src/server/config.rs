@@ -20,6 +20,34 @@ pub enum Model {
     Async,
 }
 
+/// The cooperative event loop that runs each WSGI request in a greenlet (uWSGI's
+/// `--gevent N` and `--asyncio N --greenlet`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GreenEngine {
+    /// gevent's hub.
+    Gevent,
+    /// An asyncio event loop, requests in greenlets (the `greenlet` package).
+    Asyncio,
+}
+
+impl GreenEngine {
+    /// The option that asks for it.
+    pub fn option(self) -> &'static str {
+        match self {
+            GreenEngine::Gevent => "--gevent",
+            GreenEngine::Asyncio => "--asyncio",
+        }
+    }
+
+    /// The package it needs.
+    pub fn package(self) -> &'static str {
+        match self {
+            GreenEngine::Gevent => "gevent",
+            GreenEngine::Asyncio => "greenlet",
+        }
+    }
+}
+
 impl Model {
     pub const ALL: [Model; 4] = [Model::Linear, Model::Threads, Model::Epoll, Model::Async];
 

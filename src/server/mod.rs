@@ -20,7 +20,7 @@ use std::net::TcpListener;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-pub use config::{Model, ServerConfig, Timeouts};
+pub use config::{GreenEngine, Model, ServerConfig, Timeouts};
 pub use log::Log;
 pub use master::EXIT_BOOT_FAILED;
 

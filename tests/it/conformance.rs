@@ -8,13 +8,15 @@ use forklift::server::Model;
 
 use crate::support::*;
 
-/// The app under test: both serve the same endpoints (`/`, `/echo`, `/wait`, `/file`).
+/// The app under test: each serves the same endpoints (`/`, `/echo`, `/wait`, `/file`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum App {
     /// `builtin:demo`.
     Native,
     /// The ASGI app `demo` in `tests/apps/asgi/raw.py`.
     Asgi,
+    /// The WSGI app `demo` in `tests/apps/gevent/demo.py`, under `--gevent 100`.
+    Gevent,
 }
 
 /// One server configuration under test.
@@ -35,6 +37,16 @@ impl Cfg {
                 "--pythonpath".into(),
                 concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps/asgi").into(),
             ],
+            App::Gevent => vec![
+                "--wsgi-file".into(),
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps/gevent/demo.py").into(),
+                "--callable".into(),
+                "demo".into(),
+                "--gevent".into(),
+                "100".into(),
+                "--virtualenv".into(),
+                test_venv(),
+            ],
         };
         v.extend([
             "--model".into(),
@@ -45,7 +57,7 @@ impl Cfg {
             "100000".into(),
             "--disable-logging".into(),
         ]);
-        if self.model == Model::Threads {
+        if self.model == Model::Threads && self.app != App::Gevent {
             v.extend(["--threads".into(), "4".into()]);
         }
         v

@@ -9,6 +9,8 @@ mod cli;
 mod conformance;
 mod docs;
 mod fanout;
+#[cfg(feature = "python")]
+mod gevent;
 mod hardening;
 mod layout;
 mod master;

@@ -24,6 +24,9 @@ mod support {
         pub addr: SocketAddr,
         shutdown: Shutdown,
         thread: Option<JoinHandle<()>>,
+        /// Under `--gevent` (the `gevent` test of each body), the app runs in a
+        /// `forklift serve` child process instead of in this one.
+        _child: Option<crate::support::Server>,
     }
 
     impl PyServer {
@@ -39,6 +42,9 @@ mod support {
         }
 
         pub fn with_options(mut opts: PythonOptions, model: Model) -> PyServer {
+            if crate::support::under_gevent() {
+                return PyServer::under_gevent(&opts);
+            }
             opts.pool_threads = 2;
             opts.multithread = model != Model::Linear;
             let app = load_app(&opts).expect("the app loads");
@@ -60,6 +66,42 @@ mod support {
                 addr,
                 shutdown,
                 thread: Some(thread),
+                _child: None,
+            }
+        }
+
+        /// The app of `opts` in `forklift serve --gevent 100`, with the test virtualenv
+        /// (for gevent).
+        fn under_gevent(opts: &PythonOptions) -> PyServer {
+            let mut args: Vec<String> = Vec::new();
+            if let Some(f) = &opts.wsgi_file {
+                args.extend(["--wsgi-file".into(), f.display().to_string()]);
+            }
+            if let Some(m) = &opts.module {
+                args.extend(["--module".into(), m.clone()]);
+            }
+            for p in &opts.pythonpath {
+                args.extend(["--pythonpath".into(), p.display().to_string()]);
+            }
+            if let Some(d) = &opts.chdir {
+                args.extend(["--chdir".into(), d.display().to_string()]);
+            }
+            args.extend([
+                "--callable".into(),
+                opts.callable.clone(),
+                "--gevent".into(),
+                "100".into(),
+                "--virtualenv".into(),
+                crate::support::test_venv(),
+                "--disable-logging".into(),
+            ]);
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let child = crate::support::Server::start(&refs);
+            PyServer {
+                addr: child.addr,
+                shutdown: Shutdown::new(),
+                thread: None,
+                _child: Some(child),
             }
         }
 
@@ -129,9 +171,9 @@ use forklift::python::{load_app, PythonError, PythonOptions};
 use forklift::server::Model;
 use support::*;
 
-use crate::support::for_each_model;
+use crate::support::{for_each_model, for_each_python_model};
 
-for_each_model! {
+for_each_python_model! {
     hello;
     validator_accepts_everything;
     environ_keys;

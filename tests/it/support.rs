@@ -441,12 +441,63 @@ macro_rules! for_each_model {
     (@call $body:ident, $model:ident, [$($arg:expr),*]) => {
         super::$body($crate::support::for_each_model!(@value $model) $(, $arg)*)
     };
+    (@value gevent) => { $crate::support::gevent_model() };
     (@value linear) => { ::forklift::server::Model::Linear };
     (@value threads) => { ::forklift::server::Model::Threads };
     (@value epoll) => { ::forklift::server::Model::Epoll };
     (@value async_) => { ::forklift::server::Model::Async };
 }
 pub(crate) use for_each_model;
+
+/// [`for_each_model!`] for tests of Python (WSGI) apps: the same forms, and a fifth test
+/// per body, `gevent`, where the app runs under `--gevent` (its body gets `Model::Epoll`,
+/// the model gevent mode runs on, and [`under_gevent`] is true on its thread).
+macro_rules! for_each_python_model {
+    () => {};
+    ($name:ident => $body:ident $(($($arg:expr),* $(,)?))? for [$($only:ident),* $(,)?] ; $($rest:tt)*) => {
+        $crate::support::for_each_model!(@entry $name, $body, [$($($arg),*)?], [$($only),*]);
+        $crate::support::for_each_python_model!($($rest)*);
+    };
+    ($name:ident $(($($arg:expr),* $(,)?))? for [$($only:ident),* $(,)?] ; $($rest:tt)*) => {
+        $crate::support::for_each_model!(@entry $name, $name, [$($($arg),*)?], [$($only),*]);
+        $crate::support::for_each_python_model!($($rest)*);
+    };
+    ($name:ident => $body:ident $(($($arg:expr),* $(,)?))? ; $($rest:tt)*) => {
+        $crate::support::for_each_model!(@entry $name, $body, [$($($arg),*)?], [linear, threads, epoll, async_, gevent]);
+        $crate::support::for_each_python_model!($($rest)*);
+    };
+    ($name:ident $(($($arg:expr),* $(,)?))? ; $($rest:tt)*) => {
+        $crate::support::for_each_model!(@entry $name, $name, [$($($arg),*)?], [linear, threads, epoll, async_, gevent]);
+        $crate::support::for_each_python_model!($($rest)*);
+    };
+}
+pub(crate) use for_each_python_model;
+
+thread_local! {
+    /// This test thread runs its Python app under `--gevent` (see `for_each_python_model!`).
+    static GEVENT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The `gevent` entry of the model macros: marks this test thread and gives the model
+/// gevent mode runs on.
+pub fn gevent_model() -> forklift::server::Model {
+    GEVENT.with(|g| g.set(true));
+    forklift::server::Model::Epoll
+}
+
+/// True on a test thread of a `gevent` entry.
+pub fn under_gevent() -> bool {
+    GEVENT.with(|g| g.get())
+}
+
+/// The virtualenv with the test dependencies (gevent, requests, Flask…):
+/// `$FORKLIFT_TEST_VENV`, else the repository's `.venv` (what `scripts/test` makes).
+pub fn test_venv() -> String {
+    std::env::var("FORKLIFT_TEST_VENV")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv").to_string())
+}
 
 /// [`for_each_model!`] for the offload strategies: for each body listed, one `#[test]`
 /// per [`Strategy`](forklift::offload::Strategy), named `inline`, `loop_`, `thread`,

@@ -50,6 +50,25 @@ pub struct CompareFanoutArgs {
     pub overhead_calls: u64,
 }
 
+/// The published gevent app (monkey-patched `requests` calls in greenlets), served by
+/// the gevent row: it needs gevent and requests in the active virtualenv
+/// (`$VIRTUAL_ENV`).
+pub const SEED_GEVENT_APP: &str = "tests/apps/seed002/app_gevent.py";
+
+/// `app` as the server should be given it: a repository file is looked for from the
+/// working directory, then in the source tree forklift was built from.
+fn app_path(app: &str) -> String {
+    if app.starts_with("builtin:") || Path::new(app).exists() {
+        return app.to_string();
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join(app);
+    if built.exists() {
+        built.display().to_string()
+    } else {
+        app.to_string()
+    }
+}
+
 /// Requests hammered, by default, at configurations that hold a thread per request
 /// (the published figures have 20 only; bigger runs take minutes there).
 pub const SHORT_RUN: u64 = 20;
@@ -66,6 +85,9 @@ pub struct Scenario {
     /// How `builtin:fanout` makes its calls; `None` for the reference (the backend
     /// hammered directly with the slowest call).
     pub mode: Option<Mode>,
+    /// The app served: `builtin:fanout`, or a WSGI file of the published experiment
+    /// (its calls fixed by the app, the backend's port given as `?backend=PORT`).
+    pub app: &'static str,
     /// Arguments after `serve builtin:fanout --http 127.0.0.1:0`.
     pub serve_args: Vec<String>,
     /// The published figures: one request, then (requests, seconds) of its hammer runs.
@@ -98,6 +120,7 @@ pub fn scenarios() -> Vec<Scenario> {
         short,
         label,
         mode,
+        app: "builtin:fanout",
         serve_args: args(serve),
         seed_one: one,
         seed_runs: runs,
@@ -174,6 +197,19 @@ pub fn scenarios() -> Vec<Scenario> {
             &[(20, 0.59), (100, 1.373), (200, 2.546)],
             false,
         ),
+        Scenario {
+            app: SEED_GEVENT_APP,
+            ..s(
+                "gevent-app-2p",
+                "gevent app 2p",
+                "gevent = 50, 2 processes → the published app_gevent.py under --gevent 50, 2 processes",
+                Some(Concurrent),
+                &["--gevent", "50", "--processes", "2"],
+                Some(0.539),
+                &[(20, 0.59), (100, 1.373), (200, 2.546)],
+                false,
+            )
+        },
         s(
             "async-1p",
             "async 1p",
@@ -270,7 +306,7 @@ pub fn compare_fanout(
             Some(_) => match start_server(
                 &args.common,
                 bin,
-                "builtin:fanout",
+                &app_path(sc.app),
                 sc.name,
                 &sc.serve_args,
                 &[],
@@ -283,6 +319,9 @@ pub fn compare_fanout(
             },
         };
         let (addr, path) = match (&server, sc.mode) {
+            (Some(s), Some(_)) if sc.app != "builtin:fanout" => {
+                (s.addr, format!("/?backend={}", backend.addr.port()))
+            }
             (Some(s), Some(mode)) => (
                 s.addr,
                 format!(
@@ -439,6 +478,7 @@ fn one_request(addr: SocketAddr, path: &str) -> Result<f64, String> {
     Ok(rest
         .split("This call lasted ")
         .nth(1)
+        .or_else(|| rest.split("This lasted ").nth(1))
         .and_then(|t| t.split_whitespace().next()?.parse().ok())
         .unwrap_or(wall))
 }
@@ -570,7 +610,7 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), all.len());
-        assert_eq!(all.iter().filter(|s| s.seed_one.is_some()).count(), 7);
+        assert_eq!(all.iter().filter(|s| s.seed_one.is_some()).count(), 8);
     }
 
     #[test]

@@ -210,7 +210,7 @@ impl Future for ReplyFuture {
                 // A streamed body carries its own guard from here on.
                 self.guard.disarm();
                 Poll::Ready(r.unwrap_or_else(|_| {
-                    eprintln!("forklift: the ASGI event loop dropped a request; answering 500");
+                    eprintln!("forklift: the event loop dropped a request; answering 500");
                     Response::text(500, Bytes::from_static(b"Internal Server Error\n"))
                 }))
             }

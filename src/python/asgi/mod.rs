@@ -13,9 +13,9 @@
 //! `cycle`, `inbox` and `scope`; `cycle` uses `body`; `watch` uses `looper`; `body`,
 //! `inbox` and `scope` are leaves.
 
-mod body;
+pub(crate) mod body;
 pub(crate) mod cycle;
-mod inbox;
+pub(crate) mod inbox;
 mod looper;
 mod scope;
 mod watch;

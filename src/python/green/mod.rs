@@ -1,0 +1,278 @@
+//! WSGI apps on a greenlet loop, as a [`Handler`]: uWSGI's gevent mode (`--gevent N`)
+//! and its asyncio loop engine (`--asyncio N --greenlet`). Each worker process runs one
+//! loop thread (gevent's hub, or an asyncio event loop) and every request in its own
+//! greenlet, up to N at once; more wait their turn. The server keeps all socket I/O:
+//! whole requests (body read) reach the loop in batches, one wake-up per round of the
+//! server's event loop, and replies come back without the loop waiting on a socket.
+//!
+//! - `hub` runs the loop thread and serves requests in greenlets; `runtime.py` is its
+//!   Python half (the cores, gevent's and asyncio's loops).
+//! - `watch` reports a loop blocked by a request that does not yield.
+//!
+//! Files import downwards only: this file uses its children; `watch` uses `hub`.
+
+mod hub;
+mod watch;
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use pyo3::prelude::*;
+
+use crate::app::{CallContext, Handler, Reply, Request, Response};
+use crate::python::asgi::body::{ReplyFuture, Shared};
+use crate::python::call::AppState;
+use crate::python::interp;
+use crate::python::options::{GreenEngine, GreenOptions, PythonError, PythonOptions};
+use crate::rt::fork::ForkLocal;
+
+use hub::{HubHandle, Msg, Setup, Ticket};
+
+/// Requests a worker holds beyond its cores, waiting for one; beyond it, 503.
+const MAX_WAITING: usize = 10_000;
+
+/// A WSGI app served by greenlets on a loop.
+pub struct GreenApp {
+    app: Arc<AppState>,
+    opts: GreenOptions,
+    shutdown_timeout: f64,
+    /// This process's loop, started once per process (never before fork).
+    hub: ForkLocal<OnceLock<Result<Running, String>>>,
+}
+
+/// The running loop of one process.
+struct Running {
+    handle: Arc<HubHandle>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    watch_stop: Arc<AtomicBool>,
+}
+
+thread_local! {
+    /// Requests held during a round of the server's event loop.
+    static HELD: RefCell<Option<Vec<Msg>>> = const { RefCell::new(None) };
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl GreenApp {
+    /// Loads the WSGI app `opts` names, after checking that the loop's package imports
+    /// (and, with `--gevent-early-monkey-patch`, patching first).
+    pub(crate) fn load(opts: &PythonOptions, green: GreenOptions) -> Result<GreenApp, PythonError> {
+        let app = interp::with_gil(|py| -> Result<AppState, PythonError> {
+            let rt = hub::runtime(py).map_err(|e| PythonError::Init(interp::summary(py, &e)))?;
+            let check = match green.engine {
+                GreenEngine::Gevent => "check_gevent",
+                GreenEngine::Asyncio => "check_greenlet",
+            };
+            rt.call_method0(check).map_err(|e| PythonError::Missing {
+                option: green.engine.option(),
+                package: green.engine.package(),
+                reason: interp::summary(py, &e),
+            })?;
+            if green.early_monkey_patch {
+                monkey_patch(py, &rt)?;
+            }
+            AppState::load(py, opts)
+        })?;
+        let me = GreenApp {
+            app: Arc::new(app),
+            opts: green,
+            shutdown_timeout: opts.shutdown_timeout.as_secs_f64(),
+            hub: ForkLocal::new(),
+        };
+        if opts.serve_here {
+            me.late_setup()?;
+            me.running().map_err(PythonError::Green)?;
+        }
+        Ok(me)
+    }
+
+    /// In the process that serves, before its loop starts: `--gevent-monkey-patch`.
+    fn late_setup(&self) -> Result<(), PythonError> {
+        if !self.opts.monkey_patch {
+            return Ok(());
+        }
+        interp::with_gil(|py| {
+            let rt = hub::runtime(py).map_err(|e| PythonError::Init(interp::summary(py, &e)))?;
+            monkey_patch(py, &rt)
+        })
+    }
+
+    /// This process's loop, started on first use.
+    fn running(&self) -> Result<&Running, String> {
+        self.hub
+            .get_or_init(OnceLock::new)
+            .get_or_init(|| self.start())
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn start(&self) -> Result<Running, String> {
+        let handle = Arc::new(HubHandle::new(self.opts.engine).map_err(|e| e.to_string())?);
+        let setup = Setup {
+            app: self.app.clone(),
+            cores: self.opts.cores,
+            shutdown_timeout: self.shutdown_timeout,
+        };
+        let (t, ready) = hub::spawn(handle.clone(), setup).map_err(|e| e.to_string())?;
+        if let Err(e) = ready
+            .recv()
+            .unwrap_or_else(|_| Err("the loop thread died".into()))
+        {
+            let _ = t.join();
+            return Err(format!("the {} did not start: {e}", handle.describe()));
+        }
+        let watch_stop = Arc::new(AtomicBool::new(false));
+        let mut threads = vec![t];
+        match watch::start(handle.clone(), watch_stop.clone()) {
+            Ok(w) => threads.push(w),
+            Err(e) => eprintln!("forklift: cannot start the loop watchdog: {e}"),
+        }
+        Ok(Running {
+            handle,
+            threads: Mutex::new(threads),
+            watch_stop,
+        })
+    }
+}
+
+/// `gevent.monkey.patch_all()`.
+fn monkey_patch(py: Python<'_>, rt: &Bound<'_, PyModule>) -> Result<(), PythonError> {
+    rt.call_method0("monkey_patch").map(drop).map_err(|e| {
+        PythonError::Init(format!(
+            "gevent.monkey.patch_all(): {}",
+            interp::summary(py, &e)
+        ))
+    })
+}
+
+impl Running {
+    /// Ends the loop after the requests in progress (at most the shutdown timeout).
+    fn stop(&self) {
+        self.handle.inbox.push(Msg::Stop);
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut it = threads.into_iter();
+        if let Some(t) = it.next() {
+            let _ = t.join();
+        }
+        self.watch_stop.store(true, Ordering::Release);
+        for t in it {
+            let _ = t.join();
+        }
+    }
+}
+
+fn unavailable() -> Reply {
+    Reply::Ready(
+        Response::text(
+            503,
+            Bytes::from_static(b"Service Unavailable: the server is busy\n"),
+        )
+        .with_header("Retry-After", Bytes::from_static(b"1")),
+    )
+}
+
+impl Handler for GreenApp {
+    fn call(&self, req: Request, _cx: &CallContext) -> Reply {
+        let Ok(running) = self.running() else {
+            return unavailable();
+        };
+        let handle = &running.handle;
+        if handle.inflight.load(Ordering::Relaxed) >= self.opts.cores + MAX_WAITING {
+            return unavailable();
+        }
+        let ticket = Ticket::new(&handle.inflight);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let shared = Shared::new(id, handle.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let msg = Msg::Call {
+            req,
+            tx,
+            shared: shared.clone(),
+            ticket,
+        };
+        let msg = HELD.with(|h| match h.borrow_mut().as_mut() {
+            Some(held) => {
+                held.push(msg);
+                None
+            }
+            None => Some(msg),
+        });
+        if let Some(msg) = msg {
+            handle.inbox.push(msg);
+        }
+        Reply::Later(Box::pin(ReplyFuture::new(rx, shared)))
+    }
+
+    fn saturated(&self) -> bool {
+        match self.hub.get().and_then(|h| h.get()) {
+            Some(Ok(r)) => {
+                r.handle.blocked.load(Ordering::Relaxed)
+                    || r.handle.inflight.load(Ordering::Relaxed) >= self.opts.cores
+            }
+            _ => false,
+        }
+    }
+
+    fn idle_threads(&self) -> Option<usize> {
+        let busy = match self.hub.get().and_then(|h| h.get()) {
+            Some(Ok(r)) => r.handle.inflight.load(Ordering::Relaxed),
+            _ => 0,
+        };
+        Some(self.opts.cores.saturating_sub(busy))
+    }
+
+    fn hands_off(&self) -> bool {
+        true
+    }
+
+    fn batch_begin(&self) {
+        HELD.with(|h| {
+            h.borrow_mut().get_or_insert_with(Vec::new);
+        });
+    }
+
+    fn batch_end(&self) {
+        let Some(held) = HELD.with(|h| h.borrow_mut().take()) else {
+            return;
+        };
+        if held.is_empty() {
+            return;
+        }
+        if let Some(Ok(r)) = self.hub.get().and_then(|h| h.get()) {
+            r.handle.inbox.push_all(held);
+        }
+    }
+
+    fn before_fork(&self) {
+        interp::before_fork();
+    }
+
+    fn after_fork(&self) {
+        interp::after_fork_child();
+        let fresh = interp::with_gil(|py| {
+            hub::runtime(py)
+                .and_then(|rt| rt.call_method0("after_fork"))
+                .map(drop)
+                .map_err(|e| format!("gevent.reinit(): {}", interp::summary(py, &e)))
+        });
+        let started = fresh
+            .and_then(|()| self.late_setup().map_err(|e| e.to_string()))
+            .and_then(|()| self.running().map(drop));
+        if let Err(e) = started {
+            eprintln!("forklift: worker {}: {e}; exiting", std::process::id());
+            std::process::exit(3);
+        }
+    }
+
+    fn shutdown(&self) {
+        if let Some(Ok(r)) = self.hub.get().and_then(|h| h.get()) {
+            r.stop();
+        }
+        crate::python::module::shutdown_offload();
+        interp::run_atexit();
+    }
+}
