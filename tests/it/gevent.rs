@@ -390,9 +390,10 @@ fn seed_001_asyncio_greenlet_command_line() {
     std::fs::rename(dir.join("webapp_greenlet.py"), dir.join("webapp.py")).unwrap();
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
+    // The seed's command line word for word, with `forklift` in place of `uwsgi` (no
+    // subcommand).
     let mut child = Command::new(BIN)
         .args([
-            "serve",
             "--asyncio",
             "2",
             "--http-socket",

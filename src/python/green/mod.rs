@@ -251,7 +251,7 @@ impl Handler for GreenApp {
         interp::before_fork();
     }
 
-    fn after_fork(&self) {
+    fn after_fork(&self) -> Result<(), String> {
         interp::after_fork_child();
         let fresh = interp::with_gil(|py| {
             hub::runtime(py)
@@ -259,13 +259,9 @@ impl Handler for GreenApp {
                 .map(drop)
                 .map_err(|e| format!("gevent.reinit(): {}", interp::summary(py, &e)))
         });
-        let started = fresh
+        fresh
             .and_then(|()| self.late_setup().map_err(|e| e.to_string()))
-            .and_then(|()| self.running().map(drop));
-        if let Err(e) = started {
-            eprintln!("forklift: worker {}: {e}; exiting", std::process::id());
-            std::process::exit(3);
-        }
+            .and_then(|()| self.running().map(drop))
     }
 
     fn shutdown(&self) {
