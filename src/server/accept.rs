@@ -172,8 +172,9 @@ pub fn blocking_loop(
         }
     }
     // Stopping: connections the kernel already completed were sent by clients that are
-    // waiting for an answer; serve those, then stop.
-    while let Ok((stream, _)) = listener.accept() {
+    // waiting for an answer; the last process on the socket serves those, then stops
+    // (on a hand-over they are the next workers').
+    while let Some(Ok((stream, _))) = (!shutdown.is_handover()).then(|| listener.accept()) {
         stream.set_nonblocking(false)?;
         on_conn(stream);
     }

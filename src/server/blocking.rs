@@ -207,7 +207,7 @@ pub fn serve(mut s: Session, env: &Env, idle: Idle<'_>) -> Outcome {
                         s.conn.received(Instant::now());
                     }
                     Err(e) if is_timeout(&e) => {
-                        if env.shutdown.is_triggered() || prefer_close() {
+                        if prefer_close() {
                             s.conn.close_if_idle();
                         }
                         s.conn.expire(env, Instant::now());
