@@ -275,7 +275,9 @@ for_each_model! {
 }
 
 fn write_app(dir: &Path, body: &str) {
-    // The app imports a module of its own, which a reload must read anew too.
+    // The app imports a module of its own, which a reload must read anew too. (Each
+    // version differs in length: Python's bytecode cache tells a changed source by its
+    // size and its mtime in whole seconds.)
     std::fs::write(dir.join("helper.py"), format!("BODY = {body:?}\n")).unwrap();
     std::fs::write(
         dir.join("app.py"),
@@ -320,14 +322,14 @@ fn new_code_and_failed_import(lazy: bool) {
     wait_for("two workers", || srv.workers().len() == 2);
     assert_eq!(srv.get("/").text(), "v1");
 
-    write_app(&dir, "v2");
+    write_app(&dir, "v2 (second)");
     signal(srv.pid(), libc::SIGHUP);
     wait_for("the new code", || {
-        log_has(&srv, &mut seen, "; retiring pid", 2) && srv.get("/").text() == "v2"
+        log_has(&srv, &mut seen, "; retiring pid", 2) && srv.get("/").text() == "v2 (second)"
     });
     // Every worker serves it.
     for _ in 0..10 {
-        assert_eq!(srv.get("/").text(), "v2");
+        assert_eq!(srv.get("/").text(), "v2 (second)");
     }
 
     break_app(&dir);
@@ -341,7 +343,7 @@ fn new_code_and_failed_import(lazy: bool) {
         thread::sleep(Duration::from_millis(300));
     }
     for _ in 0..10 {
-        assert_eq!(srv.get("/").text(), "v2");
+        assert_eq!(srv.get("/").text(), "v2 (second)");
     }
     let after = srv.workers();
     assert!(
@@ -353,9 +355,9 @@ fn new_code_and_failed_import(lazy: bool) {
         "{seen:?}"
     );
 
-    write_app(&dir, "v3");
+    write_app(&dir, "v3 (the third)");
     signal(srv.pid(), libc::SIGHUP);
-    wait_for("the fixed code", || srv.get("/").text() == "v3");
+    wait_for("the fixed code", || srv.get("/").text() == "v3 (the third)");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -446,7 +448,9 @@ fn socket_activated(args: &[&str], pid_offset: u32) -> (Child, u16, mpsc::Receiv
          s.bind(('127.0.0.1', 0))\n\
          s.listen(128)\n\
          print(s.getsockname()[1], flush=True)\n\
-         os.dup2(s.fileno(), 3)\n\
+         if s.fileno() != 3:\n\
+         \x20   os.dup2(s.fileno(), 3)\n\
+         os.set_inheritable(3, True)\n\
          os.environ['LISTEN_FDS'] = '1'\n\
          os.environ['LISTEN_PID'] = str(os.getpid() + int(sys.argv[1]))\n\
          os.execv(sys.argv[2], sys.argv[2:])\n";
