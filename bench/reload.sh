@@ -55,8 +55,9 @@ for model in $models; do
     failed=$(awk -F: '/^Failed requests/ {gsub(/ /,"",$2); print $2}' "$tmp/bench")
     complete=$(awk -F: '/^Complete requests/ {gsub(/ /,"",$2); print $2}' "$tmp/bench")
     split=$(grep -E '^\s+\(Connect' "$tmp/bench" || true)
-    printf '%-6s %-13s %-7s complete %-8s failed %s %s\n' "$model" "$mode" "$kind" \
-      "$complete" "$failed" "$split"
+    reloads=$(grep -c -e ": reloading (" -e "started a new master" -e "replacing workers gracefully" "$tmp/log" || true)
+    printf '%-6s %-13s %-7s reloads %s complete %-8s failed %s %s\n' "$model" "$mode" \
+      "$kind" "$reloads" "$complete" "$failed" "$split"
     kill "$master" 2>/dev/null || true
     while kill -0 "$master" 2>/dev/null; do sleep 0.1; done
   done
