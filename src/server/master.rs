@@ -657,9 +657,6 @@ impl Master {
             ));
             return;
         }
-        if let AppSource::Preloaded(_) = self.source {
-            // The child runs no Python before exec, but keep the fork protocol.
-        }
         match super::inherit::exec_with_listener(
             &args,
             self.listener.as_fd(),
