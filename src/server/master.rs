@@ -616,13 +616,18 @@ impl Master {
         };
         let slot = &mut self.slots[i];
         slot.ready = true;
-        if let Some(old) = slot.outgoing.take() {
-            self.log.line(&format!(
-                "forklift: worker {} (pid {pid}) ready; retiring pid {old}",
-                i + 1
-            ));
-            let _ = kill(old, RETIRE);
-            self.retiring.insert(old);
+        match slot.outgoing.take() {
+            Some(old) => {
+                self.log.line(&format!(
+                    "forklift: worker {} (pid {pid}) ready; retiring pid {old}",
+                    i + 1
+                ));
+                let _ = kill(old, RETIRE);
+                self.retiring.insert(old);
+            }
+            None => self
+                .log
+                .line(&format!("forklift: worker {} (pid {pid}) ready", i + 1)),
         }
         if self.chain.front() == Some(&i) {
             self.chain.pop_front();

@@ -1054,7 +1054,8 @@ fn shed_and_signals_are_counted(model: Model) {
         "127.0.0.1:0",
         "--disable-logging",
     ]);
-    wait_for("the worker", || ops.srv.workers().len() == 1);
+    ops.wait_line("(pid");
+    ops.wait_line(") ready");
     // The one connection allowed, with a request half sent: not idle, so not let go.
     let mut held = ops.srv.connect();
     held.write_all(b"GET / HTTP/1.1\r\n").unwrap();

@@ -25,6 +25,12 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until `n` workers have said they are ready (the master logs each), so that a
+/// reload replaces serving workers rather than ones still starting.
+fn wait_ready(srv: &Server, seen: &mut Vec<String>, n: usize) {
+    wait_for("ready workers", || log_has(srv, seen, ") ready", n));
+}
+
 /// Collects the server's log lines seen so far into `seen`; true when one contains
 /// `needle` at least `count` times in all.
 fn log_has(srv: &Server, seen: &mut Vec<String>, needle: &str, count: usize) -> bool {
@@ -131,7 +137,7 @@ fn reload_under_load(model: Model, kind: Kind) {
     }
     let srv = Server::start(&args);
     let mut seen = Vec::new();
-    wait_for("two ready workers", || srv.workers().len() == 2);
+    wait_ready(&srv, &mut seen, 2);
     let runs = [
         BenchRun::start(&srv, 4, true, &dir),
         BenchRun::start(&srv, 4, false, &dir),
@@ -196,7 +202,7 @@ fn chain_reload_goes_one_worker_at_a_time() {
         "--disable-logging",
     ]);
     let mut seen = Vec::new();
-    wait_for("three workers", || srv.workers().len() == 3);
+    wait_ready(&srv, &mut seen, 3);
     seen.extend(srv.log.try_iter());
     let start = seen.len();
     signal(srv.pid(), libc::SIGHUP);
@@ -235,7 +241,7 @@ fn idle_and_fresh_connections_survive(model: Model) {
         "--disable-logging",
     ]);
     let mut seen = Vec::new();
-    wait_for("two workers", || srv.workers().len() == 2);
+    wait_ready(&srv, &mut seen, 2);
     let mut idle: Vec<TcpStream> = (0..5).map(|_| srv.connect()).collect();
     let mut readers: Vec<BufReader<TcpStream>> = Vec::new();
     for s in &mut idle {
@@ -319,14 +325,19 @@ fn new_code_and_failed_import(lazy: bool) {
     }
     let srv = Server::start_in(&args, Some(&dir));
     let mut seen = Vec::new();
-    wait_for("two workers", || srv.workers().len() == 2);
+    wait_ready(&srv, &mut seen, 2);
     assert_eq!(srv.get("/").text(), "v1");
 
     write_app(&dir, "v2 (second)");
     signal(srv.pid(), libc::SIGHUP);
-    wait_for("the new code", || {
-        log_has(&srv, &mut seen, "; retiring pid", 2) && srv.get("/").text() == "v2 (second)"
-    });
+    let deadline = Instant::now() + IO_GUARD;
+    while !(log_has(&srv, &mut seen, "; retiring pid", 2) && srv.get("/").text() == "v2 (second)") {
+        assert!(
+            Instant::now() < deadline,
+            "no new code; the server logged {seen:#?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
     // Every worker serves it.
     for _ in 0..10 {
         assert_eq!(srv.get("/").text(), "v2 (second)");
@@ -387,7 +398,7 @@ fn usr2_new_master_under_load(model: Model) {
         "--disable-logging",
     ]);
     let mut seen = Vec::new();
-    wait_for("two workers", || srv.workers().len() == 2);
+    wait_ready(&srv, &mut seen, 2);
     let runs = [
         BenchRun::start(&srv, 3, true, &dir),
         BenchRun::start(&srv, 3, false, &dir),
