@@ -496,7 +496,14 @@ fn serve(
         Some(load_app(&a, &config, virtual_env.as_ref())?)
     };
     // Bound before the HTTP socket: a busy stats or metrics address stops the start.
-    let endpoints = a.ops.endpoints()?;
+    // Taking over from a previous master (SIGUSR2), which holds the stats and metrics
+    // addresses until it exits: the master binds them then.
+    let late_endpoints = inherited.predecessor.is_some() && config.master && a.ops.has_endpoints();
+    let endpoints = if late_endpoints {
+        crate::ops::Endpoints::default()
+    } else {
+        a.ops.endpoints()?
+    };
     let listener = match inherited.listener_for(plan.addr) {
         Some((listener, exact)) => {
             if !exact {
@@ -536,6 +543,12 @@ fn serve(
             Box::new(move || load_app(&a2, &c2, venv2.as_ref()).map_err(|e| e.to_string()));
         let mut options = a.ops.master_options(endpoints, a.logto.as_ref())?;
         options.predecessor = inherited.predecessor;
+        if late_endpoints {
+            let ops_args = a.ops.clone();
+            options.endpoints_later = Some(Box::new(move || {
+                ops_args.endpoints().map_err(|e| e.to_string())
+            }));
+        }
         options.exec_args = Some(command_line);
         let source = if lazy {
             server::master::AppSource::Lazy(load)

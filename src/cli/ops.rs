@@ -142,6 +142,11 @@ impl OpsArgs {
         Ok(Log::stderr(access).with_format(format))
     }
 
+    /// Whether --stats or --metrics is given.
+    pub fn has_endpoints(&self) -> bool {
+        self.stats.is_some() || self.metrics.is_some()
+    }
+
     /// Binds the --stats and --metrics addresses.
     pub fn endpoints(&self) -> Result<Endpoints, CliError> {
         Ok(Endpoints::bind(

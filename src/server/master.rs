@@ -106,6 +106,9 @@ pub struct MasterOptions {
     pub predecessor: Option<u32>,
     /// The command line a SIGUSR2 re-executes (program first); `None` disables it.
     pub exec_args: Option<Vec<std::ffi::OsString>>,
+    /// Binds the `--stats`/`--metrics` addresses the predecessor still holds: called
+    /// once it has exited.
+    pub endpoints_later: Option<Box<dyn Fn() -> Result<Endpoints, String>>>,
 }
 
 /// One worker position: the process in it, and when to start one again.
@@ -181,8 +184,13 @@ struct Master {
     log_reopen: bool,
     reload_app: Option<Loader>,
     touch: Vec<Touch>,
-    /// The master to stop once every worker here is ready (see `MasterOptions`).
+    /// The master this one replaces (see `MasterOptions`), and whether it was told to
+    /// stop (once every worker here was ready).
     predecessor: Option<Pid>,
+    predecessor_stopped: bool,
+    /// See `MasterOptions::endpoints_later`; the error of the last attempt, if any.
+    endpoints_later: Option<Box<dyn Fn() -> Result<Endpoints, String>>>,
+    endpoints_error: Option<String>,
     exec_args: Option<Vec<std::ffi::OsString>>,
     /// The new master a SIGUSR2 started, while it starts up; its SIGTERM stops this
     /// one as a hand-over.
@@ -244,7 +252,10 @@ impl Master {
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
         let (ready_rx, ready_tx) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
         let own_fds = options.endpoints.raw_fds();
-        let roster = if options.endpoints.is_empty() && options.recycling.reload_on_rss.is_none() {
+        let roster = if options.endpoints.is_empty()
+            && options.endpoints_later.is_none()
+            && options.recycling.reload_on_rss.is_none()
+        {
             None
         } else {
             let roster = Roster::new(config.processes, crate::ops::cores_of(&config))
@@ -310,6 +321,9 @@ impl Master {
             reload_app: options.reload_app,
             touch,
             predecessor: options.predecessor.map(|p| Pid::from_raw(p as i32)),
+            predecessor_stopped: false,
+            endpoints_later: options.endpoints_later,
+            endpoints_error: None,
             exec_args: options.exec_args,
             successor: None,
             own_fds,
@@ -327,6 +341,7 @@ impl Master {
                 self.recycle_due(now);
                 self.spawn_due(now);
                 self.maintain_offload();
+                self.bind_late_endpoints();
             }
             if let Some(code) = self.check_stop(now) {
                 self.log.line(&self.stopped_line(code));
@@ -635,12 +650,52 @@ impl Master {
                 self.replace(next, Recycle::Reload);
             }
         }
-        if self.slots.iter().all(|s| s.ready) {
-            if let Some(old) = self.predecessor.take() {
+        if self.slots.iter().all(|s| s.ready) && !self.predecessor_stopped {
+            // Only while it is still this master's parent: once it has exited, its pid
+            // may name another process.
+            if let Some(old) = self.predecessor.filter(|&p| nix::unistd::getppid() == p) {
                 self.log.line(&format!(
                     "forklift: every worker ready; stopping the previous master (pid {old})"
                 ));
                 let _ = kill(old, Signal::SIGTERM);
+            }
+            self.predecessor_stopped = true;
+        }
+    }
+
+    /// After a hand-over: binds the `--stats`/`--metrics` addresses once the previous
+    /// master, which held them, has exited (this master is its child until then), and
+    /// starts serving them. Retried every turn of the loop until it works.
+    fn bind_late_endpoints(&mut self) {
+        let Some(bind) = &self.endpoints_later else {
+            return;
+        };
+        if self
+            .predecessor
+            .is_some_and(|p| nix::unistd::getppid() == p)
+        {
+            return;
+        }
+        let served = bind().and_then(|endpoints| {
+            let lines = endpoints.describe();
+            let fds = endpoints.raw_fds();
+            let roster = self.roster.clone().ok_or("no scoreboard")?;
+            endpoints
+                .serve(roster, &self.listener, self.config.model)
+                .map_err(|e| e.to_string())?;
+            Ok((lines, fds))
+        });
+        match served {
+            Ok((lines, fds)) => {
+                lines.iter().for_each(|l| self.log.line(l));
+                self.own_fds.extend(fds);
+                self.endpoints_later = None;
+            }
+            Err(e) => {
+                if self.endpoints_error.as_ref() != Some(&e) {
+                    self.log.line(&format!("forklift: {e} (retrying)"));
+                }
+                self.endpoints_error = Some(e);
             }
         }
     }

@@ -433,11 +433,10 @@ fn usr2_new_master_under_load(model: Model) {
         run.finish();
     }
     assert_eq!(srv.get("/").text(), "Hello world");
-    // SAFETY: kill with signal 0 only checks the process exists.
-    unsafe { libc::kill(new_master, libc::SIGTERM) };
-    wait_for("the new master to stop", || unsafe {
-        // SAFETY: signal 0 sends nothing.
-        libc::kill(new_master, 0) != 0
+    signal(new_master, libc::SIGTERM);
+    wait_for("the new master to stop", || {
+        // SAFETY: signal 0 sends nothing; it only checks the process exists.
+        unsafe { libc::kill(new_master, 0) != 0 }
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -546,4 +545,42 @@ fn socket_activation_for_another_pid_is_ignored() {
     assert_eq!(get(addr).text(), "Hello world");
     signal(child.id() as i32, libc::SIGTERM);
     assert_eq!(wait_exit(&mut child).code(), Some(0));
+}
+
+/// After a SIGUSR2 hand-over the new master serves the `--stats` address the old one
+/// held (bound once the old master has exited).
+#[test]
+fn usr2_keeps_the_stats_address() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stats = free.local_addr().unwrap().to_string();
+    drop(free);
+    let mut srv = Server::start(&[
+        "builtin:hello",
+        "--processes",
+        "2",
+        "--stats",
+        &stats,
+        "--disable-logging",
+    ]);
+    let mut seen = Vec::new();
+    wait_ready(&srv, &mut seen, 2);
+    signal(srv.pid(), libc::SIGUSR2);
+    assert_eq!(wait_exit(&mut srv.child).code(), Some(0));
+    wait_for("the new master's stats", || {
+        log_has(&srv, &mut seen, &format!("stats on {stats}"), 2)
+    });
+    let mut s = TcpStream::connect(&stats).unwrap();
+    s.set_read_timeout(Some(IO_GUARD)).unwrap();
+    let mut doc = String::new();
+    std::io::Read::read_to_string(&mut s, &mut doc).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    let new_master = doc["pid"].as_i64().unwrap() as i32;
+    assert_ne!(new_master, srv.pid());
+    assert_eq!(doc["workers"].as_array().unwrap().len(), 2);
+    assert_eq!(srv.get("/").text(), "Hello world");
+    signal(new_master, libc::SIGTERM);
+    wait_for("the new master to stop", || {
+        // SAFETY: signal 0 sends nothing; it only checks the process exists.
+        unsafe { libc::kill(new_master, 0) != 0 }
+    });
 }
