@@ -223,11 +223,23 @@ impl Acceptor {
         }
     }
 
-    /// Connections still held by the acceptor, waiting for a thread, or on one (a
-    /// thread may still hand its connection back).
+    /// Connections still held by the acceptor, waiting for a thread, on one (a thread
+    /// may still hand its connection back), or handed back and not adopted yet. A
+    /// thread hands a connection back before it counts itself idle, so none slips
+    /// between the counts.
     fn held(&self) -> usize {
         let on_threads = self.threads - self.parking.idle.load(Ordering::Acquire).min(self.threads);
-        self.waiting.len() - self.free.len() + self.overflow.len() + self.tx.len() + on_threads
+        let returned = self
+            .parking
+            .returned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        self.waiting.len() - self.free.len()
+            + self.overflow.len()
+            + self.tx.len()
+            + on_threads
+            + returned
     }
 
     fn stop_listening(&mut self) {
