@@ -13,8 +13,9 @@
 //!   (`conn`: every connection rule — time limits, lingering, `--max-requests`, panics,
 //!   admission) and the blocking driver (`blocking`), one module per concurrency model
 //!   that only moves bytes and waits (`linear`, `threads`, `epoll`, `tokio_model` for
-//!   `async`), accepting and shedding (`accept`), the pre-fork `master`, `harakiri`,
-//!   signals and the access log.
+//!   `async`), accepting and shedding (`accept`), the pre-fork `master` (respawns,
+//!   reloads, hand-over to a new master), sockets passed by systemd or a previous
+//!   master (`inherit`), `harakiri`, signals and the access log.
 //! - [`rt`]: runtime pieces shared by every model: `block_on`, the process-wide timer
 //!   (`sleep`), the `Shutdown` signal, and `fork::ForkLocal` (per-process state that a
 //!   forked child rebuilds instead of inheriting locked).

@@ -483,6 +483,24 @@ mod tests {
     }
 
     #[test]
+    fn touch_reload_keys_repeat() {
+        let dir = Dir::new("touch");
+        let ini = dir.file(
+            "t.ini",
+            "[uwsgi]\ntouch-reload = /tmp/a\ntouch-reload = /tmp/b\ntouch-chain-reload = /tmp/c\n",
+        );
+        let (args, _) = expand_ini(argv(&["forklift", "--ini", &ini, "builtin:hello"])).unwrap();
+        let a = serve_args(args);
+        let paths = |v: &[PathBuf]| {
+            v.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(paths(&a.ops.touch_reload), ["/tmp/a", "/tmp/b"]);
+        assert_eq!(paths(&a.ops.touch_chain_reload), ["/tmp/c"]);
+    }
+
+    #[test]
     fn a_file_without_the_sections_is_an_error_naming_them() {
         let dir = Dir::new("sections");
         let ini = dir.file("s.ini", "[server]\nhttp = :5002\n[dev]\nprocesses = 3\n");

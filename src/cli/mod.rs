@@ -119,6 +119,12 @@ pub enum CliError {
 /// `$VIRTUAL_ENV` (an activated virtualenv is used for WSGI apps).
 pub fn main(args: Vec<OsString>, virtual_env: Option<PathBuf>) -> i32 {
     let args = uwsgi_compat::implicit_serve(args);
+    // What a SIGUSR2 runs again: the same arguments, with the program as this binary's
+    // path (a new binary installed there is the one started).
+    let mut original = args.clone();
+    if let (Some(first), Ok(exe)) = (original.first_mut(), std::env::current_exe()) {
+        *first = exe.into_os_string();
+    }
     let (args, ini) = match expand_ini(args) {
         Ok(a) => a,
         Err(e) => {
@@ -143,7 +149,7 @@ pub fn main(args: Vec<OsString>, virtual_env: Option<PathBuf>) -> i32 {
         }
     };
     let result = match cli.command {
-        Command::Serve(a) => serve(a, virtual_env).map_err(|e| in_ini(e, ini.as_ref())),
+        Command::Serve(a) => serve(a, virtual_env, original).map_err(|e| in_ini(e, ini.as_ref())),
         Command::Bench(a) => crate::bench::run_bench(&a).map_err(CliError::from),
         Command::Hammer(a) => crate::bench::run_hammer(&a).map_err(CliError::from),
         Command::Compare(Compare::Models(a)) => {
@@ -500,6 +506,25 @@ fn check_app(
     load_app(a, config, virtual_env).map(drop)
 }
 
+/// A reload of a preloaded app: the master imports it again, reading the app's own
+/// modules anew (installed packages stay loaded); if the import fails, the modules
+/// already loaded are put back and the old app serves on.
+fn reimport(load: server::master::Loader) -> server::master::Loader {
+    Box::new(move || {
+        #[cfg(feature = "python")]
+        {
+            let saved = crate::python::forget_app_modules();
+            let loaded = load();
+            if let (Err(_), Some(saved)) = (&loaded, saved) {
+                crate::python::restore_modules(saved);
+            }
+            loaded
+        }
+        #[cfg(not(feature = "python"))]
+        load()
+    })
+}
+
 /// Loads the app named on the command line. `virtual_env` is `$VIRTUAL_ENV`, used when
 /// `--virtualenv` is not given.
 fn load_app(
@@ -535,7 +560,14 @@ fn load_app(
     }
 }
 
-fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
+fn serve(
+    a: ServeArgs,
+    virtual_env: Option<PathBuf>,
+    command_line: Vec<OsString>,
+) -> Result<i32, CliError> {
+    // Sockets passed by systemd or by the master this one replaces: taken first, before
+    // anything else opens descriptors.
+    let mut inherited = server::inherit::take().map_err(|e| CliError::App(e.to_string()))?;
     let plan = plan(&a)?;
     let config = plan.config;
     if let Some(dir) = &a.chdir {
@@ -564,8 +596,34 @@ fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
         Some(load_app(&a, &config, virtual_env.as_ref())?)
     };
     // Bound before the HTTP socket: a busy stats or metrics address stops the start.
-    let endpoints = a.ops.endpoints()?;
-    let listener = listen::bind(plan.addr, config.backlog)?;
+    // Taking over from a previous master (SIGUSR2), which holds the stats and metrics
+    // addresses until it exits: the master binds them then.
+    let late_endpoints = inherited.predecessor.is_some() && config.master && a.ops.has_endpoints();
+    let endpoints = if late_endpoints {
+        crate::ops::Endpoints::default()
+    } else {
+        a.ops.endpoints()?
+    };
+    let listener = match inherited.listener_for(plan.addr) {
+        Some((listener, exact)) => {
+            if !exact {
+                log.line(&format!(
+                    "forklift: serving the passed socket {} (LISTEN_FDS) instead of binding {}",
+                    listener.local_addr()?,
+                    plan.addr
+                ));
+            }
+            listener
+        }
+        None => listen::bind(plan.addr, config.backlog)?,
+    };
+    if !inherited.fds.is_empty() {
+        log.line(&format!(
+            "forklift: {} passed socket(s) not used (only one TCP listener is served)",
+            inherited.fds.len()
+        ));
+        inherited.fds.clear();
+    }
     let local = listener.local_addr()?;
     log.line(&format!(
         "forklift {} listening on http://{local} (app={}, model={} [{}], processes={}, threads={}, cores={}, pid={})",
@@ -580,16 +638,24 @@ fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
     ));
     endpoints.describe().iter().for_each(|line| log.line(line));
     if config.master {
+        let (a2, c2, venv2) = (a.clone(), config.clone(), virtual_env.clone());
+        let load: server::master::Loader =
+            Box::new(move || load_app(&a2, &c2, venv2.as_ref()).map_err(|e| e.to_string()));
+        let mut options = a.ops.master_options(endpoints, a.logto.as_ref())?;
+        options.predecessor = inherited.predecessor;
+        if late_endpoints {
+            let ops_args = a.ops.clone();
+            options.endpoints_later = Some(Box::new(move || {
+                ops_args.endpoints().map_err(|e| e.to_string())
+            }));
+        }
+        options.exec_args = Some(command_line);
         let source = if lazy {
-            let a2 = a.clone();
-            let c2 = config.clone();
-            server::master::AppSource::Lazy(Box::new(move || {
-                load_app(&a2, &c2, virtual_env.as_ref()).map_err(|e| e.to_string())
-            }))
+            server::master::AppSource::Lazy(load)
         } else {
+            options.reload_app = Some(reimport(load));
             server::master::AppSource::Preloaded(app.expect("loaded unless lazy"))
         };
-        let options = a.ops.master_options(endpoints, a.logto.as_ref())?;
         return Ok(server::master::run_with(
             listener, source, config, log, options,
         )?);

@@ -61,6 +61,16 @@ pub struct OpsArgs {
     /// a rotation moved it away.
     #[arg(long)]
     pub log_reopen: bool,
+
+    /// Reload (as SIGHUP) when FILE's modification time changes (repeatable; implies
+    /// --master).
+    #[arg(long, value_name = "FILE")]
+    pub touch_reload: Vec<PathBuf>,
+
+    /// Replace the workers one at a time, each once the previous replacement is ready,
+    /// when FILE's modification time changes (repeatable; implies --master).
+    #[arg(long, value_name = "FILE")]
+    pub touch_chain_reload: Vec<PathBuf>,
 }
 
 impl OpsArgs {
@@ -93,7 +103,10 @@ impl OpsArgs {
 
     /// Whether the options need a master process.
     pub fn needs_master(&self) -> bool {
-        self.reload_on_rss.is_some() || self.max_worker_lifetime.is_some()
+        self.reload_on_rss.is_some()
+            || self.max_worker_lifetime.is_some()
+            || !self.touch_reload.is_empty()
+            || !self.touch_chain_reload.is_empty()
     }
 
     /// The access-log format.
@@ -129,6 +142,11 @@ impl OpsArgs {
         Ok(Log::stderr(access).with_format(format))
     }
 
+    /// Whether --stats or --metrics is given.
+    pub fn has_endpoints(&self) -> bool {
+        self.stats.is_some() || self.metrics.is_some()
+    }
+
     /// Binds the --stats and --metrics addresses.
     pub fn endpoints(&self) -> Result<Endpoints, CliError> {
         Ok(Endpoints::bind(
@@ -150,6 +168,9 @@ impl OpsArgs {
             recycling: self.recycling()?,
             logto: logto.cloned(),
             log_reopen: self.log_reopen,
+            touch_reload: self.touch_reload.clone(),
+            touch_chain_reload: self.touch_chain_reload.clone(),
+            ..MasterOptions::default()
         })
     }
 }

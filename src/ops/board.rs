@@ -12,10 +12,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Upper bounds (microseconds) of the request-duration histogram's buckets; one more
-/// bucket counts the rest.
-pub const BUCKETS_US: [u64; 16] = [
-    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+/// bucket counts the rest. The Prometheus client's default buckets (5 ms to 10 s),
+/// extended down to 10 µs so that sub-millisecond responses (a hello world answers in
+/// tens of microseconds) fall in buckets of their own.
+pub const BUCKETS_US: [u64; 22] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 75_000, 100_000,
+    250_000, 500_000, 750_000, 1_000_000, 2_500_000, 5_000_000, 7_500_000, 10_000_000,
 ];
 /// Request slots tracked per worker for uWSGI's `cores` (busy flag, request count).
 pub const MAX_CORES: usize = 64;
@@ -47,8 +49,12 @@ pub mod cum {
     pub const FANOUT_CALLS: usize = 17;
     pub const FANOUT_ERRORS: usize = 18;
     pub const FANOUT_CONNECTIONS: usize = 19;
+    /// Signals the worker handled (stop, reload, log reopen).
+    pub const SIGNALS: usize = 20;
+    /// Connections answered 503 at `--max-connections`.
+    pub const SHED: usize = 21;
     /// The request-duration histogram: one counter per bucket of `BUCKETS_US`, then +Inf.
-    pub const HIST: usize = 20;
+    pub const HIST: usize = 22;
     /// Requests served per core.
     pub const CORE: usize = HIST + super::BUCKETS_US.len() + 1;
     pub const COUNT: usize = CORE + super::MAX_CORES;
@@ -265,8 +271,10 @@ mod tests {
     #[test]
     fn buckets_are_upper_bounds() {
         assert_eq!(bucket(0), 0);
-        assert_eq!(bucket(100), 0);
-        assert_eq!(bucket(101), 1);
+        assert_eq!(bucket(10), 0);
+        assert_eq!(bucket(11), 1);
+        assert_eq!(bucket(100), 3);
+        assert_eq!(bucket(101), 4);
         assert_eq!(bucket(10_000_000), BUCKETS_US.len() - 1);
         assert_eq!(bucket(10_000_001), BUCKETS_US.len());
     }

@@ -110,6 +110,20 @@ pub fn render(server: &Info, snap: &Snapshot) -> String {
         "Client connections open.",
         |w| w.connections,
     );
+    o.per_worker(
+        snap,
+        "forklift_connections_shed_total",
+        "counter",
+        "Connections answered 503 because the worker was at --max-connections.",
+        |w| w.cum[cum::SHED],
+    );
+    o.per_worker(
+        snap,
+        "forklift_signals_total",
+        "counter",
+        "Signals the worker handled (stop, reload, log reopen).",
+        |w| w.cum[cum::SIGNALS],
+    );
     let (queue, max_queue) = server.listen_queue();
     o.single(
         "forklift_listen_queue",

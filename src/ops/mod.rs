@@ -233,6 +233,20 @@ pub fn exception() {
     }
 }
 
+/// The process handled a signal (a stop, a reload, a log reopen).
+pub fn signal_handled() {
+    if let Some(c) = card() {
+        c.add(cum::SIGNALS, 1);
+    }
+}
+
+/// A connection was answered 503 because the worker was at `--max-connections`.
+pub fn shed() {
+    if let Some(c) = card() {
+        c.add(cum::SHED, 1);
+    }
+}
+
 /// The harakiri watchdog is about to kill this process.
 pub fn harakiri_fired() {
     if let Some(c) = card() {

@@ -47,7 +47,7 @@ pub fn document(server: &Info, snap: &Snapshot) -> Value {
                 "delta_requests": w.delta_requests,
                 "exceptions": w.cum[cum::EXCEPTIONS],
                 "harakiri_count": w.cum[cum::HARAKIRI],
-                "signals": 0,
+                "signals": w.cum[cum::SIGNALS],
                 "signal_queue": 0,
                 "status": status,
                 "rss": w.rss,
@@ -69,6 +69,7 @@ pub fn document(server: &Info, snap: &Snapshot) -> Value {
                 "cores": cores,
                 "in_flight": w.in_flight,
                 "connections": w.connections,
+                "shed": w.cum[cum::SHED],
             })
         })
         .collect();
@@ -110,6 +111,7 @@ pub fn document(server: &Info, snap: &Snapshot) -> Value {
             "histogram": hist,
             "in_flight": in_flight,
             "connections": snap.workers.iter().map(|w| w.connections).sum::<u64>(),
+            "shed": snap.total(cum::SHED),
             "offload": {
                 "submitted": snap.total(cum::OFFLOAD_SUBMITTED),
                 "done": snap.total(cum::OFFLOAD_DONE),

@@ -93,6 +93,34 @@ def load_file(path, name):
         raise
     return mod
 
+def forget_app_modules():
+    # The app's own modules (not the standard library's, not installed packages'), so
+    # that importing the app again reads its files anew. Returns what to put back.
+    import site, sysconfig
+    saved = dict(sys.modules)
+    roots = set()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        try:
+            roots.add(os.path.realpath(sysconfig.get_paths()[key]))
+        except Exception:
+            pass
+    try:
+        roots.update(os.path.realpath(p) for p in site.getsitepackages())
+    except Exception:
+        pass
+    def installed(path):
+        path = os.path.realpath(path)
+        return any(path == r or path.startswith(r + os.sep) for r in roots)
+    for name, mod in list(sys.modules.items()):
+        path = getattr(mod, "__file__", None)
+        if isinstance(path, str) and not installed(path):
+            del sys.modules[name]
+    return saved
+
+def restore_modules(saved):
+    sys.modules.clear()
+    sys.modules.update(saved)
+
 def summary(e):
     import traceback
     return traceback.format_exception_only(type(e), e)[-1].strip()
@@ -379,6 +407,38 @@ pub fn after_fork_parent() {
             ffi::PyGILState_Release(g);
         }
     }
+}
+
+/// In the master, before importing the app again for a reload: gives back the GIL the
+/// master kept since forking (see [`before_fork`]; the app's `before_fork` takes it
+/// again), then forgets the app's own modules. Returns what [`restore_modules`] puts
+/// back if the import fails; `None` when Python is not running.
+pub fn forget_app_modules() -> Option<Py<PyDict>> {
+    if !*STARTED.lock().unwrap_or_else(|e| e.into_inner()) {
+        return None;
+    }
+    after_fork_parent();
+    with_gil(|py| {
+        let saved = boot_module(py)
+            .and_then(|b| b.call_method0("forget_app_modules"))
+            .and_then(|d| Ok(d.downcast_into::<PyDict>()?.unbind()));
+        match saved {
+            Ok(d) => Some(d),
+            Err(e) => {
+                log_exception(py, &e);
+                None
+            }
+        }
+    })
+}
+
+/// Puts back the modules [`forget_app_modules`] removed (the new import failed).
+pub fn restore_modules(saved: Py<PyDict>) {
+    with_gil(|py| {
+        if let Err(e) = boot_module(py).and_then(|b| b.call_method1("restore_modules", (saved,))) {
+            log_exception(py, &e);
+        }
+    });
 }
 
 /// In a worker right after `fork`, on the thread that forked: re-initialise Python's

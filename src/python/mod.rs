@@ -39,7 +39,7 @@ use std::sync::Arc;
 
 use crate::app::{App, CallContext, Handler, Reply, Request};
 
-pub use interp::after_fork_parent;
+pub use interp::{after_fork_parent, forget_app_modules, restore_modules};
 pub use module::{
     run_task, set_offload_executor, set_spool_sink, set_task_listener, task_names, OffloadExecutor,
     OffloadJob, SpoolSink, TaskError,

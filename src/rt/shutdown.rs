@@ -4,7 +4,8 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 /// A cloneable "stop now, gracefully" signal. Triggering is idempotent and async-signal
 /// free (call it from a signal-watching thread, never from a signal handler).
@@ -15,6 +16,13 @@ pub struct Shutdown {
 
 struct Inner {
     flag: AtomicBool,
+    /// Set when the stop hands the listening socket over to other processes (a reload or
+    /// a recycle under the master): the connections waiting in the shared backlog are
+    /// theirs, so this process stops accepting at once instead of draining it.
+    handover: AtomicBool,
+    /// When the stop was triggered: idle connections get a moment from here (see
+    /// `server::conn::STOP_GRACE`).
+    at: OnceLock<Instant>,
     /// Read end becomes readable on trigger: lets a blocking `poll()` wake up.
     pipe_read: OwnedFd,
     pipe_write: OwnedFd,
@@ -36,6 +44,8 @@ impl Shutdown {
         Shutdown {
             inner: Arc::new(Inner {
                 flag: AtomicBool::new(false),
+                handover: AtomicBool::new(false),
+                at: OnceLock::new(),
                 pipe_read: r,
                 pipe_write: w,
                 callbacks: Mutex::new(Vec::new()),
@@ -46,6 +56,7 @@ impl Shutdown {
 
     /// Asks every listener to stop accepting and finish in-flight work.
     pub fn trigger(&self) {
+        let _ = self.inner.at.set(Instant::now());
         if self.inner.flag.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -54,6 +65,25 @@ impl Shutdown {
             cb();
         }
         self.inner.notify.notify_waiters();
+    }
+
+    /// Stops like [`Shutdown::trigger`], leaving the listener's backlog to the processes
+    /// that take over (see [`Shutdown::is_handover`]).
+    pub fn trigger_handover(&self) {
+        self.inner.handover.store(true, Ordering::SeqCst);
+        self.trigger();
+    }
+
+    /// True when the stop hands the listener over: stop accepting at once (other
+    /// processes accept what waits in the backlog), rather than serving the backlog
+    /// before stopping.
+    pub fn is_handover(&self) -> bool {
+        self.inner.handover.load(Ordering::SeqCst)
+    }
+
+    /// When the stop was triggered (`None` while serving).
+    pub fn since(&self) -> Option<Instant> {
+        self.inner.at.get().copied()
     }
 
     pub fn is_triggered(&self) -> bool {

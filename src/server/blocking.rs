@@ -266,7 +266,7 @@ pub fn serve(mut s: Session, env: &Env, busy: &dyn Fn() -> bool) -> Outcome {
                         s.conn.received(Instant::now());
                     }
                     Err(e) if is_timeout(&e) => {
-                        if env.shutdown.is_triggered() || busy() {
+                        if busy() {
                             s.conn.close_if_idle();
                         }
                         s.conn.expire(env, Instant::now());

@@ -132,11 +132,15 @@ impl Loop {
         loop {
             if self.env.shutdown.is_triggered() && stop_deadline.is_none() {
                 stop_deadline = Some(Instant::now() + self.env.config.timeouts.shutdown);
-                // Serve the connections already waiting in the backlog, then stop.
-                self.accept_paused_until = None;
-                self.accept_all()?;
+                if !self.env.shutdown.is_handover() {
+                    // The last process on this socket: serve the connections already
+                    // waiting in the backlog, then stop.
+                    self.accept_paused_until = None;
+                    self.accept_all()?;
+                }
                 self.stop_accepting();
-                self.close_idle();
+                // Connections with nothing in progress end after the stop grace.
+                next_sweep = Instant::now();
             }
             if let Some(deadline) = stop_deadline {
                 if self.open == 0 || Instant::now() >= deadline {
@@ -195,9 +199,6 @@ impl Loop {
                         self.accept_paused_until = None;
                         self.accept_all()?;
                     }
-                }
-                if self.env.shutdown.is_triggered() {
-                    self.close_idle();
                 }
             }
         }
@@ -406,19 +407,6 @@ impl Loop {
             .filter_map(|(slot, e)| e.as_mut()?.conn.expire(env, now).then_some(slot))
             .collect();
         for slot in due {
-            self.drive(slot);
-        }
-    }
-
-    /// On shutdown: idle keep-alive connections have nothing in flight and are closed.
-    fn close_idle(&mut self) {
-        let idle: Vec<usize> = self
-            .conns
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, e)| e.as_mut()?.conn.close_if_idle().then_some(i))
-            .collect();
-        for slot in idle {
             self.drive(slot);
         }
     }

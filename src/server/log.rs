@@ -382,6 +382,7 @@ pub fn watch_reopen(path: PathBuf, hup: bool) -> io::Result<()> {
         .name("forklift-logreopen".into())
         .spawn(move || {
             for _ in signals.forever() {
+                crate::ops::signal_handled();
                 if let Err(e) = redirect_output(&path) {
                     eprintln!("forklift: cannot reopen {}: {e}", path.display());
                 }

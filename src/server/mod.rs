@@ -8,6 +8,7 @@ pub mod config;
 pub mod conn;
 mod epoll;
 mod harakiri;
+pub mod inherit;
 mod linear;
 pub mod listen;
 pub mod log;

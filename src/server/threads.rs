@@ -98,6 +98,7 @@ fn serve_with(listener: TcpListener, env: Arc<Env>, inline: bool) -> Result<(), 
         open: Arc::new(AtomicUsize::new(0)),
         scratch: vec![0; 64 * 1024],
         listening: true,
+        threads,
         arriving: accept::Arrivals::default(),
         inline,
     };
@@ -124,8 +125,8 @@ fn worker(rx: Receiver<Session>, env: &Env, parking: &Parking) {
         let busy = || env.prefer_close(parking.idle.load(Ordering::Acquire) == 0);
         match blocking::serve(session, env, &busy) {
             Outcome::Closed => {}
-            // Stopping: an idle connection is simply closed.
-            Outcome::Parked(_) if env.shutdown.is_triggered() => {}
+            // Idle between requests (also while stopping: the acceptor gives it the
+            // stop grace, for a request already on its way).
             Outcome::Parked(session) => {
                 let mut r = parking.returned.lock().unwrap_or_else(|p| p.into_inner());
                 let first = r.is_empty();
@@ -162,6 +163,8 @@ struct Acceptor {
     scratch: Vec<u8>,
     /// The listener is in the epoll set.
     listening: bool,
+    /// The serving threads (a stop waits for the connections they hold).
+    threads: usize,
     /// With several processes: new connections whose first request is on its way,
     /// counted against the idle threads.
     arriving: accept::Arrivals,
@@ -169,10 +172,6 @@ struct Acceptor {
     /// serves them itself, in arrival order, one request at a time.
     inline: bool,
 }
-
-/// How long a graceful stop waits for the first request of connections accepted just
-/// before it.
-const STOP_GRACE: Duration = Duration::from_millis(500);
 
 impl Acceptor {
     fn run(&mut self) -> Result<(), ServerError> {
@@ -185,19 +184,23 @@ impl Acceptor {
         // The listener is edge-triggered: remember that clients may still be waiting
         // in the backlog when accepting stopped early.
         let mut backlog = true;
-        let mut stop: Option<(Instant, Instant)> = None;
+        let mut stop: Option<Instant> = None;
         loop {
             if self.env.shutdown.is_triggered() {
                 let now = Instant::now();
-                let (grace, deadline) = *stop.get_or_insert_with(|| {
-                    // Serve what the backlog already holds, then stop listening.
-                    self.accept_ready(true);
+                let deadline = *stop.get_or_insert_with(|| {
+                    // The last process on this socket serves what the backlog already
+                    // holds; on a hand-over that is the next workers'. Then stop
+                    // listening.
+                    if !self.env.shutdown.is_handover() {
+                        self.accept_ready(true);
+                    }
                     self.stop_listening();
-                    (now + STOP_GRACE, now + self.env.config.timeouts.shutdown)
+                    now + self.env.config.timeouts.shutdown
                 });
-                // Idle connections are let go; ones accepted just now get a moment for
-                // their first request.
-                self.close_idle(|s| now >= grace || s.conn.served > 0);
+                // Connections with nothing in progress end after the stop grace.
+                self.adopt_returned()?;
+                self.sweep();
                 if self.held() == 0 || now >= deadline {
                     self.flush_overflow(true);
                     return Ok(());
@@ -236,9 +239,23 @@ impl Acceptor {
         }
     }
 
-    /// Connections still held by the acceptor or waiting for a thread.
+    /// Connections still held by the acceptor, waiting for a thread, on one (a thread
+    /// may still hand its connection back), or handed back and not adopted yet. A
+    /// thread hands a connection back before it counts itself idle, so none slips
+    /// between the counts.
     fn held(&self) -> usize {
-        self.waiting.len() - self.free.len() + self.overflow.len()
+        let on_threads = self.threads - self.parking.idle.load(Ordering::Acquire).min(self.threads);
+        let returned = self
+            .parking
+            .returned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        self.waiting.len() - self.free.len()
+            + self.overflow.len()
+            + self.tx.len()
+            + on_threads
+            + returned
     }
 
     fn stop_listening(&mut self) {
@@ -448,18 +465,6 @@ impl Acceptor {
     /// Closes a held connection.
     fn release(&mut self, slot: usize) {
         drop(self.take(slot));
-    }
-
-    /// Closes the idle connections that `which` picks.
-    fn close_idle(&mut self, which: impl Fn(&Session) -> bool) {
-        for slot in 0..self.waiting.len() {
-            let idle = self.waiting[slot]
-                .as_ref()
-                .is_some_and(|s| s.conn.is_idle() && which(s));
-            if idle {
-                self.release(slot);
-            }
-        }
     }
 
     /// Applies the time limits of held connections (keep-alive, header, lingering).

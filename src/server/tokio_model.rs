@@ -140,8 +140,13 @@ async fn serve(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> 
             },
         }
     }
-    // Serve the connections already waiting in the backlog, then stop.
-    while let Ok(Ok((stream, _))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
+    // The last process on this socket serves the connections already waiting in the
+    // backlog, then stops; on a hand-over they are the next workers'.
+    while !env.shutdown.is_handover() {
+        let Ok(Ok((stream, _))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await
+        else {
+            break;
+        };
         spawn_conn(stream, &shared, &finished_tx, None, false);
     }
     drop(listener);
@@ -187,6 +192,7 @@ async fn serve_conn(mut stream: TcpStream, shared: &Shared, shed: bool) -> io::R
     tokio::pin!(timer);
     let shutdown = env.shutdown.wait();
     tokio::pin!(shutdown);
+    let mut stopping = false;
     let mut pressure = std::pin::pin!(shared.pressure.notify.notified());
     loop {
         // A request takes one of the worker's `cores` only once it has arrived whole.
@@ -243,12 +249,8 @@ async fn serve_conn(mut stream: TcpStream, shared: &Shared, shed: bool) -> io::R
             Step::Read => {
                 let idle = conn.is_idle();
                 if idle {
-                    // Between requests: give the permit back and honour shutdown.
+                    // Between requests: give the permit back.
                     permit = None;
-                    if env.shutdown.is_triggered() {
-                        conn.close_if_idle();
-                        continue;
-                    }
                 }
                 if let Some(d) = conn.deadline(env) {
                     if d < timer_at {
@@ -268,9 +270,8 @@ async fn serve_conn(mut stream: TcpStream, shared: &Shared, shed: bool) -> io::R
                             timer.as_mut().reset(timer_at.into());
                         }
                     }
-                    () = &mut shutdown, if idle => {
-                        conn.close_if_idle();
-                    }
+                    // Stopping moves the deadline of an idle connection closer.
+                    () = &mut shutdown, if idle && !stopping => stopping = true,
                     () = &mut pressure, if idle => {
                         let keepalive = env.config.timeouts.keepalive;
                         if !conn.idle_since().is_some_and(|t| shared.pressure.gives_way(t, keepalive)) {

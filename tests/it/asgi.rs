@@ -620,6 +620,9 @@ fn max_requests_and_harakiri_recycle_asgi_workers() {
     s.write_all(b"GET /block?s=30 HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
     wait_log(&srv, "harakiri");
+    // Once the master saw it die: until then the doomed worker may still accept (and
+    // lose) the next connection.
+    wait_log(&srv, "killed by SIGKILL");
     assert_eq!(srv.get("/ok").text(), "ok");
 }
 

@@ -20,4 +20,5 @@ mod policy;
 #[cfg(feature = "python")]
 mod python;
 mod redis;
+mod reload;
 mod vectors;

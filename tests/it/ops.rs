@@ -1030,3 +1030,68 @@ fn log_reopen_reopens_the_file_on_a_reload() {
     drop(srv);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The value of the sample `series` (name and labels, as written) in a metrics text.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A connection refused at `--max-connections` (answered 503) is counted, per worker;
+/// the signals a worker handles (here the reload's) are counted in the stats and the
+/// metrics; the duration histogram has buckets below a millisecond.
+fn shed_and_signals_are_counted(model: Model) {
+    let mut ops = Ops::start(&[
+        "builtin:hello",
+        "--model",
+        model.name(),
+        "--master",
+        "--max-connections",
+        "1",
+        "--stats",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+        "--disable-logging",
+    ]);
+    ops.wait_line("(pid");
+    ops.wait_line(") ready");
+    // The one connection allowed, with a request half sent: not idle, so not let go.
+    let mut held = ops.srv.connect();
+    held.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    thread::sleep(Duration::from_millis(100));
+    let r = request_bytes(ops.srv.addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 503, "{model}");
+    drop(held);
+    let text = ops.metrics_get("/metrics").text();
+    assert_eq!(
+        metric(&text, "forklift_connections_shed_total{worker=\"1\"}"),
+        Some(1.0),
+        "{model}: {text}"
+    );
+    assert_eq!(ops.stats_doc()["forklift"]["shed"], 1);
+    for le in [
+        "0.00001", "0.000025", "0.00005", "0.0001", "0.00025", "0.0005",
+    ] {
+        let series = format!("forklift_request_duration_seconds_bucket{{le=\"{le}\"}}");
+        assert!(metric(&text, &series).is_some(), "no {series}: {text}");
+    }
+
+    signal(ops.srv.pid(), libc::SIGHUP);
+    ops.wait_line("; retiring pid");
+    wait_for("the retired worker's signal counted", || {
+        ops.stats_doc()["workers"][0]["signals"]
+            .as_u64()
+            .is_some_and(|n| n >= 1)
+    });
+    let text = ops.metrics_get("/metrics").text();
+    assert!(
+        metric(&text, "forklift_signals_total{worker=\"1\"}").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+}
+
+for_each_model! {
+    shed_and_signals_are_counted for [threads, epoll, async_];
+}

@@ -54,6 +54,12 @@ const READ_AHEAD: usize = 64 * 1024;
 /// shutting down its sending side, so the client reads the response before a reset.
 pub const LINGER: Duration = Duration::from_millis(500);
 
+/// How long a stopping worker keeps a connection that has nothing in progress: a
+/// keep-alive client about to send its next request, or a client that has just
+/// connected and whose first request is on its way, is answered (with
+/// `Connection: close`) rather than cut off. Counted from the start of the stop.
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
+
 /// What the driver should do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -328,6 +334,7 @@ impl Conn {
     /// Answers a connection the worker has no room for with 503 and `Retry-After`, before
     /// reading anything, then lingers and closes.
     pub fn shed(&mut self) {
+        crate::ops::shed();
         self.outbuf.extend_from_slice(super::accept::SHED_RESPONSE);
         self.end(true);
     }
@@ -347,7 +354,21 @@ impl Conn {
     /// (from a head's first byte, or from opening for the first request), the body
     /// timeout (from the last read), or the keep-alive timeout between requests. `None`
     /// while the app is making a response (harakiri bounds that).
+    ///
+    /// While the worker stops, a connection with nothing in progress ends at the latest
+    /// [`STOP_GRACE`] after the stop began: closing it sooner would cut off a request
+    /// already on its way (the client's next keep-alive request, or the first request of
+    /// a connection accepted just before), which the client cannot always retry.
     pub fn deadline(&self, env: &Env) -> Option<Instant> {
+        let due = self.time_limit(env)?;
+        match env.shutdown.since() {
+            Some(stop) if self.is_idle() => Some(due.min(stop + STOP_GRACE)),
+            _ => Some(due),
+        }
+    }
+
+    /// [`Conn::deadline`] while the worker serves.
+    fn time_limit(&self, env: &Env) -> Option<Instant> {
         let t = &env.config.timeouts;
         if let Ending::Draining(until) = self.ending {
             return Some(until);
@@ -647,7 +668,13 @@ impl Conn {
                 "forklift: worker {} served {n} requests (--max-requests); retiring",
                 std::process::id()
             ));
-            env.shutdown.trigger();
+            // Under the master the socket stays open and the replacement takes the
+            // backlog; alone, this process serves it before stopping.
+            if env.config.master {
+                env.shutdown.trigger_handover();
+            } else {
+                env.shutdown.trigger();
+            }
         }
     }
 

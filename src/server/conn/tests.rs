@@ -394,3 +394,33 @@ fn end_of_stream_mid_request_closes_without_an_answer() {
     let seen = run(&mut c, &env, b"GET / HTTP/1.1\r\nHo", true);
     assert!(seen.closed && seen.out.is_empty());
 }
+
+#[test]
+fn a_stop_gives_idle_and_new_connections_a_grace() {
+    let env = env();
+    // A keep-alive connection that answered a request, and one with no request yet.
+    let mut idle = new_conn();
+    assert!(!run(&mut idle, &env, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false).closed);
+    let fresh = new_conn();
+    let normal = idle.deadline(&env).unwrap();
+    env.shutdown.trigger_handover();
+    let stop = env.shutdown.since().unwrap();
+    for c in [&idle, &fresh] {
+        assert_eq!(c.deadline(&env), Some(stop + STOP_GRACE));
+        assert!(c.deadline(&env).unwrap() < normal);
+    }
+    // Within the grace nothing is closed, and a request that arrives is answered and
+    // ends its connection.
+    assert!(!idle.expire(&env, stop));
+    let seen = run(&mut idle, &env, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false);
+    assert!(
+        seen.text().contains("Connection: close\r\n"),
+        "{}",
+        seen.text()
+    );
+    assert!(seen.closed);
+    // After it, a connection still silent is closed.
+    let mut fresh = fresh;
+    assert!(fresh.expire(&env, stop + STOP_GRACE));
+    assert!(run(&mut fresh, &env, b"", false).closed);
+}
