@@ -27,7 +27,7 @@ mod worker;
 
 pub use ini::{expand_ini, parse_ini, Ini, IniEntry, IniOption, IniSource};
 pub use ops::OpsArgs;
-pub use serve_args::ServeArgs;
+pub use serve_args::{AppArgs, ServeArgs};
 pub use spool::{run_spool_cli, run_spool_cmd, SpoolArgs, SpoolCli, SpoolCmd, SpoolCmdError};
 pub use worker::{run_worker, WorkerArgs};
 
@@ -247,7 +247,7 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
     // A WSGI app runs, as under uWSGI, on the threads that read its requests (one unless
     // --threads says more); a native app on the readiness loop.
     let asgi = is_asgi(a);
-    let wsgi = !asgi && (a.wsgi_file.is_some() || a.module.is_some());
+    let wsgi = !asgi && (a.app.wsgi_file.is_some() || a.app.module.is_some());
     let green = green_engine(a, asgi || wsgi, asgi)?;
     // An ASGI app runs on its event loops: the server's own loop feeds them best.
     // A Python app runs on the readiness loop, which reads and parses requests and
@@ -323,9 +323,9 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
             "--asgi names an ASGI app; it cannot go with --interface wsgi".into(),
         ));
     }
-    let module = a.asgi.as_ref().or(a.module.as_ref());
-    let several_modules = a.asgi.is_some() && a.module.is_some();
-    let app_name = match (&a.app, &a.wsgi_file, module) {
+    let module = a.asgi.as_ref().or(a.app.module.as_ref());
+    let several_modules = a.asgi.is_some() && a.app.module.is_some();
+    let app_name = match (&a.app.app, &a.app.wsgi_file, module) {
         _ if several_modules => {
             return Err(CliError::Usage(
                 "give one app: --asgi or --module, not both".into(),
@@ -443,13 +443,13 @@ fn python_options(
             early_monkey_patch: a.gevent_early_monkey_patch,
         });
     crate::python::PythonOptions {
-        wsgi_file: a.wsgi_file.clone(),
-        module: a.asgi.clone().or_else(|| a.module.clone()),
-        callable: a.callable.clone(),
-        pythonpath: a.pythonpath.clone(),
+        wsgi_file: a.app.wsgi_file.clone(),
+        module: a.asgi.clone().or_else(|| a.app.module.clone()),
+        callable: a.app.callable.clone(),
+        pythonpath: a.app.pythonpath.clone(),
         // `serve` has already changed directory.
         chdir: None,
-        virtualenv: a.virtualenv.clone().or_else(|| virtual_env.cloned()),
+        virtualenv: a.app.virtualenv.clone().or_else(|| virtual_env.cloned()),
         pool_threads: config.threads,
         multithread: match config.model {
             // Greenlets of one hub run requests concurrently.
@@ -489,7 +489,7 @@ fn check_app(
     config: &ServerConfig,
     virtual_env: Option<&PathBuf>,
 ) -> Result<(), CliError> {
-    if let Some(spec) = &a.app {
+    if let Some(spec) = &a.app.app {
         return load_app(a, config, virtual_env)
             .map(drop)
             .map_err(|e| match e {
@@ -532,7 +532,7 @@ fn load_app(
     config: &ServerConfig,
     virtual_env: Option<&PathBuf>,
 ) -> Result<App, CliError> {
-    if let Some(spec) = &a.app {
+    if let Some(spec) = &a.app.app {
         let name = spec.strip_prefix("builtin:").ok_or_else(|| {
             CliError::Usage(format!(
                 "unknown app {spec:?}: use builtin:NAME ({}) or --wsgi-file / --module",
@@ -570,7 +570,7 @@ fn serve(
     let mut inherited = server::inherit::take().map_err(|e| CliError::App(e.to_string()))?;
     let plan = plan(&a)?;
     let config = plan.config;
-    if let Some(dir) = &a.chdir {
+    if let Some(dir) = &a.app.chdir {
         std::env::set_current_dir(dir)
             .map_err(|e| CliError::App(format!("cannot chdir to {}: {e}", dir.display())))?;
     }

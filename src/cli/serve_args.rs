@@ -11,9 +11,9 @@ use crate::server::Model;
 /// `forklift serve` options. Long names follow uWSGI's where uWSGI has the option.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// The app: builtin:hello|echo|wait|file[:PATH]|demo|slowlog|fanout. Omit it when
-    /// giving a WSGI app with --wsgi-file or --module.
-    pub app: Option<String>,
+    /// The app to serve, and where its code is.
+    #[command(flatten)]
+    pub app: AppArgs,
 
     #[command(flatten)]
     pub offload: crate::offload::OffloadArgs,
@@ -160,18 +160,6 @@ pub struct ServeArgs {
     #[arg(long)]
     pub lazy_apps: bool,
 
-    /// WSGI: the file defining the app callable.
-    #[arg(long, value_name = "FILE")]
-    pub wsgi_file: Option<PathBuf>,
-
-    /// WSGI: the module (`pkg.mod` or `pkg.mod:callable`) defining the app.
-    #[arg(long, short = 'w', value_name = "MODULE")]
-    pub module: Option<String>,
-
-    /// WSGI: the name of the app callable.
-    #[arg(long, value_name = "NAME", default_value = "application")]
-    pub callable: String,
-
     /// An ASGI 3 app: the module (`pkg.mod:app`) defining it; the same as --module
     /// with --interface asgi.
     #[arg(long, value_name = "MODULE:APP")]
@@ -190,18 +178,6 @@ pub struct ServeArgs {
     #[arg(long = "loop", value_name = "LOOP", default_value = "auto", value_parser = ["auto", "asyncio", "uvloop"])]
     pub event_loop: String,
 
-    /// WSGI: directories added to sys.path (repeatable).
-    #[arg(long, value_name = "DIR")]
-    pub pythonpath: Vec<PathBuf>,
-
-    /// Change to DIR before loading the app.
-    #[arg(long, value_name = "DIR")]
-    pub chdir: Option<PathBuf>,
-
-    /// WSGI: the virtualenv to use (default: $VIRTUAL_ENV when set).
-    #[arg(long, visible_alias = "home", short = 'H', value_name = "DIR")]
-    pub virtualenv: Option<PathBuf>,
-
     /// Accepted for uWSGI compatibility: Python threads always run.
     #[arg(long)]
     pub enable_threads: bool,
@@ -209,6 +185,39 @@ pub struct ServeArgs {
     /// Accepted for uWSGI compatibility: SIGTERM always stops gracefully.
     #[arg(long)]
     pub die_on_term: bool,
+}
+
+/// The app and where its code is: what `serve` serves and `forklift worker` runs the
+/// tasks of.
+#[derive(Debug, Clone, Args)]
+pub struct AppArgs {
+    /// The app: builtin:hello|echo|wait|file[:PATH]|demo|slowlog|fanout. Omit it when
+    /// a Python app is given with --wsgi-file or --module (`serve` also takes --asgi).
+    pub app: Option<String>,
+
+    /// WSGI: the file defining the app callable.
+    #[arg(long, value_name = "FILE")]
+    pub wsgi_file: Option<PathBuf>,
+
+    /// WSGI: the module (`pkg.mod` or `pkg.mod:callable`) defining the app.
+    #[arg(long, short = 'w', value_name = "MODULE")]
+    pub module: Option<String>,
+
+    /// WSGI: the name of the app callable.
+    #[arg(long, value_name = "NAME", default_value = "application")]
+    pub callable: String,
+
+    /// Python: directories added to sys.path (repeatable).
+    #[arg(long, value_name = "DIR")]
+    pub pythonpath: Vec<PathBuf>,
+
+    /// Change to DIR before loading the app.
+    #[arg(long, value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+
+    /// Python: the virtualenv to use (default: $VIRTUAL_ENV when set).
+    #[arg(long, visible_alias = "home", short = 'H', value_name = "DIR")]
+    pub virtualenv: Option<PathBuf>,
 }
 
 /// A whole number from `MIN` to `MAX`, for count options; the error says the range.

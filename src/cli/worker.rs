@@ -7,44 +7,21 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use super::{load_app, plan, Cli, CliError, Command, ServeArgs};
+use super::{load_app, plan, AppArgs, Cli, CliError, Command, ServeArgs};
 use crate::offload::{Offload, OffloadArgs, OffloadConfig, Registry, Strategy};
 
 /// `forklift worker` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
-    /// The app whose tasks to run: builtin:NAME (e.g. builtin:slowlog), or a WSGI app
-    /// given with --wsgi-file / --module (its @forklift.task functions).
-    pub app: Option<String>,
+    /// The app whose tasks to run (builtin:NAME, e.g. builtin:slowlog, or a Python app
+    /// and its @forklift.task functions), named as for `serve`.
+    #[command(flatten)]
+    pub app: AppArgs,
 
     /// Offload and Redis options (the strategy is always redis here; --offload-workers
     /// tasks run at once).
     #[command(flatten)]
     pub offload: OffloadArgs,
-
-    /// WSGI: the file defining the app.
-    #[arg(long, value_name = "FILE")]
-    pub wsgi_file: Option<PathBuf>,
-
-    /// WSGI: the module (`pkg.mod` or `pkg.mod:callable`) defining the app.
-    #[arg(long, short = 'w', value_name = "MODULE")]
-    pub module: Option<String>,
-
-    /// WSGI: the name of the app callable.
-    #[arg(long, value_name = "NAME", default_value = "application")]
-    pub callable: String,
-
-    /// WSGI: directories added to sys.path (repeatable).
-    #[arg(long, value_name = "DIR")]
-    pub pythonpath: Vec<PathBuf>,
-
-    /// Change to DIR before loading the app.
-    #[arg(long, value_name = "DIR")]
-    pub chdir: Option<PathBuf>,
-
-    /// WSGI: the virtualenv to use (default: $VIRTUAL_ENV when set).
-    #[arg(long, visible_alias = "home", short = 'H', value_name = "DIR")]
-    pub virtualenv: Option<PathBuf>,
 }
 
 /// `serve`'s arguments for the same app, with serve's defaults for everything else.
@@ -56,11 +33,6 @@ fn as_serve_args(w: &WorkerArgs) -> ServeArgs {
         unreachable!("`forklift serve` without options parses");
     };
     a.app = w.app.clone();
-    a.wsgi_file = w.wsgi_file.clone();
-    a.module = w.module.clone();
-    a.callable = w.callable.clone();
-    a.pythonpath = w.pythonpath.clone();
-    a.virtualenv = w.virtualenv.clone();
     a.offload = w.offload.clone();
     a.offload.offload = Strategy::Redis;
     a.offload.redis.no_run_tasks = false;
@@ -70,7 +42,7 @@ fn as_serve_args(w: &WorkerArgs) -> ServeArgs {
 
 /// Runs `forklift worker` until SIGTERM/SIGINT; returns the exit code.
 pub fn run_worker(w: WorkerArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
-    if let Some(dir) = &w.chdir {
+    if let Some(dir) = &w.app.chdir {
         std::env::set_current_dir(dir)
             .map_err(|e| CliError::App(format!("cannot chdir to {}: {e}", dir.display())))?;
     }
@@ -88,7 +60,7 @@ pub fn run_worker(w: WorkerArgs, virtual_env: Option<PathBuf>) -> Result<i32, Cl
     if tasks.is_empty() {
         return Err(CliError::App(format!(
             "{}: the app registers no task, so this worker would run nothing",
-            a.app.as_deref().unwrap_or("the WSGI app")
+            a.app.app.as_deref().unwrap_or("the Python app")
         )));
     }
     let shutdown = crate::rt::Shutdown::new();
