@@ -253,16 +253,6 @@ impl Loops {
     }
 }
 
-fn unavailable() -> Reply {
-    Reply::Ready(
-        Response::text(
-            503,
-            Bytes::from_static(b"Service Unavailable: the server is busy\n"),
-        )
-        .with_header("Retry-After", Bytes::from_static(b"1")),
-    )
-}
-
 impl Handler for AsgiApp {
     fn call(&self, req: Request, _cx: &CallContext) -> Reply {
         if is_upgrade(&req) {
@@ -278,12 +268,12 @@ impl Handler for AsgiApp {
         }
         let loops = match self.loops() {
             Ok(l) => l,
-            Err(_) => return unavailable(),
+            Err(_) => return crate::python::call::unavailable(),
         };
         let i = loops.pick();
         let handle = &loops.handles[i];
         if handle.inflight.load(Ordering::Relaxed) >= MAX_INFLIGHT {
-            return unavailable();
+            return crate::python::call::unavailable();
         }
         handle.inflight.fetch_add(1, Ordering::AcqRel);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);

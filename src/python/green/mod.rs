@@ -19,12 +19,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
-use bytes::Bytes;
 use pyo3::prelude::*;
 
-use crate::app::{CallContext, Handler, Reply, Request, Response};
+use crate::app::{CallContext, Handler, Reply, Request};
 use crate::python::asgi::body::{ReplyFuture, Shared};
-use crate::python::call::AppState;
+use crate::python::call::{self, AppState};
 use crate::python::interp;
 use crate::python::options::{GreenEngine, GreenOptions, PythonError, PythonOptions};
 use crate::rt::fork::ForkLocal;
@@ -165,24 +164,14 @@ impl Running {
     }
 }
 
-fn unavailable() -> Reply {
-    Reply::Ready(
-        Response::text(
-            503,
-            Bytes::from_static(b"Service Unavailable: the server is busy\n"),
-        )
-        .with_header("Retry-After", Bytes::from_static(b"1")),
-    )
-}
-
 impl Handler for GreenApp {
     fn call(&self, req: Request, _cx: &CallContext) -> Reply {
         let Ok(running) = self.running() else {
-            return unavailable();
+            return call::unavailable();
         };
         let handle = &running.handle;
         if handle.inflight.load(Ordering::Relaxed) >= self.opts.cores + MAX_WAITING {
-            return unavailable();
+            return call::unavailable();
         }
         let ticket = Ticket::new(&handle.inflight);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
