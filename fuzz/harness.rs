@@ -264,6 +264,7 @@ pub fn fuzz_limits() -> [Limits; 2] {
             max_head: 1024,
             max_headers: 16,
             max_body: 2048,
+            max_uwsgi_vars: 256,
         },
         Limits::default(),
     ]

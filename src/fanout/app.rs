@@ -203,6 +203,7 @@ mod tests {
             body: Bytes::new(),
             peer: None,
             local: None,
+            cgi_vars: Vec::new(),
         }
     }
 

@@ -237,6 +237,7 @@ fn meta(version: Version, keep_alive: bool, head: bool) -> RequestMeta {
         keep_alive,
         head,
         echo_keep_alive: version == Version::Http10 && keep_alive,
+        close_delimited: false,
     }
 }
 

@@ -2,8 +2,9 @@
 //! connections.
 
 use std::io;
-use std::net::TcpStream;
 use std::time::Duration;
+
+use super::listen::{Listener, Protocol, Stream};
 
 /// What to do after `accept` failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,54 +117,54 @@ impl Arrivals {
 /// How long to pause accepting after [`AcceptError::Backoff`].
 pub const BACKOFF: Duration = Duration::from_millis(50);
 
-/// Disables Nagle on an accepted connection: responses go out in one write, and a small
-/// last segment must not wait for the client's delayed ACK.
-pub fn tune(stream: &TcpStream) {
-    let _ = stream.set_nodelay(true);
-}
-
-/// Waits until `listener` is readable or `shutdown` triggers, whichever comes first
-/// (or `timeout` passes). Returns true when the listener is readable.
+/// Waits until one of `listeners` is readable or `shutdown` triggers, whichever comes
+/// first (or `timeout` passes). Returns the index of a readable listener.
 pub fn wait_readable(
-    listener: &impl std::os::fd::AsFd,
+    listeners: &[Listener],
     shutdown: &crate::rt::Shutdown,
     timeout: Option<Duration>,
-) -> bool {
+) -> Option<usize> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut fds = [
-        PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-        PollFd::new(shutdown.fd(), PollFlags::POLLIN),
-    ];
+    use std::os::fd::AsFd;
+    let mut fds: Vec<PollFd<'_>> = listeners
+        .iter()
+        .map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN))
+        .collect();
+    fds.push(PollFd::new(shutdown.fd(), PollFlags::POLLIN));
     let t = match timeout {
         None => PollTimeout::NONE,
         Some(d) => PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX),
     };
     match poll(&mut fds, t) {
-        Ok(n) if n > 0 => fds[0]
-            .revents()
-            .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLERR)),
-        _ => false,
+        Ok(n) if n > 0 => fds[..listeners.len()].iter().position(|fd| {
+            fd.revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLERR))
+        }),
+        _ => None,
     }
 }
 
-/// The accept loop of the blocking models: accepts on a non-blocking listener, waits
-/// for readiness (or shutdown) with `poll`, and hands each connection, switched back to
-/// blocking mode, to `on_conn`. Returns when shutdown triggers.
+/// The accept loop of the blocking models: accepts on non-blocking listeners, waits for
+/// readiness (or shutdown) with `poll`, and hands each connection, switched back to
+/// blocking mode, to `on_conn` with its listener's protocol. Returns when shutdown
+/// triggers.
 pub fn blocking_loop(
-    listener: &std::net::TcpListener,
+    listeners: &[Listener],
     shutdown: &crate::rt::Shutdown,
-    mut on_conn: impl FnMut(TcpStream),
+    mut on_conn: impl FnMut(Stream, Option<std::net::SocketAddr>, Protocol),
 ) -> io::Result<()> {
-    listener.set_nonblocking(true)?;
+    for l in listeners {
+        l.set_nonblocking(true)?;
+    }
+    // The listener to try first: the one last seen readable.
+    let mut next = 0;
     while !shutdown.is_triggered() {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                stream.set_nonblocking(false)?;
-                on_conn(stream);
-            }
+        let listener = &listeners[next];
+        match listener.accept(false) {
+            Ok((stream, peer)) => on_conn(stream, peer, listener.protocol()),
             Err(e) => match classify(&e) {
                 AcceptError::WouldBlock => {
-                    wait_readable(listener, shutdown, None);
+                    next = wait_readable(listeners, shutdown, None).unwrap_or(next);
                 }
                 AcceptError::Retry => {}
                 AcceptError::Backoff => std::thread::sleep(BACKOFF),
@@ -173,9 +174,10 @@ pub fn blocking_loop(
     }
     // Stopping: connections the kernel already completed were sent by clients that are
     // waiting for an answer; serve those, then stop.
-    while let Ok((stream, _)) = listener.accept() {
-        stream.set_nonblocking(false)?;
-        on_conn(stream);
+    for listener in listeners {
+        while let Ok((stream, peer)) = listener.accept(false) {
+            on_conn(stream, peer, listener.protocol());
+        }
     }
     Ok(())
 }

@@ -14,7 +14,6 @@
 //! are answered 503 after the oldest idle connections are let go.
 
 use std::collections::VecDeque;
-use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,10 +26,11 @@ use mio::{Events, Interest, Poll, Token};
 use super::accept::OpenGuard;
 use super::accept::{self, AcceptError};
 use super::blocking::{self, Idle, Outcome, Pump, Session};
-use super::{Env, ServerError};
+use super::{Env, Listener, ServerError};
 
-const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
+/// Listener `i` has token `FIRST_LISTENER + i`; connections have tokens below.
+const FIRST_LISTENER: usize = usize::MAX - 1024 * 1024;
 /// How often parked connections are checked against the keep-alive timeout.
 const SWEEP: Duration = Duration::from_millis(500);
 
@@ -46,8 +46,10 @@ struct Parking {
     backlog_waiting: AtomicBool,
 }
 
-pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
-    listener.set_nonblocking(true)?;
+pub fn run(listeners: Vec<Listener>, env: Arc<Env>) -> Result<(), ServerError> {
+    for l in &listeners {
+        l.set_nonblocking(true)?;
+    }
     let threads = env.config.threads.max(1);
     let (tx, rx) = bounded::<Session>(env.config.queue.max(1));
     let poll = Poll::new()?;
@@ -77,7 +79,7 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
     drop(rx);
     let mut acceptor = Acceptor {
         poll,
-        listener,
+        listeners,
         tx,
         parking,
         waiting: Vec::new(),
@@ -133,7 +135,7 @@ fn worker(rx: Receiver<Session>, env: &Env, parking: &Parking) {
 
 struct Acceptor {
     poll: Poll,
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     tx: Sender<Session>,
     parking: Arc<Parking>,
     /// Connections the acceptor holds, by token: arriving requests, idle keep-alive
@@ -148,7 +150,7 @@ struct Acceptor {
     open: Arc<AtomicUsize>,
     /// Read buffer for [`Session::pump`]; a held connection keeps only its unparsed bytes.
     scratch: Vec<u8>,
-    /// The listener is in the epoll set.
+    /// The listeners are in the epoll set.
     listening: bool,
     /// With several processes: new connections whose first request is on its way,
     /// counted against the idle threads.
@@ -161,22 +163,28 @@ const STOP_GRACE: Duration = Duration::from_millis(500);
 
 impl Acceptor {
     fn run(&mut self) -> Result<(), ServerError> {
-        let fd = self.listener.as_raw_fd();
-        self.poll
-            .registry()
-            .register(&mut SourceFd(&fd), LISTENER, Interest::READABLE)?;
+        for (i, l) in self.listeners.iter().enumerate() {
+            let fd = l.as_raw_fd();
+            self.poll.registry().register(
+                &mut SourceFd(&fd),
+                Token(FIRST_LISTENER + i),
+                Interest::READABLE,
+            )?;
+        }
         let mut events = Events::with_capacity(1024);
         let mut next_sweep = Instant::now() + SWEEP;
-        // The listener is edge-triggered: remember that clients may still be waiting
-        // in the backlog when accepting stopped early.
-        let mut backlog = true;
+        // The listeners are edge-triggered: remember which may still have clients
+        // waiting in their backlog when accepting stopped early.
+        let mut backlog = vec![true; self.listeners.len()];
         let mut stop: Option<(Instant, Instant)> = None;
         loop {
             if self.env.shutdown.is_triggered() {
                 let now = Instant::now();
                 let (grace, deadline) = *stop.get_or_insert_with(|| {
                     // Serve what the backlog already holds, then stop listening.
-                    self.accept_ready(true);
+                    for i in 0..self.listeners.len() {
+                        self.accept_ready(i, true);
+                    }
                     self.stop_listening();
                     (now + STOP_GRACE, now + self.env.config.timeouts.shutdown)
                 });
@@ -202,16 +210,22 @@ impl Acceptor {
             self.flush_overflow(false);
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => backlog = true,
                     WAKER => {}
+                    Token(t) if t >= FIRST_LISTENER => {
+                        if let Some(b) = backlog.get_mut(t - FIRST_LISTENER) {
+                            *b = true;
+                        }
+                    }
                     Token(slot) => self.advance(slot),
                 }
             }
             self.adopt_returned()?;
             // Accept only while the threads keep up; otherwise leave clients in the
             // backlog (the listener stays readable, so this is retried each turn).
-            if backlog && self.overflow.is_empty() && self.listening {
-                backlog = self.accept_ready(false);
+            for (i, waiting) in backlog.iter_mut().enumerate() {
+                if *waiting && self.overflow.is_empty() && self.listening {
+                    *waiting = self.accept_ready(i, false);
+                }
             }
             if Instant::now() >= next_sweep {
                 next_sweep = Instant::now() + SWEEP;
@@ -228,15 +242,18 @@ impl Acceptor {
     fn stop_listening(&mut self) {
         if self.listening {
             self.listening = false;
-            let fd = self.listener.as_raw_fd();
-            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+            for l in &self.listeners {
+                let fd = l.as_raw_fd();
+                let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+            }
         }
     }
 
-    /// Accepts while a thread is free to serve the connection (or, when `all`, every
-    /// connection waiting), until the backlog is empty. Returns whether clients may
-    /// still be waiting in the backlog.
-    fn accept_ready(&mut self, all: bool) -> bool {
+    /// Accepts from listener `i` while a thread is free to serve the connection (or,
+    /// when `all`, every connection waiting), until its backlog is empty. Returns
+    /// whether clients may still be waiting in the backlog.
+    fn accept_ready(&mut self, i: usize, all: bool) -> bool {
+        let protocol = self.listeners[i].protocol();
         while self.overflow.is_empty() || all {
             if !all && self.parking.idle.load(Ordering::Acquire) <= self.demand() {
                 self.parking.backlog_waiting.store(true, Ordering::Release);
@@ -245,8 +262,8 @@ impl Acceptor {
                     return true;
                 }
             }
-            match self.listener.accept() {
-                Ok((stream, _)) => {
+            match self.listeners[i].accept(false) {
+                Ok((stream, peer)) => {
                     let max = self.env.config.max_connections;
                     let open = self.open.load(Ordering::Relaxed);
                     let shed = open >= max && !self.make_room();
@@ -254,10 +271,8 @@ impl Acceptor {
                         // Even answering is too much: close at once.
                         continue;
                     }
-                    if stream.set_nonblocking(false).is_err() {
-                        continue;
-                    }
-                    let mut session = Session::new(stream).counted(OpenGuard::new(&self.open));
+                    let mut session =
+                        Session::new(stream, peer, protocol).counted(OpenGuard::new(&self.open));
                     if shed {
                         session.conn.shed();
                     }

@@ -150,6 +150,7 @@ mod support {
             body: Bytes::from_static(body),
             peer: None,
             local: None,
+            cgi_vars: Vec::new(),
         }
     }
 }
@@ -1085,7 +1086,7 @@ fn child_entry() {
                     };
                     let log = forklift::server::log::Log::stderr(false);
                     let code = forklift::server::master::run(
-                        listener,
+                        vec![listener.into()],
                         forklift::server::master::AppSource::Preloaded(app),
                         cfg,
                         log,

@@ -18,6 +18,10 @@ pub struct RequestMeta {
     /// A 1.0 client asked for keep-alive explicitly, so the response must echo
     /// `Connection: keep-alive` (as `ab -k` expects).
     pub echo_keep_alive: bool,
+    /// The peer takes no chunked body (a front server over the uwsgi protocol, which
+    /// passes the response on as it comes): a body of unknown length is sent
+    /// close-delimited.
+    pub close_delimited: bool,
 }
 
 /// A parsed head, as offsets into the head bytes (so the request can share them).
@@ -186,6 +190,7 @@ pub(super) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, us
         keep_alive,
         head: method == "HEAD",
         echo_keep_alive: version == Version::Http10 && keep_alive,
+        close_delimited: false,
     };
     let head = Head {
         method: offsets(buf, method.as_bytes()),

@@ -31,6 +31,7 @@ const RUNTIME: &str = include_str!("runtime.py");
 const BEAT_SECONDS: f64 = 0.1;
 
 /// What a loop is asked to do.
+#[allow(clippy::large_enum_variant)] // a request moves once; boxing would allocate each time
 pub(crate) enum Msg {
     /// Serve a request.
     Call(Request, oneshot::Sender<Response>, Arc<Shared>),

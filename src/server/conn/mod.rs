@@ -31,8 +31,11 @@ use futures_util::Stream;
 use super::log::LogLine;
 use super::Env;
 use crate::app::{Body, BodyStream, BoxFuture, CallContext, Reply, Request, Response, Version};
-use crate::http::{self, BodyEncoder, Decoded, Decoder, Framing, HttpError, RequestMeta};
+use crate::http::{
+    self, BodyEncoder, Decoded, Decoder, Framing, HttpError, Limits, RequestMeta, UwsgiDecoder,
+};
 use crate::rt::panic_message;
+use crate::server::listen::Protocol;
 
 /// Flush the output buffer once it holds this much (and stop pulling body chunks).
 const HIGH_WATER: usize = 64 * 1024;
@@ -100,9 +103,31 @@ enum Ending {
     Draining(Instant),
 }
 
+/// The request decoder of a connection, by the protocol of its listener.
+enum Codec {
+    Http(Decoder),
+    Uwsgi(UwsgiDecoder),
+}
+
+impl Codec {
+    fn in_body(&self) -> bool {
+        match self {
+            Codec::Http(d) => d.in_body(),
+            Codec::Uwsgi(d) => d.in_body(),
+        }
+    }
+
+    fn decode(&mut self, buf: &mut BytesMut, limits: &Limits) -> Result<Decoded, HttpError> {
+        match self {
+            Codec::Http(d) => d.decode(buf, limits),
+            Codec::Uwsgi(d) => d.decode(buf, limits),
+        }
+    }
+}
+
 /// The per-connection state.
 pub struct Conn {
-    decoder: Decoder,
+    decoder: Codec,
     pub inbuf: BytesMut,
     pub outbuf: BytesMut,
     state: State,
@@ -135,9 +160,14 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(peer: Option<SocketAddr>, local: Option<SocketAddr>) -> Conn {
+    /// A connection accepted from a listener speaking `protocol`; `peer` and `local`
+    /// are its addresses when the transport has them (TCP).
+    pub fn new(peer: Option<SocketAddr>, local: Option<SocketAddr>, protocol: Protocol) -> Conn {
         Conn {
-            decoder: Decoder::new(),
+            decoder: match protocol {
+                Protocol::Http => Codec::Http(Decoder::new()),
+                Protocol::Uwsgi => Codec::Uwsgi(UwsgiDecoder::new()),
+            },
             // Buffers grow on first use: an idle connection should cost little.
             inbuf: BytesMut::new(),
             outbuf: BytesMut::new(),
@@ -362,6 +392,10 @@ impl Conn {
                         Err(e) => {
                             let version = Version::Http11;
                             http::encode_error(&mut self.outbuf, &e, version);
+                            if let HttpError::UwsgiVarsTooLarge { .. } = e {
+                                // A setting to change, not a client to blame: always said.
+                                env.log.line(&format!("forklift: {e}"));
+                            }
                             env.log.protocol_error(self.peer, &e);
                             self.inbuf.clear();
                             self.end(true);
@@ -438,7 +472,12 @@ impl Conn {
         meta: RequestMeta,
         prefer_close: &dyn Fn() -> bool,
     ) {
-        req.peer = self.peer;
+        // Over uwsgi the front server names the client (REMOTE_ADDR): that is the peer
+        // the app and the access log see.
+        match req.peer {
+            Some(client) => self.peer = Some(client),
+            None => req.peer = self.peer,
+        }
         req.local = self.local;
         self.ops = env.ops.map(|card| card.begin());
         if let Some(dog) = &env.harakiri {
