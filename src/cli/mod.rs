@@ -405,7 +405,8 @@ fn sockets(a: &ServeArgs) -> Result<Vec<(listen::Address, server::Protocol)>, Cl
                 _ => "must be HOST:PORT, :PORT, a unix socket path or @NAME (e.g. :8080, /run/app.sock)".into(),
             },
         })?;
-        if out.iter().any(|(a, _)| *a == addr) {
+        let ephemeral = matches!(addr, listen::Address::Tcp(a) if a.port() == 0);
+        if !ephemeral && out.iter().any(|(a, _)| *a == addr) {
             return Err(CliError::Usage(format!(
                 "--{option} {text}: this address is given twice"
             )));
@@ -665,6 +666,14 @@ fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
     } else {
         Some(load_app(&a, &config, virtual_env.as_ref())?)
     };
+    // One process: stop signals are watched before the start-up line says it is ready.
+    let single = if config.master {
+        None
+    } else {
+        let shutdown = crate::rt::Shutdown::new();
+        let signals = server::signals::watch(&shutdown, false)?;
+        Some((shutdown, signals))
+    };
     let names: Vec<String> = listeners.iter().map(server::Listener::describe).collect();
     log.line(&format!(
         "forklift {} listening on {} (app={}, model={} [{}], processes={}, threads={}, cores={}, pid={})",
@@ -694,8 +703,7 @@ fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
         vacuum.clean = true;
         return Ok(code);
     }
-    let shutdown = crate::rt::Shutdown::new();
-    let _signals = server::signals::watch(&shutdown, false)?;
+    let (shutdown, _signals) = single.expect("watched without a master");
     let app = app.expect("loaded unless lazy");
     // One process: run the offload executors here (the spool resumes pending tasks).
     if let Err(e) = offload.start() {

@@ -18,4 +18,6 @@ mod policy;
 #[cfg(feature = "python")]
 mod python;
 mod redis;
+#[cfg(feature = "python")]
+mod uwsgi;
 mod vectors;

@@ -774,6 +774,7 @@ fn start_logging_to(file: &std::path::Path, args: &[&str]) -> Server {
         child,
         addr: addr.unwrap(),
         log,
+        banner: String::new(),
     }
 }
 

@@ -20,6 +20,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Lines the server wrote to stderr, collected by a thread.
     pub log: mpsc::Receiver<String>,
+    /// The start-up line naming the listeners (`listening on http://… and uwsgi://…`).
+    pub banner: String,
 }
 
 impl Server {
@@ -50,20 +52,32 @@ impl Server {
                 }
             }
         });
-        let addr = loop {
+        let (addr, banner) = loop {
             let line = rx
                 .recv_timeout(IO_GUARD)
                 .unwrap_or_else(|_| panic!("no banner from forklift {args:?}"));
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let a = rest.split_whitespace().next().unwrap();
-                break a.parse().unwrap();
+                break (a.parse().unwrap(), line);
             }
         };
         Server {
             child,
             addr,
             log: rx,
+            banner,
         }
+    }
+
+    /// The address of the server's TCP listener for `scheme` (`uwsgi`), from its banner.
+    pub fn listener(&self, scheme: &str) -> SocketAddr {
+        let prefix = format!("{scheme}://");
+        self.banner
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} listener in {:?}", self.banner))
+            .parse()
+            .unwrap()
     }
 
     pub fn pid(&self) -> i32 {
