@@ -176,6 +176,11 @@ fn from_vars(
         let key = &block[k.clone()];
         let value = block.slice(v.clone());
         if let Some(name) = key.strip_prefix(b"HTTP_") {
+            // The body's length and type travel as CONTENT_LENGTH / CONTENT_TYPE;
+            // these names are no headers of the client's.
+            if name == b"CONTENT_LENGTH" || name == b"CONTENT_TYPE" {
+                continue;
+            }
             if name.is_empty() || headers.len() >= limits.max_headers {
                 if !name.is_empty() {
                     return Err(HttpError::TooManyHeaders);
