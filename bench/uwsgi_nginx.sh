@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# nginx (1 worker) in front of a WSGI hello world (examples/hello.py), one process of
+# each app server:
+#   forklift-uwsgi   nginx -> forklift over the uwsgi protocol on a unix socket
+#   uwsgi            nginx -> uWSGI (--socket, same app, 1 process) on a unix socket
+#   forklift-proxy   nginx -> forklift over HTTP (proxy_pass, a connection per request)
+#   forklift-proxy-ka  the same with upstream keep-alive (proxy_http_version 1.1)
+# The app server is pinned to CPU 1; nginx and `wrk -t1 -c50` share CPU 0. Rounds
+# alternate the four. forklift serves the uwsgi socket and the HTTP port at once.
+# Needs: apt-get install -y wrk nginx-light; cargo build --release; uWSGI in a
+# throwaway venv given as REF (its bin directory):
+#   python3 -m venv /tmp/ref && /tmp/ref/bin/pip install uwsgi
+#   REF=/tmp/ref/bin bench/uwsgi_nginx.sh
+# Loopback only; every run is bounded (DUR seconds, ROUNDS rounds).
+set -u
+cd "$(dirname "$0")/.."
+BIN=${BIN:-$PWD/target/release/forklift}
+REF=${REF:?set REF to the bin directory of a venv with uwsgi}
+NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
+DUR=${DUR:-5}
+ROUNDS=${ROUNDS:-3}
+PORT=${PORT:-18121}
+APP_PORT=$((PORT + 1))
+dir=$(mktemp -d)
+chmod 755 "$dir"
+cp examples/hello.py "$dir/hello.py"
+cat > "$dir/nginx.conf" <<CONF
+worker_processes 1;
+error_log $dir/error.log warn;
+pid $dir/nginx.pid;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $dir/body; uwsgi_temp_path $dir/uwsgi;
+    proxy_temp_path $dir/proxy; fastcgi_temp_path $dir/fcgi; scgi_temp_path $dir/scgi;
+    upstream forklift_ka { server 127.0.0.1:$APP_PORT; keepalive 32; }
+    server {
+        listen 127.0.0.1:$PORT;
+        location /forklift-uwsgi { include /etc/nginx/uwsgi_params; uwsgi_pass unix:$dir/forklift.sock; }
+        location /uwsgi { include /etc/nginx/uwsgi_params; uwsgi_pass unix:$dir/uwsgi.sock; }
+        location /forklift-proxy { proxy_pass http://127.0.0.1:$APP_PORT; }
+        location /forklift-proxy-ka {
+            proxy_pass http://forklift_ka; proxy_http_version 1.1; proxy_set_header Connection "";
+        }
+    }
+}
+CONF
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$dir"; }
+trap cleanup EXIT
+( cd "$dir" && exec taskset -c 1 "$BIN" serve --wsgi-file hello.py --socket "$dir/forklift.sock" \
+    --chmod-socket 666 --http 127.0.0.1:$APP_PORT --disable-logging >/dev/null 2>&1 ) &
+pids+=($!)
+( cd "$dir" && exec taskset -c 1 "$REF/uwsgi" --socket "$dir/uwsgi.sock" --chmod-socket=666 \
+    --processes 1 --wsgi-file hello.py --disable-logging >/dev/null 2>&1 ) &
+pids+=($!)
+sleep 1
+taskset -c 0 "$NGINX" -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' &
+pids+=($!)
+for path in forklift-uwsgi uwsgi forklift-proxy forklift-proxy-ka; do
+    for _ in $(seq 100); do
+        [ "$(curl -s "http://127.0.0.1:$PORT/$path")" = "Hello world" ] && break
+        sleep 0.1
+    done
+done
+rps() { taskset -c 0 wrk -t1 -c50 -d"${DUR}s" "http://127.0.0.1:$PORT/$1" | awk '/Requests\/sec/ {print $2} /Non-2xx|Socket errors/ {printf "(%s) ", $0}'; }
+for round in $(seq "$ROUNDS"); do
+    for path in forklift-uwsgi uwsgi forklift-proxy forklift-proxy-ka; do
+        echo "round $round $path $(rps $path)"
+    done
+done
