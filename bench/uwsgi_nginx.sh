@@ -5,7 +5,9 @@
 #   uwsgi            nginx -> uWSGI (--socket, same app, 1 process) on a unix socket
 #   forklift-proxy   nginx -> forklift over HTTP (proxy_pass, a connection per request)
 #   forklift-proxy-ka  the same with upstream keep-alive (proxy_http_version 1.1)
-# The app server is pinned to CPU 1; nginx and `wrk -t1 -c50` share CPU 0. Rounds
+# The app server is pinned to CPU 1; nginx and `wrk -t1 -c50` share CPU 0, so nginx
+# can be the ceiling of req/s: each line also gives the app server's own CPU time per
+# request (user + system, from /proc), which contention on CPU 0 does not change. Rounds
 # alternate the four. forklift serves the uwsgi socket and the HTTP port at once.
 # Needs: apt-get install -y wrk nginx-light; cargo build --release; uWSGI in a
 # throwaway venv given as REF (its bin directory):
@@ -18,6 +20,8 @@ BIN=${BIN:-$PWD/target/release/forklift}
 REF=${REF:?set REF to the bin directory of a venv with uwsgi}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 DUR=${DUR:-5}
+# Extra options for forklift (e.g. FORKLIFT_ARGS="--model linear").
+FORKLIFT_ARGS=${FORKLIFT_ARGS:-}
 ROUNDS=${ROUNDS:-3}
 PORT=${PORT:-18121}
 APP_PORT=$((PORT + 1))
@@ -49,11 +53,13 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$dir"; }
 trap cleanup EXIT
 ( cd "$dir" && exec taskset -c 1 "$BIN" serve --wsgi-file hello.py --socket "$dir/forklift.sock" \
-    --chmod-socket 666 --http 127.0.0.1:$APP_PORT --disable-logging >/dev/null 2>&1 ) &
-pids+=($!)
+    --chmod-socket 666 --http 127.0.0.1:$APP_PORT --disable-logging $FORKLIFT_ARGS >/dev/null 2>&1 ) &
+forklift=$!
+pids+=($forklift)
 ( cd "$dir" && exec taskset -c 1 "$REF/uwsgi" --socket "$dir/uwsgi.sock" --chmod-socket=666 \
     --processes 1 --wsgi-file hello.py --disable-logging >/dev/null 2>&1 ) &
-pids+=($!)
+uwsgi=$!
+pids+=($uwsgi)
 sleep 1
 taskset -c 0 "$NGINX" -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' &
 pids+=($!)
@@ -63,9 +69,22 @@ for path in forklift-uwsgi uwsgi forklift-proxy forklift-proxy-ka; do
         sleep 0.1
     done
 done
-rps() { taskset -c 0 wrk -t1 -c50 -d"${DUR}s" "http://127.0.0.1:$PORT/$1" | awk '/Requests\/sec/ {print $2} /Non-2xx|Socket errors/ {printf "(%s) ", $0}'; }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+# One run: req/s, and the app server's CPU microseconds per request.
+run() { # path, pid of the app server
+    local t0 out n t1
+    t0=$(ticks "$2")
+    out=$(taskset -c 0 wrk -t1 -c50 -d"${DUR}s" "http://127.0.0.1:$PORT/$1")
+    t1=$(ticks "$2")
+    n=$(awk '/requests in/ {print $1}' <<<"$out")
+    awk -v n="$n" -v dt=$((t1 - t0)) -v hz="$hz" '
+        /Requests\/sec/ { rps = $2 } /Non-2xx|Socket errors/ { err = err " (" $0 ")" }
+        END { printf "%s req/s, %.1f us CPU/request%s\n", rps, dt * 1e6 / hz / n, err }' <<<"$out"
+}
 for round in $(seq "$ROUNDS"); do
-    for path in forklift-uwsgi uwsgi forklift-proxy forklift-proxy-ka; do
-        echo "round $round $path $(rps $path)"
-    done
+    echo "round $round forklift-uwsgi $(run forklift-uwsgi $forklift)"
+    echo "round $round uwsgi $(run uwsgi $uwsgi)"
+    echo "round $round forklift-proxy $(run forklift-proxy $forklift)"
+    echo "round $round forklift-proxy-ka $(run forklift-proxy-ka $forklift)"
 done
