@@ -267,6 +267,15 @@ impl Listener {
         self.socket
     }
 
+    /// The descriptor, for handing the listener over (to a new process, or back to
+    /// [`Listener::from_fd`]).
+    pub fn into_socket_fd(self) -> OwnedFd {
+        match self.socket {
+            ListenSocket::Tcp(l) => l.into(),
+            ListenSocket::Unix(l) => l.into(),
+        }
+    }
+
     /// The TCP address, for a TCP listener.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         match &self.socket {
@@ -535,6 +544,59 @@ mod tests {
         assert!(parse_addr("localhost:8080").unwrap().ip().is_loopback());
         assert!(parse_addr("nonsense").is_err());
         assert!(parse_addr(":99999").is_err());
+    }
+
+    #[test]
+    fn socket_addresses() {
+        assert_eq!(
+            Address::parse(":3031").unwrap(),
+            Address::Tcp("0.0.0.0:3031".parse().unwrap())
+        );
+        assert_eq!(
+            Address::parse("/run/app.sock").unwrap(),
+            Address::Unix("/run/app.sock".into())
+        );
+        assert_eq!(
+            Address::parse("app.sock").unwrap(),
+            Address::Unix("app.sock".into())
+        );
+        assert_eq!(
+            Address::parse("./a:b.sock").unwrap(),
+            Address::Unix("./a:b.sock".into())
+        );
+        assert_eq!(
+            Address::parse("@app").unwrap(),
+            Address::Abstract(b"app".to_vec())
+        );
+        for bad in ["", "@", "8080", "host:port"] {
+            assert!(Address::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// A listener handed over as a bare descriptor (socket activation) is adopted with
+    /// its kind read from the socket.
+    #[test]
+    fn adopted_from_a_descriptor() {
+        let tcp = bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let l = Listener::from_fd(OwnedFd::from(tcp), Protocol::Uwsgi).unwrap();
+        assert!(matches!(l.socket(), ListenSocket::Tcp(_)));
+        assert_eq!(l.describe(), format!("uwsgi://{addr}"));
+        let name = format!("forklift-from-fd-{}", std::process::id());
+        let unix = Listener::bind(
+            &Address::Abstract(name.as_bytes().to_vec()),
+            Protocol::Http,
+            16,
+            &UnixOptions::default(),
+        )
+        .unwrap();
+        let fd = OwnedFd::from(unix.into_socket_fd());
+        let l = Listener::from_fd(fd, Protocol::Http).unwrap();
+        assert!(matches!(l.socket(), ListenSocket::Unix(_)));
+        assert_eq!(l.describe(), format!("http+unix:@{name}"));
+        // Not a listening socket: refused.
+        let (a, _b) = UnixStream::pair().unwrap();
+        assert!(Listener::from_fd(OwnedFd::from(a), Protocol::Http).is_err());
     }
 
     #[test]

@@ -344,6 +344,63 @@ for_each_model! {
     nginx_tcp => through_nginx(Transport::Tcp);
     nginx_unix => through_nginx(Transport::Unix);
     malformed_packets;
+    asgi_scope;
+}
+
+/// An ASGI app over the uwsgi protocol: the scope takes the front server's client,
+/// scheme and mount point.
+fn asgi_scope(model: Model) {
+    let apps = apps_dir().join("asgi");
+    let server = Server::start(&[
+        "--asgi",
+        "raw:probe",
+        "--pythonpath",
+        apps.to_str().unwrap(),
+        "--model",
+        model.name(),
+        "--socket",
+        "127.0.0.1:0",
+    ]);
+    let packet = encode_request(
+        &[
+            (b"REQUEST_METHOD", b"POST"),
+            (b"REQUEST_URI", b"/app/x?y=1"),
+            (b"PATH_INFO", b"/app/x"),
+            (b"QUERY_STRING", b"y=1"),
+            (b"SCRIPT_NAME", b"/app"),
+            (b"HTTPS", b"on"),
+            (b"REMOTE_ADDR", b"10.9.8.7"),
+            (b"REMOTE_PORT", b"4242"),
+            (b"CONTENT_LENGTH", b"3"),
+            (b"CONTENT_TYPE", b"text/plain"),
+            (b"HTTP_HOST", b"example.org"),
+        ],
+        b"abc",
+    );
+    let resp = parse_whole(&raw_exchange(server.listener("uwsgi"), &packet), false);
+    let scope = json(&resp);
+    assert_eq!(scope["scheme"], "https");
+    assert_eq!(scope["root_path"], "/app");
+    assert_eq!(scope["path"], "/app/x");
+    assert_eq!(scope["query_string"], "y=1");
+    assert_eq!(scope["method"], "POST");
+    assert_eq!(scope["client"], serde_json::json!(["10.9.8.7", 4242]));
+    let headers = scope["headers"].as_array().unwrap();
+    assert!(
+        headers.contains(&serde_json::json!(["host", "example.org"])),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&serde_json::json!(["content-type", "text/plain"])),
+        "{headers:?}"
+    );
+    let got: u64 = scope["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["len"].as_u64().unwrap())
+        .sum();
+    assert_eq!(got, 3);
 }
 
 /// Sends `bytes` on a new connection to `addr`, half-closes, and returns all the server
