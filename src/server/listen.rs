@@ -590,7 +590,7 @@ mod tests {
             &UnixOptions::default(),
         )
         .unwrap();
-        let fd = OwnedFd::from(unix.into_socket_fd());
+        let fd = unix.into_socket_fd();
         let l = Listener::from_fd(fd, Protocol::Http).unwrap();
         assert!(matches!(l.socket(), ListenSocket::Unix(_)));
         assert_eq!(l.describe(), format!("http+unix:@{name}"));
