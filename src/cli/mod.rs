@@ -402,7 +402,7 @@ fn sockets(a: &ServeArgs) -> Result<Vec<(listen::Address, server::Protocol)>, Cl
                 listen::ListenError::Resolve(_, io) => {
                     format!("must be an address this host can resolve ({io})")
                 }
-                _ => "must be HOST:PORT, :PORT, a unix socket path or @NAME (e.g. :8080, /run/app.sock)".into(),
+                _ => "must be HOST:PORT, :PORT, a unix socket path with a / or @NAME (e.g. :8080, /run/app.sock, ./app.sock)".into(),
             },
         })?;
         let ephemeral = matches!(addr, listen::Address::Tcp(a) if a.port() == 0);
@@ -807,7 +807,7 @@ mod tests {
         let e = Cli::try_parse_from(argv).unwrap_err().to_string();
         assert!(e.contains("unknown model"), "{e}");
         assert!(plan(&parse(&["forklift", "serve"])).is_err());
-        for bad in ["nope:x", "8080", "@"] {
+        for bad in ["nope:x", "8080", "@", "garbage"] {
             let e = plan(&parse(&[
                 "forklift",
                 "serve",
@@ -855,7 +855,7 @@ mod tests {
             "--uwsgi-socket",
             "@abs",
             "--socket",
-            "app.sock",
+            "./app.sock",
             "--chmod-socket",
         ]))
         .unwrap();
@@ -866,7 +866,7 @@ mod tests {
             [
                 ("0.0.0.0:8080".to_string(), Http),
                 ("/run/app.sock".to_string(), Uwsgi),
-                ("app.sock".to_string(), Uwsgi),
+                ("./app.sock".to_string(), Uwsgi),
                 ("@abs".to_string(), Uwsgi),
             ]
         );

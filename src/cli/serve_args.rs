@@ -30,7 +30,7 @@ pub struct ServeArgs {
     pub ini: Option<PathBuf>,
 
     /// Address to serve HTTP on: HOST:PORT or :PORT (all interfaces), a unix socket
-    /// path, or @NAME (an abstract unix socket). Repeatable. Default 127.0.0.1:8080
+    /// path with a / (./app.sock), or @NAME (an abstract unix socket). Repeatable. Default 127.0.0.1:8080
     /// when no socket option is given.
     #[arg(long, value_name = "ADDR")]
     pub http: Vec<String>,

@@ -24,7 +24,7 @@ use socket2::{Domain, Socket, Type};
 /// Why the listener could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
-    #[error("bad address {0:?}: expected HOST:PORT or :PORT (e.g. --http :8080)")]
+    #[error("bad address {0:?}: expected HOST:PORT, :PORT, a unix socket path with a / (./app.sock) or @NAME (e.g. --http :8080)")]
     BadAddress(String),
     #[error("cannot resolve {0:?}: {1}")]
     Resolve(String, io::Error),
@@ -116,8 +116,10 @@ pub enum Address {
 
 impl Address {
     /// Parses a uWSGI socket address: `@name` is an abstract unix socket; text with a
-    /// `/`, or without a `:`, is a unix socket path (`/run/app.sock`, `app.sock`); the
-    /// rest is TCP (`:8080`, `host:port`, `[::1]:80`).
+    /// `/` is a unix socket path (`/run/app.sock`, `./app.sock`); the rest is TCP
+    /// (`:8080`, `host:port`, `[::1]:80`). (uWSGI also takes a word without `:` as a
+    /// path; here that is refused, since `--http 8080` or a typo would otherwise start
+    /// a server nobody can reach.)
     pub fn parse(text: &str) -> Result<Address, ListenError> {
         let t = text.trim();
         if let Some(name) = t.strip_prefix('@') {
@@ -126,11 +128,7 @@ impl Address {
             }
             return Ok(Address::Abstract(name.as_bytes().to_vec()));
         }
-        if t.contains('/') || !t.contains(':') {
-            // `8080` is a port without its colon far more often than a file name.
-            if t.is_empty() || t.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(ListenError::BadAddress(text.to_string()));
-            }
+        if t.contains('/') {
             return Ok(Address::Unix(PathBuf::from(t)));
         }
         parse_addr(t).map(Address::Tcp)
@@ -557,8 +555,8 @@ mod tests {
             Address::Unix("/run/app.sock".into())
         );
         assert_eq!(
-            Address::parse("app.sock").unwrap(),
-            Address::Unix("app.sock".into())
+            Address::parse("./app.sock").unwrap(),
+            Address::Unix("./app.sock".into())
         );
         assert_eq!(
             Address::parse("./a:b.sock").unwrap(),
@@ -568,7 +566,7 @@ mod tests {
             Address::parse("@app").unwrap(),
             Address::Abstract(b"app".to_vec())
         );
-        for bad in ["", "@", "8080", "host:port"] {
+        for bad in ["", "@", "8080", "host:port", "app.sock", "garbage"] {
             assert!(Address::parse(bad).is_err(), "{bad}");
         }
     }

@@ -1,6 +1,7 @@
 """The app behind nginx in the uwsgi protocol tests: reports what it was given."""
 
 import json
+import os
 import zlib
 
 
@@ -23,6 +24,7 @@ def application(environ, start_response):
         return gen()
     body = environ["wsgi.input"].read()
     out = {k: v for k, v in environ.items() if isinstance(v, str)}
+    out["os.environ GREETING"] = os.environ.get("GREETING", "")
     out["body_len"] = len(body)
     out["body_adler32"] = zlib.adler32(body)
     data = json.dumps(out, sort_keys=True).encode()

@@ -670,6 +670,74 @@ fn deployment_options() {
     );
 }
 
+/// `--uid`/`--gid` switch user after binding and before loading the app (when started
+/// as root); `--chown-socket` sets the socket's owner.
+#[test]
+fn privileges_and_socket_owner() {
+    let dir = TempDir::new("privileges");
+    let sock = dir.path("app.sock");
+    let root = nix::unistd::geteuid().is_root();
+    let (uid, gid) = if root {
+        ("65534".to_string(), "65534".to_string())
+    } else {
+        (
+            nix::unistd::getuid().to_string(),
+            nix::unistd::getgid().to_string(),
+        )
+    };
+    let owner = format!("{uid}:{gid}");
+    // A native app: the embedded Python may live where an unprivileged user cannot read.
+    let server = Server::start(&[
+        "builtin:hello",
+        "--socket",
+        sock.to_str().unwrap(),
+        "--chown-socket",
+        &owner,
+        "--chmod-socket",
+        "600",
+        "--uid",
+        &uid,
+        "--gid",
+        &gid,
+    ]);
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(
+        (meta.uid().to_string(), meta.gid().to_string()),
+        (uid.clone(), gid.clone())
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let ids = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert!(ids("Uid:").iter().all(|u| *u == uid), "{status}");
+    assert!(ids("Gid:").iter().all(|g| *g == gid), "{status}");
+    assert_eq!(server.get("/").status, 200);
+    if !root {
+        eprintln!("note: not root; --uid/--gid were checked with the current user only");
+    }
+}
+
+/// `--env NAME=VALUE` reaches the app.
+#[test]
+fn env_reaches_the_app() {
+    let app = apps_dir().join("uwsgi_app.py");
+    let server = Server::start(&[
+        "--wsgi-file",
+        app.to_str().unwrap(),
+        "--env",
+        "GREETING=hello there",
+    ]);
+    let env = json(&server.get("/"));
+    assert_eq!(env["os.environ GREETING"], "hello there");
+}
+
 /// The ini of Django's and Flask's deployment guides runs as it is: a master, four
 /// processes, a uwsgi unix socket with mode 660, vacuum; no warning about any key.
 #[test]
