@@ -68,7 +68,7 @@ pids+=($linear)
 uwsgi=$!
 pids+=($uwsgi)
 sleep 1
-taskset -c 0 "$NGINX" -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' &
+taskset -c 0 "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off;' &
 nginx=$!
 pids+=($nginx)
 for path in forklift-uwsgi forklift-linear uwsgi forklift-proxy forklift-proxy-ka; do

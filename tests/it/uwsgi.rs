@@ -138,6 +138,9 @@ http {{
             .arg(&dir.0)
             .arg("-c")
             .arg(dir.path("nginx.conf"))
+            // The log nginx writes before it reads the config: ours, not /var/log's.
+            .arg("-e")
+            .arg(dir.path("error.log"))
             .args(["-g", "daemon off;"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
