@@ -639,13 +639,15 @@ fn serve(a: ServeArgs, virtual_env: Option<PathBuf>) -> Result<i32, CliError> {
         vacuum.paths.extend(l.path().map(PathBuf::from));
         listeners.push(l);
     }
-    drop_privileges(plan.run_as)?;
+    // As uWSGI's `pidfile`: written before privileges are dropped (where only root may
+    // write, such as /run).
     if let Some(path) = &a.pidfile {
         std::fs::write(path, format!("{}\n", std::process::id())).map_err(|e| {
             CliError::Usage(format!("--pidfile {}: cannot write: {e}", path.display()))
         })?;
         vacuum.paths.push(path.clone());
     }
+    drop_privileges(plan.run_as)?;
     // Load (and so validate) the app before forking, so a bad app is a one-line error
     // and exit code 1.
     let virtual_env = virtual_env.filter(|p| !p.as_os_str().is_empty());
