@@ -220,6 +220,17 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
              systemd (Type=simple, or a .socket unit) or another supervisor{logto}"
         )));
     }
+    if let Some(other) = a
+        .plugins
+        .iter()
+        .map(|p| p.trim())
+        .find(|p| !p.is_empty() && !p.starts_with("python") && *p != "http" && *p != "0")
+    {
+        return Err(CliError::Usage(format!(
+            "plugin {other:?} is not available: forklift has Python (WSGI, ASGI) and HTTP \
+             built in, and no other uWSGI plugin; remove it from --plugins"
+        )));
+    }
     let sockets = sockets(a)?;
     let unix = listen::UnixOptions {
         mode: a
@@ -383,10 +394,15 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
 /// none is given).
 fn sockets(a: &ServeArgs) -> Result<Vec<(listen::Address, server::Protocol)>, CliError> {
     use server::Protocol::{Http, Uwsgi};
+    // uWSGI's `protocol = http` makes `socket` speak HTTP.
+    let socket_protocol = match a.protocol.as_deref() {
+        Some("http") => Http,
+        _ => Uwsgi,
+    };
     let given: Vec<(&'static str, &String, server::Protocol)> =
         (a.http.iter().map(|h| ("http", h, Http)))
             .chain(a.http_socket.iter().map(|h| ("http-socket", h, Http)))
-            .chain(a.socket.iter().map(|h| ("socket", h, Uwsgi)))
+            .chain(a.socket.iter().map(|h| ("socket", h, socket_protocol)))
             .chain(a.uwsgi_socket.iter().map(|h| ("uwsgi-socket", h, Uwsgi)))
             .collect();
     if given.is_empty() {
@@ -885,5 +901,29 @@ mod tests {
         .unwrap();
         assert_eq!(p.config.limits.max_uwsgi_vars, 32768);
         assert_eq!(p.config.limits.max_head, 32768);
+        // `protocol = http` makes `socket` speak HTTP; `plugins = python3` is accepted.
+        let p = plan(&parse(&[
+            "forklift",
+            "serve",
+            "builtin:hello",
+            "--socket",
+            ":8000",
+            "--protocol",
+            "http",
+            "--plugins",
+            "python3,http",
+        ]))
+        .unwrap();
+        assert_eq!(p.sockets[0].1, Http);
+        let e = plan(&parse(&[
+            "forklift",
+            "serve",
+            "builtin:hello",
+            "--plugin",
+            "psgi",
+        ]))
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("plugin \"psgi\""), "{e}");
     }
 }

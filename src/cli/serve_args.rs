@@ -48,6 +48,20 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub uwsgi_socket: Vec<String>,
 
+    /// The protocol of the --socket addresses: uwsgi (the default) or http.
+    #[arg(long, value_name = "PROTO", value_parser = ["uwsgi", "http"])]
+    pub protocol: Option<String>,
+
+    /// Accepted for uWSGI compatibility: Python is built in (`plugins = python3`); other
+    /// plugins are refused by name.
+    #[arg(
+        long,
+        visible_alias = "plugin",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    pub plugins: Vec<String>,
+
     /// Mode of the unix socket files (octal; 666 when given without a value).
     #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "666")]
     pub chmod_socket: Option<String>,

@@ -741,8 +741,9 @@ fn env_reaches_the_app() {
     assert_eq!(env["os.environ GREETING"], "hello there");
 }
 
-/// The ini of Django's and Flask's deployment guides runs as it is: a master, four
-/// processes, a uwsgi unix socket with mode 660, vacuum; no warning about any key.
+/// The ini of Django's and Flask's deployment guides runs as it is (with the
+/// `plugins = python3` line of Debian's packaged uWSGI): a master, four processes, a
+/// uwsgi unix socket with mode 660, vacuum; no warning about any key.
 #[test]
 fn deployment_guide_ini() {
     let dir = TempDir::new("guide");
@@ -751,7 +752,7 @@ fn deployment_guide_ini() {
     std::fs::write(
         &ini,
         format!(
-            "[uwsgi]\nchdir = {}\nmodule = uwsgi_app:application\nmaster = true\nprocesses = 4\n\
+            "[uwsgi]\nplugins = python3\nchdir = {}\nmodule = uwsgi_app:application\nmaster = true\nprocesses = 4\n\
              socket = {}\nchmod-socket = 660\nvacuum = true\ndie-on-term = true\n",
             apps_dir().display(),
             sock.display()
