@@ -1,6 +1,6 @@
-//! A stable-toolchain fuzzer for the request decoder and the chunked decoder:
-//! `cargo run --example fuzz_decoder -- TARGET SECONDS [SEED]` with TARGET `request` or
-//! `chunked`. It mutates the seed corpus (`fuzz/corpus/TARGET/`, plus the test vectors
+//! A stable-toolchain fuzzer for the request decoder, the chunked decoder and the uwsgi
+//! decoder: `cargo run --example fuzz_decoder -- TARGET SECONDS [SEED]` with TARGET
+//! `request`, `chunked` or `uwsgi`. It mutates the seed corpus (`fuzz/corpus/TARGET/`, plus the test vectors
 //! for `request`) without coverage feedback, checks the invariants of `fuzz/harness.rs`
 //! on every input, and saves each input that breaks one to `fuzz/crashes/`. Exits 1 if
 //! any did. `scripts/fuzz` runs every target.
@@ -15,7 +15,7 @@ use harness::{Rng, Target};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: fuzz_decoder request|chunked SECONDS [SEED]";
+    let usage = "usage: fuzz_decoder request|chunked|uwsgi SECONDS [SEED]";
     let target = args
         .first()
         .and_then(|t| Target::parse(t))

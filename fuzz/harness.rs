@@ -16,7 +16,7 @@ use std::path::Path;
 
 use bytes::BytesMut;
 use forklift::app::Version;
-use forklift::http::{ChunkedDecoder, Decoded, Decoder, Limits};
+use forklift::http::{ChunkedDecoder, Decoded, Decoder, Limits, UwsgiDecoder};
 
 /// The two fuzz targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +25,8 @@ pub enum Target {
     Request,
     /// A chunked body through [`ChunkedDecoder`].
     Chunked,
+    /// uwsgi packets through [`UwsgiDecoder`].
+    Uwsgi,
 }
 
 impl Target {
@@ -32,6 +34,7 @@ impl Target {
         match self {
             Target::Request => "request",
             Target::Chunked => "chunked",
+            Target::Uwsgi => "uwsgi",
         }
     }
 
@@ -39,6 +42,7 @@ impl Target {
         match s {
             "request" => Some(Target::Request),
             "chunked" => Some(Target::Chunked),
+            "uwsgi" => Some(Target::Uwsgi),
             _ => None,
         }
     }
@@ -49,6 +53,7 @@ impl Target {
         let run = || match self {
             Target::Request => check_request(input),
             Target::Chunked => check_chunked(input),
+            Target::Uwsgi => check_uwsgi(input),
         };
         match catch_unwind(AssertUnwindSafe(run)) {
             Ok(r) => r,
@@ -172,6 +177,28 @@ pub struct Seen {
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,
     pub body: Vec<u8>,
     pub keep_alive: bool,
+    /// The CGI variables of a uwsgi packet (empty for HTTP).
+    pub cgi: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+fn seen(r: &forklift::app::Request, keep_alive: bool) -> Seen {
+    Seen {
+        method: r.method.to_vec(),
+        target: r.target.to_vec(),
+        version: r.version,
+        headers: r
+            .headers
+            .iter()
+            .map(|h| (h.name.to_vec(), h.value.to_vec()))
+            .collect(),
+        body: r.body.to_vec(),
+        keep_alive,
+        cgi: r
+            .cgi_vars
+            .iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect(),
+    }
 }
 
 /// How a run over some input ended.
@@ -198,18 +225,7 @@ pub fn decode_pieces(input: &[u8], pieces: &[usize], limits: &Limits) -> (Vec<Se
                 Ok(Decoded::NeedMore) => break,
                 Ok(Decoded::Continue) => {}
                 Ok(Decoded::Head { .. }) => unreachable!("only from decode_head_first"),
-                Ok(Decoded::Request(r, m)) => seen.push(Seen {
-                    method: r.method.to_vec(),
-                    target: r.target.to_vec(),
-                    version: r.version,
-                    headers: r
-                        .headers
-                        .iter()
-                        .map(|h| (h.name.to_vec(), h.value.to_vec()))
-                        .collect(),
-                    body: r.body.to_vec(),
-                    keep_alive: m.keep_alive,
-                }),
+                Ok(Decoded::Request(r, m)) => seen.push(self::seen(&r, m.keep_alive)),
                 Err(e) => return (seen, End::Refused(e.status())),
             }
         }
@@ -265,6 +281,7 @@ pub fn fuzz_limits() -> [Limits; 2] {
             max_head: 1024,
             max_headers: 16,
             max_body: 2048,
+            max_uwsgi_vars: 256,
         },
         Limits::default(),
     ]
@@ -321,6 +338,82 @@ pub fn check_request(input: &[u8]) -> Result<(), String> {
                 return Err(format!(
                     "round trip: {r:?} re-encoded as {:?} decodes as {s:?} then {e:?}",
                     String::from_utf8_lossy(&again)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The uwsgi decoder
+
+/// The request decoded from a uwsgi packet fed in `pieces`, and how the run ended.
+pub fn decode_uwsgi_pieces(input: &[u8], pieces: &[usize], limits: &Limits) -> (Vec<Seen>, End) {
+    let mut dec = UwsgiDecoder::new();
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let mut at = 0;
+    for &n in pieces {
+        buf.extend_from_slice(&input[at..at + n]);
+        at += n;
+        match dec.decode(&mut buf, limits) {
+            Ok(Decoded::Request(r, m)) => out.push(seen(&r, m.keep_alive)),
+            Ok(_) => {}
+            Err(e) => return (out, End::Refused(e.status())),
+        }
+    }
+    (out, End::NeedMore)
+}
+
+/// Writes `r` back as a packet: the method, its CGI variables as they came, the headers
+/// as `HTTP_*` (the body's length and type as `CONTENT_*`), then the body.
+pub fn encode_uwsgi(r: &Seen) -> Vec<u8> {
+    let mut vars: Vec<(Vec<u8>, Vec<u8>)> = vec![(b"REQUEST_METHOD".to_vec(), r.method.clone())];
+    vars.extend(r.cgi.iter().cloned());
+    for (n, v) in &r.headers {
+        let key = match &n[..] {
+            b"content-length" => b"CONTENT_LENGTH".to_vec(),
+            b"content-type" => b"CONTENT_TYPE".to_vec(),
+            _ => {
+                let mut k = b"HTTP_".to_vec();
+                k.extend(n.iter().map(|&b| {
+                    if b == b'-' {
+                        b'_'
+                    } else {
+                        b.to_ascii_uppercase()
+                    }
+                }));
+                k
+            }
+        };
+        vars.push((key, v.clone()));
+    }
+    let refs: Vec<(&[u8], &[u8])> = vars.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+    forklift::http::uwsgi::encode_request(&refs, &r.body)
+}
+
+pub fn check_uwsgi(input: &[u8]) -> Result<(), String> {
+    for limits in fuzz_limits() {
+        let splits = splits(input.len());
+        let (seen, end) = decode_uwsgi_pieces(input, &splits[0], &limits);
+        for pieces in &splits[1..] {
+            let (s, e) = decode_uwsgi_pieces(input, pieces, &limits);
+            if s != seen || !same_end(&e, &end) {
+                return Err(format!(
+                    "split into {} pieces: {s:?} then {e:?}, whole: {seen:?} then {end:?}",
+                    pieces.len()
+                ));
+            }
+        }
+        for r in &seen {
+            let again = encode_uwsgi(r);
+            let (s, e) = decode_uwsgi_pieces(&again, &[again.len()], &limits);
+            // Re-encoded headers may outgrow a vars block that was just within bounds.
+            let refused_by_size = matches!(e, End::Refused(431));
+            if !refused_by_size && (s.len() != 1 || &s[0] != r || e != End::NeedMore) {
+                return Err(format!(
+                    "round trip: {r:?} re-encoded decodes as {s:?} then {e:?}"
                 ));
             }
         }

@@ -7,9 +7,11 @@
 //!   bounded pipe, `RequestBody`) and the built-in apps
 //!   (`builtin:hello|echo|wait|file|demo|slowlog|fanout`; `slowlog`, whose writes go
 //!   through [`offload`], in `app::slowlog`; `fanout` lives with [`fanout`]).
-//! - [`http`]: the sans-IO HTTP/1.1 codec shared by every model: request decoding with
-//!   limits and smuggling defences, response framing, the status mapping of errors.
-//! - [`server`]: configuration, the listening socket, the connection state machine
+//! - [`http`]: the sans-IO codecs shared by every model: HTTP/1.1 request decoding with
+//!   limits and smuggling defences, the uwsgi protocol (`uwsgi`, nginx's `uwsgi_pass`)
+//!   feeding the same request type, response framing, the status mapping of errors.
+//! - [`server`]: configuration, the listening sockets (`listen`: TCP, unix paths and
+//!   abstract names, each with its protocol), the connection state machine
 //!   (`conn`: every connection rule — time limits, lingering, `--max-requests`, panics,
 //!   admission) and the blocking driver (`blocking`), one module per concurrency model
 //!   that only moves bytes and waits (`linear`, `threads`, `epoll`, `tokio_model` for

@@ -87,6 +87,10 @@ pub struct Request {
     pub peer: Option<SocketAddr>,
     /// Address the connection was accepted on.
     pub local: Option<SocketAddr>,
+    /// CGI variables a front server sent with the request over the uwsgi protocol
+    /// (`REMOTE_ADDR`, `SERVER_NAME`, `HTTPS`, `SCRIPT_NAME`, `DOCUMENT_ROOT`…), in the
+    /// order sent; the WSGI environ takes them as they are. Empty for HTTP.
+    pub cgi_vars: Vec<(Bytes, Bytes)>,
 }
 
 impl Request {
@@ -396,6 +400,7 @@ mod tests {
             rest: None,
             peer: None,
             local: None,
+            cgi_vars: Vec::new(),
         }
     }
 

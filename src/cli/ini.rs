@@ -172,9 +172,27 @@ pub fn expand_ini(args: Vec<OsString>) -> Result<(Vec<OsString>, Option<IniSourc
         }
     };
     let mut options = Vec::new();
+    let mut unknown = Vec::new();
     for spec in &files {
         let (path, section) = split_spec(spec);
-        options.extend(read_ini(&path, section.as_deref())?);
+        options.extend(read_ini(&path, section.as_deref(), &mut unknown)?);
+    }
+    // `strict` (in a file or on the command line) refuses unknown keys, as uWSGI does.
+    let strict = user_args.iter().any(|a| a == "--strict")
+        || options
+            .iter()
+            .rev()
+            .find(|o| o.long == "strict")
+            .is_some_and(|o| is_true(&o.value) == Some(true));
+    match unknown.first() {
+        Some(first) if strict => {
+            return Err(format!(
+                "{first} (strict mode refuses unknown options; remove it, or drop `strict`)"
+            ))
+        }
+        _ => unknown
+            .iter()
+            .for_each(|u| eprintln!("forklift: warning: {u}; ignored")),
     }
     let mut args = user_args.clone();
     let extra = options.iter().filter_map(as_args);
@@ -221,7 +239,13 @@ fn is_true(value: &str) -> Option<bool> {
 }
 
 /// Reads the options of one ini file: the `section` given, or the default sections.
-fn read_ini(path: &Path, section: Option<&str>) -> Result<Vec<IniOption>, String> {
+/// Keys that name no option are added to `unknown`, as `FILE:LINE: unknown option "KEY"`
+/// (or, for one of uWSGI's, `FILE:LINE: `KEY` is a uWSGI option forklift does not support`).
+fn read_ini(
+    path: &Path,
+    section: Option<&str>,
+    unknown: &mut Vec<String>,
+) -> Result<Vec<IniOption>, String> {
     let shown = path.display();
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("cannot read ini file {shown}: {e}"))?;
@@ -282,7 +306,7 @@ fn read_ini(path: &Path, section: Option<&str>) -> Result<Vec<IniOption>, String
             } else {
                 let known: Vec<&str> = serve.get_arguments().filter_map(|a| a.get_long()).collect();
                 let what = super::uwsgi_compat::ini_unknown(&e.key, &long, &known);
-                eprintln!("forklift: warning: {at}: {what}");
+                unknown.push(format!("{at}: {what}"));
             }
             continue;
         };
@@ -293,6 +317,10 @@ fn read_ini(path: &Path, section: Option<&str>) -> Result<Vec<IniOption>, String
         let takes = arg.get_action().takes_values();
         let value = match e.value {
             Some(v) => v,
+            // `chmod-socket` alone: the option's value when given bare (666).
+            None if takes && bare_value(&long).is_some() => {
+                bare_value(&long).unwrap_or_default().to_string()
+            }
             None if takes => {
                 return Err(format!(
                     "{at}: {} needs a value: write `{} = VALUE`",
@@ -318,6 +346,16 @@ fn read_ini(path: &Path, section: Option<&str>) -> Result<Vec<IniOption>, String
         });
     }
     Ok(out)
+}
+
+/// The value of an option that takes one but may be given bare (its clap
+/// `default_missing_value`).
+fn bare_value(long: &str) -> Option<&'static str> {
+    match long {
+        "chmod-socket" => Some("666"),
+        "daemonize" => Some(""),
+        _ => None,
+    }
 }
 
 /// One `key = value` line of an ini file.
@@ -472,7 +510,7 @@ mod tests {
         ]))
         .unwrap();
         let a = serve_args(args);
-        assert_eq!(a.http.as_deref(), Some(":5001"));
+        assert_eq!(a.http, [":5001"]);
         assert_eq!(a.processes, Some(2), "command line wins");
         assert!(a.master, "a bare key turns a flag on");
         assert!(!a.lazy_apps);
@@ -517,7 +555,8 @@ mod tests {
         ]))
         .unwrap();
         let a = serve_args(args);
-        assert_eq!((a.processes, a.http), (Some(3), None));
+        assert_eq!(a.processes, Some(3));
+        assert!(a.http.is_empty());
         let e = expand_ini(argv(&["forklift", "--ini", &format!("{ini}:prod")])).unwrap_err();
         assert!(e.contains("no [prod] section"), "{e}");
         let empty = dir.file("e.ini", "http = :5003\n");

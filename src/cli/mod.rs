@@ -208,7 +208,12 @@ fn in_ini(e: CliError, ini: Option<&IniSource>) -> CliError {
 /// The settings `serve` derives from its arguments.
 pub struct ServePlan {
     pub config: ServerConfig,
-    pub addr: std::net::SocketAddr,
+    /// The sockets to listen on, HTTP ones first.
+    pub sockets: Vec<(listen::Address, server::Protocol)>,
+    /// The mode and owner of unix socket files.
+    pub unix: listen::UnixOptions,
+    /// The user and group to run as once the sockets are bound.
+    pub run_as: (Option<nix::unistd::Uid>, Option<nix::unistd::Gid>),
     pub app_name: String,
     /// Why this model runs (for the banner).
     pub model_reason: &'static str,
@@ -228,21 +233,76 @@ fn secs(v: f64, name: &'static str) -> Result<Duration, CliError> {
 
 /// Validates `ServeArgs` into a configuration (no sockets opened).
 pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
-    let (addr_option, addr_text) = match (&a.http, &a.http_socket) {
-        (Some(h), _) => ("http", h.clone()),
-        (None, Some(h)) => ("http-socket", h.clone()),
-        (None, None) => ("http", "127.0.0.1:8080".to_string()),
+    if let Some(log) = &a.daemonize {
+        let logto = if log.is_empty() {
+            String::new()
+        } else {
+            format!(" with --logto {log}")
+        };
+        return Err(CliError::Usage(format!(
+            "--daemonize is not supported: forklift stays in the foreground; run it under \
+             systemd (Type=simple, or a .socket unit) or another supervisor{logto}"
+        )));
+    }
+    if let Some(other) = a.plugins.iter().map(|p| p.trim()).find(|p| {
+        !p.is_empty()
+            && !p.starts_with("python")
+            && !["http", "gevent", "greenlet", "asyncio", "0"].contains(p)
+    }) {
+        return Err(CliError::Usage(format!(
+            "plugin {other:?} is not available: forklift has Python (WSGI, ASGI), HTTP, gevent \
+             and the asyncio/greenlet loop engine built in, and no other uWSGI plugin; remove \
+             it from --plugins"
+        )));
+    }
+    let sockets = sockets(a)?;
+    let unix = listen::UnixOptions {
+        mode: a
+            .chmod_socket
+            .as_deref()
+            .map(|m| {
+                u32::from_str_radix(m.trim(), 8)
+                    .ok()
+                    .filter(|&m| m <= 0o7777)
+                    .ok_or_else(|| CliError::Invalid {
+                        option: "chmod-socket",
+                        value: m.to_string(),
+                        problem: "must be an octal mode such as 660".into(),
+                    })
+            })
+            .transpose()?,
+        owner: None,
+        group: None,
     };
-    let addr = listen::parse_addr(&addr_text).map_err(|e| CliError::Invalid {
-        option: addr_option,
-        value: addr_text.clone(),
-        problem: match e {
-            listen::ListenError::Resolve(_, io) => {
-                format!("must be an address this host can resolve ({io})")
+    let unix = match &a.chown_socket {
+        None => unix,
+        Some(spec) => {
+            let (user, group) = match spec.split_once(':') {
+                Some((u, g)) => (u, Some(g)),
+                None => (spec.as_str(), None),
+            };
+            listen::UnixOptions {
+                owner: Some(user_id(user, "chown-socket")?.as_raw()),
+                group: group
+                    .map(|g| group_id(g, "chown-socket").map(|g| g.as_raw()))
+                    .transpose()?,
+                ..unix
             }
-            _ => "must be HOST:PORT or :PORT (e.g. :8080)".into(),
-        },
-    })?;
+        }
+    };
+    let run_as = (
+        a.uid.as_deref().map(|u| user_id(u, "uid")).transpose()?,
+        a.gid.as_deref().map(|g| group_id(g, "gid")).transpose()?,
+    );
+    for kv in &a.env {
+        if !kv.contains('=') || kv.starts_with('=') {
+            return Err(CliError::Invalid {
+                option: "env",
+                value: kv.clone(),
+                problem: "must be NAME=VALUE".into(),
+            });
+        }
+    }
     let async_cores = a.async_cores.or(a.gevent).or(a.asyncio);
     // A WSGI app runs, as under uWSGI, on the threads that read its requests (one unless
     // --threads says more); a native app on the readiness loop.
@@ -284,13 +344,14 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
             problem: "must be positive".into(),
         });
     }
-    if a.buffer_size < 1024 {
+    if let Some(b) = a.buffer_size.filter(|&b| b < 1024) {
         return Err(CliError::Invalid {
             option: "buffer-size",
-            value: a.buffer_size.to_string(),
+            value: b.to_string(),
             problem: "must be at least 1024 bytes".into(),
         });
     }
+    let head_limit = a.buffer_size.unwrap_or(64 * 1024);
     let needs_master = a.harakiri.is_some() || a.max_requests.is_some() || a.ops.needs_master();
     let config = ServerConfig {
         model,
@@ -302,9 +363,10 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
         max_connections: a.max_connections.max(1),
         backlog: a.listen,
         limits: crate::http::Limits {
-            max_head: a.buffer_size,
-            max_uri: a.buffer_size.clamp(1024, 8 * 1024),
+            max_head: head_limit,
+            max_uri: head_limit.clamp(1024, 8 * 1024),
             max_body: a.limit_post,
+            max_uwsgi_vars: a.buffer_size.unwrap_or(4096),
             ..crate::http::Limits::default()
         },
         timeouts: Timeouts {
@@ -349,7 +411,9 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
     };
     Ok(ServePlan {
         config,
-        addr,
+        sockets,
+        unix,
+        run_as,
         app_name,
         model_reason,
     })
@@ -418,6 +482,110 @@ fn green_engine(
         )));
     }
     Ok(Some((engine, n)))
+}
+
+/// The sockets the options name, HTTP ones first (the default `127.0.0.1:8080` when
+/// none is given).
+fn sockets(a: &ServeArgs) -> Result<Vec<(listen::Address, server::Protocol)>, CliError> {
+    use server::Protocol::{Http, Uwsgi};
+    // uWSGI's `protocol = http` makes `socket` speak HTTP.
+    let socket_protocol = match a.protocol.as_deref() {
+        Some("http") => Http,
+        _ => Uwsgi,
+    };
+    let given: Vec<(&'static str, &String, server::Protocol)> =
+        (a.http.iter().map(|h| ("http", h, Http)))
+            .chain(a.http_socket.iter().map(|h| ("http-socket", h, Http)))
+            .chain(a.socket.iter().map(|h| ("socket", h, socket_protocol)))
+            .chain(a.uwsgi_socket.iter().map(|h| ("uwsgi-socket", h, Uwsgi)))
+            .collect();
+    if given.is_empty() {
+        let default = listen::Address::Tcp("127.0.0.1:8080".parse().expect("an address"));
+        return Ok(vec![(default, Http)]);
+    }
+    let mut out: Vec<(listen::Address, server::Protocol)> = Vec::with_capacity(given.len());
+    for (option, text, protocol) in given {
+        let addr = listen::Address::parse(text).map_err(|e| CliError::Invalid {
+            option,
+            value: text.clone(),
+            problem: match e {
+                listen::ListenError::Resolve(_, io) => {
+                    format!("must be an address this host can resolve ({io})")
+                }
+                _ => "must be HOST:PORT, :PORT, a unix socket path with a / or @NAME (e.g. :8080, /run/app.sock, ./app.sock)".into(),
+            },
+        })?;
+        let ephemeral = matches!(addr, listen::Address::Tcp(a) if a.port() == 0);
+        if !ephemeral && out.iter().any(|(a, _)| *a == addr) {
+            return Err(CliError::Usage(format!(
+                "--{option} {text}: this address is given twice"
+            )));
+        }
+        out.push((addr, protocol));
+    }
+    Ok(out)
+}
+
+/// A user named or numbered, for `--uid` and `--chown-socket`.
+fn user_id(text: &str, option: &'static str) -> Result<nix::unistd::Uid, CliError> {
+    if let Ok(n) = text.trim().parse::<u32>() {
+        return Ok(nix::unistd::Uid::from_raw(n));
+    }
+    match nix::unistd::User::from_name(text.trim()) {
+        Ok(Some(u)) => Ok(u.uid),
+        _ => Err(CliError::Invalid {
+            option,
+            value: text.to_string(),
+            problem: "must be a user name known to this system, or a number".into(),
+        }),
+    }
+}
+
+/// A group named or numbered, for `--gid` and `--chown-socket`.
+fn group_id(text: &str, option: &'static str) -> Result<nix::unistd::Gid, CliError> {
+    if let Ok(n) = text.trim().parse::<u32>() {
+        return Ok(nix::unistd::Gid::from_raw(n));
+    }
+    match nix::unistd::Group::from_name(text.trim()) {
+        Ok(Some(g)) => Ok(g.gid),
+        _ => Err(CliError::Invalid {
+            option,
+            value: text.to_string(),
+            problem: "must be a group name known to this system, or a number".into(),
+        }),
+    }
+}
+
+/// `--gid`, `--uid`: drops privileges once the sockets are bound (the group first,
+/// while still allowed to; supplementary groups reset to it).
+fn drop_privileges(
+    run_as: (Option<nix::unistd::Uid>, Option<nix::unistd::Gid>),
+) -> Result<(), CliError> {
+    use nix::unistd::{getegid, geteuid, setgid, setgroups, setuid};
+    let (uid, gid) = run_as;
+    if let Some(g) = gid.filter(|&g| g != getegid() || geteuid().is_root()) {
+        if geteuid().is_root() {
+            let _ = setgroups(&[g]);
+        }
+        setgid(g).map_err(|e| {
+            CliError::Usage(format!(
+                "--gid {g}: cannot switch group: {} (start forklift as root to use --gid)",
+                e.desc()
+            ))
+        })?;
+    }
+    if let Some(u) = uid.filter(|&u| u != geteuid()) {
+        if gid.is_none() && geteuid().is_root() {
+            let _ = setgroups(&[]);
+        }
+        setuid(u).map_err(|e| {
+            CliError::Usage(format!(
+                "--uid {u}: cannot switch user: {} (start forklift as root to use --uid)",
+                e.desc()
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// True when the Python app is an ASGI one (`--asgi`, or `--interface asgi`).
@@ -560,6 +728,28 @@ fn load_app(
     }
 }
 
+/// The files a server creates (unix socket files, the pidfile): removed when it stops
+/// with `--vacuum`, and always when it fails to start.
+struct Vacuum {
+    paths: Vec<PathBuf>,
+    /// `--vacuum`.
+    on_exit: bool,
+    /// The server started and stopped normally.
+    clean: bool,
+    /// The process that created them (a forked worker never removes them).
+    pid: u32,
+}
+
+impl Drop for Vacuum {
+    fn drop(&mut self) {
+        if std::process::id() == self.pid && (self.on_exit || !self.clean) {
+            for p in &self.paths {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
 fn serve(
     a: ServeArgs,
     virtual_env: Option<PathBuf>,
@@ -570,13 +760,74 @@ fn serve(
     let mut inherited = server::inherit::take().map_err(|e| CliError::App(e.to_string()))?;
     let plan = plan(&a)?;
     let config = plan.config;
+    for kv in &a.env {
+        // Checked by `plan`; set before anything starts a thread or loads the app.
+        if let Some((k, v)) = kv.split_once('=') {
+            std::env::set_var(k, v);
+        }
+    }
     if let Some(dir) = &a.app.chdir {
         std::env::set_current_dir(dir)
             .map_err(|e| CliError::App(format!("cannot chdir to {}: {e}", dir.display())))?;
     }
     let log = a.ops.open_log(!a.disable_logging, a.logto.as_deref())?;
-    // Load (and so validate) the app before opening the socket or forking, so a bad app
-    // is a one-line error and exit code 1.
+    let mut vacuum = Vacuum {
+        paths: Vec::new(),
+        on_exit: a.vacuum,
+        clean: false,
+        pid: std::process::id(),
+    };
+    // Bound before the app's sockets: a busy stats or metrics address stops the start.
+    // Taking over from a previous master (SIGUSR2), which holds the stats and metrics
+    // addresses until it exits: the master binds them then.
+    let late_endpoints = inherited.predecessor.is_some() && config.master && a.ops.has_endpoints();
+    let endpoints = if late_endpoints {
+        crate::ops::Endpoints::default()
+    } else {
+        a.ops.endpoints()?
+    };
+    // The sockets are bound (ports below 1024 included) before privileges are dropped
+    // and before the app is loaded, as uWSGI does: the app never runs as root. A socket
+    // passed by systemd or by the previous master is served as it is.
+    let mut listeners = Vec::with_capacity(plan.sockets.len());
+    let passed = inherited.assign(&plan.sockets);
+    for ((addr, protocol), passed) in plan.sockets.iter().zip(passed) {
+        let l = match passed {
+            Some((l, exact)) => {
+                if !exact {
+                    log.line(&format!(
+                        "forklift: serving the passed socket {} (LISTEN_FDS) instead of binding {addr}",
+                        l.name()
+                    ));
+                }
+                l
+            }
+            None => {
+                let l = server::Listener::bind(addr, *protocol, config.backlog, &plan.unix)?;
+                vacuum.paths.extend(l.path().map(PathBuf::from));
+                l
+            }
+        };
+        listeners.push(l);
+    }
+    if !inherited.fds.is_empty() {
+        log.line(&format!(
+            "forklift: {} passed socket(s) not used (no --http/--socket address names them)",
+            inherited.fds.len()
+        ));
+        inherited.fds.clear();
+    }
+    // As uWSGI's `pidfile`: written before privileges are dropped (where only root may
+    // write, such as /run).
+    if let Some(path) = &a.pidfile {
+        std::fs::write(path, format!("{}\n", std::process::id())).map_err(|e| {
+            CliError::Usage(format!("--pidfile {}: cannot write: {e}", path.display()))
+        })?;
+        vacuum.paths.push(path.clone());
+    }
+    drop_privileges(plan.run_as)?;
+    // Load (and so validate) the app before forking, so a bad app is a one-line error
+    // and exit code 1.
     let virtual_env = virtual_env.filter(|p| !p.as_os_str().is_empty());
     // The outbound HTTP client's settings (each process creates its client lazily).
     let _ = crate::fanout::configure(a.fanout.to_config());
@@ -595,39 +846,19 @@ fn serve(
     } else {
         Some(load_app(&a, &config, virtual_env.as_ref())?)
     };
-    // Bound before the HTTP socket: a busy stats or metrics address stops the start.
-    // Taking over from a previous master (SIGUSR2), which holds the stats and metrics
-    // addresses until it exits: the master binds them then.
-    let late_endpoints = inherited.predecessor.is_some() && config.master && a.ops.has_endpoints();
-    let endpoints = if late_endpoints {
-        crate::ops::Endpoints::default()
+    // One process: stop signals are watched before the start-up line says it is ready.
+    let single = if config.master {
+        None
     } else {
-        a.ops.endpoints()?
+        let shutdown = crate::rt::Shutdown::new();
+        let signals = server::signals::watch(&shutdown, false)?;
+        Some((shutdown, signals))
     };
-    let listener = match inherited.listener_for(plan.addr) {
-        Some((listener, exact)) => {
-            if !exact {
-                log.line(&format!(
-                    "forklift: serving the passed socket {} (LISTEN_FDS) instead of binding {}",
-                    listener.local_addr()?,
-                    plan.addr
-                ));
-            }
-            listener
-        }
-        None => listen::bind(plan.addr, config.backlog)?,
-    };
-    if !inherited.fds.is_empty() {
-        log.line(&format!(
-            "forklift: {} passed socket(s) not used (only one TCP listener is served)",
-            inherited.fds.len()
-        ));
-        inherited.fds.clear();
-    }
-    let local = listener.local_addr()?;
+    let names: Vec<String> = listeners.iter().map(server::Listener::describe).collect();
     log.line(&format!(
-        "forklift {} listening on http://{local} (app={}, model={} [{}], processes={}, threads={}, cores={}, pid={})",
+        "forklift {} listening on {} (app={}, model={} [{}], processes={}, threads={}, cores={}, pid={})",
         env!("CARGO_PKG_VERSION"),
+        names.join(" and "),
         plan.app_name,
         config.model,
         plan.model_reason,
@@ -656,12 +887,11 @@ fn serve(
             options.reload_app = Some(reimport(load));
             server::master::AppSource::Preloaded(app.expect("loaded unless lazy"))
         };
-        return Ok(server::master::run_with(
-            listener, source, config, log, options,
-        )?);
+        let code = server::master::run_with(listeners, source, config, log, options)?;
+        vacuum.clean = true;
+        return Ok(code);
     }
-    let shutdown = crate::rt::Shutdown::new();
-    let _signals = server::signals::watch(&shutdown, false)?;
+    let (shutdown, _signals) = single.expect("watched without a master");
     let app = app.expect("loaded unless lazy");
     // One process: run the offload executors here (the spool resumes pending tasks).
     if let Err(e) = offload.start() {
@@ -670,14 +900,16 @@ fn serve(
     if let Some(path) = &a.logto {
         server::log::watch_reopen(path.clone(), a.ops.log_reopen)?;
     }
-    let card = ops::serve_here(endpoints, &listener, &config)?;
+    let card = ops::serve_here(endpoints, &listeners, &config)?;
     let drain = offload.config().drain_timeout;
     let log = log.for_worker(1);
-    server::run_worker_with(listener, app, config, log.clone(), shutdown, card)?;
+    server::run_worker_with(listeners, app, config, log.clone(), shutdown, card)?;
     let report = offload.shutdown(drain);
     if report.dropped > 0 || report.left_in_spool > 0 {
         log.line(&format!("forklift: {report}"));
     }
+    vacuum.clean = true;
+    drop(vacuum);
     log.line("forklift: stopped");
     Ok(0)
 }
@@ -810,13 +1042,105 @@ mod tests {
         let e = Cli::try_parse_from(argv).unwrap_err().to_string();
         assert!(e.contains("unknown model"), "{e}");
         assert!(plan(&parse(&["forklift", "serve"])).is_err());
-        assert!(plan(&parse(&[
+        for bad in ["nope:x", "8080", "@", "garbage"] {
+            let e = plan(&parse(&[
+                "forklift",
+                "serve",
+                "builtin:hello",
+                "--http",
+                bad,
+            ]))
+            .err()
+            .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(e.to_string().contains("HOST:PORT"), "{e}");
+        }
+        let e = plan(&parse(&[
             "forklift",
             "serve",
             "builtin:hello",
-            "--http",
-            "nope"
+            "--daemonize",
+            "/x",
         ]))
-        .is_err());
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("systemd"), "{e}");
+        let e = plan(&parse(&[
+            "forklift",
+            "serve",
+            "builtin:hello",
+            "--chmod-socket",
+            "9",
+        ]))
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("octal"), "{e}");
+    }
+
+    #[test]
+    fn sockets_of_every_kind() {
+        use crate::server::Protocol::{Http, Uwsgi};
+        let p = plan(&parse(&[
+            "forklift",
+            "serve",
+            "builtin:hello",
+            "--socket",
+            "/run/app.sock",
+            "--http",
+            ":8080",
+            "--uwsgi-socket",
+            "@abs",
+            "--socket",
+            "./app.sock",
+            "--chmod-socket",
+        ]))
+        .unwrap();
+        let got: Vec<(String, server::Protocol)> =
+            p.sockets.iter().map(|(a, p)| (a.to_string(), *p)).collect();
+        assert_eq!(
+            got,
+            [
+                ("0.0.0.0:8080".to_string(), Http),
+                ("/run/app.sock".to_string(), Uwsgi),
+                ("./app.sock".to_string(), Uwsgi),
+                ("@abs".to_string(), Uwsgi),
+            ]
+        );
+        assert_eq!(p.unix.mode, Some(0o666));
+        assert_eq!(p.config.limits.max_uwsgi_vars, 4096);
+        assert_eq!(p.config.limits.max_head, 64 * 1024);
+        let p = plan(&parse(&[
+            "forklift",
+            "serve",
+            "builtin:hello",
+            "-b",
+            "32768",
+        ]))
+        .unwrap();
+        assert_eq!(p.config.limits.max_uwsgi_vars, 32768);
+        assert_eq!(p.config.limits.max_head, 32768);
+        // `protocol = http` makes `socket` speak HTTP; `plugins = python3` is accepted.
+        let p = plan(&parse(&[
+            "forklift",
+            "serve",
+            "builtin:hello",
+            "--socket",
+            ":8000",
+            "--protocol",
+            "http",
+            "--plugins",
+            "python3,http",
+        ]))
+        .unwrap();
+        assert_eq!(p.sockets[0].1, Http);
+        let e = plan(&parse(&[
+            "forklift",
+            "serve",
+            "builtin:hello",
+            "--plugin",
+            "psgi",
+        ]))
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("plugin \"psgi\""), "{e}");
     }
 }

@@ -179,7 +179,7 @@ impl OpsArgs {
 /// 1; returns its card (`None` without stats).
 pub fn serve_here(
     endpoints: Endpoints,
-    listener: &std::net::TcpListener,
+    listeners: &[crate::server::Listener],
     config: &ServerConfig,
 ) -> Result<Option<&'static Scorecard>, CliError> {
     if endpoints.is_empty() {
@@ -188,6 +188,6 @@ pub fn serve_here(
     let roster = std::sync::Arc::new(Roster::new(1, crate::ops::cores_of(config))?);
     let card = roster.spawning(1);
     roster.started(1, card, std::process::id());
-    endpoints.serve(roster, listener, config.model)?;
+    endpoints.serve(roster, listeners, config.model)?;
     Ok(card)
 }

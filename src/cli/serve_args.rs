@@ -29,13 +29,95 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE[:SECTION]")]
     pub ini: Option<PathBuf>,
 
-    /// Address to serve HTTP on: HOST:PORT or :PORT (all interfaces).
+    /// Address to serve HTTP on: HOST:PORT or :PORT (all interfaces), a unix socket
+    /// path with a / (./app.sock), or @NAME (an abstract unix socket). Repeatable. Default 127.0.0.1:8080
+    /// when no socket option is given.
     #[arg(long, value_name = "ADDR")]
-    pub http: Option<String>,
+    pub http: Vec<String>,
 
     /// Same as --http (uWSGI's name for a native HTTP socket).
     #[arg(long, value_name = "ADDR")]
-    pub http_socket: Option<String>,
+    pub http_socket: Vec<String>,
+
+    /// Address to serve the uwsgi protocol on, for nginx's `uwsgi_pass`: HOST:PORT,
+    /// :PORT, a unix socket path (/run/app.sock) or @NAME. Repeatable.
+    #[arg(long, short = 's', value_name = "ADDR")]
+    pub socket: Vec<String>,
+
+    /// Same as --socket.
+    #[arg(long, value_name = "ADDR")]
+    pub uwsgi_socket: Vec<String>,
+
+    /// The protocol of the --socket addresses: uwsgi (the default) or http.
+    #[arg(long, value_name = "PROTO", value_parser = ["uwsgi", "http"])]
+    pub protocol: Option<String>,
+
+    /// Accepted for uWSGI compatibility: Python is built in (`plugins = python3`); other
+    /// plugins are refused by name.
+    #[arg(
+        long,
+        visible_alias = "plugin",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    pub plugins: Vec<String>,
+
+    /// Mode of the unix socket files (octal; 666 when given without a value).
+    #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "666")]
+    pub chmod_socket: Option<String>,
+
+    /// Owner of the unix socket files: USER[:GROUP] (names or numbers).
+    #[arg(long, value_name = "USER[:GROUP]")]
+    pub chown_socket: Option<String>,
+
+    /// Remove the unix socket files (and the --pidfile) on exit.
+    #[arg(long)]
+    pub vacuum: bool,
+
+    /// Run as this user (name or number) once the sockets are bound; the app is loaded
+    /// after. Needs root to start.
+    #[arg(long, value_name = "USER")]
+    pub uid: Option<String>,
+
+    /// Run as this group (name or number) once the sockets are bound.
+    #[arg(long, value_name = "GROUP")]
+    pub gid: Option<String>,
+
+    /// Write the server's pid (the master's, with several processes) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
+
+    /// Not supported: forklift stays in the foreground; run it under systemd (or
+    /// another supervisor) and send the log to a file with --logto.
+    #[arg(long, value_name = "LOGFILE", num_args = 0..=1, default_missing_value = "")]
+    pub daemonize: Option<String>,
+
+    /// Set an environment variable for the app: NAME=VALUE (repeatable).
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+
+    /// Refuse unknown options in ini files instead of warning about them.
+    #[arg(long)]
+    pub strict: bool,
+
+    /// Accepted for uWSGI compatibility: forklift never starts without its app (a
+    /// failing import is an error and exit code 1).
+    #[arg(long)]
+    pub need_app: bool,
+
+    /// Accepted for uWSGI compatibility: a request body is always read whole (bounded
+    /// by --limit-post) before the app is called.
+    #[arg(long, value_name = "BYTES")]
+    pub post_buffering: Option<u64>,
+
+    /// Accepted for uWSGI compatibility, no effect: workers accept from their own
+    /// readiness loops on non-blocking sockets, so no lock is needed around accept.
+    #[arg(long)]
+    pub thunder_lock: bool,
+
+    /// Accepted for uWSGI compatibility: each process runs one Python interpreter.
+    #[arg(long)]
+    pub single_interpreter: bool,
 
     /// Concurrency model: linear, threads, epoll or async. Default: epoll (a WSGI app
     /// under --gevent/--asyncio too); for a native app, async when --async/--gevent is
@@ -136,9 +218,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
     pub limit_post: u64,
 
-    /// Largest request head in bytes (431 beyond).
-    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
-    pub buffer_size: usize,
+    /// Largest request head in bytes (431 beyond): the HTTP request line and headers
+    /// (default 65536), and the vars block of a uwsgi packet (default 4096, as uWSGI).
+    #[arg(long, short = 'b', value_name = "BYTES")]
+    pub buffer_size: Option<usize>,
 
     /// Connections queued for the threads of the threads model.
     #[arg(long, value_name = "N", default_value_t = 1024)]

@@ -64,11 +64,12 @@ fn unsupported(what: &str) -> String {
     )
 }
 
-/// The ini warning for a key that no option of `serve` has: uWSGI's own options are
-/// named as such; anything else is a typo, with the closest option when one is close.
+/// What an ini file's key is when no option of `serve` has it (the warning, or with
+/// `strict` the error, says the rest): uWSGI's own options are named as such; anything
+/// else is a typo, with the closest option when one is close.
 pub fn ini_unknown(key: &str, long: &str, known: &[&str]) -> String {
     if is_uwsgi_option(long) {
-        return format!("`{key}` is a uWSGI option forklift does not support; ignored");
+        return format!("`{key}` is a uWSGI option forklift does not support");
     }
     let close = known
         .iter()
@@ -76,8 +77,8 @@ pub fn ini_unknown(key: &str, long: &str, known: &[&str]) -> String {
         .filter(|(score, _)| *score > 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0));
     match close {
-        Some((_, k)) => format!("unknown option {key:?} ignored (did you mean `{k}`?)"),
-        None => format!("unknown option {key:?} ignored"),
+        Some((_, k)) => format!("unknown option {key:?} (did you mean `{k}`?)"),
+        None => format!("unknown option {key:?}"),
     }
 }
 

@@ -205,6 +205,7 @@ mod tests {
             rest: None,
             peer: None,
             local: None,
+            cgi_vars: Vec::new(),
         }
     }
 

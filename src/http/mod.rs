@@ -7,9 +7,11 @@
 pub mod date;
 pub mod request;
 pub mod response;
+pub mod uwsgi;
 
 pub use request::{ChunkedDecoder, Decoded, Decoder, Piece, RequestMeta};
 pub use response::{encode_error, encode_head, BodyEncoder, Framing, ShortBody};
+pub use uwsgi::UwsgiDecoder;
 
 /// Protocol limits. Requests beyond them get a 4xx and the connection closes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +24,8 @@ pub struct Limits {
     pub max_headers: usize,
     /// Largest request body, in bytes, after de-chunking (413 beyond).
     pub max_body: u64,
+    /// Largest vars block of a uwsgi packet, in bytes (`--buffer-size`; 431 beyond).
+    pub max_uwsgi_vars: usize,
 }
 
 impl Default for Limits {
@@ -31,6 +35,7 @@ impl Default for Limits {
             max_head: 64 * 1024,
             max_headers: 100,
             max_body: 64 * 1024 * 1024,
+            max_uwsgi_vars: 4096,
         }
     }
 }
@@ -64,18 +69,31 @@ pub enum HttpError {
     Timeout,
     #[error("app produced an invalid response: {0}")]
     BadAppHeader(String),
+    #[error("malformed uwsgi packet: {0}")]
+    Uwsgi(String),
+    #[error("uwsgi packet with modifier1 {0}: only WSGI/HTTP requests (modifier1 0) are served; use `uwsgi_modifier1 0` (nginx's default)")]
+    UwsgiModifier(u8),
+    #[error("uwsgi request block of {size} bytes is larger than --buffer-size {max}; raise buffer-size (e.g. `buffer-size = 32768`)")]
+    UwsgiVarsTooLarge { size: usize, max: usize },
 }
 
 impl HttpError {
     /// The status code answered for this error (the one mapping used by every model).
     pub fn status(&self) -> u16 {
         match self {
-            HttpError::Malformed(_) | HttpError::Smuggling(_) | HttpError::BadChunk(_) => 400,
+            HttpError::Malformed(_)
+            | HttpError::Smuggling(_)
+            | HttpError::BadChunk(_)
+            | HttpError::Uwsgi(_) => 400,
             HttpError::BadVersion => 505,
             HttpError::UriTooLong => 414,
-            HttpError::HeadTooLarge | HttpError::TooManyHeaders => 431,
+            HttpError::HeadTooLarge
+            | HttpError::TooManyHeaders
+            | HttpError::UwsgiVarsTooLarge { .. } => 431,
             HttpError::BodyTooLarge => 413,
-            HttpError::UnsupportedTransferCoding | HttpError::MethodNotImplemented => 501,
+            HttpError::UnsupportedTransferCoding
+            | HttpError::MethodNotImplemented
+            | HttpError::UwsgiModifier(_) => 501,
             HttpError::ExpectationFailed => 417,
             HttpError::Timeout => 408,
             HttpError::BadAppHeader(_) => 500,

@@ -274,7 +274,7 @@ pub fn encode_head(
         Framing::None
     } else if let Some(n) = known {
         Framing::Length(n)
-    } else if meta.version == Version::Http11 {
+    } else if meta.version == Version::Http11 && !meta.close_delimited {
         Framing::Chunked
     } else {
         keep_alive = false;
@@ -359,6 +359,7 @@ pub fn encode_error(out: &mut BytesMut, err: &HttpError, version: Version) {
         head: false,
         echo_keep_alive: false,
         te_trailers: false,
+        close_delimited: false,
     };
     if let Ok((mut enc, _)) = encode_head(out, &resp, &meta, true) {
         if let Body::Full(b) = &resp.body {

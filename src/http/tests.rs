@@ -239,6 +239,7 @@ fn meta(version: Version, keep_alive: bool, head: bool) -> RequestMeta {
         head,
         echo_keep_alive: version == Version::Http10 && keep_alive,
         te_trailers: false,
+        close_delimited: false,
     }
 }
 

@@ -52,7 +52,7 @@ pub enum OpsError {
 /// What the stats and metrics pages need besides the workers' counters.
 pub struct Info {
     roster: Arc<Roster>,
-    /// A copy of the HTTP listener, for its backlog (`TCP_INFO`).
+    /// A copy of the first listener, for its backlog (`TCP_INFO`, TCP only).
     listener: Option<TcpListener>,
     http_name: String,
     model: Model,
@@ -164,19 +164,21 @@ impl Endpoints {
     pub fn serve(
         self,
         roster: Arc<Roster>,
-        listener: &TcpListener,
+        listeners: &[crate::server::Listener],
         model: Model,
     ) -> std::io::Result<()> {
+        use crate::server::listen::ListenSocket;
+        let first = listeners.first();
         if self.0.is_empty() {
             return Ok(());
         }
         let info = Arc::new(Info {
             roster,
-            listener: listener.try_clone().ok(),
-            http_name: listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
+            listener: first.and_then(|l| match l.socket() {
+                ListenSocket::Tcp(t) => t.try_clone().ok(),
+                ListenSocket::Unix(_) => None,
+            }),
+            http_name: first.map(|l| l.name()).unwrap_or_default(),
             model,
             queue_full: AtomicU64::new(0),
         });

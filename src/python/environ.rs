@@ -254,6 +254,7 @@ pub(crate) fn build<'py>(
         body,
         peer,
         local,
+        cgi_vars,
         ..
     } = req;
 
@@ -370,8 +371,44 @@ pub(crate) fn build<'py>(
     if chunked {
         env.set_item(c.content_length.bind(py), body.len().to_string())?;
     }
+    if !cgi_vars.is_empty() {
+        put_cgi_vars(py, &env, &cgi_vars)?;
+    }
     env.set_item(c.wsgi_input.bind(py), Py::new(py, Input::new(body))?)?;
     Ok(env)
+}
+
+/// The variables a front server sent over the uwsgi protocol go into the environ as
+/// they are (as uWSGI does: nginx's `PATH_INFO`, `SCRIPT_NAME`, `REMOTE_ADDR`,
+/// `SERVER_NAME`… win over what the request line would give); `UWSGI_SCHEME`, or else
+/// `HTTPS` set to `on`/`1`, makes `wsgi.url_scheme` https.
+fn put_cgi_vars<'py>(
+    py: Python<'py>,
+    env: &Bound<'py, PyDict>,
+    vars: &[(bytes::Bytes, bytes::Bytes)],
+) -> PyResult<()> {
+    for (k, v) in vars {
+        env.set_item(latin1(py, k)?, latin1(py, v)?)?;
+    }
+    if let Some(scheme) = cgi_scheme(vars) {
+        env.set_item(PyString::intern(py, "wsgi.url_scheme"), scheme)?;
+    }
+    Ok(())
+}
+
+/// The URL scheme a front server reported in `vars` (`UWSGI_SCHEME`, or `HTTPS` on).
+pub(crate) fn cgi_scheme(vars: &[(bytes::Bytes, bytes::Bytes)]) -> Option<&'static str> {
+    let get = |name: &[u8]| vars.iter().find(|(k, _)| &k[..] == name).map(|(_, v)| v);
+    if let Some(s) = get(b"UWSGI_SCHEME") {
+        return Some(if s.eq_ignore_ascii_case(b"https") {
+            "https"
+        } else {
+            "http"
+        });
+    }
+    get(b"HTTPS")
+        .filter(|v| v.eq_ignore_ascii_case(b"on") || &v[..] == b"1")
+        .map(|_| "https")
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! connections.
 
 use std::io;
-use std::net::TcpStream;
 use std::time::Duration;
 
 /// What to do after `accept` failed.
@@ -115,9 +114,3 @@ impl Arrivals {
 
 /// How long to pause accepting after [`AcceptError::Backoff`].
 pub const BACKOFF: Duration = Duration::from_millis(50);
-
-/// Disables Nagle on an accepted connection: responses go out in one write, and a small
-/// last segment must not wait for the client's delayed ACK.
-pub fn tune(stream: &TcpStream) {
-    let _ = stream.set_nodelay(true);
-}

@@ -6,15 +6,15 @@
 //! [`Conn`]'s decision.
 
 use std::io::{self, Read};
-use std::net::{Shutdown as NetShutdown, TcpStream};
+use std::net::Shutdown as NetShutdown;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::task::{Context, Wake, Waker};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-use super::accept;
 use super::conn::{Conn, Step};
+use super::listen::{Protocol, Stream};
 use super::Env;
 use crate::app::CallContext;
 
@@ -94,7 +94,7 @@ fn wait_input(s: &mut Session, env: &Env, bell: &OwnedFd, scratch: &mut [u8]) ->
 /// state. It can be parked between requests (the `threads` model hands idle
 /// connections to its poller) and resumed by any thread.
 pub struct Session {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub conn: Conn,
     /// The read timeout the socket has now (shortened near a deadline).
     read_timeout: Duration,
@@ -103,10 +103,10 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(stream: TcpStream) -> Session {
-        accept::tune(&stream);
+    /// A blocking connection from `peer` on a listener speaking `protocol`.
+    pub fn new(stream: Stream, peer: Option<std::net::SocketAddr>, protocol: Protocol) -> Session {
         let _ = stream.set_read_timeout(Some(TICK));
-        let conn = Conn::new(stream.peer_addr().ok(), stream.local_addr().ok());
+        let conn = Conn::new(peer, stream.local_addr(), protocol);
         Session {
             stream,
             conn,
@@ -281,7 +281,7 @@ pub fn serve(mut s: Session, env: &Env, busy: &dyn Fn() -> bool) -> Outcome {
 
 /// Writes all of `buf`, waiting for the socket to take more at most `timeout` each time
 /// it is full (a client that stops reading is let go then).
-fn send_all(stream: &TcpStream, mut buf: &[u8], timeout: Duration) -> io::Result<()> {
+fn send_all(stream: &Stream, mut buf: &[u8], timeout: Duration) -> io::Result<()> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use nix::sys::socket::{send, MsgFlags};
     use std::os::fd::AsFd;

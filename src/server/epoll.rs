@@ -1,25 +1,27 @@
 //! The `epoll` model (an event-loop server): one readiness loop per worker over
-//! non-blocking sockets, with mio. Reads and writes go as far as the kernel lets them
+//! non-blocking sockets (every listener, TCP or unix, and its connections), with mio. Reads and writes go as far as the kernel lets them
 //! (partial writes resume on the next writable edge); pipelined requests are answered
 //! in order with coalesced writes; a reply the app defers wakes the loop through a
 //! per-connection waker, so a slow handler never holds up other connections.
 
 use std::io::{self, Read, Write};
-use std::net::TcpListener;
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener as MioListener, TcpStream};
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::accept::{self, AcceptError};
 use super::conn::{Conn, Step};
-use super::{Env, ServerError};
+use super::listen::{Protocol, Stream};
+use super::{Env, Listener, ServerError};
 use crate::app::CallContext;
 
-const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
+/// Listener `i` has token `FIRST_LISTENER + i`; connections have tokens below.
+const FIRST_LISTENER: usize = usize::MAX - 1024 * 1024;
 /// How often idle and slow connections are checked against the timeouts.
 const SWEEP: Duration = Duration::from_millis(500);
 /// Size of the loop's shared read buffer.
@@ -52,7 +54,7 @@ impl Wake for ConnWaker {
 }
 
 struct Entry {
-    stream: TcpStream,
+    stream: Stream,
     conn: Conn,
     waker: Waker,
     /// Output is waiting for a writable edge.
@@ -68,7 +70,7 @@ struct Entry {
 
 struct Loop {
     poll: Poll,
-    listener: MioListener,
+    listeners: Vec<Listener>,
     conns: Vec<Option<Entry>>,
     free: Vec<usize>,
     open: usize,
@@ -86,15 +88,19 @@ struct Loop {
     scratch: Vec<u8>,
 }
 
-pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
-    listener.set_nonblocking(true)?;
+pub fn run(listeners: Vec<Listener>, env: Arc<Env>) -> Result<(), ServerError> {
     if env.app.hands_off() {
         super::defer_to_app_threads();
     }
     let poll = Poll::new()?;
-    let mut listener = MioListener::from_std(listener);
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    for (i, l) in listeners.iter().enumerate() {
+        l.set_nonblocking(true)?;
+        poll.registry().register(
+            &mut SourceFd(&l.as_raw_fd()),
+            Token(FIRST_LISTENER + i),
+            Interest::READABLE,
+        )?;
+    }
     let waker = mio::Waker::new(poll.registry(), WAKER)?;
     let queue = Arc::new(WakeQueue {
         ready: Mutex::new(Vec::new()),
@@ -108,7 +114,7 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
     }
     let mut lp = Loop {
         poll,
-        listener,
+        listeners,
         conns: Vec::new(),
         free: Vec::new(),
         open: 0,
@@ -160,8 +166,8 @@ impl Loop {
             self.env.app.batch_begin();
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => self.accept_all()?,
                     WAKER => {}
+                    Token(t) if t >= FIRST_LISTENER => self.accept_from(t - FIRST_LISTENER)?,
                     Token(slot) => {
                         if let Some(e) = self.conns.get_mut(slot).and_then(Option::as_mut) {
                             if ev.is_writable() {
@@ -207,17 +213,34 @@ impl Loop {
     fn stop_accepting(&mut self) {
         if self.accepting {
             self.accepting = false;
-            let _ = self.poll.registry().deregister(&mut self.listener);
+            for l in &self.listeners {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&l.as_raw_fd()));
+            }
         }
     }
 
+    /// Accepts what every listener has waiting.
     fn accept_all(&mut self) -> Result<(), ServerError> {
+        for i in 0..self.listeners.len() {
+            self.accept_from(i)?;
+        }
+        Ok(())
+    }
+
+    /// Accepts what listener `i` has waiting (the listeners are edge-triggered).
+    fn accept_from(&mut self, i: usize) -> Result<(), ServerError> {
+        let Some(protocol) = self.listeners.get(i).map(Listener::protocol) else {
+            return Ok(());
+        };
         while self.accepting && self.accept_paused_until.is_none() {
             if !self.app_has_room() {
                 self.app_full = true;
                 return Ok(());
             }
-            match self.listener.accept() {
+            match self.listeners[i].accept(true) {
                 Ok((stream, peer)) => {
                     let max = self.env.config.max_connections;
                     let shed = self.open >= max && !self.make_room();
@@ -225,7 +248,7 @@ impl Loop {
                         // Even answering is too much: close at once.
                         continue;
                     }
-                    let slot = self.add(stream, peer, shed)?;
+                    let slot = self.add(stream, peer, protocol, shed)?;
                     if let Some(slot) = slot.filter(|_| self.counts_arrivals()) {
                         self.arriving.push(slot);
                     }
@@ -272,11 +295,11 @@ impl Loop {
     /// slot while it is open.
     fn add(
         &mut self,
-        mut stream: TcpStream,
-        peer: std::net::SocketAddr,
+        stream: Stream,
+        peer: Option<std::net::SocketAddr>,
+        protocol: Protocol,
         shed: bool,
     ) -> Result<Option<usize>, ServerError> {
-        let _ = stream.set_nodelay(true);
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -284,20 +307,20 @@ impl Loop {
                 self.conns.len() - 1
             }
         };
-        if slot >= WAKER.0 {
+        if slot >= FIRST_LISTENER {
             return Ok(None);
         }
         self.poll.registry().register(
-            &mut stream,
+            &mut SourceFd(&stream.as_raw_fd()),
             Token(slot),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        let local = stream.local_addr().ok();
+        let local = stream.local_addr();
         let waker = Waker::from(Arc::new(ConnWaker {
             slot,
             queue: self.queue.clone(),
         }));
-        let mut conn = Conn::new(Some(peer), local);
+        let mut conn = Conn::new(peer, local, protocol);
         if shed {
             conn.shed();
         }
@@ -390,8 +413,11 @@ impl Loop {
     }
 
     fn close(&mut self, slot: usize) {
-        if let Some(mut e) = self.conns.get_mut(slot).and_then(Option::take) {
-            let _ = self.poll.registry().deregister(&mut e.stream);
+        if let Some(e) = self.conns.get_mut(slot).and_then(Option::take) {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&e.stream.as_raw_fd()));
             self.free.push(slot);
             self.open -= 1;
         }
@@ -425,7 +451,7 @@ enum ReadOutcome {
 /// Reads what the socket has into the loop's scratch buffer and appends it to the
 /// connection's input, so an idle connection holds no read buffer of its own (10,000
 /// idle keep-alive connections cost kilobytes each, not a buffer each).
-fn read_in(stream: &mut TcpStream, conn: &mut Conn, scratch: &mut [u8]) -> io::Result<ReadOutcome> {
+fn read_in(stream: &mut Stream, conn: &mut Conn, scratch: &mut [u8]) -> io::Result<ReadOutcome> {
     let mut got = false;
     loop {
         match stream.read(scratch) {
@@ -462,7 +488,7 @@ fn read_in(stream: &mut TcpStream, conn: &mut Conn, scratch: &mut [u8]) -> io::R
 }
 
 /// Writes as much of `outbuf` as the socket takes. `Ok(true)` when all of it went.
-fn write_out(stream: &mut TcpStream, conn: &mut Conn) -> io::Result<bool> {
+fn write_out(stream: &mut Stream, conn: &mut Conn) -> io::Result<bool> {
     while !conn.outbuf.is_empty() {
         match stream.write(&conn.outbuf) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

@@ -7,13 +7,15 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::unistd::{fork, ForkResult, Pid};
+
+use super::listen::{Address, Listener, Protocol};
 
 /// The first passed descriptor (`SD_LISTEN_FDS_START`).
 const FIRST_FD: RawFd = 3;
@@ -82,23 +84,61 @@ pub fn take() -> Result<Inherited, InheritError> {
 }
 
 impl Inherited {
-    /// The passed TCP listening socket to serve `addr` on: the one bound to `addr`, or
-    /// else the first TCP listening socket (a socket unit decides the address; the
-    /// configured one is then only a default). `None` when no TCP listener was passed.
-    /// The sockets taken are removed from `fds`.
-    pub fn listener_for(&mut self, addr: SocketAddr) -> Option<(TcpListener, bool)> {
-        let tcp: Vec<(usize, SocketAddr)> = self
-            .fds
-            .iter()
-            .enumerate()
-            .filter_map(|(i, fd)| Some((i, tcp_listener_addr(fd)?)))
+    /// The passed listening sockets that serve the configured `wanted` sockets, one
+    /// entry per wanted socket: first each passed socket bound exactly where a wanted
+    /// one is; then, for a wanted socket still without one, the next passed socket in
+    /// order (a socket unit decides the addresses; the configured ones are then only
+    /// defaults), flagged `false`. The sockets taken are removed from `fds`.
+    pub fn assign(&mut self, wanted: &[(Address, Protocol)]) -> Vec<Option<(Listener, bool)>> {
+        let bound: Vec<Option<Address>> = self.fds.iter().map(listener_address).collect();
+        let mut taken = vec![false; bound.len()];
+        let mut pick: Vec<Option<(usize, bool)>> = vec![None; wanted.len()];
+        for (w, (want, _)) in wanted.iter().enumerate() {
+            let exact = (0..bound.len())
+                .find(|&i| !taken[i] && bound[i].as_ref().is_some_and(|b| serves(b, want)));
+            if let Some(i) = exact {
+                taken[i] = true;
+                pick[w] = Some((i, true));
+            }
+        }
+        for p in pick.iter_mut().filter(|p| p.is_none()) {
+            if let Some(i) = (0..bound.len()).find(|&i| !taken[i] && bound[i].is_some()) {
+                taken[i] = true;
+                *p = Some((i, false));
+            }
+        }
+        let mut fds: Vec<Option<OwnedFd>> = std::mem::take(&mut self.fds)
+            .into_iter()
+            .map(Some)
             .collect();
-        let (i, exact) = match tcp.iter().find(|(_, a)| same_addr(*a, addr)) {
-            Some(&(i, _)) => (i, true),
-            None => (tcp.first()?.0, false),
-        };
-        let fd = self.fds.remove(i);
-        Some((TcpListener::from(fd), exact))
+        let out = pick
+            .iter()
+            .zip(wanted)
+            .map(|(p, (_, protocol))| {
+                let (i, exact) = (*p)?;
+                let fd = fds[i].take()?;
+                Listener::from_fd(fd, *protocol).ok().map(|l| (l, exact))
+            })
+            .collect();
+        self.fds = fds.into_iter().flatten().collect();
+        out
+    }
+}
+
+/// Whether a listener bound at `bound` serves the configured `want`: the same unix path
+/// or abstract name, or for TCP `same_addr`.
+fn serves(bound: &Address, want: &Address) -> bool {
+    match (bound, want) {
+        (Address::Tcp(b), Address::Tcp(w)) => same_addr(*b, *w),
+        (Address::Unix(b), Address::Unix(w)) => {
+            b == w
+                || matches!(
+                    (std::fs::canonicalize(b), std::fs::canonicalize(w)),
+                    (Ok(x), Ok(y)) if x == y
+                )
+        }
+        (Address::Abstract(b), Address::Abstract(w)) => b == w,
+        _ => false,
     }
 }
 
@@ -110,9 +150,9 @@ fn same_addr(bound: SocketAddr, want: SocketAddr) -> bool {
     ip_ok && (want.port() == 0 || bound.port() == want.port())
 }
 
-/// The local address of `fd` when it is a listening TCP socket.
-fn tcp_listener_addr(fd: &OwnedFd) -> Option<SocketAddr> {
-    use nix::sys::socket::{getsockopt, sockopt};
+/// Where `fd` listens, when it is a listening stream socket (TCP or unix).
+fn listener_address(fd: &OwnedFd) -> Option<Address> {
+    use nix::sys::socket::{getsockname, getsockopt, sockopt, SockaddrLike, SockaddrStorage};
     let sock = socket2::SockRef::from(fd);
     if sock.r#type().ok()? != socket2::Type::STREAM {
         return None;
@@ -120,24 +160,43 @@ fn tcp_listener_addr(fd: &OwnedFd) -> Option<SocketAddr> {
     if !getsockopt(fd, sockopt::AcceptConn).ok()? {
         return None;
     }
-    sock.local_addr().ok()?.as_socket()
+    let addr: SockaddrStorage = getsockname(fd.as_raw_fd()).ok()?;
+    if let Some(unix) = addr.as_unix_addr() {
+        return match (unix.path(), unix.as_abstract()) {
+            (Some(p), _) => Some(Address::Unix(p.to_path_buf())),
+            (_, Some(name)) => Some(Address::Abstract(name.to_vec())),
+            _ => None,
+        };
+    }
+    let _ = addr.family()?;
+    sock.local_addr().ok()?.as_socket().map(Address::Tcp)
 }
 
-/// Forks and executes `args` (program first) with `listener` at descriptor 3 and
-/// `LISTEN_FDS=1`, `LISTEN_PID` (the child's pid), `FORKLIFT_PREDECESSOR`
-/// (`predecessor`) set, and the signal mask `mask` restored. Returns the child's pid.
-pub fn exec_with_listener(
+/// Forks and executes `args` (program first) with `listeners` at descriptors 3, 4, …
+/// and `LISTEN_FDS` (their number), `LISTEN_PID` (the child's pid),
+/// `FORKLIFT_PREDECESSOR` (`predecessor`) set, and the signal mask `mask` restored.
+/// Returns the child's pid.
+pub fn exec_with_listeners(
     args: &[OsString],
-    listener: BorrowedFd<'_>,
+    listeners: &[BorrowedFd<'_>],
     mask: &SigSet,
     predecessor: u32,
 ) -> io::Result<Pid> {
     let (program, rest) = args
         .split_first()
         .ok_or_else(|| io::Error::other("empty command line"))?;
+    if listeners.is_empty() || listeners.len() > MAX_FDS {
+        return Err(io::Error::other("no listening socket to hand over"));
+    }
+    let n = listeners.len();
     let mut cmd = std::process::Command::new(program);
-    cmd.args(rest).env(PREDECESSOR, predecessor.to_string());
-    let src = listener.as_raw_fd();
+    cmd.args(rest)
+        .env(PREDECESSOR, predecessor.to_string())
+        .env("LISTEN_FDS", n.to_string());
+    let mut sources = [0 as RawFd; MAX_FDS];
+    for (slot, l) in sources.iter_mut().zip(listeners) {
+        *slot = l.as_raw_fd();
+    }
     // SAFETY: the master runs no runtime; the child only moves descriptors, sets its
     // signal mask and environment, and executes (or exits). The environment is the
     // child's own copy: its other threads did not survive the fork.
@@ -145,16 +204,24 @@ pub fn exec_with_listener(
         ForkResult::Parent { child } => Ok(child),
         ForkResult::Child => {
             let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(mask), None);
-            let placed = if src == FIRST_FD {
-                Ok(FIRST_FD)
-            } else {
-                nix::unistd::dup2(src, FIRST_FD)
-            };
-            // dup2 clears close-on-exec on the copy; the same descriptor keeps it.
-            let ok = placed.is_ok() && fcntl(FIRST_FD, FcntlArg::F_SETFD(FdFlag::empty())).is_ok();
+            // First out of the way of the target range (a source may sit where another
+            // goes), then into place; dup2 leaves the copies without close-on-exec.
+            let above = FIRST_FD + n as RawFd;
+            let mut ok = true;
+            for src in sources.iter_mut().take(n) {
+                match fcntl(*src, FcntlArg::F_DUPFD_CLOEXEC(above)) {
+                    Ok(high) => *src = high,
+                    Err(_) => ok = false,
+                }
+            }
+            for (i, &high) in sources.iter().take(n).enumerate() {
+                let target = FIRST_FD + i as RawFd;
+                ok = ok
+                    && nix::unistd::dup2(high, target).is_ok()
+                    && fcntl(target, FcntlArg::F_SETFD(FdFlag::empty())).is_ok();
+            }
             if ok {
-                cmd.env("LISTEN_FDS", "1")
-                    .env("LISTEN_PID", std::process::id().to_string());
+                cmd.env("LISTEN_PID", std::process::id().to_string());
                 let e = cmd.exec();
                 eprintln!(
                     "forklift: cannot execute {}: {e}",
@@ -169,6 +236,7 @@ pub fn exec_with_listener(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
 
     #[test]
     fn addresses_match_as_configured() {
@@ -185,14 +253,24 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let fd = OwnedFd::from(l);
-        assert_eq!(tcp_listener_addr(&fd), Some(addr));
+        assert_eq!(listener_address(&fd), Some(Address::Tcp(addr)));
+        let other = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut inh = Inherited {
-            fds: vec![fd],
+            fds: vec![OwnedFd::from(other), fd],
             predecessor: None,
         };
-        let (got, exact) = inh.listener_for(addr).unwrap();
+        // The exact match first, then the other passed socket for a wanted one without.
+        let wanted = [
+            (Address::Tcp(addr), Protocol::Http),
+            (Address::Unix("/nowhere.sock".into()), Protocol::Uwsgi),
+        ];
+        let got = inh.assign(&wanted);
+        let (l, exact) = got[0].as_ref().unwrap();
         assert!(exact);
-        assert_eq!(got.local_addr().unwrap(), addr);
+        assert_eq!(l.tcp_addr(), Some(addr));
+        let (l, exact) = got[1].as_ref().unwrap();
+        assert!(!exact);
+        assert_eq!(l.protocol(), Protocol::Uwsgi);
         assert!(inh.fds.is_empty());
     }
 
@@ -200,6 +278,6 @@ mod tests {
     fn a_connected_socket_is_not_a_listener() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        assert_eq!(tcp_listener_addr(&OwnedFd::from(c)), None);
+        assert_eq!(listener_address(&OwnedFd::from(c)), None);
     }
 }

@@ -7,11 +7,10 @@
 //! threads behind it): a slow client costs a slot and a timer, never the thread, and an
 //! idle keep-alive client does not keep others out.
 
-use std::net::TcpListener;
 use std::sync::Arc;
 
-use super::{threads, Env, ServerError};
+use super::{threads, Env, Listener, ServerError};
 
-pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
-    threads::run_inline(listener, env)
+pub fn run(listeners: Vec<Listener>, env: Arc<Env>) -> Result<(), ServerError> {
+    threads::run_inline(listeners, env)
 }

@@ -43,7 +43,6 @@
 //! `--reload-on-rss`, and reopens `--logto` on SIGUSR1 (passing it on to the workers).
 
 use std::collections::{HashSet, VecDeque};
-use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -56,7 +55,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use super::{run_worker_with, Log, ServerConfig};
+use super::{run_worker_with, Listener, Log, ServerConfig};
 use crate::app::App;
 use crate::ops::{Endpoints, Recycle, Recycling, Roster, Scorecard};
 use crate::rt::Shutdown;
@@ -162,8 +161,8 @@ fn mtime(path: &std::path::Path) -> Option<SystemTime> {
 
 /// The master's state, changed by the steps of its loop ([`Master::run`]).
 struct Master {
-    /// The socket every worker accepts on (inherited through `fork`).
-    listener: TcpListener,
+    /// The sockets every worker accepts on (inherited through `fork`).
+    listeners: Vec<Listener>,
     /// What each worker serves: the master's preloaded app, or a loader run after fork.
     source: AppSource,
     /// The worker count and shutdown timeout, and the settings workers run with.
@@ -215,23 +214,23 @@ struct Master {
 
 /// Runs the master until a stop signal; returns the process exit code.
 pub fn run(
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     source: AppSource,
     config: ServerConfig,
     log: Log,
 ) -> Result<i32, MasterError> {
-    run_with(listener, source, config, log, MasterOptions::default())
+    run_with(listeners, source, config, log, MasterOptions::default())
 }
 
 /// [`run`] with stats, recycling limits, reload triggers and a log file to reopen.
 pub fn run_with(
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     source: AppSource,
     config: ServerConfig,
     log: Log,
     options: MasterOptions,
 ) -> Result<i32, MasterError> {
-    Master::new(listener, source, config, log, options)?.run()
+    Master::new(listeners, source, config, log, options)?.run()
 }
 
 impl Master {
@@ -239,7 +238,7 @@ impl Master {
     /// preloaded app for `fork`, starts the shared offload host, and makes every worker
     /// due at once.
     fn new(
-        listener: TcpListener,
+        listeners: Vec<Listener>,
         source: AppSource,
         config: ServerConfig,
         log: Log,
@@ -278,7 +277,7 @@ impl Master {
             // After the signals are blocked: the thread inherits the mask.
             options
                 .endpoints
-                .serve(roster.clone(), &listener, config.model)
+                .serve(roster.clone(), &listeners, config.model)
                 .map_err(MasterError::Io)?;
             Some(roster)
         };
@@ -316,7 +315,7 @@ impl Master {
         )
         .collect();
         Ok(Master {
-            listener,
+            listeners,
             source,
             config,
             log,
@@ -390,7 +389,7 @@ impl Master {
             let card = self.roster.as_ref().and_then(|r| r.spawning(i + 1));
             let worker = Worker {
                 index: i,
-                listener: &self.listener,
+                listeners: &self.listeners,
                 source: &self.source,
                 config: &self.config,
                 log: &self.log,
@@ -711,7 +710,7 @@ impl Master {
             let fds = endpoints.raw_fds();
             let roster = self.roster.clone().ok_or("no scoreboard")?;
             endpoints
-                .serve(roster, &self.listener, self.config.model)
+                .serve(roster, &self.listeners, self.config.model)
                 .map_err(|e| e.to_string())?;
             Ok((lines, fds))
         });
@@ -747,15 +746,16 @@ impl Master {
             ));
             return;
         }
-        match super::inherit::exec_with_listener(
+        let fds: Vec<_> = self.listeners.iter().map(|l| l.as_fd()).collect();
+        match super::inherit::exec_with_listeners(
             &args,
-            self.listener.as_fd(),
+            &fds,
             &self.worker_mask,
             std::process::id(),
         ) {
             Ok(pid) => {
                 self.log.line(&format!(
-                    "forklift: SIGUSR2: started a new master (pid {pid}) with the listening socket"
+                    "forklift: SIGUSR2: started a new master (pid {pid}) with the listening sockets"
                 ));
                 self.successor = Some(pid);
             }
@@ -943,7 +943,7 @@ fn backoff(failures: u32) -> Duration {
 /// What a forked worker needs from the master.
 struct Worker<'a> {
     index: usize,
-    listener: &'a TcpListener,
+    listeners: &'a [Listener],
     source: &'a AppSource,
     config: &'a ServerConfig,
     log: &'a Log,
@@ -1043,7 +1043,7 @@ fn worker_main(w: &Worker<'_>) -> Result<i32, String> {
         ));
         return Ok(1);
     }
-    let listener = match w.listener.try_clone() {
+    let listeners = match w.listeners.iter().map(Listener::try_clone).collect() {
         Ok(l) => l,
         Err(e) => {
             log.line(&format!("forklift: worker {}: {e}", index + 1));
@@ -1058,7 +1058,7 @@ fn worker_main(w: &Worker<'_>) -> Result<i32, String> {
     let ready = unsafe { std::os::fd::BorrowedFd::borrow_raw(w.ready.1) };
     let _ = nix::unistd::write(ready, &pid.to_ne_bytes());
     let _ = nix::unistd::close(w.ready.1);
-    let code = match run_worker_with(listener, app, config, log.clone(), shutdown, w.card) {
+    let code = match run_worker_with(listeners, app, config, log.clone(), shutdown, w.card) {
         Ok(()) => 0,
         Err(e) => {
             log.line(&format!("forklift: worker {}: {e}", index + 1));

@@ -17,11 +17,11 @@ pub mod signals;
 mod threads;
 mod tokio_model;
 
-use std::net::TcpListener;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 pub use config::{GreenEngine, Model, ServerConfig, Timeouts};
+pub use listen::{Listener, Protocol};
 pub use log::Log;
 pub use master::EXIT_BOOT_FAILED;
 
@@ -97,21 +97,22 @@ pub enum ServerError {
     Runtime(std::io::Error),
 }
 
-/// Serves `listener` with the configured model until `shutdown` is triggered and
-/// in-flight requests are done (or the shutdown timeout passes).
+/// Serves `listeners` (each with its protocol) with the configured model until
+/// `shutdown` is triggered and in-flight requests are done (or the shutdown timeout
+/// passes).
 pub fn run_worker(
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     app: App,
     config: ServerConfig,
     log: Log,
     shutdown: Shutdown,
 ) -> Result<(), ServerError> {
-    run_worker_with(listener, app, config, log, shutdown, None)
+    run_worker_with(listeners, app, config, log, shutdown, None)
 }
 
 /// [`run_worker`] for a worker process that counts on `card` of the stats scoreboard.
 pub fn run_worker_with(
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     app: App,
     config: ServerConfig,
     log: Log,
@@ -130,10 +131,10 @@ pub fn run_worker_with(
     env.ops = card;
     let env = Arc::new(env);
     let result = match env.config.model {
-        Model::Linear => linear::run(listener, env.clone()),
-        Model::Threads => threads::run(listener, env.clone()),
-        Model::Epoll => epoll::run(listener, env.clone()),
-        Model::Async => tokio_model::run(listener, env.clone()),
+        Model::Linear => linear::run(listeners, env.clone()),
+        Model::Threads => threads::run(listeners, env.clone()),
+        Model::Epoll => epoll::run(listeners, env.clone()),
+        Model::Async => tokio_model::run(listeners, env.clone()),
     };
     env.app.shutdown();
     if let Some(card) = card {

@@ -14,7 +14,6 @@
 //! are answered 503 after the oldest idle connections are let go.
 
 use std::collections::VecDeque;
-use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,10 +26,11 @@ use mio::{Events, Interest, Poll, Token};
 use super::accept::OpenGuard;
 use super::accept::{self, AcceptError};
 use super::blocking::{self, Outcome, Pump, Session};
-use super::{Env, ServerError};
+use super::{Env, Listener, ServerError};
 
-const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
+/// Listener `i` has token `FIRST_LISTENER + i`; connections have tokens below.
+const FIRST_LISTENER: usize = usize::MAX - 1024 * 1024;
 /// How often parked connections are checked against the keep-alive timeout.
 const SWEEP: Duration = Duration::from_millis(500);
 
@@ -46,19 +46,21 @@ struct Parking {
     backlog_waiting: AtomicBool,
 }
 
-pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
-    serve_with(listener, env, false)
+pub fn run(listeners: Vec<Listener>, env: Arc<Env>) -> Result<(), ServerError> {
+    serve_with(listeners, env, false)
 }
 
 /// The `linear` model: the acceptor is also the one thread that runs requests. It
 /// holds connections in its epoll set exactly as for `threads`, so a slow client costs
 /// a slot and a timer, and runs each whole request inline, one at a time.
-pub fn run_inline(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
-    serve_with(listener, env, true)
+pub fn run_inline(listeners: Vec<Listener>, env: Arc<Env>) -> Result<(), ServerError> {
+    serve_with(listeners, env, true)
 }
 
-fn serve_with(listener: TcpListener, env: Arc<Env>, inline: bool) -> Result<(), ServerError> {
-    listener.set_nonblocking(true)?;
+fn serve_with(listeners: Vec<Listener>, env: Arc<Env>, inline: bool) -> Result<(), ServerError> {
+    for l in &listeners {
+        l.set_nonblocking(true)?;
+    }
     let threads = if inline { 1 } else { env.config.threads.max(1) };
     let (tx, rx) = bounded::<Session>(env.config.queue.max(1));
     let poll = Poll::new()?;
@@ -88,7 +90,7 @@ fn serve_with(listener: TcpListener, env: Arc<Env>, inline: bool) -> Result<(), 
     drop(rx);
     let mut acceptor = Acceptor {
         poll,
-        listener,
+        listeners,
         tx,
         parking,
         waiting: Vec::new(),
@@ -146,7 +148,7 @@ fn worker(rx: Receiver<Session>, env: &Env, parking: &Parking) {
 
 struct Acceptor {
     poll: Poll,
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     tx: Sender<Session>,
     parking: Arc<Parking>,
     /// Connections the acceptor holds, by token: arriving requests, idle keep-alive
@@ -161,7 +163,7 @@ struct Acceptor {
     open: Arc<AtomicUsize>,
     /// Read buffer for [`Session::pump`]; a held connection keeps only its unparsed bytes.
     scratch: Vec<u8>,
-    /// The listener is in the epoll set.
+    /// The listeners are in the epoll set.
     listening: bool,
     /// The serving threads (a stop waits for the connections they hold).
     threads: usize,
@@ -175,25 +177,31 @@ struct Acceptor {
 
 impl Acceptor {
     fn run(&mut self) -> Result<(), ServerError> {
-        let fd = self.listener.as_raw_fd();
-        self.poll
-            .registry()
-            .register(&mut SourceFd(&fd), LISTENER, Interest::READABLE)?;
+        for (i, l) in self.listeners.iter().enumerate() {
+            let fd = l.as_raw_fd();
+            self.poll.registry().register(
+                &mut SourceFd(&fd),
+                Token(FIRST_LISTENER + i),
+                Interest::READABLE,
+            )?;
+        }
         let mut events = Events::with_capacity(1024);
         let mut next_sweep = Instant::now() + SWEEP;
-        // The listener is edge-triggered: remember that clients may still be waiting
-        // in the backlog when accepting stopped early.
-        let mut backlog = true;
+        // The listeners are edge-triggered: remember which may still have clients
+        // waiting in their backlog when accepting stopped early.
+        let mut backlog = vec![true; self.listeners.len()];
         let mut stop: Option<Instant> = None;
         loop {
             if self.env.shutdown.is_triggered() {
                 let now = Instant::now();
                 let deadline = *stop.get_or_insert_with(|| {
-                    // The last process on this socket serves what the backlog already
-                    // holds; on a hand-over that is the next workers'. Then stop
+                    // The last process on these sockets serves what their backlogs
+                    // already hold; on a hand-over that is the next workers'. Then stop
                     // listening.
                     if !self.env.shutdown.is_handover() {
-                        self.accept_ready(true);
+                        for i in 0..self.listeners.len() {
+                            self.accept_ready(i, true);
+                        }
                     }
                     self.stop_listening();
                     now + self.env.config.timeouts.shutdown
@@ -221,16 +229,22 @@ impl Acceptor {
             self.flush_overflow(false);
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => backlog = true,
                     WAKER => {}
+                    Token(t) if t >= FIRST_LISTENER => {
+                        if let Some(b) = backlog.get_mut(t - FIRST_LISTENER) {
+                            *b = true;
+                        }
+                    }
                     Token(slot) => self.advance(slot),
                 }
             }
             self.adopt_returned()?;
             // Accept only while the threads keep up; otherwise leave clients in the
             // backlog (the listener stays readable, so this is retried each turn).
-            if backlog && self.overflow.is_empty() && self.listening {
-                backlog = self.accept_ready(false);
+            for (i, waiting) in backlog.iter_mut().enumerate() {
+                if *waiting && self.overflow.is_empty() && self.listening {
+                    *waiting = self.accept_ready(i, false);
+                }
             }
             if Instant::now() >= next_sweep {
                 next_sweep = Instant::now() + SWEEP;
@@ -261,15 +275,18 @@ impl Acceptor {
     fn stop_listening(&mut self) {
         if self.listening {
             self.listening = false;
-            let fd = self.listener.as_raw_fd();
-            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+            for l in &self.listeners {
+                let fd = l.as_raw_fd();
+                let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+            }
         }
     }
 
-    /// Accepts while a thread is free to serve the connection (or, when `all`, every
-    /// connection waiting), until the backlog is empty. Returns whether clients may
-    /// still be waiting in the backlog.
-    fn accept_ready(&mut self, all: bool) -> bool {
+    /// Accepts from listener `i` while a thread is free to serve the connection (or,
+    /// when `all`, every connection waiting), until its backlog is empty. Returns
+    /// whether clients may still be waiting in the backlog.
+    fn accept_ready(&mut self, i: usize, all: bool) -> bool {
+        let protocol = self.listeners[i].protocol();
         while self.overflow.is_empty() || all {
             if !all && self.parking.idle.load(Ordering::Acquire) <= self.demand() {
                 self.parking.backlog_waiting.store(true, Ordering::Release);
@@ -278,8 +295,8 @@ impl Acceptor {
                     return true;
                 }
             }
-            match self.listener.accept() {
-                Ok((stream, _)) => {
+            match self.listeners[i].accept(false) {
+                Ok((stream, peer)) => {
                     let max = self.env.config.max_connections;
                     let open = self.open.load(Ordering::Relaxed);
                     let shed = open >= max && !self.make_room();
@@ -287,10 +304,8 @@ impl Acceptor {
                         // Even answering is too much: close at once.
                         continue;
                     }
-                    if stream.set_nonblocking(false).is_err() {
-                        continue;
-                    }
-                    let mut session = Session::new(stream).counted(OpenGuard::new(&self.open));
+                    let mut session =
+                        Session::new(stream, peer, protocol).counted(OpenGuard::new(&self.open));
                     if shed {
                         session.conn.shed();
                     }

@@ -1,27 +1,30 @@
 //! The `async` model (uWSGI's async "cores" and its `gevent = 50`): a tokio
-//! runtime per worker, a task per connection, and a semaphore of `cores` permits that
-//! caps the requests one worker works on at once. The connection logic is the shared
-//! [`Conn`] state machine, polled from the task.
+//! runtime per worker, an accepting task per listener, a task per connection, and a
+//! semaphore of `cores` permits that caps the requests one worker works on at once.
+//! The connection logic is the shared [`Conn`] state machine, polled from the task.
 
 use std::future::{poll_fn, Future};
 use std::io;
-use std::net::TcpListener;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::accept::{self, AcceptError};
 use super::conn::{Conn, Step};
-use super::{Env, ServerError};
+use super::listen::{ListenSocket, Protocol};
+use super::{Env, Listener, ServerError};
 use crate::app::CallContext;
 
-pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
-    listener.set_nonblocking(true)?;
+pub fn run(listeners: Vec<Listener>, env: Arc<Env>) -> Result<(), ServerError> {
+    for l in &listeners {
+        l.set_nonblocking(true)?;
+    }
     let threads = env.config.threads.max(1);
     let hands_off = env.app.hands_off();
     let rt = if threads == 1 {
@@ -45,7 +48,7 @@ pub fn run(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
     let result = rt.block_on(async {
         // The current-thread runtime runs on this thread.
         crate::rt::tokio_timers_here();
-        serve(listener, env.clone()).await
+        serve(listeners, env.clone()).await
     });
     rt.shutdown_timeout(Duration::from_millis(100));
     result
@@ -92,8 +95,98 @@ impl Pressure {
     }
 }
 
-async fn serve(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> {
-    let listener = tokio::net::TcpListener::from_std(listener)?;
+/// A listener on the runtime.
+enum AsyncListener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl AsyncListener {
+    fn new(l: Listener) -> io::Result<(AsyncListener, Protocol)> {
+        let protocol = l.protocol();
+        let l = match l.into_socket() {
+            ListenSocket::Tcp(l) => AsyncListener::Tcp(tokio::net::TcpListener::from_std(l)?),
+            ListenSocket::Unix(l) => AsyncListener::Unix(tokio::net::UnixListener::from_std(l)?),
+        };
+        Ok((l, protocol))
+    }
+
+    async fn accept(&self) -> io::Result<(AsyncStream, Option<SocketAddr>)> {
+        match self {
+            AsyncListener::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                // Responses go out in one write; no waiting for delayed ACKs.
+                let _ = s.set_nodelay(true);
+                Ok((AsyncStream::Tcp(s), Some(peer)))
+            }
+            AsyncListener::Unix(l) => Ok((AsyncStream::Unix(l.accept().await?.0), None)),
+        }
+    }
+}
+
+/// A connection on the runtime, TCP or unix.
+enum AsyncStream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsyncStream {
+    fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            AsyncStream::Tcp(s) => s.local_addr().ok(),
+            AsyncStream::Unix(_) => None,
+        }
+    }
+
+    async fn readable(&self) -> io::Result<()> {
+        match self {
+            AsyncStream::Tcp(s) => s.readable().await,
+            AsyncStream::Unix(s) => s.readable().await,
+        }
+    }
+
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            AsyncStream::Tcp(s) => s.try_read(buf),
+            AsyncStream::Unix(s) => s.try_read(buf),
+        }
+    }
+
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            AsyncStream::Tcp(s) => s.poll_read_ready(cx),
+            AsyncStream::Unix(s) => s.poll_read_ready(cx),
+        }
+    }
+
+    async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            AsyncStream::Tcp(s) => s.write_all(buf).await,
+            AsyncStream::Unix(s) => s.write_all(buf).await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            AsyncStream::Tcp(s) => s.shutdown().await,
+            AsyncStream::Unix(s) => s.shutdown().await,
+        }
+    }
+}
+
+/// What the accepting tasks share.
+struct Acceptors {
+    shared: Arc<Shared>,
+    /// One permit per open connection (`--max-connections`).
+    conns: Arc<Semaphore>,
+    /// Connections answered 503 while they linger.
+    shedding: Arc<Semaphore>,
+    /// Every connection task holds a sender; when the last one is dropped, `recv`
+    /// returns: all connections have finished.
+    finished: mpsc::Sender<()>,
+}
+
+async fn serve(listeners: Vec<Listener>, env: Arc<Env>) -> Result<(), ServerError> {
     let shared = Arc::new(Shared {
         cores: Semaphore::new(env.config.cores.max(1)),
         pressure: Pressure {
@@ -103,12 +196,41 @@ async fn serve(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> 
         env: env.clone(),
     });
     let max = env.config.max_connections.max(1);
-    let conns = Arc::new(Semaphore::new(max));
-    // Connections answered 503 while they linger.
-    let shedding = Arc::new(Semaphore::new(accept::shed_budget(max)));
-    // Every connection task holds a sender; when the last one is dropped, `recv`
-    // returns: all connections have finished.
     let (finished_tx, mut finished) = mpsc::channel::<()>(1);
+    let acceptors = Arc::new(Acceptors {
+        shared,
+        conns: Arc::new(Semaphore::new(max)),
+        shedding: Arc::new(Semaphore::new(accept::shed_budget(max))),
+        finished: finished_tx,
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for l in listeners {
+        let (listener, protocol) = AsyncListener::new(l)?;
+        tasks.spawn(accept_loop(listener, protocol, acceptors.clone()));
+    }
+    drop(acceptors);
+    let mut result = Ok(());
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Err(e)) = done {
+            // A listener failed for good: the worker stops (the master starts another).
+            env.log.line(&format!("forklift: accept failed: {e}"));
+            env.shutdown.trigger();
+            result = Err(e);
+        }
+    }
+    // Graceful stop: wait (bounded) until every connection task has finished; idle
+    // connections notice the shutdown themselves.
+    let _ = tokio::time::timeout(env.config.timeouts.shutdown, finished.recv()).await;
+    result
+}
+
+/// Accepts on one listener until shutdown, then serves what its backlog already holds.
+async fn accept_loop(
+    listener: AsyncListener,
+    protocol: Protocol,
+    a: Arc<Acceptors>,
+) -> Result<(), ServerError> {
+    let (env, shared) = (&a.shared.env, &a.shared);
     loop {
         // A saturated app (every Python thread busy) leaves new clients in the backlog,
         // where another worker process may take them.
@@ -120,16 +242,18 @@ async fn serve(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> 
             _ = env.shutdown.wait() => break,
         };
         match accepted {
-            Ok((stream, _)) => match conns.clone().try_acquire_owned() {
+            Ok((stream, peer)) => match a.conns.clone().try_acquire_owned() {
                 Ok(permit) => {
                     shared.pressure.ease();
-                    spawn_conn(stream, &shared, &finished_tx, Some(permit), false);
+                    let conn = (stream, peer, protocol);
+                    spawn_conn(conn, shared, &a.finished, Some(permit), false);
                 }
                 Err(_) => {
                     shared.pressure.raise();
                     // Answered 503 while there is room for that, else closed at once.
-                    if let Ok(permit) = shedding.clone().try_acquire_owned() {
-                        spawn_conn(stream, &shared, &finished_tx, Some(permit), true);
+                    if let Ok(permit) = a.shedding.clone().try_acquire_owned() {
+                        let conn = (stream, peer, protocol);
+                        spawn_conn(conn, shared, &a.finished, Some(permit), true);
                     }
                 }
             },
@@ -143,24 +267,22 @@ async fn serve(listener: TcpListener, env: Arc<Env>) -> Result<(), ServerError> 
     // The last process on this socket serves the connections already waiting in the
     // backlog, then stops; on a hand-over they are the next workers'.
     while !env.shutdown.is_handover() {
-        let Ok(Ok((stream, _))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await
+        let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await
         else {
             break;
         };
-        spawn_conn(stream, &shared, &finished_tx, None, false);
+        spawn_conn((stream, peer, protocol), shared, &a.finished, None, false);
     }
-    drop(listener);
-    drop(finished_tx);
-    // Graceful stop: wait (bounded) until every connection task has finished; idle
-    // connections notice the shutdown themselves.
-    let _ = tokio::time::timeout(env.config.timeouts.shutdown, finished.recv()).await;
     Ok(())
 }
+
+/// An accepted connection: the stream, the client's address, the listener's protocol.
+type Accepted = (AsyncStream, Option<SocketAddr>, Protocol);
 
 /// Serves one accepted connection on its own task, holding its connection permit and a
 /// sender of the finished channel until it ends.
 fn spawn_conn(
-    stream: TcpStream,
+    conn: Accepted,
     shared: &Arc<Shared>,
     finished: &mpsc::Sender<()>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -168,16 +290,16 @@ fn spawn_conn(
 ) {
     let (shared, finished) = (shared.clone(), finished.clone());
     tokio::spawn(async move {
-        let _ = serve_conn(stream, &shared, shed).await;
+        let _ = serve_conn(conn, &shared, shed).await;
         drop(permit);
         drop(finished);
     });
 }
 
-async fn serve_conn(mut stream: TcpStream, shared: &Shared, shed: bool) -> io::Result<()> {
+async fn serve_conn(accepted: Accepted, shared: &Shared, shed: bool) -> io::Result<()> {
+    let (mut stream, peer, protocol) = accepted;
     let (env, cores) = (&*shared.env, &shared.cores);
-    let _ = stream.set_nodelay(true);
-    let mut conn = Conn::new(stream.peer_addr().ok(), stream.local_addr().ok());
+    let mut conn = Conn::new(peer, stream.local_addr(), protocol);
     if shed {
         conn.shed();
     }
@@ -292,7 +414,7 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 64 * 1024]);
 }
 
-async fn read_some(stream: &TcpStream, conn: &mut Conn) -> io::Result<usize> {
+async fn read_some(stream: &AsyncStream, conn: &mut Conn) -> io::Result<usize> {
     loop {
         stream.readable().await?;
         match read_ready(stream, conn) {
@@ -303,7 +425,7 @@ async fn read_some(stream: &TcpStream, conn: &mut Conn) -> io::Result<usize> {
 }
 
 /// Reads what the socket has into the connection's input (WouldBlock when nothing).
-fn read_ready(stream: &TcpStream, conn: &mut Conn) -> io::Result<usize> {
+fn read_ready(stream: &AsyncStream, conn: &mut Conn) -> io::Result<usize> {
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         let r = stream.try_read(&mut s);

@@ -175,7 +175,7 @@ fn ini_warns_of_uwsgi_options_and_typos_by_name() {
         "{out}"
     );
     assert!(
-        out.contains("app.ini:4: unknown option \"proceses\" ignored (did you mean `processes`?)"),
+        out.contains("app.ini:4: unknown option \"proceses\" (did you mean `processes`?); ignored"),
         "{out}"
     );
 }

@@ -21,4 +21,6 @@ mod policy;
 mod python;
 mod redis;
 mod reload;
+#[cfg(feature = "python")]
+mod uwsgi;
 mod vectors;

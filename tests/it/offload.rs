@@ -151,6 +151,7 @@ mod support {
             rest: None,
             peer: None,
             local: None,
+            cgi_vars: Vec::new(),
         }
     }
 }
@@ -1086,7 +1087,7 @@ fn child_entry() {
                     };
                     let log = forklift::server::log::Log::stderr(false);
                     let code = forklift::server::master::run(
-                        listener,
+                        vec![listener.into()],
                         forklift::server::master::AppSource::Preloaded(app),
                         cfg,
                         log,

@@ -775,6 +775,7 @@ fn start_logging_to(file: &std::path::Path, args: &[&str]) -> Server {
         addr: addr.unwrap(),
         log,
         preamble: Vec::new(),
+        banner: String::new(),
     }
 }
 

@@ -52,7 +52,7 @@ impl Worker {
         let stop = shutdown.clone();
         thread::spawn(move || {
             run_worker(
-                listener,
+                vec![listener.into()],
                 Arc::new(PanickyApp),
                 config,
                 Log::stderr(false),

@@ -59,7 +59,7 @@ mod support {
             let shutdown = Shutdown::new();
             let sd = shutdown.clone();
             let thread = std::thread::spawn(move || {
-                server::run_worker(listener, app, config, Log::stderr(false), sd)
+                server::run_worker(vec![listener.into()], app, config, Log::stderr(false), sd)
                     .expect("server runs");
             });
             PyServer {
@@ -723,7 +723,7 @@ impl BuiltinServer {
         };
         let thread = std::thread::spawn(move || {
             forklift::server::run_worker(
-                listener,
+                vec![listener.into()],
                 app,
                 config,
                 forklift::server::Log::stderr(false),

@@ -22,6 +22,8 @@ pub struct Server {
     pub log: mpsc::Receiver<String>,
     /// What it wrote to stderr before its banner (warnings about its options).
     pub preamble: Vec<String>,
+    /// The start-up line naming the listeners (`listening on http://… and uwsgi://…`).
+    pub banner: String,
 }
 
 impl Server {
@@ -65,13 +67,13 @@ impl Server {
             }
         });
         let mut preamble = Vec::new();
-        let addr = loop {
+        let (addr, banner) = loop {
             let line = rx
                 .recv_timeout(IO_GUARD)
                 .unwrap_or_else(|_| panic!("no banner from forklift {args:?}"));
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let a = rest.split_whitespace().next().unwrap();
-                break a.parse().unwrap();
+                break (a.parse().unwrap(), line);
             }
             preamble.push(line);
         };
@@ -80,7 +82,19 @@ impl Server {
             addr,
             log: rx,
             preamble,
+            banner,
         }
+    }
+
+    /// The address of the server's TCP listener for `scheme` (`uwsgi`), from its banner.
+    pub fn listener(&self, scheme: &str) -> SocketAddr {
+        let prefix = format!("{scheme}://");
+        self.banner
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} listener in {:?}", self.banner))
+            .parse()
+            .unwrap()
     }
 
     pub fn pid(&self) -> i32 {

@@ -92,7 +92,7 @@ for_each_model! {
 /// some) keeps the decoder's invariants.
 #[test]
 fn decoder_invariants_hold_on_seeds() {
-    for target in [Target::Request, Target::Chunked] {
+    for target in [Target::Request, Target::Chunked, Target::Uwsgi] {
         let mut inputs = harness::seeds(root(), target);
         let crashes = root().join("fuzz/crashes");
         if let Ok(entries) = std::fs::read_dir(&crashes) {
@@ -124,7 +124,11 @@ fn decoder_invariants_hold_on_seeds() {
 /// however the bytes are split, and accepted requests survive re-encoding.
 #[test]
 fn decoder_invariants_hold_on_mutations() {
-    for (target, iterations) in [(Target::Request, 4000), (Target::Chunked, 20000)] {
+    for (target, iterations) in [
+        (Target::Request, 4000),
+        (Target::Chunked, 20000),
+        (Target::Uwsgi, 4000),
+    ] {
         let seeds = harness::seeds(root(), target);
         let mut rng = Rng::new(0x5eed_f0c4_11f7);
         let mut failures = Vec::new();

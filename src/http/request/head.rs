@@ -20,6 +20,10 @@ pub struct RequestMeta {
     pub echo_keep_alive: bool,
     /// The client accepts trailer fields after a chunked body (`TE: trailers`).
     pub te_trailers: bool,
+    /// The peer takes no chunked body (a front server over the uwsgi protocol, which
+    /// passes the response on as it comes): a body of unknown length is sent
+    /// close-delimited.
+    pub close_delimited: bool,
 }
 
 /// A parsed head, as offsets into the head bytes (so the request can share them).
@@ -195,6 +199,7 @@ pub(super) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Head, us
         head: method == "HEAD",
         echo_keep_alive: version == Version::Http10 && keep_alive,
         te_trailers,
+        close_delimited: false,
     };
     let head = Head {
         method: offsets(buf, method.as_bytes()),

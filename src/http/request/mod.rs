@@ -19,6 +19,7 @@ use head::{parse_head, Head};
 
 /// What [`Decoder::decode`] found in the buffer.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // a request moves once; boxing would allocate each time
 pub enum Decoded {
     /// A whole request (head and de-chunked body), consumed from the buffer.
     Request(Request, RequestMeta),
@@ -217,6 +218,7 @@ impl PartialRequest {
             rest: None,
             peer: None,
             local: None,
+            cgi_vars: Vec::new(),
         }
     }
 }

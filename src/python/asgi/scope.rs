@@ -121,6 +121,15 @@ impl Scopes {
             headers.append(pair)?;
         }
         scope.set_item(self.k_headers.bind(py), headers)?;
+        if !req.cgi_vars.is_empty() {
+            // Behind a front server over uwsgi: its scheme and mount point.
+            if let Some(scheme) = crate::python::environ::cgi_scheme(&req.cgi_vars) {
+                scope.set_item("scheme", scheme)?;
+            }
+            if let Some((_, root)) = req.cgi_vars.iter().find(|(k, _)| &k[..] == b"SCRIPT_NAME") {
+                scope.set_item("root_path", String::from_utf8_lossy(root))?;
+            }
+        }
         scope.set_item(self.k_client.bind(py), addr(py, req.peer)?)?;
         scope.set_item(self.k_server.bind(py), addr(py, req.local)?)?;
         scope.set_item(self.k_state.bind(py), state.copy()?)?;

@@ -38,8 +38,12 @@ use super::log::LogLine;
 use super::Env;
 use crate::app::body::{self as request_body, BodySender};
 use crate::app::{Body, BodyStream, BoxFuture, CallContext, Reply, Request, Response, Version};
-use crate::http::{self, BodyEncoder, Decoded, Decoder, Framing, HttpError, Piece, RequestMeta};
+use crate::http::{
+    self, BodyEncoder, Decoded, Decoder, Framing, HttpError, Limits, Piece, RequestMeta,
+    UwsgiDecoder,
+};
 use crate::rt::panic_message;
+use crate::server::listen::Protocol;
 
 /// Flush the output buffer once it holds this much (and stop pulling body chunks).
 const HIGH_WATER: usize = 64 * 1024;
@@ -118,9 +122,62 @@ enum Ending {
     Draining(Instant),
 }
 
+/// The request decoder of a connection, by the protocol of its listener.
+enum Codec {
+    Http(Decoder),
+    Uwsgi(UwsgiDecoder),
+}
+
+impl Codec {
+    fn in_body(&self) -> bool {
+        match self {
+            Codec::Http(d) => d.in_body(),
+            Codec::Uwsgi(d) => d.in_body(),
+        }
+    }
+
+    fn decode(&mut self, buf: &mut BytesMut, limits: &Limits) -> Result<Decoded, HttpError> {
+        match self {
+            Codec::Http(d) => d.decode(buf, limits),
+            Codec::Uwsgi(d) => d.decode(buf, limits),
+        }
+    }
+
+    /// For an app that streams request bodies: the head as soon as it is here (HTTP).
+    /// A uwsgi request comes whole: a front server (nginx) buffers the body before it
+    /// passes the request on, so waiting for it costs nothing.
+    fn decode_head_first(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: &Limits,
+    ) -> Result<Decoded, HttpError> {
+        match self {
+            Codec::Http(d) => d.decode_head_first(buf, limits),
+            Codec::Uwsgi(d) => d.decode(buf, limits),
+        }
+    }
+
+    /// The next piece of a body whose head came first ([`Piece::End`] when none is
+    /// pending, as for every uwsgi request).
+    fn body_piece(&mut self, buf: &mut BytesMut, limits: &Limits) -> Result<Piece, HttpError> {
+        match self {
+            Codec::Http(d) => d.body_piece(buf, limits),
+            Codec::Uwsgi(_) => Ok(Piece::End),
+        }
+    }
+
+    /// A fresh decoder of the same protocol (after a refused body).
+    fn reset(&mut self) {
+        *self = match self {
+            Codec::Http(_) => Codec::Http(Decoder::new()),
+            Codec::Uwsgi(_) => Codec::Uwsgi(UwsgiDecoder::new()),
+        };
+    }
+}
+
 /// The per-connection state.
 pub struct Conn {
-    decoder: Decoder,
+    decoder: Codec,
     pub inbuf: BytesMut,
     pub outbuf: BytesMut,
     state: State,
@@ -162,9 +219,14 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(peer: Option<SocketAddr>, local: Option<SocketAddr>) -> Conn {
+    /// A connection accepted from a listener speaking `protocol`; `peer` and `local`
+    /// are its addresses when the transport has them (TCP).
+    pub fn new(peer: Option<SocketAddr>, local: Option<SocketAddr>, protocol: Protocol) -> Conn {
         Conn {
-            decoder: Decoder::new(),
+            decoder: match protocol {
+                Protocol::Http => Codec::Http(Decoder::new()),
+                Protocol::Uwsgi => Codec::Uwsgi(UwsgiDecoder::new()),
+            },
             // Buffers grow on first use: an idle connection should cost little.
             inbuf: BytesMut::new(),
             outbuf: BytesMut::new(),
@@ -310,7 +372,7 @@ impl Conn {
                     env.log.protocol_error(self.peer, &e);
                     feed.fail(&format!("bad request body: {e}"));
                     self.inbuf.clear();
-                    self.decoder = Decoder::new();
+                    self.decoder.reset();
                     self.end(true);
                     if matches!(self.state, State::Waiting { .. }) {
                         // No response yet: the client gets the status for its body,
@@ -542,6 +604,10 @@ impl Conn {
                         Err(e) => {
                             let version = Version::Http11;
                             http::encode_error(&mut self.outbuf, &e, version);
+                            if let HttpError::UwsgiVarsTooLarge { .. } = e {
+                                // A setting to change, not a client to blame: always said.
+                                env.log.line(&format!("forklift: {e}"));
+                            }
                             env.log.protocol_error(self.peer, &e);
                             self.inbuf.clear();
                             self.end(true);
@@ -618,7 +684,12 @@ impl Conn {
         meta: RequestMeta,
         prefer_close: &dyn Fn() -> bool,
     ) {
-        req.peer = self.peer;
+        // Over uwsgi the front server names the client (REMOTE_ADDR): that is the peer
+        // the app and the access log see.
+        match req.peer {
+            Some(client) => self.peer = Some(client),
+            None => req.peer = self.peer,
+        }
         req.local = self.local;
         self.ops = env.ops.map(|card| card.begin());
         if let Some(dog) = &env.harakiri {
@@ -815,7 +886,7 @@ impl Conn {
                 }
                 Err(_) => {
                     self.inbuf.clear();
-                    self.decoder = Decoder::new();
+                    self.decoder.reset();
                     self.end(true);
                     return;
                 }

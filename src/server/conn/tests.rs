@@ -103,7 +103,7 @@ fn run(conn: &mut Conn, env: &Env, input: &[u8], eof: bool) -> Seen {
 }
 
 fn new_conn() -> Conn {
-    Conn::new(None, None)
+    Conn::new(None, None, crate::server::Protocol::Http)
 }
 
 #[test]
