@@ -266,6 +266,16 @@ impl Response {
             .with_body(Body::Full(body.into()))
     }
 
+    /// `503 Service Unavailable` with `Retry-After: 1`: the app cannot take the request
+    /// now (its queue is full, or it is not running), and the client may retry soon.
+    pub fn busy() -> Response {
+        Response::text(
+            503,
+            Bytes::from_static(b"Service Unavailable: the server is busy\n"),
+        )
+        .with_header("Retry-After", Bytes::from_static(b"1"))
+    }
+
     pub fn with_header(mut self, name: impl Into<HeaderName>, value: impl Into<Bytes>) -> Self {
         self.headers.push((name.into(), value.into()));
         self

@@ -794,6 +794,11 @@ fn serve(
     for ((addr, protocol), passed) in plan.sockets.iter().zip(passed) {
         let l = match passed {
             Some((l, exact)) => {
+                // A socket file passed on keeps its meaning: this server removes it
+                // on exit with --vacuum, as the one that bound it would have.
+                if let (true, listen::Address::Unix(path)) = (exact, addr) {
+                    vacuum.paths.push(path.clone());
+                }
                 if !exact {
                     log.line(&format!(
                         "forklift: serving the passed socket {} (LISTEN_FDS) instead of binding {addr}",
@@ -889,6 +894,8 @@ fn serve(
         };
         let code = server::master::run_with(listeners, source, config, log, options)?;
         vacuum.clean = true;
+        // The new master serves the same socket files now.
+        vacuum.on_exit &= !server::master::handed_over();
         return Ok(code);
     }
     let (shutdown, _signals) = single.expect("watched without a master");

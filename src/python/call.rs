@@ -534,20 +534,8 @@ pub(crate) fn call_pooled(app: &Arc<AppState>, pool: &PoolSlot, req: Request) ->
             rx.await
                 .unwrap_or_else(|_| plain_500("the Python worker pool dropped a request"))
         })),
-        Err(_) => unavailable(),
+        Err(_) => Reply::Ready(Response::busy()),
     }
-}
-
-/// The answer when a worker's Python side cannot take a request now (its queue is
-/// full, or its loop is not running): 503 with `Retry-After: 1`.
-pub(crate) fn unavailable() -> Reply {
-    Reply::Ready(
-        Response::text(
-            503,
-            Bytes::from_static(b"Service Unavailable: the server is busy\n"),
-        )
-        .with_header("Retry-After", Bytes::from_static(b"1")),
-    )
 }
 
 thread_local! {

@@ -72,6 +72,15 @@ const BOOT_MESSAGE_MAX: usize = 4096;
 /// the listening socket's backlog to the other workers.
 const RETIRE: Signal = Signal::SIGHUP;
 
+/// Set once this master stops for the new master a SIGUSR2 started, which now serves
+/// the same sockets (so their files must stay, whatever `--vacuum` says).
+static HANDED_OVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this master stopped by handing its sockets over to a new master.
+pub fn handed_over() -> bool {
+    HANDED_OVER.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Errors of the master itself (workers' errors are theirs).
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
@@ -537,6 +546,7 @@ impl Master {
     /// Starts the graceful stop: every worker finishes its requests (and with
     /// `handover`, leaves the backlog to the new master's workers).
     fn stop(&mut self, sig: Signal, handover: bool) {
+        HANDED_OVER.store(handover, std::sync::atomic::Ordering::Relaxed);
         if handover {
             self.log.line(&format!(
                 "forklift: {sig} from the new master: handing over and stopping gracefully"

@@ -584,3 +584,60 @@ fn usr2_keeps_the_stats_address() {
         unsafe { libc::kill(new_master, 0) != 0 }
     });
 }
+
+/// A uwsgi GET over the unix socket at `path`: the response.
+fn uwsgi_get_unix(path: &Path) -> Response {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(IO_GUARD)).unwrap();
+    let packet = forklift::http::uwsgi::encode_request(
+        &[(b"REQUEST_METHOD", b"GET"), (b"REQUEST_URI", b"/")],
+        b"",
+    );
+    s.write_all(&packet).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    parse_whole(&out, false)
+}
+
+/// SIGUSR2 with an HTTP port and a uwsgi unix socket (`--vacuum`): the new master gets
+/// both sockets, the old one leaves the socket file in place, and both still answer.
+#[test]
+fn usr2_hands_over_every_listener() {
+    let dir = temp_dir("usr2-listeners");
+    let sock = dir.join("app.sock");
+    let mut srv = Server::start(&[
+        "builtin:hello",
+        "--processes",
+        "2",
+        "--socket",
+        sock.to_str().unwrap(),
+        "--vacuum",
+        "--disable-logging",
+    ]);
+    let mut seen = Vec::new();
+    wait_ready(&srv, &mut seen, 2);
+    assert_eq!(uwsgi_get_unix(&sock).text(), "Hello world");
+    signal(srv.pid(), libc::SIGUSR2);
+    assert_eq!(wait_exit(&mut srv.child).code(), Some(0));
+    seen.extend(srv.log.try_iter());
+    let new_master: i32 = seen
+        .iter()
+        .find_map(|l| l.split("started a new master (pid ").nth(1))
+        .and_then(|rest| rest.split(')').next()?.parse().ok())
+        .expect("the new master's pid in the log");
+    assert!(sock.exists(), "the socket file stays for the new master");
+    for _ in 0..5 {
+        assert_eq!(srv.get("/").text(), "Hello world");
+        assert_eq!(uwsgi_get_unix(&sock).text(), "Hello world");
+    }
+    signal(new_master, libc::SIGTERM);
+    wait_for("the new master to stop", || {
+        // SAFETY: signal 0 sends nothing; it only checks the process exists.
+        unsafe { libc::kill(new_master, 0) != 0 }
+    });
+    assert!(
+        !sock.exists(),
+        "the new master vacuums the socket file it took over"
+    );
+}

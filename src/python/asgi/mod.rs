@@ -268,12 +268,12 @@ impl Handler for AsgiApp {
         }
         let loops = match self.loops() {
             Ok(l) => l,
-            Err(_) => return crate::python::call::unavailable(),
+            Err(_) => return Reply::Ready(crate::app::Response::busy()),
         };
         let i = loops.pick();
         let handle = &loops.handles[i];
         if handle.inflight.load(Ordering::Relaxed) >= MAX_INFLIGHT {
-            return crate::python::call::unavailable();
+            return Reply::Ready(crate::app::Response::busy());
         }
         handle.inflight.fetch_add(1, Ordering::AcqRel);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);

@@ -23,7 +23,7 @@ use pyo3::prelude::*;
 
 use crate::app::{CallContext, Handler, Reply, Request};
 use crate::python::asgi::body::{ReplyFuture, Shared};
-use crate::python::call::{self, AppState};
+use crate::python::call::AppState;
 use crate::python::interp;
 use crate::python::options::{GreenEngine, GreenOptions, PythonError, PythonOptions};
 use crate::rt::fork::ForkLocal;
@@ -167,11 +167,11 @@ impl Running {
 impl Handler for GreenApp {
     fn call(&self, req: Request, _cx: &CallContext) -> Reply {
         let Ok(running) = self.running() else {
-            return call::unavailable();
+            return Reply::Ready(crate::app::Response::busy());
         };
         let handle = &running.handle;
         if handle.inflight.load(Ordering::Relaxed) >= self.opts.cores + MAX_WAITING {
-            return call::unavailable();
+            return Reply::Ready(crate::app::Response::busy());
         }
         let ticket = Ticket::new(&handle.inflight);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
