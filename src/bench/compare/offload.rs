@@ -606,6 +606,14 @@ pub fn table(args: &CompareOffloadArgs, results: &[OffloadResult]) -> Comparison
             r.requests, args.load.requests
         ));
     }
+    if results.iter().any(|r| r.scenario.name == "redis") {
+        notes.push(format!(
+            "redis: the server only submits (--no-run-tasks) to its own redis-server \
+             (appendonly yes, appendfsync {}); one `forklift worker` runs the tasks \
+             ({REDIS_TASKS_AT_ONCE} at once).",
+            args.redis_appendfsync
+        ));
+    }
     let lost: u64 = results.iter().map(OffloadResult::lost).sum();
     if results.iter().any(|r| r.report.is_some()) {
         notes.push(if lost == 0 {
@@ -746,6 +754,16 @@ mod tests {
         assert_eq!(a.model, "epoll");
         assert_eq!(a.common.out, PathBuf::from("forklift-compare"));
         assert_eq!(a.queue(), 20_000);
+        assert_eq!(a.redis_appendfsync, "everysec");
+    }
+
+    #[test]
+    fn redis_appendfsync_is_everysec_or_always() {
+        let a = CompareOffloadArgs::parse_from(["offload", "--redis-appendfsync", "always"]);
+        assert_eq!(a.redis_appendfsync, "always");
+        assert!(
+            CompareOffloadArgs::try_parse_from(["offload", "--redis-appendfsync", "no"]).is_err()
+        );
     }
 
     #[test]
