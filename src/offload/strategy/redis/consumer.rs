@@ -1,7 +1,7 @@
 //! The running side: a consumer in the queue's group. It reads as many entries as it
-//! has free slots (`--offload-workers`), runs them on the executor, and records each
-//! outcome in one `MULTI`: acknowledged and deleted, plus a retry in the delayed set or
-//! an entry in the dead-letter stream. Beside the reads it keeps its claims alive
+//! has free slots (`--offload-workers`), runs them on the executor, and records the
+//! outcomes in batches, one `MULTI` each: acknowledged and deleted, plus a retry in the
+//! delayed set or an entry in the dead-letter stream per failed task. Beside the reads it keeps its claims alive
 //! (`XCLAIM … JUSTID` of what it runs, so their idle time is the time since its last
 //! heartbeat), takes over entries idle for `--redis-claim-after` (`XAUTOCLAIM`: their
 //! consumer died), moves due delayed tasks into the stream, and forgets consumers that
