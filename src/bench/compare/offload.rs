@@ -57,6 +57,11 @@ pub struct CompareOffloadArgs {
     /// Seconds to wait, after the load, for every task to have run
     #[arg(long, default_value_t = 300.0)]
     pub finish_timeout: f64,
+    /// The `redis` row's `redis-server --appendfsync`: `everysec` (Redis's default: an
+    /// acknowledged task is in the append-only file, synced within a second) or
+    /// `always` (synced before Redis answers)
+    #[arg(long, default_value = "everysec", value_parser = ["everysec", "always"])]
+    pub redis_appendfsync: String,
 }
 
 impl CompareOffloadArgs {
@@ -208,18 +213,18 @@ impl Drop for RedisWorker {
 }
 
 /// The `redis-server` of the `redis` scenario: its own port and directory, stopped
-/// when dropped. `appendonly yes` with Redis's default `appendfsync everysec`: an
-/// acknowledged task was written to the append-only file before the answer (it
-/// survives Redis being killed), and reaches the disk within a second (a machine crash
-/// may lose that second; `appendfsync always` closes it at the cost of a sync per
-/// event-loop turn, see docs/PERFORMANCE.md).
+/// when dropped. `appendonly yes`, by default with Redis's default `appendfsync
+/// everysec`: an acknowledged task was written to the append-only file before the
+/// answer (it survives Redis being killed), and reaches the disk within a second (a
+/// machine crash may lose that second; `--redis-appendfsync always` closes it at the
+/// cost of a sync per event-loop turn, see docs/PERFORMANCE.md).
 struct RedisServer {
     child: std::process::Child,
     url: String,
 }
 
 impl RedisServer {
-    fn start(dir: &Path, startup: Duration) -> Result<RedisServer, String> {
+    fn start(dir: &Path, appendfsync: &str, startup: Duration) -> Result<RedisServer, String> {
         let bin = std::env::var_os("PATH")
             .and_then(|p| {
                 std::env::split_paths(&p)
@@ -237,14 +242,8 @@ impl RedisServer {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let child = std::process::Command::new(bin)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
+            .args(["--appendonly", "yes", "--appendfsync", appendfsync])
+            .args(["--save", ""])
             .arg("--dir")
             .arg(dir)
             .stdin(std::process::Stdio::null())
@@ -429,10 +428,11 @@ impl Running {
         ];
         if sc.strategy == "redis" {
             let startup = Duration::from_secs_f64(args.common.startup_timeout);
-            let started = RedisServer::start(&dir.join("redis"), startup).and_then(|r| {
-                let w = RedisWorker::start(bin, &r.url, &log, task_seconds, startup)?;
-                Ok((w, r))
-            });
+            let started = RedisServer::start(&dir.join("redis"), &args.redis_appendfsync, startup)
+                .and_then(|r| {
+                    let w = RedisWorker::start(bin, &r.url, &log, task_seconds, startup)?;
+                    Ok((w, r))
+                });
             match started {
                 Ok((w, r)) => {
                     serve_args.extend([s("--redis-url"), r.url.clone(), s("--no-run-tasks")]);
@@ -606,6 +606,14 @@ pub fn table(args: &CompareOffloadArgs, results: &[OffloadResult]) -> Comparison
             r.requests, args.load.requests
         ));
     }
+    if results.iter().any(|r| r.scenario.name == "redis") {
+        notes.push(format!(
+            "redis: the server only submits (--no-run-tasks) to its own redis-server \
+             (appendonly yes, appendfsync {}); one `forklift worker` runs the tasks \
+             ({REDIS_TASKS_AT_ONCE} at once).",
+            args.redis_appendfsync
+        ));
+    }
     let lost: u64 = results.iter().map(OffloadResult::lost).sum();
     if results.iter().any(|r| r.report.is_some()) {
         notes.push(if lost == 0 {
@@ -746,6 +754,16 @@ mod tests {
         assert_eq!(a.model, "epoll");
         assert_eq!(a.common.out, PathBuf::from("forklift-compare"));
         assert_eq!(a.queue(), 20_000);
+        assert_eq!(a.redis_appendfsync, "everysec");
+    }
+
+    #[test]
+    fn redis_appendfsync_is_everysec_or_always() {
+        let a = CompareOffloadArgs::parse_from(["offload", "--redis-appendfsync", "always"]);
+        assert_eq!(a.redis_appendfsync, "always");
+        assert!(
+            CompareOffloadArgs::try_parse_from(["offload", "--redis-appendfsync", "no"]).is_err()
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The running side: a consumer in the queue's group. It reads as many entries as it
-//! has free slots (`--offload-workers`), runs them on the executor, and records each
-//! outcome in one `MULTI`: acknowledged and deleted, plus a retry in the delayed set or
-//! an entry in the dead-letter stream. Beside the reads it keeps its claims alive
+//! has free slots (`--offload-workers`), runs them on the executor, and records the
+//! outcomes in batches, one `MULTI` each: acknowledged and deleted, plus a retry in the
+//! delayed set or an entry in the dead-letter stream per failed task. Beside the reads it keeps its claims alive
 //! (`XCLAIM … JUSTID` of what it runs, so their idle time is the time since its last
 //! heartbeat), takes over entries idle for `--redis-claim-after` (`XAUTOCLAIM`: their
 //! consumer died), moves due delayed tasks into the stream, and forgets consumers that
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamInfoConsumersReply, StreamReadReply};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::conn::{create_group_async, Server};
 use super::keys::{now_ms, Keys, Stored, GROUP, MOVE_DUE};
@@ -37,6 +37,26 @@ const PARK_FOR: Duration = Duration::from_secs(5);
 
 /// Entries moved from a delayed set per script call.
 const MOVE_LIMIT: usize = 256;
+
+/// Most entries one `XREADGROUP` asks for.
+const READ_BATCH: usize = 256;
+
+/// Most outcomes recorded in one `MULTI`.
+const RECORD_BATCH: usize = 256;
+
+/// After a read that found the stream drained, how long the reader waits before the
+/// next one, so that the entries added meanwhile come in one read rather than one read
+/// per submitter's pipeline. A task starts at most this much later; each read costs
+/// Redis and the worker a round trip and a wake-up.
+const GATHER: Duration = Duration::from_millis(2);
+
+/// A finished task waiting for its outcome to be recorded. It keeps its slot until then.
+struct Outcome {
+    entry: String,
+    stored: Stored,
+    result: Result<(), TaskError>,
+    _slot: OwnedSemaphorePermit,
+}
 
 pub struct Consumer {
     shared: Arc<Shared>,
@@ -60,6 +80,9 @@ struct Shared {
     /// Entries this consumer holds (running, or waiting for their outcome to be
     /// recorded), by stream entry id.
     held: Mutex<HashMap<String, Stored>>,
+    /// Finished tasks for the recorder. Unbounded because each outcome holds one of
+    /// `slots`: at most `--offload-workers` wait here.
+    outcomes: mpsc::UnboundedSender<Outcome>,
     stopping: AtomicBool,
     stop: Notify,
     /// Tasks that finished after the stop began.
@@ -100,6 +123,7 @@ impl Consumer {
         let _enter = rt.enter();
         let cmd = server.manager(Duration::ZERO)?;
         let reader = server.manager(BLOCK + Duration::from_secs(1))?;
+        let (outcomes, finished) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             server,
             keys,
@@ -112,6 +136,7 @@ impl Consumer {
             cmd,
             slots: Arc::new(Semaphore::new(cfg.workers)),
             held: Mutex::new(HashMap::new()),
+            outcomes,
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
             drained: AtomicU64::new(0),
@@ -121,6 +146,9 @@ impl Consumer {
             rt.spawn(shared.clone().read_loop(reader)),
             rt.spawn(shared.clone().upkeep_loop()),
         ];
+        // Not among `tasks`: it records what finishes while the stop drains, and ends
+        // with the runtime.
+        rt.spawn(shared.clone().record_loop(finished));
         Ok(Consumer { shared, tasks })
     }
 
@@ -210,7 +238,7 @@ impl Shared {
                 break;
             }
             let mut permits = vec![first];
-            while permits.len() < 256 {
+            while permits.len() < READ_BATCH {
                 match self.slots.clone().try_acquire_owned() {
                     Ok(p) => permits.push(p),
                     Err(_) => break,
@@ -240,9 +268,19 @@ impl Shared {
             match r {
                 Ok(reply) => {
                     pause = Duration::from_millis(50);
+                    let asked = permits.len();
+                    let mut got = 0;
                     for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
                         let Some(p) = permits.pop() else { break };
+                        got += 1;
                         self.clone().dispatch(entry.id, &entry.map, p, false).await;
+                    }
+                    drop(permits);
+                    if got > 0 && got < asked {
+                        tokio::select! {
+                            _ = tokio::time::sleep(GATHER) => {}
+                            _ = self.stop.notified() => break,
+                        }
                     }
                 }
                 Err(e) => {
@@ -292,83 +330,109 @@ impl Shared {
             data: stored.payload.clone(),
             attempt: stored.attempt,
         };
-        let this = self.clone();
         let exec = self.exec.lock().unwrap_or_else(|p| p.into_inner());
         match exec.as_ref() {
-            Some(exec) => exec.spawn(p, Duration::ZERO, move |_, r| {
-                let rt = this.rt.clone();
-                rt.spawn(this.record(entry, stored, r, permit));
-            }),
+            Some(exec) => {
+                let outcomes = self.outcomes.clone();
+                exec.spawn(p, Duration::ZERO, move |_, result| {
+                    // The recorder runs as long as the runtime, which outlives the
+                    // executor's tasks.
+                    let _ = outcomes.send(Outcome {
+                        entry,
+                        stored,
+                        result,
+                        _slot: permit,
+                    });
+                })
+            }
             // Stopped: the entry is given back by the stop, or claimed by another worker.
             None => drop(permit),
         }
     }
 
-    /// Records a task's outcome, retrying while Redis is away (the entry stays held and
-    /// heartbeated meanwhile, so nobody else runs it).
-    async fn record(
-        self: Arc<Self>,
-        entry: String,
-        stored: Stored,
-        r: Result<(), TaskError>,
-        permit: OwnedSemaphorePermit,
-    ) {
+    /// Records outcomes as they come, each batch in one `MULTI`: the tasks that
+    /// finished while the previous batch was being written share a round trip (one
+    /// `XACK` and one `XDEL` for all of them). Retries while Redis is away (the entries
+    /// stay held and heartbeated meanwhile, so nobody else runs them).
+    async fn record_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Outcome>) {
+        let mut batch = Vec::with_capacity(RECORD_BATCH);
+        while rx.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+            self.record(&mut batch).await;
+        }
+    }
+
+    /// Writes one batch of outcomes (the entries are acknowledged and deleted, plus a
+    /// retry in the delayed set or a dead letter each), then lets go of them.
+    async fn record(&self, batch: &mut Vec<Outcome>) {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        pipe.cmd("XACK")
-            .arg(&self.keys.stream)
-            .arg(GROUP)
-            .arg(&entry)
-            .ignore();
-        pipe.cmd("XDEL").arg(&self.keys.stream).arg(&entry).ignore();
-        let outcome = match &r {
-            Ok(()) => "completed",
-            Err(e) if !e.permanent && stored.attempt <= self.cfg.retries => {
-                let again = Stored {
-                    attempt: stored.attempt + 1,
-                    error: e.message.clone(),
-                    ..stored.clone()
-                };
-                let due = now_ms() + self.cfg.retry_delay(stored.attempt).as_millis() as u64;
-                pipe.cmd("ZADD")
-                    .arg(&self.keys.delayed)
-                    .arg(due)
-                    .arg(again.encode())
-                    .ignore();
+        let mut ack = redis::cmd("XACK");
+        ack.arg(&self.keys.stream).arg(GROUP);
+        let mut del = redis::cmd("XDEL");
+        del.arg(&self.keys.stream);
+        for o in batch.iter() {
+            ack.arg(&o.entry);
+            del.arg(&o.entry);
+        }
+        pipe.add_command(ack).ignore();
+        pipe.add_command(del).ignore();
+        let (mut completed, mut retried, mut dead) = (0u64, 0u64, 0u64);
+        for o in batch.iter() {
+            match &o.result {
+                Ok(()) => completed += 1,
+                Err(e) if !e.permanent && o.stored.attempt <= self.cfg.retries => {
+                    let again = Stored {
+                        attempt: o.stored.attempt + 1,
+                        error: e.message.clone(),
+                        ..o.stored.clone()
+                    };
+                    let due = now_ms() + self.cfg.retry_delay(o.stored.attempt).as_millis() as u64;
+                    pipe.cmd("ZADD")
+                        .arg(&self.keys.delayed)
+                        .arg(due)
+                        .arg(again.encode())
+                        .ignore();
+                    retried += 1;
+                }
+                Err(e) => {
+                    self.add_dead(&mut pipe, &o.stored, &e.message);
+                    dead += 1;
+                }
+            }
+        }
+        for (field, n) in [
+            ("completed", completed),
+            ("retried", retried),
+            ("dead", dead),
+            ("failed", retried + dead),
+        ] {
+            if n > 0 {
                 pipe.cmd("HINCRBY")
                     .arg(&self.keys.stats)
-                    .arg("failed")
-                    .arg(1)
+                    .arg(field)
+                    .arg(n)
                     .ignore();
-                "retried"
             }
-            Err(e) => {
-                self.add_dead(&mut pipe, &stored, &e.message);
-                pipe.cmd("HINCRBY")
-                    .arg(&self.keys.stats)
-                    .arg("failed")
-                    .arg(1)
-                    .ignore();
-                "dead"
+        }
+        let written = self.write(&pipe, "recording task outcomes").await;
+        if written {
+            for _ in 0..retried {
+                Counters::inc(&self.counters.retried);
             }
-        };
-        pipe.cmd("HINCRBY")
-            .arg(&self.keys.stats)
-            .arg(outcome)
-            .arg(1)
-            .ignore();
-        if self.write(&pipe, "recording a task's outcome").await {
-            match outcome {
-                "retried" => Counters::inc(&self.counters.retried),
-                "dead" => Counters::inc(&self.counters.dead),
-                _ => {}
+            for _ in 0..dead {
+                Counters::inc(&self.counters.dead);
             }
             if self.stopping() {
-                self.drained.fetch_add(1, Ordering::Relaxed);
+                self.drained
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
             }
-            self.lock_held().remove(&entry);
+            let mut held = self.lock_held();
+            for o in batch.iter() {
+                held.remove(&o.entry);
+            }
         }
-        drop(permit);
+        // Dropping the outcomes frees their slots.
+        batch.clear();
     }
 
     fn add_dead(&self, pipe: &mut redis::Pipeline, s: &Stored, error: &str) {

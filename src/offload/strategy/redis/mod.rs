@@ -2,7 +2,7 @@
 //! queue's consumer group. `submit` returns once Redis acknowledged the `XADD` (or the
 //! `ZADD` of a delayed task); concurrent submissions share round trips (a pipeline per
 //! batch). Workers (`forklift worker`, and serving processes unless `--no-run-tasks`)
-//! read with `XREADGROUP`, record outcomes with `XACK` + `XDEL` in one `MULTI` (with a
+//! read with `XREADGROUP`, record batches of outcomes (`XACK` + `XDEL` in a `MULTI`, with a
 //! retry in the delayed set, or a dead letter), heartbeat what they hold and claim what
 //! dead consumers held (`XAUTOCLAIM`). Same names, payloads, retries with backoff,
 //! delays and dead letters as the spool. See docs/OFFLOAD.md.
