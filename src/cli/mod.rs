@@ -309,6 +309,7 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
     let asgi = is_asgi(a);
     let wsgi = !asgi && (a.app.wsgi_file.is_some() || a.app.module.is_some());
     let green = green_engine(a, asgi || wsgi, asgi)?;
+    let behind_front_server = sockets.iter().all(|(_, p)| *p == server::Protocol::Uwsgi);
     // An ASGI app runs on its event loops: the server's own loop feeds them best.
     // A Python app runs on the readiness loop, which reads and parses requests and
     // hands whole ones to its `--threads` Python threads: no slow client holds a Python
@@ -320,6 +321,14 @@ pub fn plan(a: &ServeArgs) -> Result<ServePlan, CliError> {
             "the loop that feeds a WSGI app's greenlets under --gevent/--asyncio",
         ),
         (None, Some(_), _) => (Model::Async, "--async/--gevent"),
+        // Behind a front server speaking uwsgi (nginx's `uwsgi_pass`), the front server
+        // holds slow clients and buffers bodies, and opens a connection per request: a
+        // hand-off to a Python thread per request would only cost CPU. As uWSGI does,
+        // the accepting thread runs the app (half the CPU per request of `epoll` there).
+        (None, None, None | Some(1)) if wsgi && behind_front_server => (
+            Model::Linear,
+            "a WSGI app behind a front server: only uwsgi sockets",
+        ),
         _ if asgi || wsgi => (Model::Epoll, "the default for Python apps"),
         (None, None, Some(t)) if t > 1 => (Model::Threads, "--threads with a native app"),
         _ => (Model::Epoll, "the default for native apps"),
@@ -930,6 +939,37 @@ mod tests {
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Serve(a) => a,
             other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_wsgi_app_behind_a_front_server_runs_on_the_accepting_thread() {
+        let plan_of = |extra: &[&str]| {
+            let mut args = vec!["forklift", "serve", "--wsgi-file", "app.py"];
+            args.extend_from_slice(extra);
+            plan(&parse(&args)).unwrap()
+        };
+        let p = plan_of(&["--socket", "/run/app.sock"]);
+        assert_eq!(
+            (p.config.model, p.model_reason),
+            (
+                Model::Linear,
+                "a WSGI app behind a front server: only uwsgi sockets"
+            )
+        );
+        assert_eq!(
+            plan_of(&["--socket", ":3031", "--processes", "4"])
+                .config
+                .model,
+            Model::Linear
+        );
+        // An HTTP socket beside it, several threads, or an explicit model: as before.
+        for extra in [
+            &["--socket", "/run/app.sock", "--http", ":8080"][..],
+            &["--socket", "/run/app.sock", "--threads", "4"],
+            &["--socket", "/run/app.sock", "--model", "epoll"],
+        ] {
+            assert_eq!(plan_of(extra).config.model, Model::Epoll, "{extra:?}");
         }
     }
 
