@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # nginx (1 worker) in front of a WSGI hello world (examples/hello.py), one process of
 # each app server:
-#   forklift-uwsgi   nginx -> forklift over the uwsgi protocol on a unix socket
-#   forklift-linear  the same, forklift with --model linear (the app on the accepting
-#                    thread, as uWSGI runs it)
+#   forklift-uwsgi   nginx -> forklift over the uwsgi protocol on a unix socket, on
+#                    `epoll` (the process also has the HTTP socket of the proxy rows)
+#   forklift-linear  the same, forklift on `linear` (the app on the accepting thread, as
+#                    uWSGI runs it: the default for a WSGI app with only uwsgi sockets)
 #   uwsgi            nginx -> uWSGI (--socket, same app, 1 process) on a unix socket
 #   forklift-proxy   nginx -> forklift over HTTP (proxy_pass, a connection per request)
 #   forklift-proxy-ka  the same with upstream keep-alive (proxy_http_version 1.1)
