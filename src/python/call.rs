@@ -503,7 +503,7 @@ pub(crate) fn call_pooled(app: &Arc<AppState>, pool: &PoolSlot, req: Request) ->
             return; // the client left while the request waited in the queue
         }
         match app.run(py, req) {
-            // Published after the batch, once the GIL is released.
+            // Published by the pool's flush: before the next job, or after the batch.
             Outcome::Done(r) => REPLIES.with(|q| q.borrow_mut().push((tx, r))),
             Outcome::Streaming {
                 mut head,

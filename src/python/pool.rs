@@ -3,9 +3,10 @@
 //! once, and the queue in front of them has a fixed capacity: a full queue is reported
 //! to the caller, which answers 503.
 //!
-//! A thread takes the GIL once for a batch of queued jobs (up to [`MAX_BATCH`]), then
-//! releases it and runs the pool's `flush` hook (which publishes the batch's replies,
-//! so the event loop is woken once per batch rather than once per request).
+//! A thread takes the GIL once for a batch of queued jobs (up to [`MAX_BATCH`]). The
+//! pool's `flush` hook publishes the replies finished so far: before each further job
+//! of the batch (so no reply waits behind a slow request), and after the batch, once
+//! the GIL is released.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -206,7 +207,11 @@ fn run(py: Python<'_>, job: Job) {
 }
 
 /// A pool thread: waits for a job without the GIL, then runs it and whatever else is
-/// queued (up to a batch) under one hold of the GIL.
+/// queued (up to a batch) under one hold of the GIL. The replies finished so far are
+/// published before each further job (no GIL is needed for that): the next job may be a
+/// slow request, and a finished reply must not wait for it. A batch of fast jobs still
+/// takes the GIL once, and the event loop, busy with the first reply, picks up the rest
+/// in the same round.
 fn work(rx: &Receiver<Job>, flush: fn(), inflight: &AtomicUsize) {
     while let Ok(job) = rx.recv() {
         interp::with_gil(|py| {
@@ -215,6 +220,7 @@ fn work(rx: &Receiver<Job>, flush: fn(), inflight: &AtomicUsize) {
             for _ in 1..MAX_BATCH {
                 match rx.try_recv() {
                     Ok(job) => {
+                        flush();
                         run(py, job);
                         inflight.fetch_sub(1, Ordering::AcqRel);
                     }

@@ -1264,3 +1264,64 @@ fn django_app_in_a_virtualenv(m: Model) {
     let src = std::fs::read(apps_dir().join("djangoapp/django_app.py")).unwrap();
     assert_eq!(p.get("/file").body, src);
 }
+
+/// One pool thread, three requests queued behind each other: the first two answers go
+/// out while the third (a slow request taken in the same batch) still runs; a finished
+/// reply never waits for the next job of its pool thread.
+#[test]
+fn a_finished_reply_does_not_wait_for_the_next_slow_job() {
+    use std::io::BufReader;
+    use std::net::TcpStream;
+    let dir = std::env::temp_dir().join(format!("forklift-hold-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (first, last) = (dir.join("first"), dir.join("last"));
+    let file = apps_dir().join("hold.py").display().to_string();
+    let srv = crate::support::Server::start(&[
+        "--wsgi-file",
+        &file,
+        "--threads",
+        "1",
+        "--disable-logging",
+    ]);
+    // Each connection is taken in (it answers a first request) before the pool is busy:
+    // a busy pool leaves new clients in the backlog, and all three requests must reach
+    // its queue.
+    let mut conns: Vec<TcpStream> = (0..3).map(|_| srv.connect()).collect();
+    for c in &mut conns {
+        // Shorter than the held request's own 30 s limit.
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(c, "GET /fast HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let r = crate::support::read_response(&mut BufReader::new(&*c), false).unwrap();
+        assert_eq!(r.text(), "fast");
+    }
+    let paths = [
+        format!("/hold?file={}", first.display()),
+        "/fast".to_string(),
+        format!("/hold?file={}", last.display()),
+    ];
+    for (c, p) in conns.iter_mut().zip(&paths) {
+        write!(
+            c,
+            "GET {p} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        // In order: the pool takes its jobs first come, first served.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(&first, b"").unwrap();
+    let mut replies = Vec::new();
+    for (i, c) in conns.iter().take(2).enumerate() {
+        let r = crate::support::read_response(&mut BufReader::new(c), false);
+        if r.is_err() {
+            std::fs::write(&last, b"").unwrap();
+        }
+        let r = r.unwrap_or_else(|e| panic!("request {i} got no answer while the next held: {e}"));
+        replies.push(r.text());
+    }
+    std::fs::write(&last, b"").unwrap();
+    let r = crate::support::read_response(&mut BufReader::new(&conns[2]), false).unwrap();
+    replies.push(r.text());
+    assert_eq!(replies, ["held", "fast", "held"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
