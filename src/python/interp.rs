@@ -329,6 +329,48 @@ fn attach() {
     ATTACHED.with(|a| a.set(gen));
 }
 
+/// Says once whether an event-loop thread serves, or why it could not start.
+pub(crate) type Ready = std::sync::mpsc::Receiver<ReadyWord>;
+
+/// What an event-loop thread says once: it serves, or why it could not start.
+type ReadyWord = Result<(), String>;
+
+/// The sending side of [`Ready`]: the first word counts; later ones are dropped.
+#[derive(Clone)]
+pub(crate) struct ReadySlot(std::sync::Arc<Mutex<Option<std::sync::mpsc::Sender<ReadyWord>>>>);
+
+impl ReadySlot {
+    pub(crate) fn tell(&self, result: ReadyWord) {
+        if let Some(tx) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+/// Starts the thread `name`, running `body` with the GIL (an event loop, which
+/// releases it while it waits) for the thread's life. `body` tells the [`ReadySlot`]
+/// once it serves; an error it returns is logged and, if it had not told yet, is the
+/// reason the thread could not start.
+pub(crate) fn spawn_loop_thread<F>(
+    name: String,
+    body: F,
+) -> std::io::Result<(std::thread::JoinHandle<()>, Ready)>
+where
+    F: for<'py> FnOnce(Python<'py>, &ReadySlot) -> PyResult<()> + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ready = ReadySlot(std::sync::Arc::new(Mutex::new(Some(tx))));
+    let t = std::thread::Builder::new().name(name).spawn(move || {
+        with_gil(|py| {
+            if let Err(e) = body(py, &ready) {
+                log_exception(py, &e);
+                ready.tell(Err(summary(py, &e)));
+            }
+        })
+    })?;
+    Ok((t, rx))
+}
+
 /// Runs `f` with the GIL, attaching this thread first if needed.
 pub(crate) fn with_gil<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
     attach();

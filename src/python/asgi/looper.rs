@@ -6,7 +6,6 @@
 
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -108,34 +107,22 @@ pub(crate) struct Setup {
     pub(crate) shutdown_timeout: f64,
 }
 
-/// Says once whether a loop serves (after lifespan startup) or why it could not start.
-pub(crate) type Ready = mpsc::Receiver<Result<(), String>>;
-
 /// Starts a loop thread. The receiver says when it serves (after lifespan startup) or
 /// why it could not start.
 pub(crate) fn spawn(
     handle: Arc<LoopHandle>,
     setup: Setup,
-) -> std::io::Result<(JoinHandle<()>, Ready)> {
-    let (tx, rx) = mpsc::channel();
-    let t = std::thread::Builder::new()
-        .name(handle.name.clone())
-        .spawn(move || {
-            interp::with_gil(|py| {
-                if let Err(e) = run(py, &handle, setup, &tx) {
-                    interp::log_exception(py, &e);
-                    let _ = tx.send(Err(interp::summary(py, &e)));
-                }
-            })
-        })?;
-    Ok((t, rx))
+) -> std::io::Result<(JoinHandle<()>, interp::Ready)> {
+    interp::spawn_loop_thread(handle.name.clone(), move |py, ready| {
+        run(py, &handle, setup, ready)
+    })
 }
 
 fn run(
     py: Python<'_>,
     handle: &Arc<LoopHandle>,
     setup: Setup,
-    ready: &mpsc::Sender<Result<(), String>>,
+    ready: &interp::ReadySlot,
 ) -> PyResult<()> {
     let rt = runtime(py)?;
     let lp = rt.call_method1("new_loop", (setup.event_loop,))?;
@@ -181,14 +168,14 @@ fn run(
             if let Some(msg) = err {
                 let _ = lp.call_method1("remove_reader", (fd,));
                 let _ = rt.call_method1("close", (&lp,));
-                let _ = ready.send(Err(msg));
+                ready.tell(Err(msg));
                 return Ok(());
             }
             Some(ls)
         }
         None => None,
     };
-    let _ = ready.send(Ok(()));
+    ready.tell(Ok(()));
     root.call_method0("run")?;
     rt.call_method1(
         "drain",

@@ -7,7 +7,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -124,34 +123,22 @@ pub(crate) struct Setup {
     pub(crate) shutdown_timeout: f64,
 }
 
-/// Says once whether the loop serves, or why it could not start.
-pub(crate) type Ready = mpsc::Receiver<Result<(), String>>;
-
 /// Starts the loop thread.
 pub(crate) fn spawn(
     handle: Arc<HubHandle>,
     setup: Setup,
-) -> std::io::Result<(JoinHandle<()>, Ready)> {
-    let (tx, rx) = mpsc::channel();
-    let t = std::thread::Builder::new()
-        .name(handle.name.clone())
-        .spawn(move || {
-            interp::with_gil(|py| {
-                let ready = Arc::new(Mutex::new(Some(tx)));
-                if let Err(e) = run(py, &handle, setup, &ready) {
-                    interp::log_exception(py, &e);
-                    if let Some(tx) = ready.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                        let _ = tx.send(Err(interp::summary(py, &e)));
-                    }
-                }
-            })
-        })?;
-    Ok((t, rx))
+) -> std::io::Result<(JoinHandle<()>, interp::Ready)> {
+    interp::spawn_loop_thread(handle.name.clone(), move |py, ready| {
+        run(py, &handle, setup, ready)
+    })
 }
 
-type ReadySlot = Arc<Mutex<Option<mpsc::Sender<Result<(), String>>>>>;
-
-fn run(py: Python<'_>, handle: &Arc<HubHandle>, setup: Setup, ready: &ReadySlot) -> PyResult<()> {
+fn run(
+    py: Python<'_>,
+    handle: &Arc<HubHandle>,
+    setup: Setup,
+    ready: &interp::ReadySlot,
+) -> PyResult<()> {
     if handle.engine == GreenEngine::Asyncio {
         // The running loop is this thread's event loop.
         interp::mark_thread_loop();
@@ -196,7 +183,7 @@ fn run(py: Python<'_>, handle: &Arc<HubHandle>, setup: Setup, ready: &ReadySlot)
 #[pyclass(frozen)]
 struct Hooks {
     handle: Arc<HubHandle>,
-    ready: ReadySlot,
+    ready: interp::ReadySlot,
 }
 
 #[pymethods]
@@ -207,9 +194,7 @@ impl Hooks {
 
     /// The loop serves.
     fn ready(&self, _cores: &Bound<'_, PyAny>) {
-        if let Some(tx) = self.ready.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = tx.send(Ok(()));
-        }
+        self.ready.tell(Ok(()));
     }
 
     /// The loop ended with `left` requests unfinished (the shutdown timeout passed).
