@@ -152,7 +152,7 @@ fn same_addr(bound: SocketAddr, want: SocketAddr) -> bool {
 
 /// Where `fd` listens, when it is a listening stream socket (TCP or unix).
 fn listener_address(fd: &OwnedFd) -> Option<Address> {
-    use nix::sys::socket::{getsockname, getsockopt, sockopt, SockaddrLike, SockaddrStorage};
+    use nix::sys::socket::{getsockname, getsockopt, sockopt, SockaddrStorage};
     let sock = socket2::SockRef::from(fd);
     if sock.r#type().ok()? != socket2::Type::STREAM {
         return None;
@@ -168,7 +168,6 @@ fn listener_address(fd: &OwnedFd) -> Option<Address> {
             _ => None,
         };
     }
-    let _ = addr.family()?;
     sock.local_addr().ok()?.as_socket().map(Address::Tcp)
 }
 
