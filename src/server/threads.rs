@@ -400,12 +400,10 @@ impl Acceptor {
             let others = !self.overflow.is_empty();
             let env = self.env.clone();
             let busy = || env.prefer_close(others);
-            match blocking::serve(session, &env, &busy) {
-                Outcome::Closed => {}
-                Outcome::Parked(_) if env.shutdown.is_triggered() => {}
-                Outcome::Parked(session) => {
-                    self.hold(session);
-                }
+            // Idle between requests (also while stopping: held, it gets the stop grace
+            // like every connection, for a request already on its way).
+            if let Outcome::Parked(session) = blocking::serve(session, &env, &busy) {
+                self.hold(session);
             }
         }
     }

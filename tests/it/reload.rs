@@ -277,7 +277,7 @@ fn idle_and_fresh_connections_survive(model: Model) {
 }
 
 for_each_model! {
-    idle_and_fresh_connections_survive for [threads, epoll, async_];
+    idle_and_fresh_connections_survive;
 }
 
 fn write_app(dir: &Path, body: &str) {
