@@ -656,6 +656,7 @@ fn python_options(
         serve_here: !config.master,
         shutdown_timeout: config.timeouts.shutdown,
         green,
+        gc_freeze: !a.no_gc_freeze,
     }
 }
 

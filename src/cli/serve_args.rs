@@ -243,6 +243,11 @@ pub struct ServeArgs {
     #[arg(long)]
     pub lazy_apps: bool,
 
+    /// Python: leave the loaded app's objects in the garbage collector's generations
+    /// (by default they are frozen out of it with gc.freeze() before serving).
+    #[arg(long)]
+    pub no_gc_freeze: bool,
+
     /// An ASGI 3 app: the module (`pkg.mod:app`) defining it; the same as --module
     /// with --interface asgi.
     #[arg(long, value_name = "MODULE:APP")]

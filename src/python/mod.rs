@@ -53,6 +53,14 @@ pub use options::{
 /// on first use. Call it in the master before forking (then the workers call
 /// [`Handler::after_fork`]) or, with lazy apps, in each worker after fork.
 pub fn load_app(opts: &PythonOptions) -> Result<App, PythonError> {
+    let app = load_handler(opts)?;
+    if opts.serve_here {
+        interp::freeze_heap();
+    }
+    Ok(app)
+}
+
+fn load_handler(opts: &PythonOptions) -> Result<App, PythonError> {
     match opts.interface {
         Interface::Wsgi => match opts.green {
             Some(green) => {
@@ -129,6 +137,7 @@ impl Handler for WsgiApp {
 
     fn after_fork(&self) -> Result<(), String> {
         interp::after_fork_child();
+        interp::freeze_heap();
         Ok(())
     }
 

@@ -94,6 +94,9 @@ pub struct PythonOptions {
     /// WSGI: run requests as greenlets on a gevent hub or an asyncio loop instead of on
     /// Python threads.
     pub green: Option<GreenOptions>,
+    /// Freeze the loaded app's heap out of the cyclic garbage collector before serving
+    /// (see `interp::freeze_heap`).
+    pub gc_freeze: bool,
 }
 
 impl Default for PythonOptions {
@@ -114,6 +117,7 @@ impl Default for PythonOptions {
             serve_here: false,
             shutdown_timeout: std::time::Duration::from_secs(30),
             green: None,
+            gc_freeze: true,
         }
     }
 }

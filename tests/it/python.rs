@@ -1325,3 +1325,44 @@ fn a_finished_reply_does_not_wait_for_the_next_slow_job() {
     assert_eq!(replies, ["held", "fast", "held"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The app's start-up heap is frozen out of the garbage collector before the first
+/// request in every way a process comes to serve (one process, workers forked from a
+/// preloading master, lazy apps, an ASGI app after its lifespan startup), under every
+/// model, and `--no-gc-freeze` leaves it alone.
+#[test]
+fn the_loaded_app_is_frozen_out_of_the_collector() {
+    let file = apps_dir().join("gc_probe.py").display().to_string();
+    let dir = apps_dir().display().to_string();
+    let frozen = |args: &[&str]| -> u64 {
+        let srv = crate::support::Server::start(args);
+        let text = srv.get("/").text();
+        text.parse()
+            .unwrap_or_else(|_| panic!("{args:?}: not a count: {text:?}"))
+    };
+    for m in [Model::Linear, Model::Threads, Model::Epoll, Model::Async] {
+        let wsgi = ["--wsgi-file", &file, "--model", m.name()];
+        let asgi = [
+            "--asgi",
+            "gc_probe:asgi_app",
+            "--pythonpath",
+            &dir,
+            "--model",
+            m.name(),
+        ];
+        for (what, extra) in [
+            ("one process", &[][..]),
+            ("preloaded workers", &["--processes", "2"][..]),
+            ("lazy apps", &["--processes", "2", "--lazy-apps"][..]),
+        ] {
+            for app in [&wsgi[..], &asgi[..]] {
+                let args: Vec<&str> = app.iter().chain(extra).copied().collect();
+                assert!(frozen(&args) > 1000, "{what}, {}: {args:?}", m.name());
+            }
+        }
+        for app in [&wsgi[..], &asgi[..]] {
+            let args: Vec<&str> = app.iter().copied().chain(["--no-gc-freeze"]).collect();
+            assert_eq!(frozen(&args), 0, "{args:?}");
+        }
+    }
+}

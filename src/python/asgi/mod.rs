@@ -337,7 +337,9 @@ impl Handler for AsgiApp {
 
     fn after_fork(&self) -> Result<(), String> {
         interp::after_fork_child();
-        self.start_in_worker()
+        self.start_in_worker()?;
+        interp::freeze_heap();
+        Ok(())
     }
 
     fn shutdown(&self) {

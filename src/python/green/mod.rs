@@ -250,7 +250,9 @@ impl Handler for GreenApp {
         });
         fresh
             .and_then(|()| self.late_setup().map_err(|e| e.to_string()))
-            .and_then(|()| self.running().map(drop))
+            .and_then(|()| self.running().map(drop))?;
+        interp::freeze_heap();
+        Ok(())
     }
 
     fn shutdown(&self) {
