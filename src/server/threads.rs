@@ -52,7 +52,9 @@ pub fn run(listeners: Vec<Listener>, env: Arc<Env>) -> Result<(), ServerError> {
 
 /// The `linear` model: the acceptor is also the one thread that runs requests. It
 /// holds connections in its epoll set exactly as for `threads`, so a slow client costs
-/// a slot and a timer, and runs each whole request inline, one at a time.
+/// a slot and a timer, and runs each whole request inline, one at a time. A new
+/// connection whose request came with it (a front server's) is served before the next
+/// accept and never enters the epoll set: accept, read, write, close, as uWSGI.
 pub fn run_inline(listeners: Vec<Listener>, env: Arc<Env>) -> Result<(), ServerError> {
     serve_with(listeners, env, true)
 }
@@ -103,6 +105,7 @@ fn serve_with(listeners: Vec<Listener>, env: Arc<Env>, inline: bool) -> Result<(
         threads,
         arriving: accept::Arrivals::default(),
         inline,
+        accept_more: false,
     };
     let result = acceptor.run();
     // Stop: no new connections; the threads finish what is queued and in flight.
@@ -173,7 +176,14 @@ struct Acceptor {
     /// `linear`: no threads; ready connections wait in `overflow` and the acceptor
     /// serves them itself, in arrival order, one request at a time.
     inline: bool,
+    /// `linear`: accepting stopped at [`INLINE_ACCEPTS`] with clients maybe left in a
+    /// backlog: look at the other connections, then accept again without waiting.
+    accept_more: bool,
 }
+
+/// `linear` serves a new connection whose request came with it before accepting the
+/// next (as uWSGI does); after this many in a row it looks at its other connections.
+const INLINE_ACCEPTS: usize = 64;
 
 impl Acceptor {
     fn run(&mut self) -> Result<(), ServerError> {
@@ -214,7 +224,7 @@ impl Acceptor {
                     return Ok(());
                 }
             }
-            let timeout = if self.inline && !self.overflow.is_empty() {
+            let timeout = if self.inline && (!self.overflow.is_empty() || self.accept_more) {
                 Duration::ZERO
             } else if !self.overflow.is_empty() || stop.is_some() || !self.arriving.is_empty() {
                 Duration::from_millis(10)
@@ -287,6 +297,8 @@ impl Acceptor {
     /// whether clients may still be waiting in the backlog.
     fn accept_ready(&mut self, i: usize, all: bool) -> bool {
         let protocol = self.listeners[i].protocol();
+        self.accept_more = false;
+        let mut served = 0;
         while self.overflow.is_empty() || all {
             if !all && self.parking.idle.load(Ordering::Acquire) <= self.demand() {
                 self.parking.backlog_waiting.store(true, Ordering::Release);
@@ -312,6 +324,16 @@ impl Acceptor {
                     let held = self.hold(session);
                     if let Some(slot) = held.filter(|_| self.env.config.processes > 1) {
                         self.arriving.push(slot);
+                    }
+                    if self.inline && !self.overflow.is_empty() {
+                        // `linear`: its request came with it (as nginx sends one): run
+                        // it now, then take the next client.
+                        self.serve_inline();
+                        served += 1;
+                        if served == INLINE_ACCEPTS && !all {
+                            self.accept_more = true;
+                            return true;
+                        }
                     }
                 }
                 Err(e) => match accept::classify(&e) {
@@ -408,10 +430,21 @@ impl Acceptor {
         }
     }
 
-    /// Holds a connection until its next request arrives whole: watches it for input,
-    /// then advances it with what has already arrived. Returns its slot while it is
-    /// still held.
-    fn hold(&mut self, session: Session) -> Option<usize> {
+    /// Holds a connection until its next request arrives whole: advances it with what
+    /// has already arrived (a request that came with a new connection goes straight to
+    /// be served, never entering the epoll set), else watches it for input. Returns its
+    /// slot while it is held.
+    fn hold(&mut self, mut session: Session) -> Option<usize> {
+        match session.pump(&self.env, &mut self.scratch) {
+            Pump::Ready => {
+                self.queue(session);
+                return None;
+            }
+            Pump::Close => return None,
+            // Read to EAGAIN: registering reports input that arrives from now on
+            // (edge-triggered, and the registration itself checks readiness).
+            Pump::Wait => {}
+        }
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -430,8 +463,7 @@ impl Acceptor {
             return None;
         }
         self.waiting[slot] = Some(session);
-        self.advance(slot);
-        self.waiting[slot].as_ref().map(|_| slot)
+        Some(slot)
     }
 
     /// Takes connections the threads handed back (idle between requests).

@@ -129,10 +129,21 @@ fn sighup_replaces_workers() {
     wait_for("two workers", || srv.workers().len() == 2);
     let old = srv.workers();
     signal(srv.pid(), libc::SIGHUP);
-    wait_for("new workers", || {
+    let deadline = Instant::now() + IO_GUARD;
+    loop {
         let w = srv.workers();
-        w.len() == 2 && w.iter().all(|p| !old.contains(p))
-    });
+        if w.len() == 2 && w.iter().all(|p| !old.contains(p)) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let log: Vec<String> = srv.log.try_iter().collect();
+            panic!(
+                "timed out waiting for new workers (old {old:?}, now {w:?}); log:\n{}",
+                log.join("\n")
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(srv.get("/").text(), "Hello world");
 }
 
