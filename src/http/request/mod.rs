@@ -62,7 +62,7 @@ struct Pending {
     continue_sent: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct PartialRequest {
     method: Bytes,
     target: Bytes,
@@ -110,7 +110,8 @@ impl Decoder {
         p.continue_sent = true;
         let body = std::mem::take(&mut p.body).freeze();
         Ok(Decoded::Head {
-            req: p.head.finish(body),
+            // The head stays for the body pieces that follow.
+            req: p.head.clone().finish(body),
             meta: p.head.meta,
             expect_continue,
         })
@@ -154,7 +155,8 @@ impl Decoder {
             let state = body_state(&head, limits)?;
             let partial = PartialRequest::new(head, &head_bytes);
             if let BodyState::Length(0) = state {
-                return Ok(Decoded::Request(partial.finish(Bytes::new()), partial.meta));
+                let meta = partial.meta;
+                return Ok(Decoded::Request(partial.finish(Bytes::new()), meta));
             }
             let capacity = match state {
                 BodyState::Length(n) => n.min(1 << 20) as usize,
@@ -208,12 +210,12 @@ impl PartialRequest {
         }
     }
 
-    fn finish(&self, body: Bytes) -> Request {
+    fn finish(self, body: Bytes) -> Request {
         Request {
-            method: self.method.clone(),
-            target: self.target.clone(),
+            method: self.method,
+            target: self.target,
             version: self.meta.version,
-            headers: self.headers.clone(),
+            headers: self.headers,
             body,
             rest: None,
             peer: None,
