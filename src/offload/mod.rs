@@ -24,7 +24,8 @@
 //!   [`SpoolError`]), `engine` (the trait every strategy implements), `config`,
 //!   `counters`, `registry`.
 //! - shared machinery: `exec` (the task executor and `run_guarded`), `delayq` (delayed
-//!   tasks), `slots` (bounded counts), `host` (the `loop` host process).
+//!   tasks), `slots` (bounded counts), `host` (the `loop` host process), `intake` (the
+//!   durable strategies' acknowledged submission: bounded queue, batches, the wait).
 //! - `strategy/`: one file per strategy: `inline`, `loop_strategy` (`loop`), `thread`,
 //!   `pool`; `redis/` (Redis Streams: submitter, consumer, inspection).
 //! - [`spool`]: the durable strategy (SQLite store, journal, recovery, writer, runner).
@@ -43,6 +44,7 @@ mod engine;
 mod error;
 mod exec;
 mod host;
+mod intake;
 #[cfg(feature = "python")]
 pub mod python;
 mod registry;

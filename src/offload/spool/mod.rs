@@ -32,7 +32,7 @@ pub use crate::offload::error::SpoolError;
 pub use owner::{owner_alive, owner_token};
 pub use store::{checksum, Claimed, DeadTask, Finish, InsertClaim, Spool, SpoolStats, DB_FILE};
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,6 +43,7 @@ use crate::offload::counters::Counters;
 use crate::offload::engine::Engine;
 use crate::offload::error::{OffloadError, SubmitError};
 use crate::offload::exec::Executor;
+use crate::offload::intake::Intake;
 use crate::offload::registry::Registry;
 use crate::offload::task::{DrainReport, Task, TaskId};
 use crate::rt::fork::ForkLocal;
@@ -81,9 +82,8 @@ pub struct SpoolEngine {
     registry: Registry,
     counters: Arc<Counters>,
     local: ForkLocal<Mutex<Local>>,
-    closing: AtomicBool,
-    /// Submissions queued for the writer (for the queue depth).
-    waiting: Arc<AtomicU64>,
+    /// Submissions queued for the writer: the bound, the depth, refusing once stopping.
+    intake: Intake,
 }
 
 impl SpoolEngine {
@@ -99,8 +99,7 @@ impl SpoolEngine {
             registry,
             counters,
             local: ForkLocal::new(),
-            closing: AtomicBool::new(false),
-            waiting: Arc::new(AtomicU64::new(0)),
+            intake: Intake::new(cfg.queue, || SubmitError::Spool(SpoolError::WriterGone)),
         })
     }
 
@@ -119,7 +118,7 @@ impl SpoolEngine {
             Some(e) => e.clone(),
             None => return Err(SubmitError::Spool(SpoolError::WriterGone)),
         };
-        let (tx, rx) = crossbeam_channel::bounded::<Submission>(self.cfg.queue);
+        let (tx, rx) = crossbeam_channel::bounded::<Submission>(self.intake.capacity());
         let stop = Arc::new(Mutex::new(None));
         let writer = Writer::new(
             spool,
@@ -128,7 +127,7 @@ impl SpoolEngine {
             g.runner.as_ref().map(|r| r.feed.clone()),
             &self.cfg,
             self.counters.clone(),
-            self.waiting.clone(),
+            self.intake.batcher(),
         );
         let stop_at = stop.clone();
         let join = std::thread::Builder::new()
@@ -191,43 +190,22 @@ impl Engine for SpoolEngine {
     }
 
     fn submit_async(&self, task: Task) -> BoxFuture<Result<TaskId, SubmitError>> {
-        let r = (|| {
-            if self.closing.load(Ordering::Acquire) {
-                return Err(SubmitError::ShuttingDown);
-            }
+        let queued = (|| {
+            self.intake.ensure_open()?;
             self.start_runner().map_err(|e| match e {
                 OffloadError::Spool(s) => SubmitError::Spool(s),
                 other => SubmitError::Unavailable(std::io::Error::other(other.to_string())),
             })?;
             let writer = self.writer()?;
-            let (ack, rx) = tokio::sync::oneshot::channel();
-            let sub = Submission {
-                run_at: now_ms() + task.delay.as_millis() as i64,
+            let run_at = now_ms() + task.delay.as_millis() as i64;
+            self.intake.offer(&writer, |ack| Submission {
+                run_at,
                 name: task.name,
                 payload: task.payload,
                 ack,
-            };
-            match writer.try_send(sub) {
-                Ok(()) => {
-                    self.waiting.fetch_add(1, Ordering::Relaxed);
-                    Ok(rx)
-                }
-                Err(crossbeam_channel::TrySendError::Full(_)) => Err(SubmitError::Full {
-                    capacity: self.cfg.queue,
-                }),
-                Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
-                    Err(SubmitError::Spool(SpoolError::WriterGone))
-                }
-            }
+            })
         })();
-        Box::pin(async move {
-            match r {
-                Ok(rx) => rx
-                    .await
-                    .unwrap_or(Err(SubmitError::Spool(SpoolError::WriterGone))),
-                Err(e) => Err(e),
-            }
-        })
+        self.intake.wait(queued)
     }
 
     /// Every process that serves runs a runner (claims are atomic, so runners in
@@ -243,7 +221,7 @@ impl Engine for SpoolEngine {
     }
 
     fn shutdown(&self, timeout: Duration) -> DrainReport {
-        self.closing.store(true, Ordering::Release);
+        self.intake.close();
         let mut report = DrainReport::default();
         let deadline = Instant::now() + timeout;
         let (writer, runner) = {
@@ -283,6 +261,6 @@ impl Engine for SpoolEngine {
     }
 
     fn queue_depth(&self) -> u64 {
-        self.waiting.load(Ordering::Relaxed)
+        self.intake.depth()
     }
 }

@@ -6,7 +6,7 @@
 //! of the journal's tasks.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,8 @@ use crate::offload::config::OffloadConfig;
 use crate::offload::counters::Counters;
 use crate::offload::error::{SpoolError, SubmitError, TaskError};
 use crate::offload::exec::Executor;
-use crate::offload::task::{TaskId, TaskPayload};
+use crate::offload::intake::{Ack, Batcher};
+use crate::offload::task::TaskPayload;
 
 /// Most submissions committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -28,7 +29,7 @@ pub struct Submission {
     pub name: String,
     pub payload: bytes::Bytes,
     pub run_at: i64,
-    pub ack: tokio::sync::oneshot::Sender<Result<TaskId, SubmitError>>,
+    pub ack: Ack,
 }
 
 /// What the writer did while stopping.
@@ -83,8 +84,8 @@ pub struct Writer {
     flushed_at: Instant,
     /// Most submissions per commit (1 without group commit).
     batch: usize,
-    /// Submissions queued for this writer (the engine's queue depth).
-    waiting: Arc<AtomicU64>,
+    /// Takes the queued submissions in groups (and keeps the engine's queue depth).
+    batcher: Batcher,
 }
 
 impl Writer {
@@ -97,7 +98,7 @@ impl Writer {
         runner: Option<RunnerFeed>,
         cfg: &OffloadConfig,
         counters: Arc<Counters>,
-        waiting: Arc<AtomicU64>,
+        batcher: Batcher,
     ) -> Writer {
         Writer {
             pending: spool.pending().unwrap_or(0),
@@ -116,7 +117,7 @@ impl Writer {
             counted_at: Instant::now(),
             flushed_at: Instant::now(),
             batch: if cfg.group_commit { MAX_BATCH } else { 1 },
-            waiting,
+            batcher,
         }
     }
 
@@ -125,7 +126,7 @@ impl Writer {
     /// unfinished ones into SQLite.
     pub fn run(
         mut self,
-        rx: crossbeam_channel::Receiver<Submission>,
+        mut rx: crossbeam_channel::Receiver<Submission>,
         stop: Arc<Mutex<Option<Instant>>>,
     ) -> WriterReport {
         // The journal's file (zero-filled ahead) and a block of ids are ready before
@@ -142,14 +143,7 @@ impl Writer {
             };
             match rx.recv_timeout(wait) {
                 Ok(first) => {
-                    let mut subs = vec![first];
-                    while subs.len() < self.batch {
-                        match rx.try_recv() {
-                            Ok(s) => subs.push(s),
-                            Err(_) => break,
-                        }
-                    }
-                    self.waiting.fetch_sub(subs.len() as u64, Ordering::Relaxed);
+                    let subs = self.batcher.take(first, &mut rx, self.batch);
                     self.commit(subs);
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}

@@ -28,17 +28,18 @@ pub use admin::{Admin, QueueStats};
 pub use conn::redact as redact_url;
 pub use keys::DeadEntry;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::app::BoxFuture;
 use crate::offload::config::OffloadConfig;
 use crate::offload::counters::Counters;
 use crate::offload::engine::Engine;
 use crate::offload::error::{OffloadError, RedisError, SubmitError};
+use crate::offload::intake::Intake;
 use crate::offload::registry::Registry;
 use crate::offload::task::{DrainReport, Task, TaskId};
 use crate::rt::fork::ForkLocal;
@@ -63,9 +64,8 @@ pub struct RedisEngine {
     server: Server,
     keys: Keys,
     local: ForkLocal<Mutex<Local>>,
-    closing: AtomicBool,
-    /// Submissions queued for the submitter.
-    waiting: Arc<AtomicU64>,
+    /// Submissions queued for the submitter: the bound, the depth, refusing once stopping.
+    intake: Intake,
     /// Tasks in the stream and the delayed set at the last submission's round trip.
     backlog: Arc<AtomicU64>,
 }
@@ -88,8 +88,7 @@ impl RedisEngine {
             server,
             keys,
             local: ForkLocal::new(),
-            closing: AtomicBool::new(false),
-            waiting: Arc::new(AtomicU64::new(0)),
+            intake: Intake::new(cfg.queue, || SubmitError::Redis(RedisError::Stopped)),
             backlog: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -124,14 +123,14 @@ impl RedisEngine {
             let _enter = rt.enter();
             self.server.manager(Duration::ZERO)?
         };
-        let (tx, rx) = mpsc::channel(self.cfg.queue);
+        let (tx, rx) = mpsc::channel(self.intake.capacity());
         let submitter = Submitter {
             server: self.server.clone(),
             keys: self.keys.clone(),
             conn,
             pipeline: self.cfg.redis.pipeline,
             backlog: self.backlog.clone(),
-            waiting: self.waiting.clone(),
+            batcher: self.intake.batcher(),
         };
         let join = rt.spawn(submitter.run(rx));
         g.submitter = Some((tx.clone(), join));
@@ -167,38 +166,17 @@ impl Engine for RedisEngine {
     }
 
     fn submit_async(&self, task: Task) -> BoxFuture<Result<TaskId, SubmitError>> {
-        let r = (|| {
-            if self.closing.load(Ordering::Acquire) {
-                return Err(SubmitError::ShuttingDown);
-            }
+        let queued = (|| {
+            self.intake.ensure_open()?;
             if self.backlog.load(Ordering::Relaxed) >= self.cfg.spool_max {
                 return Err(SubmitError::Full {
                     capacity: self.cfg.spool_max as usize,
                 });
             }
             let tx = self.sender()?;
-            let (ack, rx) = oneshot::channel();
-            match tx.try_send(Submission { task, ack }) {
-                Ok(()) => {
-                    self.waiting.fetch_add(1, Ordering::Relaxed);
-                    Ok(rx)
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => Err(SubmitError::Full {
-                    capacity: self.cfg.queue,
-                }),
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    Err(SubmitError::Redis(RedisError::Stopped))
-                }
-            }
+            self.intake.offer(&tx, |ack| Submission { task, ack })
         })();
-        Box::pin(async move {
-            match r {
-                Ok(rx) => rx
-                    .await
-                    .unwrap_or(Err(SubmitError::Redis(RedisError::Stopped))),
-                Err(e) => Err(e),
-            }
-        })
+        self.intake.wait(queued)
     }
 
     /// Starts the submitter and, unless `--no-run-tasks`, the consumer. A pre-fork
@@ -212,7 +190,7 @@ impl Engine for RedisEngine {
     }
 
     fn shutdown(&self, timeout: Duration) -> DrainReport {
-        self.closing.store(true, Ordering::Release);
+        self.intake.close();
         let deadline = Instant::now() + timeout;
         let (rt, submitter, consumer) = {
             let mut g = self.local();
@@ -239,6 +217,6 @@ impl Engine for RedisEngine {
 
     fn queue_depth(&self) -> u64 {
         let held = self.local().consumer.as_ref().map_or(0, |c| c.held());
-        self.waiting.load(Ordering::Relaxed) + held
+        self.intake.depth() + held
     }
 }

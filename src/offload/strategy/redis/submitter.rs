@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use redis::aio::ConnectionManager;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 
 use super::conn::Server;
 use super::keys::{now_ms, Keys, Stored, ID_BLOCK};
 use crate::offload::error::{RedisError, SubmitError};
+use crate::offload::intake::{Ack, Batcher};
 use crate::offload::task::{Task, TaskId};
 
 /// Most submissions in one pipeline.
@@ -24,7 +25,7 @@ const IN_FLIGHT: usize = 8;
 /// A task waiting to be sent, and who waits for the answer.
 pub struct Submission {
     pub task: Task,
-    pub ack: oneshot::Sender<Result<TaskId, SubmitError>>,
+    pub ack: Ack,
 }
 
 pub struct Submitter {
@@ -35,8 +36,8 @@ pub struct Submitter {
     pub pipeline: bool,
     /// Tasks in the stream and the delayed set, as of the last round trip.
     pub backlog: Arc<AtomicU64>,
-    /// Submissions queued for this task (the queue depth).
-    pub waiting: Arc<AtomicU64>,
+    /// Takes the queued submissions in batches (and keeps the engine's queue depth).
+    pub batcher: Batcher,
 }
 
 /// The unused rest of this process's block of task ids.
@@ -51,28 +52,18 @@ impl Submitter {
     pub async fn run(self, mut rx: mpsc::Receiver<Submission>) {
         let slots = Arc::new(Semaphore::new(if self.pipeline { IN_FLIGHT } else { 1 }));
         let mut ids = Ids::default();
-        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let max = if self.pipeline { MAX_BATCH } else { 1 };
         while let Some(first) = rx.recv().await {
             // Wait for a free pipeline first, so what arrives meanwhile joins this one.
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 break;
             };
-            batch.push(first);
-            if self.pipeline {
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(s) => batch.push(s),
-                        Err(_) => break,
-                    }
-                }
-            }
-            self.waiting
-                .fetch_sub(batch.len() as u64, Ordering::Relaxed);
+            let batch = self.batcher.take(first, &mut rx, max);
             if ids.end - ids.next < batch.len() as u64 {
                 match self.reserve_ids().await {
                     Ok(block) => ids = block,
                     Err(e) => {
-                        for s in batch.drain(..) {
+                        for s in batch {
                             let _ = s.ack.send(Err(SubmitError::Redis(e.clone())));
                         }
                         continue;
@@ -83,7 +74,7 @@ impl Submitter {
             pipe.ignore_errors();
             let now = now_ms();
             let mut acks = Vec::with_capacity(batch.len());
-            for s in batch.drain(..) {
+            for s in batch {
                 let id = ids.next;
                 ids.next += 1;
                 let stored = Stored {
@@ -157,7 +148,7 @@ fn slots_total(pipeline: bool) -> u32 {
     }
 }
 
-type Acks = Vec<(TaskId, oneshot::Sender<Result<TaskId, SubmitError>>)>;
+type Acks = Vec<(TaskId, Ack)>;
 
 /// Answers each submitter of a pipeline: its id once Redis acknowledged its command,
 /// else the error.
