@@ -1,20 +1,24 @@
 //! What the ASGI workers' event loops and the greenlet worker's loop share: a loop
 //! thread's [`Vitals`] (its beat, requests in progress, blocked mark), starting a loop
-//! thread, the blocked-loop watchdog, and a process's running [`Loops`], started once
-//! per serving process ([`PerProcess`]) and stopped with their watchdog.
+//! thread, the blocked-loop watchdog, a process's running [`Loops`], started once per
+//! serving process ([`PerProcess`]) and stopped with their watchdog, and the requests a
+//! server thread [`Held`] for them during a round of its event loop.
 //!
 //! The watchdog is a thread per worker that notices a loop which has not run for a
 //! while (an app calling `time.sleep` or other blocking code that does not yield), asks
 //! the loop to report it once (with the Python stack it is stuck at) and marks it
 //! blocked, so new requests go elsewhere; the loop reports again when it recovers.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
+use std::thread::LocalKey;
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
+use crate::python::asgi::inbox::Inbox;
 use crate::python::interp;
 use crate::rt::fork::ForkLocal;
 
@@ -75,7 +79,11 @@ impl Vitals {
 
 /// A loop as its [`Loops`] and watchdog see it.
 pub(crate) trait LoopThread: Send + Sync + 'static {
+    /// What the loop is asked to do.
+    type Msg;
     fn vitals(&self) -> &Vitals;
+    /// The queue into the loop.
+    fn inbox(&self) -> &Inbox<Self::Msg>;
     /// Asks the loop to finish what is in progress and end.
     fn ask_stop(&self);
     /// Logs that the loop has not run for `silent` seconds (and where it is stuck).
@@ -143,6 +151,24 @@ impl<H: LoopThread> Loops<H> {
         }
     }
 
+    /// Sends `msg` to loop `i`: at the end of the server thread's round (see [`Held`])
+    /// when in one, else now.
+    pub(crate) fn send(&self, held: &'static LocalKey<Held<H::Msg>>, i: usize, msg: H::Msg) {
+        let msg = held.with(|h| match h.0.borrow_mut().as_mut() {
+            Some(held) => {
+                if held.len() <= i {
+                    held.resize_with(i + 1, Vec::new);
+                }
+                held[i].push(msg);
+                None
+            }
+            None => Some(msg),
+        });
+        if let Some(msg) = msg {
+            self.handles[i].inbox().push(msg);
+        }
+    }
+
     /// Ends every loop after the requests in progress, then the watchdog.
     pub(crate) fn stop(&self) {
         for h in &self.handles {
@@ -200,6 +226,41 @@ impl<T> PerProcess<T> {
         match self.0.get().and_then(OnceLock::get) {
             Some(Ok(v)) => Some(v),
             _ => None,
+        }
+    }
+}
+
+/// The messages a server thread holds for a process's loops during a round of its event
+/// loop ([`crate::app::Handler::batch_begin`] to `batch_end`), one list per loop: each
+/// loop is woken once per round. Kept in a thread-local of the server's thread.
+pub(crate) struct Held<M>(RefCell<Option<Vec<Vec<M>>>>);
+
+impl<M> Held<M> {
+    pub(crate) const fn new() -> Held<M> {
+        Held(RefCell::new(None))
+    }
+
+    /// A round begins: messages are held from now on.
+    pub(crate) fn begin(key: &'static LocalKey<Held<M>>) {
+        key.with(|h| {
+            h.0.borrow_mut().get_or_insert_with(Vec::new);
+        });
+    }
+
+    /// The round ends: each loop of `loops` gets what was held for it, in one push.
+    pub(crate) fn end<H: LoopThread<Msg = M>>(
+        key: &'static LocalKey<Held<M>>,
+        loops: Option<&Loops<H>>,
+    ) {
+        let Some(mut held) = key.with(|h| h.0.borrow_mut().take()) else {
+            return;
+        };
+        if let Some(loops) = loops {
+            for (h, msgs) in loops.handles.iter().zip(held.iter_mut()) {
+                if !msgs.is_empty() {
+                    h.inbox().push_all(msgs.drain(..));
+                }
+            }
         }
     }
 }

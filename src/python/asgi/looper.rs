@@ -8,7 +8,6 @@
 use std::ffi::CString;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use pyo3::prelude::*;
@@ -17,7 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::app::{Request, Response};
 use crate::python::interp;
-use crate::python::loops::{self, LoopThread, Vitals};
+use crate::python::loops::{LoopThread, Vitals};
 
 use super::body::{Poke, Shared};
 use super::cycle::{self, Cycle};
@@ -60,8 +59,14 @@ impl LoopHandle {
 }
 
 impl LoopThread for LoopHandle {
+    type Msg = Msg;
+
     fn vitals(&self) -> &Vitals {
         &self.vitals
+    }
+
+    fn inbox(&self) -> &Inbox<Msg> {
+        &self.inbox
     }
 
     fn ask_stop(&self) {
@@ -140,16 +145,9 @@ pub(crate) struct Setup {
     pub(crate) shutdown_timeout: f64,
 }
 
-/// Starts a loop thread. The receiver says when it serves (after lifespan startup) or
-/// why it could not start.
-pub(crate) fn spawn(
-    handle: Arc<LoopHandle>,
-    setup: Setup,
-) -> std::io::Result<(JoinHandle<()>, interp::Ready)> {
-    loops::spawn(handle, setup, run)
-}
-
-fn run(
+/// A loop thread's life (started by `loops::spawn`): it tells `ready` when it serves
+/// (after lifespan startup) or why it could not start.
+pub(crate) fn run(
     py: Python<'_>,
     handle: &Arc<LoopHandle>,
     setup: Setup,

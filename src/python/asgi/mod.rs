@@ -20,7 +20,6 @@ pub(crate) mod inbox;
 mod looper;
 mod scope;
 
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -30,7 +29,7 @@ use pyo3::types::PyDict;
 
 use crate::app::{CallContext, Handler, Reply, Request, Response};
 use crate::python::interp;
-use crate::python::loops::{Loops, PerProcess};
+use crate::python::loops::{self, Held, Loops, PerProcess};
 use crate::python::options::{Lifespan, LoopKind, PythonError, PythonOptions};
 
 use body::{ReplyFuture, Shared};
@@ -60,7 +59,7 @@ pub struct AsgiApp {
 
 thread_local! {
     /// Requests held during a round of the server's event loop, per loop.
-    static HELD: RefCell<Option<Vec<Vec<Msg>>>> = const { RefCell::new(None) };
+    static HELD: Held<Msg> = const { Held::new() };
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -135,7 +134,8 @@ impl AsgiApp {
                 },
                 shutdown_timeout: self.shutdown_timeout,
             });
-            let (t, ready) = looper::spawn(handle.clone(), setup).map_err(|e| e.to_string())?;
+            let (t, ready) =
+                loops::spawn(handle.clone(), setup, looper::run).map_err(|e| e.to_string())?;
             handles.push(handle);
             threads.push(t);
             pending.push(ready);
@@ -221,20 +221,7 @@ impl Handler for AsgiApp {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let shared = Shared::new(id, handle.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let msg = Msg::Call(req, tx, shared.clone());
-        let msg = HELD.with(|h| match h.borrow_mut().as_mut() {
-            Some(held) => {
-                if held.len() <= i {
-                    held.resize_with(i + 1, Vec::new);
-                }
-                held[i].push(msg);
-                None
-            }
-            None => Some(msg),
-        });
-        if let Some(msg) = msg {
-            handle.inbox.push(msg);
-        }
+        loops.send(&HELD, i, Msg::Call(req, tx, shared.clone()));
         Reply::Later(Box::pin(ReplyFuture::new(rx, shared)))
     }
 
@@ -254,22 +241,11 @@ impl Handler for AsgiApp {
     }
 
     fn batch_begin(&self) {
-        HELD.with(|h| {
-            h.borrow_mut().get_or_insert_with(Vec::new);
-        });
+        Held::begin(&HELD);
     }
 
     fn batch_end(&self) {
-        let Some(mut held) = HELD.with(|h| h.borrow_mut().take()) else {
-            return;
-        };
-        if let Some(loops) = self.loops.started() {
-            for (i, msgs) in held.iter_mut().enumerate() {
-                if !msgs.is_empty() {
-                    loops.handles[i].inbox.push_all(msgs.drain(..));
-                }
-            }
-        }
+        Held::end(&HELD, self.loops.started());
     }
 
     fn before_fork(&self) {

@@ -8,7 +8,6 @@
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use pyo3::prelude::*;
@@ -20,7 +19,7 @@ use crate::python::asgi::body::{BodyStream, Poke, Shared};
 use crate::python::asgi::inbox::Inbox;
 use crate::python::call::{AppState, Outcome, Step, StreamState};
 use crate::python::interp;
-use crate::python::loops::{self, LoopThread, Vitals};
+use crate::python::loops::{LoopThread, Vitals};
 use crate::server::GreenEngine;
 
 /// The Python half (`runtime.py`).
@@ -96,8 +95,14 @@ impl Poke for HubHandle {
 }
 
 impl LoopThread for HubHandle {
+    type Msg = Msg;
+
     fn vitals(&self) -> &Vitals {
         &self.vitals
+    }
+
+    fn inbox(&self) -> &Inbox<Msg> {
+        &self.inbox
     }
 
     fn ask_stop(&self) {
@@ -161,15 +166,8 @@ pub(crate) struct Setup {
     pub(crate) shutdown_timeout: f64,
 }
 
-/// Starts the loop thread.
-pub(crate) fn spawn(
-    handle: Arc<HubHandle>,
-    setup: Setup,
-) -> std::io::Result<(JoinHandle<()>, interp::Ready)> {
-    loops::spawn(handle, setup, run)
-}
-
-fn run(
+/// The loop thread's life (started by `loops::spawn`): it tells `ready` when it serves.
+pub(crate) fn run(
     py: Python<'_>,
     handle: &Arc<HubHandle>,
     setup: Setup,

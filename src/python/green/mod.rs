@@ -12,7 +12,6 @@
 
 mod hub;
 
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -22,7 +21,7 @@ use crate::app::{CallContext, Handler, Reply, Request};
 use crate::python::asgi::body::{ReplyFuture, Shared};
 use crate::python::call::AppState;
 use crate::python::interp;
-use crate::python::loops::{Loops, PerProcess};
+use crate::python::loops::{self, Held, Loops, PerProcess};
 use crate::python::options::{GreenEngine, GreenOptions, PythonError, PythonOptions};
 
 use hub::{HubHandle, Msg, Setup, Ticket};
@@ -41,7 +40,7 @@ pub struct GreenApp {
 
 thread_local! {
     /// Requests held during a round of the server's event loop.
-    static HELD: RefCell<Option<Vec<Msg>>> = const { RefCell::new(None) };
+    static HELD: Held<Msg> = const { Held::new() };
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -91,10 +90,8 @@ impl GreenApp {
     }
 
     /// This process's loop, started on first use.
-    fn running(&self) -> Result<&Arc<HubHandle>, String> {
-        self.hub
-            .get_or_start(|| self.start())
-            .map(|l| &l.handles[0])
+    fn running(&self) -> Result<&Loops<HubHandle>, String> {
+        self.hub.get_or_start(|| self.start())
     }
 
     /// This process's loop, if it started here.
@@ -109,7 +106,8 @@ impl GreenApp {
             cores: self.opts.cores,
             shutdown_timeout: self.shutdown_timeout,
         };
-        let (t, ready) = hub::spawn(handle.clone(), setup).map_err(|e| e.to_string())?;
+        let (t, ready) =
+            loops::spawn(handle.clone(), setup, hub::run).map_err(|e| e.to_string())?;
         if let Err(e) = ready.wait() {
             let _ = t.join();
             return Err(format!("the {} did not start: {e}", handle.describe()));
@@ -133,9 +131,10 @@ fn monkey_patch(py: Python<'_>, rt: &Bound<'_, PyModule>) -> Result<(), PythonEr
 
 impl Handler for GreenApp {
     fn call(&self, req: Request, _cx: &CallContext) -> Reply {
-        let Ok(handle) = self.running() else {
+        let Ok(loops) = self.running() else {
             return Reply::Ready(crate::app::Response::busy());
         };
+        let handle = &loops.handles[0];
         if handle.vitals.inflight() >= self.opts.cores + MAX_WAITING {
             return Reply::Ready(crate::app::Response::busy());
         }
@@ -149,16 +148,7 @@ impl Handler for GreenApp {
             shared: shared.clone(),
             ticket,
         };
-        let msg = HELD.with(|h| match h.borrow_mut().as_mut() {
-            Some(held) => {
-                held.push(msg);
-                None
-            }
-            None => Some(msg),
-        });
-        if let Some(msg) = msg {
-            handle.inbox.push(msg);
-        }
+        loops.send(&HELD, 0, msg);
         Reply::Later(Box::pin(ReplyFuture::new(rx, shared)))
     }
 
@@ -177,21 +167,11 @@ impl Handler for GreenApp {
     }
 
     fn batch_begin(&self) {
-        HELD.with(|h| {
-            h.borrow_mut().get_or_insert_with(Vec::new);
-        });
+        Held::begin(&HELD);
     }
 
     fn batch_end(&self) {
-        let Some(held) = HELD.with(|h| h.borrow_mut().take()) else {
-            return;
-        };
-        if held.is_empty() {
-            return;
-        }
-        if let Some(h) = self.started() {
-            h.inbox.push_all(held);
-        }
+        Held::end(&HELD, self.hub.started());
     }
 
     fn before_fork(&self) {
