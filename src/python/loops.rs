@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
+use crate::python::asgi::body::Poke;
 use crate::python::asgi::inbox::Inbox;
 use crate::python::interp;
 use crate::rt::fork::ForkLocal;
@@ -77,19 +78,32 @@ impl Vitals {
     }
 }
 
+/// The messages every loop takes, besides its requests.
+pub(crate) trait LoopMsg: Send {
+    /// Look at request `id` again (its connection took body chunks, or went away).
+    fn poke(id: u64) -> Self;
+    /// Finish what is in progress and end.
+    fn stop() -> Self;
+}
+
 /// A loop as its [`Loops`] and watchdog see it.
 pub(crate) trait LoopThread: Send + Sync + 'static {
     /// What the loop is asked to do.
-    type Msg;
+    type Msg: LoopMsg;
     fn vitals(&self) -> &Vitals;
     /// The queue into the loop.
     fn inbox(&self) -> &Inbox<Self::Msg>;
-    /// Asks the loop to finish what is in progress and end.
-    fn ask_stop(&self);
     /// Logs that the loop has not run for `silent` seconds (and where it is stuck).
     fn report_blocked(&self, silent: f64);
     /// Logs that the loop runs again.
     fn report_running(&self);
+}
+
+/// A request's body channel wakes its loop through this.
+impl<H: LoopThread> Poke for H {
+    fn poke(&self, id: u64) {
+        self.inbox().push(H::Msg::poke(id));
+    }
 }
 
 /// Starts the loop thread of `handle`, which runs `run(py, handle, setup, ready)` with
@@ -172,7 +186,7 @@ impl<H: LoopThread> Loops<H> {
     /// Ends every loop after the requests in progress, then the watchdog.
     pub(crate) fn stop(&self) {
         for h in &self.handles {
-            h.ask_stop();
+            h.inbox().push(H::Msg::stop());
         }
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         let mut it = threads.into_iter();

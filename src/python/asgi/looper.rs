@@ -16,9 +16,9 @@ use tokio::sync::oneshot;
 
 use crate::app::{Request, Response};
 use crate::python::interp;
-use crate::python::loops::{LoopThread, Vitals};
+use crate::python::loops::{LoopMsg, LoopThread, Vitals};
 
-use super::body::{Poke, Shared};
+use super::body::Shared;
 use super::cycle::{self, Cycle};
 use super::inbox::Inbox;
 use super::scope::Scopes;
@@ -39,6 +39,16 @@ pub(crate) enum Msg {
     Poke(u64),
     /// Finish what is in progress and end the loop.
     Stop,
+}
+
+impl LoopMsg for Msg {
+    fn poke(id: u64) -> Msg {
+        Msg::Poke(id)
+    }
+
+    fn stop() -> Msg {
+        Msg::Stop
+    }
 }
 
 /// One loop as the rest of the worker sees it.
@@ -67,10 +77,6 @@ impl LoopThread for LoopHandle {
 
     fn inbox(&self) -> &Inbox<Msg> {
         &self.inbox
-    }
-
-    fn ask_stop(&self) {
-        self.inbox.push(Msg::Stop);
     }
 
     fn report_blocked(&self, silent: f64) {
@@ -110,12 +116,6 @@ fn stack_of(ident: u64) -> String {
         })();
         r.unwrap_or_else(|e| format!("  (stack unavailable: {e})"))
     })
-}
-
-impl Poke for LoopHandle {
-    fn poke(&self, id: u64) {
-        self.inbox.push(Msg::Poke(id));
-    }
 }
 
 /// The `runtime.py` module, created once per interpreter.

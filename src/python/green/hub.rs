@@ -15,11 +15,11 @@ use pyo3::types::PyModule;
 use tokio::sync::oneshot;
 
 use crate::app::{Body, Request, Response};
-use crate::python::asgi::body::{BodyStream, Poke, Shared};
+use crate::python::asgi::body::{BodyStream, Shared};
 use crate::python::asgi::inbox::Inbox;
 use crate::python::call::{AppState, Outcome, Step, StreamState};
 use crate::python::interp;
-use crate::python::loops::{LoopThread, Vitals};
+use crate::python::loops::{LoopMsg, LoopThread, Vitals};
 use crate::server::GreenEngine;
 
 /// The Python half (`runtime.py`).
@@ -61,6 +61,16 @@ pub(crate) enum Msg {
     Stop,
 }
 
+impl LoopMsg for Msg {
+    fn poke(id: u64) -> Msg {
+        Msg::Poke(id)
+    }
+
+    fn stop() -> Msg {
+        Msg::Stop
+    }
+}
+
 /// The loop as the rest of the worker sees it.
 pub(crate) struct HubHandle {
     pub(crate) engine: GreenEngine,
@@ -88,12 +98,6 @@ impl HubHandle {
     }
 }
 
-impl Poke for HubHandle {
-    fn poke(&self, id: u64) {
-        self.inbox.push(Msg::Poke(id));
-    }
-}
-
 impl LoopThread for HubHandle {
     type Msg = Msg;
 
@@ -103,10 +107,6 @@ impl LoopThread for HubHandle {
 
     fn inbox(&self) -> &Inbox<Msg> {
         &self.inbox
-    }
-
-    fn ask_stop(&self) {
-        self.inbox.push(Msg::Stop);
     }
 
     fn report_blocked(&self, silent: f64) {
