@@ -31,7 +31,9 @@
 //! - [`python`] (feature `python`): embedded CPython serving WSGI apps (PEP 3333) and
 //!   ASGI 3 apps (`python::asgi`: asyncio event loops fed in batches, lifespan), WSGI
 //!   apps as greenlets on gevent's hub or an asyncio loop (`python::green`: `--gevent`,
-//!   `--asyncio --greenlet`), the `forklift` Python module, fork and thread integration.
+//!   `--asyncio --greenlet`; the loop threads' start, stop and blocked-loop watchdog
+//!   shared by both in `python::loops`), the `forklift` Python module, fork and thread
+//!   integration.
 //!   The only module using pyo3.
 //! - [`ops`]: what a running server reports: uWSGI's stats document (`--stats`), the
 //!   Prometheus metrics and the live dashboard (`--metrics`), served by a thread of the

@@ -345,7 +345,16 @@ fn attach() {
 }
 
 /// Says once whether an event-loop thread serves, or why it could not start.
-pub(crate) type Ready = std::sync::mpsc::Receiver<ReadyWord>;
+pub(crate) struct Ready(std::sync::mpsc::Receiver<ReadyWord>);
+
+impl Ready {
+    /// Waits for the thread's word (a thread that ended without one died).
+    pub(crate) fn wait(self) -> ReadyWord {
+        self.0
+            .recv()
+            .unwrap_or_else(|_| Err("the loop thread died".into()))
+    }
+}
 
 /// What an event-loop thread says once: it serves, or why it could not start.
 type ReadyWord = Result<(), String>;
@@ -383,7 +392,7 @@ where
             }
         })
     })?;
-    Ok((t, rx))
+    Ok((t, Ready(rx)))
 }
 
 /// Runs `f` with the GIL, attaching this thread first if needed.

@@ -11,6 +11,8 @@
 //! - `load` finds the app callable (a file or a module); `asgi` serves ASGI 3 apps on
 //!   asyncio event loops (its own files, see there); `green` serves WSGI apps as
 //!   greenlets on gevent's hub or an asyncio loop (`--gevent`, `--asyncio --greenlet`).
+//! - `loops` is what their loop threads share: the beat and in-progress count, starting
+//!   a loop thread, stopping a process's loops, and the blocked-loop watchdog.
 //! - `module` is the `forklift` module apps can import (offload, tasks); `fanout` its
 //!   outbound-HTTP part.
 //! - `options` holds [`PythonOptions`] and [`PythonError`] (used by `call`, `interp` and
@@ -19,7 +21,8 @@
 //! The files import each other without cycles: this file uses its children; `call`,
 //! `module`, `fanout`, `pool`, `load` and `asgi` use `interp`; `call` and `asgi` use
 //! `load`; `module` uses `asgi::cycle` (for its exception type), `asgi` uses `module`;
-//! `green` uses `call`, `interp` and `asgi`'s body channel and inbox; `interp` uses only `options` (the
+//! `green` uses `call`, `interp` and `asgi`'s body channel and inbox; `asgi` and `green`
+//! use `loops`, which uses `interp`; `interp` uses only `options` (the
 //! `forklift` module is handed to it when the interpreter starts, see
 //! `module::EMBEDDED`).
 
@@ -30,6 +33,7 @@ mod fanout;
 mod green;
 mod interp;
 mod load;
+mod loops;
 mod module;
 mod options;
 mod pool;

@@ -2,13 +2,12 @@
 //! for its whole life. Requests reach a loop in batches through its [`Inbox`] (one
 //! eventfd wake-up per batch); the loop builds each scope, makes a [`Cycle`] and starts
 //! the app's coroutine as a task. Loop 0 also runs the lifespan protocol: startup
-//! before serving, shutdown after the last request (and background task) is done.
+//! before serving, shutdown after the last request (and background task) is done. A
+//! loop the watchdog (`python::loops`) finds blocked is reported here, with its stack.
 
 use std::ffi::CString;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::thread::JoinHandle;
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use pyo3::prelude::*;
@@ -17,8 +16,9 @@ use tokio::sync::oneshot;
 
 use crate::app::{Request, Response};
 use crate::python::interp;
+use crate::python::loops::{LoopMsg, LoopThread, Vitals};
 
-use super::body::{Poke, Shared};
+use super::body::Shared;
 use super::cycle::{self, Cycle};
 use super::inbox::Inbox;
 use super::scope::Scopes;
@@ -41,43 +41,81 @@ pub(crate) enum Msg {
     Stop,
 }
 
+impl LoopMsg for Msg {
+    fn poke(id: u64) -> Msg {
+        Msg::Poke(id)
+    }
+
+    fn stop() -> Msg {
+        Msg::Stop
+    }
+}
+
 /// One loop as the rest of the worker sees it.
 pub(crate) struct LoopHandle {
-    pub(crate) name: String,
     pub(crate) inbox: Inbox<Msg>,
-    /// Requests handed to this loop whose coroutine has not ended.
-    pub(crate) inflight: Arc<AtomicUsize>,
-    /// When the loop last ran a callback (milliseconds on [`now_ms`]'s clock).
-    pub(crate) beat: AtomicU64,
-    /// The watchdog found the loop stuck: new requests go to other loops.
-    pub(crate) blocked: AtomicBool,
-    /// The Python thread id of the loop thread (to show where it is stuck).
-    pub(crate) ident: AtomicU64,
+    /// Its beat and requests in progress (those whose coroutine has not ended); when
+    /// blocked, new requests go to other loops.
+    pub(crate) vitals: Vitals,
 }
 
 impl LoopHandle {
     pub(crate) fn new(name: String) -> std::io::Result<LoopHandle> {
         Ok(LoopHandle {
-            name,
             inbox: Inbox::new()?,
-            inflight: Arc::new(AtomicUsize::new(0)),
-            beat: AtomicU64::new(now_ms()),
-            blocked: AtomicBool::new(false),
-            ident: AtomicU64::new(0),
+            vitals: Vitals::new(name),
         })
     }
 }
 
-impl Poke for LoopHandle {
-    fn poke(&self, id: u64) {
-        self.inbox.push(Msg::Poke(id));
+impl LoopThread for LoopHandle {
+    type Msg = Msg;
+
+    fn vitals(&self) -> &Vitals {
+        &self.vitals
+    }
+
+    fn inbox(&self) -> &Inbox<Msg> {
+        &self.inbox
+    }
+
+    fn report_blocked(&self, silent: f64) {
+        let waiting = self.vitals.inflight();
+        let stack = stack_of(self.vitals.ident());
+        eprintln!(
+            "forklift: the event loop of {} has not run for {silent:.1} s: blocking code in \
+             async code holds up its {waiting} request(s); other loops take new requests. It \
+             is at:\n{}",
+            self.vitals.name,
+            stack.trim_end()
+        );
+    }
+
+    fn report_running(&self) {
+        eprintln!(
+            "forklift: the event loop of {} runs again",
+            self.vitals.name
+        );
     }
 }
 
-/// Milliseconds since the first call in this process (a monotonic clock for beats).
-pub(crate) fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+/// The Python stack of thread `ident` (it released the GIL in a blocking call, or
+/// gives it up at the interpreter's switch interval).
+fn stack_of(ident: u64) -> String {
+    interp::with_gil(|py| {
+        let r = (|| -> PyResult<String> {
+            let frames = py.import("sys")?.call_method0("_current_frames")?;
+            let Some(frame) = frames.get_item(ident).ok() else {
+                return Ok("  (no Python frame)".into());
+            };
+            let lines = py
+                .import("traceback")?
+                .call_method1("format_stack", (frame,))?;
+            let lines: Vec<String> = lines.extract()?;
+            Ok(lines.concat())
+        })();
+        r.unwrap_or_else(|e| format!("  (stack unavailable: {e})"))
+    })
 }
 
 /// The `runtime.py` module, created once per interpreter.
@@ -107,18 +145,9 @@ pub(crate) struct Setup {
     pub(crate) shutdown_timeout: f64,
 }
 
-/// Starts a loop thread. The receiver says when it serves (after lifespan startup) or
-/// why it could not start.
-pub(crate) fn spawn(
-    handle: Arc<LoopHandle>,
-    setup: Setup,
-) -> std::io::Result<(JoinHandle<()>, interp::Ready)> {
-    interp::spawn_loop_thread(handle.name.clone(), move |py, ready| {
-        run(py, &handle, setup, ready)
-    })
-}
-
-fn run(
+/// A loop thread's life (started by `loops::spawn`): it tells `ready` when it serves
+/// (after lifespan startup) or why it could not start.
+pub(crate) fn run(
     py: Python<'_>,
     handle: &Arc<LoopHandle>,
     setup: Setup,
@@ -129,11 +158,6 @@ fn run(
     py.import("asyncio")?
         .call_method1("set_event_loop", (&lp,))?;
     cycle::set_loop(&lp)?;
-    let ident: u64 = py
-        .import("threading")?
-        .call_method0("get_ident")?
-        .extract()?;
-    handle.ident.store(ident, Ordering::Relaxed);
     let hooks = Bound::new(
         py,
         Hooks {
@@ -199,11 +223,11 @@ struct Hooks {
 #[pymethods]
 impl Hooks {
     fn tick(&self) {
-        self.handle.beat.store(now_ms(), Ordering::Relaxed);
+        self.handle.vitals.tick();
     }
 
     fn inflight(&self) -> usize {
-        self.handle.inflight.load(Ordering::Acquire)
+        self.handle.vitals.inflight.load(Ordering::Acquire)
     }
 }
 
@@ -226,7 +250,7 @@ struct Intake {
 #[pymethods]
 impl Intake {
     fn __call__(&mut self, py: Python<'_>) {
-        self.handle.beat.store(now_ms(), Ordering::Relaxed);
+        self.handle.vitals.tick();
         let mut batch = std::mem::take(&mut self.batch);
         self.handle.inbox.take(&mut batch);
         for msg in batch.drain(..) {
@@ -253,7 +277,7 @@ impl Intake {
         tx: oneshot::Sender<Response>,
         shared: Arc<Shared>,
     ) {
-        let inflight = self.handle.inflight.clone();
+        let inflight = self.handle.vitals.inflight.clone();
         let scope = match self.scopes.build(py, &req, self.state.bind(py)) {
             Ok(s) => s,
             Err(e) => {

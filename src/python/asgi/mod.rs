@@ -7,23 +7,21 @@
 //!   Python half.
 //! - `cycle` is a request's `receive`/`send`; `scope` builds its scope.
 //! - `body` is what a request's loop and its connection share (the body channel,
-//!   disconnects); `inbox` the queue into a loop; `watch` the blocked-loop watchdog.
+//!   disconnects); `inbox` the queue into a loop. The loop threads' start, stop and
+//!   blocked-loop watchdog are `python::loops`, shared with `green`.
 //!
 //! Files import downwards only: this file uses its children; `looper` uses `body`,
-//! `cycle`, `inbox` and `scope`; `cycle` uses `body`; `watch` uses `looper`; `body`,
-//! `inbox` and `scope` are leaves.
+//! `cycle`, `inbox` and `scope`; `cycle` uses `body`; `body`, `inbox` and `scope` are
+//! leaves.
 
 pub(crate) mod body;
 pub(crate) mod cycle;
 pub(crate) mod inbox;
 mod looper;
 mod scope;
-mod watch;
 
-use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use pyo3::prelude::*;
@@ -31,8 +29,8 @@ use pyo3::types::PyDict;
 
 use crate::app::{CallContext, Handler, Reply, Request, Response};
 use crate::python::interp;
+use crate::python::loops::{self, Held, Loops, PerProcess};
 use crate::python::options::{Lifespan, LoopKind, PythonError, PythonOptions};
-use crate::rt::fork::ForkLocal;
 
 use body::{ReplyFuture, Shared};
 use looper::{LoopHandle, Msg, Setup};
@@ -56,19 +54,12 @@ pub struct AsgiApp {
     event_loop: LoopKind,
     shutdown_timeout: f64,
     /// This process's loops, started once per process (never before fork).
-    loops: ForkLocal<OnceLock<Result<Loops, String>>>,
-}
-
-/// The running loops of one process.
-struct Loops {
-    handles: Vec<Arc<LoopHandle>>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-    watch_stop: Arc<AtomicBool>,
+    loops: PerProcess<Loops<LoopHandle>>,
 }
 
 thread_local! {
     /// Requests held during a round of the server's event loop, per loop.
-    static HELD: RefCell<Option<Vec<Vec<Msg>>>> = const { RefCell::new(None) };
+    static HELD: Held<Msg> = const { Held::new() };
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -103,7 +94,7 @@ impl AsgiApp {
             lifespan: opts.lifespan,
             event_loop: opts.event_loop,
             shutdown_timeout: opts.shutdown_timeout.as_secs_f64(),
-            loops: ForkLocal::new(),
+            loops: PerProcess::new(),
         };
         if opts.serve_here {
             me.loops().map_err(|e| match e.strip_prefix(STARTUP) {
@@ -115,15 +106,11 @@ impl AsgiApp {
     }
 
     /// This process's loops, started (with lifespan startup) on first use.
-    fn loops(&self) -> Result<&Loops, String> {
-        self.loops
-            .get_or_init(OnceLock::new)
-            .get_or_init(|| self.start())
-            .as_ref()
-            .map_err(Clone::clone)
+    fn loops(&self) -> Result<&Loops<LoopHandle>, String> {
+        self.loops.get_or_start(|| self.start())
     }
 
-    fn start(&self) -> Result<Loops, String> {
+    fn start(&self) -> Result<Loops<LoopHandle>, String> {
         let state = interp::with_gil(|py| PyDict::new(py).unbind());
         let event_loop = match self.event_loop {
             LoopKind::Auto => "auto",
@@ -147,17 +134,14 @@ impl AsgiApp {
                 },
                 shutdown_timeout: self.shutdown_timeout,
             });
-            let (t, ready) = looper::spawn(handle.clone(), setup).map_err(|e| e.to_string())?;
+            let (t, ready) =
+                loops::spawn(handle.clone(), setup, looper::run).map_err(|e| e.to_string())?;
             handles.push(handle);
             threads.push(t);
             pending.push(ready);
             if i == 0 {
                 // Lifespan startup completes before any other loop serves.
-                let r = pending
-                    .remove(0)
-                    .recv()
-                    .unwrap_or_else(|_| Err("the loop thread died".into()));
-                if let Err(e) = r {
+                if let Err(e) = pending.remove(0).wait() {
                     for t in threads {
                         let _ = t.join();
                     }
@@ -169,33 +153,13 @@ impl AsgiApp {
                 }
             }
         }
-        let mut failed = None;
-        for ready in pending {
-            if let Err(e) = ready
-                .recv()
-                .unwrap_or_else(|_| Err("the loop thread died".into()))
-            {
-                failed = Some(e);
-            }
-        }
-        let watch_stop = Arc::new(AtomicBool::new(false));
-        let loops = Loops {
-            handles: handles.clone(),
-            threads: Mutex::new(threads),
-            watch_stop: watch_stop.clone(),
-        };
+        let failed = pending.into_iter().filter_map(|r| r.wait().err()).last();
+        let loops = Loops::new(handles, threads);
         if let Some(e) = failed {
             loops.stop();
             return Err(e);
         }
-        match watch::start(handles, watch_stop) {
-            Ok(t) => loops
-                .threads
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(t),
-            Err(e) => eprintln!("forklift: cannot start the ASGI loop watchdog: {e}"),
-        }
+        loops.watch("forklift-asgi-watch".into());
         Ok(loops)
     }
 
@@ -214,43 +178,21 @@ impl AsgiApp {
 /// Marks a start error as the app's failed lifespan startup.
 const STARTUP: &str = "\u{0}startup:";
 
-impl Loops {
-    /// The loop for a new request: the least busy one that is not blocked.
-    fn pick(&self) -> usize {
-        if self.handles.len() == 1 {
-            return 0;
-        }
-        let mut best = 0;
-        let mut best_key = (true, usize::MAX);
-        for (i, h) in self.handles.iter().enumerate() {
-            let key = (
-                h.blocked.load(Ordering::Relaxed),
-                h.inflight.load(Ordering::Relaxed),
-            );
-            if key < best_key {
-                best = i;
-                best_key = key;
-            }
-        }
-        best
+/// The loop for a new request: the least busy one that is not blocked.
+fn pick(handles: &[Arc<LoopHandle>]) -> usize {
+    if handles.len() == 1 {
+        return 0;
     }
-
-    /// Ends every loop after the requests in progress, then lifespan shutdown.
-    fn stop(&self) {
-        for h in &self.handles {
-            h.inbox.push(Msg::Stop);
-        }
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
-        let n = self.handles.len();
-        let mut it = threads.into_iter();
-        for t in it.by_ref().take(n) {
-            let _ = t.join();
-        }
-        self.watch_stop.store(true, Ordering::Release);
-        for t in it {
-            let _ = t.join();
+    let mut best = 0;
+    let mut best_key = (true, usize::MAX);
+    for (i, h) in handles.iter().enumerate() {
+        let key = (h.vitals.is_blocked(), h.vitals.inflight());
+        if key < best_key {
+            best = i;
+            best_key = key;
         }
     }
+    best
 }
 
 impl Handler for AsgiApp {
@@ -270,38 +212,24 @@ impl Handler for AsgiApp {
             Ok(l) => l,
             Err(_) => return Reply::Ready(crate::app::Response::busy()),
         };
-        let i = loops.pick();
+        let i = pick(&loops.handles);
         let handle = &loops.handles[i];
-        if handle.inflight.load(Ordering::Relaxed) >= MAX_INFLIGHT {
+        if handle.vitals.inflight() >= MAX_INFLIGHT {
             return Reply::Ready(crate::app::Response::busy());
         }
-        handle.inflight.fetch_add(1, Ordering::AcqRel);
+        handle.vitals.inflight.fetch_add(1, Ordering::AcqRel);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let shared = Shared::new(id, handle.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let msg = Msg::Call(req, tx, shared.clone());
-        let msg = HELD.with(|h| match h.borrow_mut().as_mut() {
-            Some(held) => {
-                if held.len() <= i {
-                    held.resize_with(i + 1, Vec::new);
-                }
-                held[i].push(msg);
-                None
-            }
-            None => Some(msg),
-        });
-        if let Some(msg) = msg {
-            handle.inbox.push(msg);
-        }
+        loops.send(&HELD, i, Msg::Call(req, tx, shared.clone()));
         Reply::Later(Box::pin(ReplyFuture::new(rx, shared)))
     }
 
     fn saturated(&self) -> bool {
         // Every loop stuck in blocking code: leave new clients to other workers.
-        match self.loops.get().and_then(|l| l.get()) {
-            Some(Ok(l)) => l.handles.iter().all(|h| h.blocked.load(Ordering::Relaxed)),
-            _ => false,
-        }
+        self.loops
+            .started()
+            .is_some_and(|l| l.handles.iter().all(|h| h.vitals.is_blocked()))
     }
 
     fn hands_off(&self) -> bool {
@@ -313,22 +241,11 @@ impl Handler for AsgiApp {
     }
 
     fn batch_begin(&self) {
-        HELD.with(|h| {
-            h.borrow_mut().get_or_insert_with(Vec::new);
-        });
+        Held::begin(&HELD);
     }
 
     fn batch_end(&self) {
-        let Some(mut held) = HELD.with(|h| h.borrow_mut().take()) else {
-            return;
-        };
-        if let Some(Ok(loops)) = self.loops.get().and_then(|l| l.get()) {
-            for (i, msgs) in held.iter_mut().enumerate() {
-                if !msgs.is_empty() {
-                    loops.handles[i].inbox.push_all(msgs.drain(..));
-                }
-            }
-        }
+        Held::end(&HELD, self.loops.started());
     }
 
     fn before_fork(&self) {
@@ -343,7 +260,7 @@ impl Handler for AsgiApp {
     }
 
     fn shutdown(&self) {
-        if let Some(Ok(loops)) = self.loops.get().and_then(|l| l.get()) {
+        if let Some(loops) = self.loops.started() {
             loops.stop();
         }
         crate::python::module::shutdown_offload();

@@ -6,10 +6,8 @@
 //! the request's [`Shared`] channel, its core parked while the channel is full.
 
 use std::cell::{Cell, RefCell};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use pyo3::prelude::*;
@@ -17,10 +15,11 @@ use pyo3::types::PyModule;
 use tokio::sync::oneshot;
 
 use crate::app::{Body, Request, Response};
-use crate::python::asgi::body::{BodyStream, Poke, Shared};
+use crate::python::asgi::body::{BodyStream, Shared};
 use crate::python::asgi::inbox::Inbox;
 use crate::python::call::{AppState, Outcome, Step, StreamState};
 use crate::python::interp;
+use crate::python::loops::{LoopMsg, LoopThread, Vitals};
 use crate::server::GreenEngine;
 
 /// The Python half (`runtime.py`).
@@ -62,31 +61,31 @@ pub(crate) enum Msg {
     Stop,
 }
 
+impl LoopMsg for Msg {
+    fn poke(id: u64) -> Msg {
+        Msg::Poke(id)
+    }
+
+    fn stop() -> Msg {
+        Msg::Stop
+    }
+}
+
 /// The loop as the rest of the worker sees it.
 pub(crate) struct HubHandle {
-    pub(crate) name: String,
     pub(crate) engine: GreenEngine,
     pub(crate) inbox: Inbox<Msg>,
-    /// Requests handed to the loop and not yet done (running or waiting for a core).
-    pub(crate) inflight: Arc<AtomicUsize>,
-    /// When the loop last ran a callback (milliseconds on [`now_ms`]'s clock).
-    pub(crate) beat: AtomicU64,
-    /// The watchdog found the loop stuck.
-    pub(crate) blocked: AtomicBool,
-    /// The loop thread's id as Python knows it (to show where it is stuck).
-    pub(crate) ident: AtomicU64,
+    /// Its beat and requests in progress (running or waiting for a core); when
+    /// blocked, the worker takes no new clients.
+    pub(crate) vitals: Vitals,
 }
 
 impl HubHandle {
     pub(crate) fn new(engine: GreenEngine) -> std::io::Result<HubHandle> {
         Ok(HubHandle {
-            name: format!("forklift-{}", engine.package()),
             engine,
             inbox: Inbox::new()?,
-            inflight: Arc::new(AtomicUsize::new(0)),
-            beat: AtomicU64::new(now_ms()),
-            blocked: AtomicBool::new(false),
-            ident: AtomicU64::new(0),
+            vitals: Vitals::new(format!("forklift-{}", engine.package())),
         })
     }
 
@@ -99,16 +98,60 @@ impl HubHandle {
     }
 }
 
-impl Poke for HubHandle {
-    fn poke(&self, id: u64) {
-        self.inbox.push(Msg::Poke(id));
+impl LoopThread for HubHandle {
+    type Msg = Msg;
+
+    fn vitals(&self) -> &Vitals {
+        &self.vitals
+    }
+
+    fn inbox(&self) -> &Inbox<Msg> {
+        &self.inbox
+    }
+
+    fn report_blocked(&self, silent: f64) {
+        let waiting = self.vitals.inflight().saturating_sub(1);
+        let (what, stack) = blocked_at(self.vitals.ident());
+        let culprit = match what {
+            Some(w) => format!("request {w} blocks it"),
+            None => "code outside a request blocks it".into(),
+        };
+        let hint = match self.engine {
+            GreenEngine::Gevent => {
+                "time.sleep, or I/O gevent has not made cooperative: monkey-patch with \
+                 --gevent-monkey-patch or gevent.monkey.patch_all()"
+            }
+            GreenEngine::Asyncio => {
+                "time.sleep or blocking I/O: wait on the asyncio loop from the request's \
+                 greenlet instead"
+            }
+        };
+        eprintln!(
+            "forklift: worker {}: the {} has not run for {silent:.1} s: {culprit} without \
+             yielding ({hint}); {waiting} other request(s) wait. It is at:\n{}",
+            std::process::id(),
+            self.describe(),
+            stack.trim_end()
+        );
+    }
+
+    fn report_running(&self) {
+        eprintln!(
+            "forklift: worker {}: the {} runs again",
+            std::process::id(),
+            self.describe()
+        );
     }
 }
 
-/// Milliseconds since the first call in this process (a monotonic clock for beats).
-pub(crate) fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+/// The request the loop thread `ident` is stuck in, and its Python stack.
+fn blocked_at(ident: u64) -> (Option<String>, String) {
+    interp::with_gil(|py| {
+        runtime(py)
+            .and_then(|rt| rt.call_method1("blocked_at", (ident,)))
+            .and_then(|r| r.extract::<(Option<String>, String)>())
+            .unwrap_or_else(|e| (None, format!("  (stack unavailable: {e})")))
+    })
 }
 
 /// The `runtime.py` module, created once per interpreter.
@@ -123,17 +166,8 @@ pub(crate) struct Setup {
     pub(crate) shutdown_timeout: f64,
 }
 
-/// Starts the loop thread.
-pub(crate) fn spawn(
-    handle: Arc<HubHandle>,
-    setup: Setup,
-) -> std::io::Result<(JoinHandle<()>, interp::Ready)> {
-    interp::spawn_loop_thread(handle.name.clone(), move |py, ready| {
-        run(py, &handle, setup, ready)
-    })
-}
-
-fn run(
+/// The loop thread's life (started by `loops::spawn`): it tells `ready` when it serves.
+pub(crate) fn run(
     py: Python<'_>,
     handle: &Arc<HubHandle>,
     setup: Setup,
@@ -143,9 +177,6 @@ fn run(
         // The running loop is this thread's event loop.
         interp::mark_thread_loop();
     }
-    // SAFETY: pthread_self has no preconditions; Python's thread ident is this value.
-    let ident = unsafe { libc::pthread_self() } as u64;
-    handle.ident.store(ident, Ordering::Relaxed);
     let rt = runtime(py)?;
     let hooks = Bound::new(
         py,
@@ -189,7 +220,7 @@ struct Hooks {
 #[pymethods]
 impl Hooks {
     fn tick(&self) {
-        self.handle.beat.store(now_ms(), Ordering::Relaxed);
+        self.handle.vitals.tick();
     }
 
     /// The loop serves.
@@ -246,7 +277,7 @@ struct Intake {
 #[pymethods]
 impl Intake {
     fn __call__(&self, py: Python<'_>, cores: &Bound<'_, PyAny>, stop: &Bound<'_, PyAny>) {
-        self.handle.beat.store(now_ms(), Ordering::Relaxed);
+        self.handle.vitals.tick();
         let mut batch = std::mem::take(&mut *self.batch.lock().unwrap_or_else(|p| p.into_inner()));
         self.handle.inbox.take(&mut batch);
         IN_BATCH.with(|b| b.set(true));

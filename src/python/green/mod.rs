@@ -6,18 +6,14 @@
 //! server's event loop, and replies come back without the loop waiting on a socket.
 //!
 //! - `hub` runs the loop thread and serves requests in greenlets; `runtime.py` is its
-//!   Python half (the cores, gevent's and asyncio's loops).
-//! - `watch` reports a loop blocked by a request that does not yield.
-//!
-//! Files import downwards only: this file uses its children; `watch` uses `hub`.
+//!   Python half (the cores, gevent's and asyncio's loops). It also reports a loop
+//!   blocked by a request that does not yield, which the watchdog in `python::loops`
+//!   (shared with `asgi`, like the loop thread's start and stop) notices.
 
 mod hub;
-mod watch;
 
-use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use pyo3::prelude::*;
 
@@ -25,8 +21,8 @@ use crate::app::{CallContext, Handler, Reply, Request};
 use crate::python::asgi::body::{ReplyFuture, Shared};
 use crate::python::call::AppState;
 use crate::python::interp;
+use crate::python::loops::{self, Held, Loops, PerProcess};
 use crate::python::options::{GreenEngine, GreenOptions, PythonError, PythonOptions};
-use crate::rt::fork::ForkLocal;
 
 use hub::{HubHandle, Msg, Setup, Ticket};
 
@@ -39,19 +35,12 @@ pub struct GreenApp {
     opts: GreenOptions,
     shutdown_timeout: f64,
     /// This process's loop, started once per process (never before fork).
-    hub: ForkLocal<OnceLock<Result<Running, String>>>,
-}
-
-/// The running loop of one process.
-struct Running {
-    handle: Arc<HubHandle>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-    watch_stop: Arc<AtomicBool>,
+    hub: PerProcess<Loops<HubHandle>>,
 }
 
 thread_local! {
     /// Requests held during a round of the server's event loop.
-    static HELD: RefCell<Option<Vec<Msg>>> = const { RefCell::new(None) };
+    static HELD: Held<Msg> = const { Held::new() };
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -80,7 +69,7 @@ impl GreenApp {
             app: Arc::new(app),
             opts: green,
             shutdown_timeout: opts.shutdown_timeout.as_secs_f64(),
-            hub: ForkLocal::new(),
+            hub: PerProcess::new(),
         };
         if opts.serve_here {
             me.late_setup()?;
@@ -101,40 +90,32 @@ impl GreenApp {
     }
 
     /// This process's loop, started on first use.
-    fn running(&self) -> Result<&Running, String> {
-        self.hub
-            .get_or_init(OnceLock::new)
-            .get_or_init(|| self.start())
-            .as_ref()
-            .map_err(Clone::clone)
+    fn running(&self) -> Result<&Loops<HubHandle>, String> {
+        self.hub.get_or_start(|| self.start())
     }
 
-    fn start(&self) -> Result<Running, String> {
+    /// This process's loop, if it started here.
+    fn started(&self) -> Option<&HubHandle> {
+        self.hub.started().map(|l| &*l.handles[0])
+    }
+
+    fn start(&self) -> Result<Loops<HubHandle>, String> {
         let handle = Arc::new(HubHandle::new(self.opts.engine).map_err(|e| e.to_string())?);
         let setup = Setup {
             app: self.app.clone(),
             cores: self.opts.cores,
             shutdown_timeout: self.shutdown_timeout,
         };
-        let (t, ready) = hub::spawn(handle.clone(), setup).map_err(|e| e.to_string())?;
-        if let Err(e) = ready
-            .recv()
-            .unwrap_or_else(|_| Err("the loop thread died".into()))
-        {
+        let (t, ready) =
+            loops::spawn(handle.clone(), setup, hub::run).map_err(|e| e.to_string())?;
+        if let Err(e) = ready.wait() {
             let _ = t.join();
             return Err(format!("the {} did not start: {e}", handle.describe()));
         }
-        let watch_stop = Arc::new(AtomicBool::new(false));
-        let mut threads = vec![t];
-        match watch::start(handle.clone(), watch_stop.clone()) {
-            Ok(w) => threads.push(w),
-            Err(e) => eprintln!("forklift: cannot start the loop watchdog: {e}"),
-        }
-        Ok(Running {
-            handle,
-            threads: Mutex::new(threads),
-            watch_stop,
-        })
+        let watch = format!("{}-watch", handle.vitals.name);
+        let loops = Loops::new(vec![handle], vec![t]);
+        loops.watch(watch);
+        Ok(loops)
     }
 }
 
@@ -148,32 +129,16 @@ fn monkey_patch(py: Python<'_>, rt: &Bound<'_, PyModule>) -> Result<(), PythonEr
     })
 }
 
-impl Running {
-    /// Ends the loop after the requests in progress (at most the shutdown timeout).
-    fn stop(&self) {
-        self.handle.inbox.push(Msg::Stop);
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut it = threads.into_iter();
-        if let Some(t) = it.next() {
-            let _ = t.join();
-        }
-        self.watch_stop.store(true, Ordering::Release);
-        for t in it {
-            let _ = t.join();
-        }
-    }
-}
-
 impl Handler for GreenApp {
     fn call(&self, req: Request, _cx: &CallContext) -> Reply {
-        let Ok(running) = self.running() else {
+        let Ok(loops) = self.running() else {
             return Reply::Ready(crate::app::Response::busy());
         };
-        let handle = &running.handle;
-        if handle.inflight.load(Ordering::Relaxed) >= self.opts.cores + MAX_WAITING {
+        let handle = &loops.handles[0];
+        if handle.vitals.inflight() >= self.opts.cores + MAX_WAITING {
             return Reply::Ready(crate::app::Response::busy());
         }
-        let ticket = Ticket::new(&handle.inflight);
+        let ticket = Ticket::new(&handle.vitals.inflight);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let shared = Shared::new(id, handle.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -183,34 +148,17 @@ impl Handler for GreenApp {
             shared: shared.clone(),
             ticket,
         };
-        let msg = HELD.with(|h| match h.borrow_mut().as_mut() {
-            Some(held) => {
-                held.push(msg);
-                None
-            }
-            None => Some(msg),
-        });
-        if let Some(msg) = msg {
-            handle.inbox.push(msg);
-        }
+        loops.send(&HELD, 0, msg);
         Reply::Later(Box::pin(ReplyFuture::new(rx, shared)))
     }
 
     fn saturated(&self) -> bool {
-        match self.hub.get().and_then(|h| h.get()) {
-            Some(Ok(r)) => {
-                r.handle.blocked.load(Ordering::Relaxed)
-                    || r.handle.inflight.load(Ordering::Relaxed) >= self.opts.cores
-            }
-            _ => false,
-        }
+        self.started()
+            .is_some_and(|h| h.vitals.is_blocked() || h.vitals.inflight() >= self.opts.cores)
     }
 
     fn idle_threads(&self) -> Option<usize> {
-        let busy = match self.hub.get().and_then(|h| h.get()) {
-            Some(Ok(r)) => r.handle.inflight.load(Ordering::Relaxed),
-            _ => 0,
-        };
+        let busy = self.started().map_or(0, |h| h.vitals.inflight());
         Some(self.opts.cores.saturating_sub(busy))
     }
 
@@ -219,21 +167,11 @@ impl Handler for GreenApp {
     }
 
     fn batch_begin(&self) {
-        HELD.with(|h| {
-            h.borrow_mut().get_or_insert_with(Vec::new);
-        });
+        Held::begin(&HELD);
     }
 
     fn batch_end(&self) {
-        let Some(held) = HELD.with(|h| h.borrow_mut().take()) else {
-            return;
-        };
-        if held.is_empty() {
-            return;
-        }
-        if let Some(Ok(r)) = self.hub.get().and_then(|h| h.get()) {
-            r.handle.inbox.push_all(held);
-        }
+        Held::end(&HELD, self.hub.started());
     }
 
     fn before_fork(&self) {
@@ -256,8 +194,8 @@ impl Handler for GreenApp {
     }
 
     fn shutdown(&self) {
-        if let Some(Ok(r)) = self.hub.get().and_then(|h| h.get()) {
-            r.stop();
+        if let Some(loops) = self.hub.started() {
+            loops.stop();
         }
         crate::python::module::shutdown_offload();
         interp::run_atexit();
