@@ -644,6 +644,20 @@ fn offload_queue_is_bounded_and_call_later_runs() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    // The probe took the slot it found: wait until it ran (the queue is first in,
+    // first out, so the flood ahead of it is gone), or the delayed call could fall due
+    // while the queue is full again and be dropped.
+    loop {
+        let done = s.get("/offloaded").text();
+        if done.split(',').any(|t| t == "probe") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the probe never ran: {done}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_eq!(s.get("/later?d=0.05&tag=l1").text(), "scheduled True");
     loop {
         let done = s.get("/offloaded").text();

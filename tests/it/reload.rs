@@ -344,6 +344,9 @@ fn new_code_and_failed_import(lazy: bool) {
     }
 
     break_app(&dir);
+    // The retired workers finish and exit on their own time: count only the two that
+    // serve.
+    wait_for("the retired workers to exit", || srv.workers().len() == 2);
     let before = srv.workers();
     signal(srv.pid(), libc::SIGHUP);
     wait_for("the failed reload logged", || {
