@@ -4,7 +4,7 @@
 //! one.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::{metrics, stats, Info, OpsError};
-use crate::server::listen;
+use crate::server::listen::{self, Stream};
 
 /// What a listener answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,49 +112,6 @@ impl Drop for Endpoint {
     }
 }
 
-enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write(buf),
-            Stream::Unix(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Stream {
-    fn shutdown(&self) {
-        let _ = match self {
-            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
-            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
-        };
-    }
-
-    fn fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Stream::Tcp(s) => s.as_fd(),
-            Stream::Unix(s) => s.as_fd(),
-        }
-    }
-}
-
 /// Most clients served at once; more are closed at once.
 const MAX_CLIENTS: usize = 64;
 /// A client has this long to send its request and take the answer.
@@ -194,7 +151,7 @@ fn run(endpoints: Vec<(Role, Endpoint)>, info: Arc<Info>) {
             } else {
                 PollFlags::POLLIN
             };
-            fds.push(PollFd::new(c.stream.fd(), ev));
+            fds.push(PollFd::new(c.stream.as_fd(), ev));
         }
         let _ = poll(&mut fds, PollTimeout::from(250u16));
         drop(fds);
@@ -204,15 +161,11 @@ fn run(endpoints: Vec<(Role, Endpoint)>, info: Arc<Info>) {
             last_sample = now;
         }
         for (role, ep) in &endpoints {
-            while let Ok(mut stream) = ep.accept() {
+            while let Ok(stream) = ep.accept() {
                 if clients.len() >= MAX_CLIENTS {
                     continue;
                 }
-                let nb = match &mut stream {
-                    Stream::Tcp(s) => s.set_nonblocking(true),
-                    Stream::Unix(s) => s.set_nonblocking(true),
-                };
-                if nb.is_err() {
+                if stream.set_nonblocking(true).is_err() {
                     continue;
                 }
                 let out = (*role == Role::Stats).then(|| (stats_body(&info), 0));
@@ -230,7 +183,7 @@ fn run(endpoints: Vec<(Role, Endpoint)>, info: Arc<Info>) {
             if !keep {
                 // A worker forked meanwhile holds a copy of the descriptor: shutting the
                 // socket down (not only closing ours) is what tells the client "done".
-                c.stream.shutdown();
+                let _ = c.stream.shutdown(Shutdown::Both);
             }
             keep
         });
