@@ -34,14 +34,6 @@ fn load(
     })
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + IO_GUARD;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn sigkill_worker_under_load(model: Model) {
     let srv = Server::start(&[
         "builtin:hello",

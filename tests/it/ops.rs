@@ -130,14 +130,6 @@ fn try_send(srv: &Server, path: &str) -> bool {
         && read_response(&mut std::io::BufReader::new(s), false).is_ok_and(|r| r.status == 200)
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + IO_GUARD;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(25));
-    }
-}
-
 /// A program the test needs: from the test virtualenv, else `PATH`. Missing: `None`
 /// (the test skips), unless CI is set.
 fn tool(name: &str) -> Option<PathBuf> {

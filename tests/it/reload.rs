@@ -17,14 +17,6 @@ use forklift::server::Model;
 
 use crate::support::*;
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + IO_GUARD;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Waits until `n` workers have said they are ready (the master logs each), so that a
 /// reload replaces serving workers rather than ones still starting.
 fn wait_ready(srv: &Server, seen: &mut Vec<String>, n: usize) {

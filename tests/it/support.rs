@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Generous guard so a broken server fails a test instead of hanging it.
 pub const IO_GUARD: Duration = Duration::from_secs(30);
@@ -133,6 +133,15 @@ impl Server {
             .split_whitespace()
             .filter_map(|p| p.parse().ok())
             .collect()
+    }
+}
+
+/// Waits until `cond` holds, at most [`IO_GUARD`]; fails naming `what` otherwise.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + IO_GUARD;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
