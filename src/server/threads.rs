@@ -251,6 +251,8 @@ impl Acceptor {
             self.adopt_returned()?;
             // Accept only while the threads keep up; otherwise leave clients in the
             // backlog (the listener stays readable, so this is retried each turn).
+            // (Once for all listeners: any of them may stop at `INLINE_ACCEPTS`.)
+            self.accept_more = false;
             for (i, waiting) in backlog.iter_mut().enumerate() {
                 if *waiting && self.overflow.is_empty() && self.listening {
                     *waiting = self.accept_ready(i, false);
@@ -297,7 +299,6 @@ impl Acceptor {
     /// whether clients may still be waiting in the backlog.
     fn accept_ready(&mut self, i: usize, all: bool) -> bool {
         let protocol = self.listeners[i].protocol();
-        self.accept_more = false;
         let mut served = 0;
         while self.overflow.is_empty() || all {
             if !all && self.parking.idle.load(Ordering::Acquire) <= self.demand() {
